@@ -1,0 +1,7 @@
+"""``python -m hmfusion …`` (also what ``torchrun -m hmfusion train …`` runs)."""
+
+import sys
+
+from hmfusion.cli import main
+
+sys.exit(main())

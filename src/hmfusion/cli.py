@@ -1,0 +1,45 @@
+"""The ``hmfusion`` command line: one sub-command per application module.
+
+Each application module (``hmfusion.train``, ``hmfusion.bench``) exposes
+``add_arguments(parser)`` and ``main(args) -> int``; this module only wires them into
+``argparse`` so that ``hmfusion <command> --help`` documents every flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> (module, one-line help). Modules are imported lazily so that `hmfusion bench --help`
+# does not pay for importing matplotlib and the training stack.
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("hmfusion.train", "train and compare fusion models on multi-view data"),
+    "predict": ("hmfusion.predict", "predict labels for new rows with a trained checkpoint"),
+    "bench": ("hmfusion.bench", "benchmark hmfusion against dense and materialized alternatives"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hmfusion",
+        description="Structured concatenation fusion for PyTorch: training, prediction, benchmark.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in _COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(name, help=help_text, description=module.__doc__)
+        module.add_arguments(command)
+        command.set_defaults(_main=module.main)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args._main(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
