@@ -1,0 +1,593 @@
+"""Structures of the fusion weight W: how W is fabricated from its factors, and how Wᵀ is applied.
+
+Conventions (used throughout hmfusion)
+--------------------------------------
+A fusion maps k inputs x_i of shape (*lead, n_i) to ``Y = cat(x_1, …, x_k) Wᵀ`` of shape
+(*lead, n); D = Σ n_i. **W is n×D**, like ``torch.nn.Linear.weight``. The reference
+documentation (tinybig's RPN 2 papers and code) writes the same operator as ``X W`` with a D×n
+matrix: its W is our Wᵀ. All matrices are flattened row-major.
+
+The family (each factor initialised so that W has the variance of ``nn.Linear``'s default
+weight, 1/(3D), split evenly between the factors; the uniform distribution is used throughout):
+
+=================  ======================================  =========================================
+member             W (n×D)                                 l (number of trained values)
+=================  ======================================  =========================================
+dense              W                                       n·D
+low-rank (r)       U Vᵀ,  U: n×r, V: D×r                   r·(n + D)
+HM (p, q)          A ⊗ B, A: p×q, B: s×t                   p·q + s·t  (= p·q + n·D/(p·q))
+sum of Kronecker   Σ_{j<terms} A_j ⊗ B_j                   terms·(p·q + s·t)
+LPHM (p, q, r)     A ⊗ (S Tᵀ), S: s×r, T: t×r              p·q + r·(s + t)
+dual-LPHM          (P Qᵀ) ⊗ (S Tᵀ), P: p×r, Q: q×r         r·(p + q + s + t)
+random-matrix (r)  diag(λ₁) R₁ diag(λ₂) R₂ᵀ                n + r  (R₁: n×r, R₂: D×r fixed random)
+=================  ======================================  =========================================
+
+with s = n/p and t = D/q. Block sizes must divide: p | n and q | D. With ``pad=True`` any n and
+D work: n is rounded up to n' = p·⌈n/p⌉ and D to D' = q·⌈D/q⌉, s = n'/p, t = D'/q, and W is the
+top-left n×D block of the n'×D' Kronecker product (equivalently: X is zero-padded to D' columns
+and the first n outputs are kept). Padding costs (n'·D' − n·D)/(p·q) extra entries of B.
+
+Applying Wᵀ never forms W for the Kronecker members (see :mod:`hmfusion.kernels`): per row the
+cost is min(q·s·(t + p), p·t·(q + s)) multiply-adds instead of n·D.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hmfusion import _validation as V
+from hmfusion import kernels
+
+__all__ = [
+    "DenseStructure",
+    "FactorSpec",
+    "KroneckerStructure",
+    "LowRankStructure",
+    "RandomMatrixStructure",
+    "Structure",
+    "choose_block_sizes",
+    "linear_weight_variance",
+]
+
+Factors = Mapping[str, Tensor]
+
+
+def linear_weight_variance(D: int) -> float:
+    """Variance of ``nn.Linear``'s default weight for fan-in D: U(-1/√D, 1/√D) has 1/(3D)."""
+    return 1.0 / (3.0 * D)
+
+
+def _uniform_(tensor: Tensor, variance: float, generator: torch.Generator | None) -> None:
+    """Fill with U(-b, b) of the given variance (b = √(3·variance))."""
+    bound = math.sqrt(3.0 * variance)
+    tensor.uniform_(-bound, bound, generator=generator)
+
+
+@dataclass(frozen=True)
+class FactorSpec:
+    """One factor of a structure: its attribute name, shape and whether it is trained.
+
+    Trained factors become ``nn.Parameter``s of the fusion module; fixed ones (the random
+    matrices) become persistent buffers, saved in the ``state_dict``.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    trainable: bool = True
+
+
+@dataclass(frozen=True)
+class FlatPiece:
+    """One piece of the flat vector w: ``factor[index]`` (or the whole factor), maybe transposed."""
+
+    name: str
+    index: int | None = None
+    transposed: bool = False
+
+
+class Structure(ABC):
+    """The structure ψ of an n×D fusion weight W = ψ(w).
+
+    A structure is a plain description (sizes and block sizes); the factor tensors belong to the
+    module and are passed in as a mapping ``{name: tensor}`` following :attr:`factor_specs`.
+    """
+
+    n: int
+    D: int
+
+    @property
+    @abstractmethod
+    def factor_specs(self) -> tuple[FactorSpec, ...]:
+        """The factors, in the order of the flat vector w."""
+
+    @property
+    @abstractmethod
+    def flat_layout(self) -> tuple[FlatPiece, ...]:
+        """How w is cut into factors (tinybig 0.2.1's flat layout, each piece row-major)."""
+
+    @property
+    def num_parameters(self) -> int:
+        """l: the number of trained values (the length of w)."""
+        return sum(math.prod(spec.shape) for spec in self.factor_specs if spec.trainable)
+
+    @abstractmethod
+    def materialize(self, f: Factors) -> Tensor:
+        """The n×D weight W. For inspection, export and tests; the forward never calls it."""
+
+    @abstractmethod
+    def apply_transposed(self, x: Tensor, f: Factors) -> Tensor:
+        """``x Wᵀ`` for x of shape (m, D); returns (m, n)."""
+
+    def apply_concat(self, xs: Sequence[Tensor], f: Factors) -> Tensor:
+        """``cat(xs, -1) Wᵀ`` for xs of shapes (m, n_i); returns (m, n)."""
+        return self.apply_transposed(torch.cat(list(xs), dim=-1) if len(xs) > 1 else xs[0], f)
+
+    @abstractmethod
+    def init_factors_(self, f: Factors, generator: torch.Generator | None = None) -> None:
+        """Initialise the factors in place (W gets variance 1/(3D))."""
+
+    def fit(self, weight: Tensor) -> dict[str, Tensor]:
+        """Factors whose W is closest to ``weight`` (n×D) in Frobenius norm."""
+        raise TypeError(f"{type(self).__name__} cannot be fitted to a dense weight")
+
+    @abstractmethod
+    def describe(self) -> str:
+        """The structure's hyper-parameters, for ``extra_repr``."""
+
+    # flat vector <-> factors (shared by every member) ------------------------------------
+    def to_flat(self, f: Factors) -> Tensor:
+        """w: the trained factors cut and flattened per :attr:`flat_layout`, concatenated."""
+        pieces = []
+        for piece in self.flat_layout:
+            value = f[piece.name] if piece.index is None else f[piece.name][piece.index]
+            pieces.append((value.transpose(0, 1) if piece.transposed else value).reshape(-1))
+        return torch.cat(pieces)
+
+    def from_flat(self, w: Tensor) -> dict[str, Tensor]:
+        """The trained factors held in w (shape (l,)), as new tensors."""
+        shapes = {spec.name: spec.shape for spec in self.factor_specs}
+        out = {name: w.new_empty(shape) for name, shape in shapes.items() if name in
+               {piece.name for piece in self.flat_layout}}
+        offset = 0
+        for piece in self.flat_layout:
+            target = out[piece.name] if piece.index is None else out[piece.name][piece.index]
+            shape = target.shape[::-1] if piece.transposed else target.shape
+            size = math.prod(shape)
+            value = w[offset : offset + size].reshape(shape)
+            target.copy_(value.transpose(0, 1) if piece.transposed else value)
+            offset += size
+        return out
+
+
+# dense ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DenseStructure(Structure):
+    """W itself (n×D): the unstructured baseline, ``nn.Linear`` on the concatenation."""
+
+    n: int
+    D: int
+
+    @property
+    def factor_specs(self) -> tuple[FactorSpec, ...]:
+        return (FactorSpec("W", (self.n, self.D)),)
+
+    @property
+    def flat_layout(self) -> tuple[FlatPiece, ...]:
+        return (FlatPiece("W"),)
+
+    def materialize(self, f: Factors) -> Tensor:
+        return f["W"]
+
+    def apply_transposed(self, x: Tensor, f: Factors) -> Tensor:
+        return F.linear(x, f["W"])
+
+    def init_factors_(self, f: Factors, generator: torch.Generator | None = None) -> None:
+        _uniform_(f["W"], linear_weight_variance(self.D), generator)
+
+    def fit(self, weight: Tensor) -> dict[str, Tensor]:
+        return {"W": weight.clone()}
+
+    def describe(self) -> str:
+        return ""
+
+
+# low rank ------------------------------------------------------------------------------------
+def _truncated_svd(matrix: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """U (rows×rank), V (cols×rank) with U Vᵀ the best rank-``rank`` approximation (balanced)."""
+    u, sigma, vh = torch.linalg.svd(matrix, full_matrices=False)
+    k = min(rank, sigma.shape[0])
+    root = sigma[:k].sqrt()
+    left = matrix.new_zeros(matrix.shape[0], rank)
+    right = matrix.new_zeros(matrix.shape[1], rank)
+    left[:, :k] = u[:, :k] * root
+    right[:, :k] = vh[:k].transpose(0, 1) * root
+    return left, right
+
+
+@dataclass(frozen=True)
+class LowRankStructure(Structure):
+    """W = U Vᵀ with U: n×r, V: D×r. Flat w = [U (n×r) | Vᵀ (r×D)]."""
+
+    n: int
+    D: int
+    r: int
+
+    @property
+    def factor_specs(self) -> tuple[FactorSpec, ...]:
+        return (FactorSpec("U", (self.n, self.r)), FactorSpec("V", (self.D, self.r)))
+
+    @property
+    def flat_layout(self) -> tuple[FlatPiece, ...]:
+        return (FlatPiece("U"), FlatPiece("V", transposed=True))
+
+    def materialize(self, f: Factors) -> Tensor:
+        return f["U"] @ f["V"].transpose(0, 1)
+
+    def apply_transposed(self, x: Tensor, f: Factors) -> Tensor:
+        return kernels.apply_factor(x, (f["U"], f["V"]))
+
+    def init_factors_(self, f: Factors, generator: torch.Generator | None = None) -> None:
+        # Var(W) = r·Var(U)·Var(V); split evenly: Var(U) = Var(V) = √(1/(3D)/r).
+        variance = math.sqrt(linear_weight_variance(self.D) / self.r)
+        _uniform_(f["U"], variance, generator)
+        _uniform_(f["V"], variance, generator)
+
+    def fit(self, weight: Tensor) -> dict[str, Tensor]:
+        # Eckart–Young: the truncated SVD is the best rank-r approximation.
+        u, v = _truncated_svd(weight, self.r)
+        return {"U": u, "V": v}
+
+    def describe(self) -> str:
+        return f"r={self.r}"
+
+
+# Kronecker family (HM, sum of Kronecker products, LPHM, dual-LPHM) ---------------------------
+def _padded(size: int, block: int) -> int:
+    return block * -(-size // block)
+
+
+def _kron_parameters(n: int, D: int, p: int, q: int, terms: int, rank_a, rank_b) -> int:
+    s, t = _padded(n, p) // p, _padded(D, q) // q
+    a = p * q if rank_a is None else rank_a * (p + q)
+    b = s * t if rank_b is None else rank_b * (s + t)
+    return terms * (a + b)
+
+
+def choose_block_sizes(
+    n: int,
+    D: int,
+    p: int | str,
+    q: int | str | None,
+    *,
+    pad: bool = False,
+    terms: int = 1,
+    rank_a: int | None = None,
+    rank_b: int | None = None,
+) -> tuple[int, int]:
+    """Resolve block sizes: ``"auto"`` picks the value(s) that minimise l.
+
+    ``q=None`` means q = p. Candidates are the divisors of n (for p) and of D (for q), or every
+    size up to n and D with ``pad=True``. Ties in l are broken toward balanced factors (p close
+    to q, then the two factors' sizes close to each other), then toward smaller p.
+    """
+    tied = q is None
+    if p != V.AUTO and (q is None or q != V.AUTO):
+        p_val = int(p)
+        return p_val, p_val if tied else int(q)  # type: ignore[arg-type]
+    if not pad:
+        p_cands = V.divisors(n) if p == V.AUTO else [int(p)]
+        q_cands = V.divisors(D) if q == V.AUTO else ([] if tied else [int(q)])  # type: ignore[arg-type]
+    else:
+        p_cands = list(range(1, n + 1)) if p == V.AUTO else [int(p)]
+        q_cands = list(range(1, D + 1)) if q == V.AUTO else ([] if tied else [int(q)])  # type: ignore[arg-type]
+    if tied:
+        pairs = [(c, c) for c in p_cands if (pad and c <= D) or (not pad and D % c == 0)]
+    else:
+        pairs = [(a, b) for a in p_cands for b in q_cands]
+    if not pairs:  # p=auto, q tied, no common divisor other than... 1 always divides
+        pairs = [(1, 1)]
+
+    def key(pair: tuple[int, int]) -> tuple:
+        a, b = pair
+        l = _kron_parameters(n, D, a, b, terms, rank_a, rank_b)
+        factor_b = (_padded(n, a) // a) * (_padded(D, b) // b)
+        return (l, abs(math.log(a / b)), abs(math.log(a * b / factor_b)), a)
+
+    if len(pairs) > 20000:  # pad=True with p=q=auto on large layers: search with numpy
+        return _choose_dense_grid(n, D, terms, rank_a, rank_b)
+    return min(pairs, key=key)
+
+
+def _choose_dense_grid(n, D, terms, rank_a, rank_b) -> tuple[int, int]:
+    p = np.arange(1, n + 1)[:, None].astype(np.float64)
+    q = np.arange(1, D + 1)[None, :].astype(np.float64)
+    s, t = np.ceil(n / p), np.ceil(D / q)
+    a = p * q if rank_a is None else rank_a * (p + q)
+    b = s * t if rank_b is None else rank_b * (s + t)
+    l = terms * (a + b)
+    tie = np.abs(np.log(p / q)) * 1e-9 + np.abs(np.log(p * q / (s * t))) * 1e-12
+    i, j = np.unravel_index(np.argmin(l + tie), l.shape)
+    return int(i + 1), int(j + 1)
+
+
+@dataclass(frozen=True)
+class KroneckerStructure(Structure):
+    """W = Σ_{j<terms} A_j ⊗ B_j (top-left n×D block), each factor dense or low-rank.
+
+    - HM: ``rank_a = rank_b = None``, terms = 1: A (p×q), B (s×t); w = [A | B].
+    - sum of Kronecker products: terms > 1: A (terms×p×q), B (terms×s×t); w = [A₁|B₁|A₂|B₂|…].
+    - LPHM: ``rank_b = r``: A (p×q), B = S Tᵀ with S: s×r, T: t×r; w = [A | S | Tᵀ].
+    - dual-LPHM: ``rank_a = rank_b = r``: A = P Qᵀ with P: p×r, Q: q×r; w = [P | Qᵀ | S | Tᵀ].
+
+    Use :meth:`create` to validate arguments and resolve ``"auto"`` block sizes.
+    """
+
+    n: int
+    D: int
+    p: int
+    q: int
+    terms: int = 1
+    rank_a: int | None = None
+    rank_b: int | None = None
+    pad: bool = False
+
+    @classmethod
+    def create(
+        cls,
+        n: int,
+        D: int,
+        p: object,
+        q: object,
+        *,
+        terms: object = 1,
+        rank_a: object = None,
+        rank_b: object = None,
+        pad: object = False,
+    ) -> "KroneckerStructure":
+        """Validate the block sizes against n and D and build the structure.
+
+        Raises:
+            TypeError: p, q, terms or a rank is not an int (p, q may also be ``"auto"``);
+                pad is not a bool.
+            ValueError: a value is not positive; p does not divide n or q does not divide D
+                (without ``pad``; the message lists the valid divisors); p > n or q > D.
+        """
+        p_checked = V.check_block_size("p", p)
+        q_checked = V.check_block_size("q", q, allow_none=True)
+        terms = V.check_positive_int("terms", terms)
+        rank_a = None if rank_a is None else V.check_positive_int("r", rank_a)
+        rank_b = None if rank_b is None else V.check_positive_int("r", rank_b)
+        if not isinstance(pad, bool):
+            raise TypeError(f"pad must be a bool, got {type(pad).__name__}")
+        if terms > 1 and (rank_a is not None or rank_b is not None):
+            raise ValueError("terms > 1 is supported for HM factors only (no low-rank factors)")
+        p_val, q_val = choose_block_sizes(
+            n, D, p_checked, q_checked, pad=pad, terms=terms, rank_a=rank_a, rank_b=rank_b
+        )
+        q_name = "q" if q_checked is not None else "q (defaulting to p)"
+        if pad:
+            if p_val > n:
+                raise ValueError(f"p={p_val} must be at most n={n}")
+            if q_val > D:
+                raise ValueError(f"{q_name}={q_val} must be at most D={D}")
+        else:
+            hint = "; or pass pad=True to zero-pad"
+            V.check_divides("p", p_val, "n", n, hint)
+            V.check_divides(q_name, q_val, "D", D, hint)
+        return cls(n, D, p_val, q_val, terms, rank_a, rank_b, pad)
+
+    @property
+    def n_padded(self) -> int:
+        return _padded(self.n, self.p)
+
+    @property
+    def D_padded(self) -> int:
+        return _padded(self.D, self.q)
+
+    @property
+    def s(self) -> int:
+        return self.n_padded // self.p
+
+    @property
+    def t(self) -> int:
+        return self.D_padded // self.q
+
+    @property
+    def factor_specs(self) -> tuple[FactorSpec, ...]:
+        p, q, s, t = self.p, self.q, self.s, self.t
+        lead = () if self.terms == 1 else (self.terms,)
+        left = (
+            (FactorSpec("A", lead + (p, q)),)
+            if self.rank_a is None
+            else (FactorSpec("P", (p, self.rank_a)), FactorSpec("Q", (q, self.rank_a)))
+        )
+        right = (
+            (FactorSpec("B", lead + (s, t)),)
+            if self.rank_b is None
+            else (FactorSpec("S", (s, self.rank_b)), FactorSpec("T", (t, self.rank_b)))
+        )
+        return left + right
+
+    @property
+    def flat_layout(self) -> tuple[FlatPiece, ...]:
+        if self.terms > 1:
+            return tuple(
+                piece for j in range(self.terms) for piece in (FlatPiece("A", j), FlatPiece("B", j))
+            )
+        left = (
+            (FlatPiece("A"),)
+            if self.rank_a is None
+            else (FlatPiece("P"), FlatPiece("Q", transposed=True))
+        )
+        right = (
+            (FlatPiece("B"),)
+            if self.rank_b is None
+            else (FlatPiece("S"), FlatPiece("T", transposed=True))
+        )
+        return left + right
+
+    def _terms(self, f: Factors) -> tuple[list[kernels.Factor], list[kernels.Factor]]:
+        """The factors as per-term lists for :func:`kernels.kron_matmul`."""
+        if self.rank_a is not None:
+            left: list[kernels.Factor] = [(f["P"], f["Q"])]
+        else:
+            a = f["A"]
+            left = [a] if self.terms == 1 else list(a.unbind(0))
+        if self.rank_b is not None:
+            right: list[kernels.Factor] = [(f["S"], f["T"])]
+        else:
+            b = f["B"]
+            right = [b] if self.terms == 1 else list(b.unbind(0))
+        return left, right
+
+    def _dense_factors(self, f: Factors) -> tuple[Tensor, Tensor]:
+        """A (terms×p×q) and B (terms×s×t) as dense tensors."""
+        a = f["P"] @ f["Q"].transpose(0, 1) if self.rank_a is not None else f["A"]
+        b = f["S"] @ f["T"].transpose(0, 1) if self.rank_b is not None else f["B"]
+        return a.reshape(self.terms, self.p, self.q), b.reshape(self.terms, self.s, self.t)
+
+    def materialize(self, f: Factors) -> Tensor:
+        a, b = self._dense_factors(f)
+        # W[(i, k), (j, l)] = Σ_τ A[τ, i, j] B[τ, k, l]
+        w = torch.einsum("zij,zkl->ikjl", a, b).reshape(self.n_padded, self.D_padded)
+        return w[: self.n, : self.D]
+
+    @property
+    def order(self) -> str:
+        """The contraction order used by :meth:`apply_transposed` (cheaper of the two)."""
+        return kernels.kron_order(self.p, self.q, self.s, self.t, self.rank_a, self.rank_b)
+
+    def apply_transposed(self, x: Tensor, f: Factors) -> Tensor:
+        if self.D_padded != self.D:
+            x = F.pad(x, (0, self.D_padded - self.D))
+        return self._apply_padded(x, f)
+
+    def apply_concat(self, xs: Sequence[Tensor], f: Factors) -> Tensor:
+        parts = list(xs)
+        if self.D_padded != self.D:  # pad within the one concatenation copy
+            parts.append(parts[0].new_zeros(parts[0].shape[0], self.D_padded - self.D))
+        return self._apply_padded(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0], f)
+
+    def _apply_padded(self, x: Tensor, f: Factors) -> Tensor:
+        left, right = self._terms(f)
+        y = kernels.kron_matmul(x, left, right, (self.p, self.q, self.s, self.t), self.order)
+        return y[:, : self.n] if self.n_padded != self.n else y
+
+    def init_factors_(self, f: Factors, generator: torch.Generator | None = None) -> None:
+        # Var(W) = terms·Var(A)·Var(B) = 1/(3D), split evenly: Var(A) = Var(B) = √(1/(3D·terms)).
+        # A low-rank factor X Yᵀ of rank r has Var = r·Var(X)·Var(Y), so each gets √(Var/r).
+        half = math.sqrt(linear_weight_variance(self.D) / self.terms)
+        for names, rank in ((("A",), self.rank_a), (("B",), self.rank_b)):
+            if rank is None:
+                _uniform_(f[names[0]], half, generator)
+        if self.rank_a is not None:
+            _uniform_(f["P"], math.sqrt(half / self.rank_a), generator)
+            _uniform_(f["Q"], math.sqrt(half / self.rank_a), generator)
+        if self.rank_b is not None:
+            _uniform_(f["S"], math.sqrt(half / self.rank_b), generator)
+            _uniform_(f["T"], math.sqrt(half / self.rank_b), generator)
+
+    def fit(self, weight: Tensor) -> dict[str, Tensor]:
+        """Nearest sum of Kronecker products (Van Loan & Pitsianis).
+
+        Rearranging W so that block (i, j) becomes row i·q + j gives R = Σ_τ vec(A_τ) vec(B_τ)ᵀ,
+        so the best ``terms`` pairs are R's top singular pairs (optimal in Frobenius norm).
+        With ``pad``, W is zero-padded to n'×D' first (the fit also sees the padding as zeros).
+        For low-rank factors, each Kronecker factor is then truncated by SVD (not jointly
+        optimal, but exact when W has that structure).
+        """
+        p, q, s, t = self.p, self.q, self.s, self.t
+        w = F.pad(weight, (0, self.D_padded - self.D, 0, self.n_padded - self.n))
+        r = w.reshape(p, s, q, t).permute(0, 2, 1, 3).reshape(p * q, s * t)
+        u, sigma, vh = torch.linalg.svd(r, full_matrices=False)
+        k = self.terms
+        root = sigma[:k].sqrt()
+        a = (u[:, :k] * root).transpose(0, 1).reshape(k, p, q)
+        b = (vh[:k] * root[:, None]).reshape(k, s, t)
+        out: dict[str, Tensor] = {}
+        if self.rank_a is None:
+            out["A"] = a[0] if k == 1 else a
+        else:
+            out["P"], out["Q"] = _truncated_svd(a[0], self.rank_a)
+        if self.rank_b is None:
+            out["B"] = b[0] if k == 1 else b
+        else:
+            out["S"], out["T"] = _truncated_svd(b[0], self.rank_b)
+        return out
+
+    def describe(self) -> str:
+        parts = [f"p={self.p}", f"q={self.q}", f"s={self.s}", f"t={self.t}"]
+        if self.terms > 1:
+            parts.append(f"terms={self.terms}")
+        rank = self.rank_b if self.rank_b is not None else self.rank_a
+        if rank is not None:
+            parts.append(f"r={rank}")
+        if self.pad:
+            parts.append(f"pad=True (n'={self.n_padded}, D'={self.D_padded})")
+        return ", ".join(parts)
+
+
+# random-matrix adaptation --------------------------------------------------------------------
+@dataclass(frozen=True)
+class RandomMatrixStructure(Structure):
+    """W = diag(λ₁) R₁ diag(λ₂) R₂ᵀ with fixed random R₁: n×r, R₂: D×r; only λ₁ (n), λ₂ (r) train.
+
+    R₁ and R₂ are drawn once from ``torch.Generator().manual_seed(seed)`` on the CPU in float64
+    (so every device and dtype sees the same values) with unit-variance uniform entries. λ₁
+    starts at 1 and λ₂ at √(1/(3D·r)), which gives W the variance 1/(3D) of ``nn.Linear``.
+    Flat w = [λ₁ | λ₂].
+    """
+
+    n: int
+    D: int
+    r: int
+    seed: int = 0
+
+    @property
+    def factor_specs(self) -> tuple[FactorSpec, ...]:
+        return (
+            FactorSpec("lambda1", (self.n,)),
+            FactorSpec("lambda2", (self.r,)),
+            FactorSpec("R1", (self.n, self.r), trainable=False),
+            FactorSpec("R2", (self.D, self.r), trainable=False),
+        )
+
+    @property
+    def flat_layout(self) -> tuple[FlatPiece, ...]:
+        return (FlatPiece("lambda1"), FlatPiece("lambda2"))
+
+    def random_matrices(self) -> tuple[Tensor, Tensor]:
+        """R₁ (n×r) and R₂ (D×r) for this seed, float64 on the CPU."""
+        generator = torch.Generator(device="cpu").manual_seed(self.seed)
+        r1 = torch.empty(self.n, self.r, dtype=torch.float64)
+        r2 = torch.empty(self.D, self.r, dtype=torch.float64)
+        _uniform_(r1, 1.0, generator)
+        _uniform_(r2, 1.0, generator)
+        return r1, r2
+
+    def materialize(self, f: Factors) -> Tensor:
+        return (f["lambda1"][:, None] * f["R1"] * f["lambda2"]) @ f["R2"].transpose(0, 1)
+
+    def apply_transposed(self, x: Tensor, f: Factors) -> Tensor:
+        z = x @ f["R2"]
+        z = z * f["lambda2"].to(z.dtype)
+        y = z @ f["R1"].transpose(0, 1)
+        return y * f["lambda1"].to(y.dtype)
+
+    def init_factors_(self, f: Factors, generator: torch.Generator | None = None) -> None:
+        r1, r2 = self.random_matrices()
+        f["R1"].copy_(r1)
+        f["R2"].copy_(r2)
+        f["lambda1"].fill_(1.0)
+        f["lambda2"].fill_(math.sqrt(linear_weight_variance(self.D) / self.r))
+
+    def describe(self) -> str:
+        return f"r={self.r}, seed={self.seed}"
