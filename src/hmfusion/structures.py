@@ -152,19 +152,23 @@ class Structure(ABC):
         return torch.cat(pieces)
 
     def from_flat(self, w: Tensor) -> dict[str, Tensor]:
-        """The trained factors held in w (shape (l,)), as new tensors."""
+        """The trained factors held in w (shape (l,)), as views of w (differentiable in w)."""
         shapes = {spec.name: spec.shape for spec in self.factor_specs}
-        out = {name: w.new_empty(shape) for name, shape in shapes.items() if name in
-               {piece.name for piece in self.flat_layout}}
+        pieces: dict[str, list[Tensor]] = {}
         offset = 0
         for piece in self.flat_layout:
-            target = out[piece.name] if piece.index is None else out[piece.name][piece.index]
-            shape = target.shape[::-1] if piece.transposed else target.shape
-            size = math.prod(shape)
-            value = w[offset : offset + size].reshape(shape)
-            target.copy_(value.transpose(0, 1) if piece.transposed else value)
+            shape = shapes[piece.name][1:] if piece.index is not None else shapes[piece.name]
+            stored = shape[::-1] if piece.transposed else shape
+            size = math.prod(stored)
+            value = w[offset : offset + size].reshape(stored)
+            pieces.setdefault(piece.name, []).append(
+                value.transpose(0, 1) if piece.transposed else value
+            )
             offset += size
-        return out
+        return {
+            name: torch.stack(values) if len(values) > 1 else values[0]
+            for name, values in pieces.items()
+        }
 
 
 # dense ---------------------------------------------------------------------------------------
