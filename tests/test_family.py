@@ -323,3 +323,17 @@ def test_public_names():
     for name in ["DenseConcatFusion", "LowRankConcatFusion", "HMConcatFusion", "LPHMConcatFusion",
                  "DualLPHMConcatFusion", "RandomMatrixConcatFusion"]:
         assert issubclass(getattr(hmfusion, name), hmfusion.ConcatFusion)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_member_under_autocast_and_compile(kind):
+    torch.manual_seed(0)
+    module = build(kind, [16, 16], 16, 4, 4, 2, 2, bias=True, dtype=torch.float32)
+    xs = [torch.randn(8, 16) for _ in range(2)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = module(xs)
+    assert y.dtype == torch.bfloat16
+    assert rel_err(y.float(), module(xs)) < 5e-2
+    torch._dynamo.reset()
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(xs), module(xs))

@@ -12,8 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# name -> (module, one-line help). Modules are imported lazily so that `hmfusion bench --help`
-# does not pay for importing matplotlib and the training stack.
+# name -> (module, one-line help). Each module keeps heavy imports (matplotlib) inside its
+# functions, so building the parser for `hmfusion --help` stays cheap.
 _COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hmfusion.train", "train and compare fusion models on multi-view data"),
     "predict": ("hmfusion.predict", "predict labels for new rows with a trained checkpoint"),
