@@ -337,3 +337,14 @@ def test_every_member_under_autocast_and_compile(kind):
     torch._dynamo.reset()
     compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(xs), module(xs))
+
+
+def test_auto_with_padding_on_a_large_layer():
+    # every (p, q) up to (n, D) is a candidate; the search must stay cheap at this size
+    import numpy as np
+
+    m = HMConcatFusion([4000, 97], 4096, p="auto", q="auto", pad=True, device="meta")
+    a = np.arange(1, 4097, dtype=np.int64)[:, None]
+    b = np.arange(1, 4098, dtype=np.int64)[None, :]
+    brute = (a * b + -(-4096 // a) * -(-4097 // b)).min()
+    assert m.num_parameters == brute

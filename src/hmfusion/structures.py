@@ -258,8 +258,9 @@ def _padded(size: int, block: int) -> int:
     return block * -(-size // block)
 
 
-def _kron_parameters(n: int, D: int, p: int, q: int, terms: int, rank_a, rank_b) -> int:
-    s, t = _padded(n, p) // p, _padded(D, q) // q
+def _kron_parameters(n: int, D: int, p, q, terms: int, rank_a, rank_b):
+    """l of a Kronecker member; p and q may be numpy arrays (evaluated elementwise)."""
+    s, t = -(-n // p), -(-D // q)
     a = p * q if rank_a is None else rank_a * (p + q)
     b = s * t if rank_b is None else rank_b * (s + t)
     return terms * (a + b)
@@ -280,46 +281,37 @@ def choose_block_sizes(
 
     ``q=None`` means q = p. Candidates are the divisors of n (for p) and of D (for q), or every
     size up to n and D with ``pad=True``. Ties in l are broken toward balanced factors (p close
-    to q, then the two factors' sizes close to each other), then toward smaller p.
+    to q, then the sizes of the two factors close to each other), then toward smaller p.
     """
     tied = q is None
-    if p != V.AUTO and (q is None or q != V.AUTO):
-        p_val = int(p)
-        return p_val, p_val if tied else int(q)  # type: ignore[arg-type]
-    if not pad:
-        p_cands = V.divisors(n) if p == V.AUTO else [int(p)]
-        q_cands = V.divisors(D) if q == V.AUTO else ([] if tied else [int(q)])  # type: ignore[arg-type]
-    else:
-        p_cands = list(range(1, n + 1)) if p == V.AUTO else [int(p)]
-        q_cands = list(range(1, D + 1)) if q == V.AUTO else ([] if tied else [int(q)])  # type: ignore[arg-type]
-    if tied:
-        pairs = [(c, c) for c in p_cands if (pad and c <= D) or (not pad and D % c == 0)]
-    else:
-        pairs = [(a, b) for a in p_cands for b in q_cands]
-    if not pairs:  # p=auto, q tied, no common divisor other than... 1 always divides
-        pairs = [(1, 1)]
+    if p != V.AUTO and q != V.AUTO:
+        return int(p), int(p) if tied else int(q)  # type: ignore[arg-type]
 
-    def key(pair: tuple[int, int]) -> tuple:
-        a, b = pair
-        l = _kron_parameters(n, D, a, b, terms, rank_a, rank_b)
-        factor_b = (_padded(n, a) // a) * (_padded(D, b) // b)
-        return (l, abs(math.log(a / b)), abs(math.log(a * b / factor_b)), a)
+    def candidates(size: int, value) -> np.ndarray:
+        if value != V.AUTO:
+            return np.array([int(value)])
+        return np.arange(1, size + 1) if pad else np.array(V.divisors(size))
 
-    if len(pairs) > 20000:  # pad=True with p=q=auto on large layers: search with numpy
-        return _choose_dense_grid(n, D, terms, rank_a, rank_b)
-    return min(pairs, key=key)
+    def tie_key(a: int, b: int) -> tuple[float, float, int]:
+        right = -(-n // a) * -(-D // b)
+        return (abs(math.log(a / b)), abs(math.log(a * b / right)), a)
 
-
-def _choose_dense_grid(n, D, terms, rank_a, rank_b) -> tuple[int, int]:
-    p = np.arange(1, n + 1)[:, None].astype(np.float64)
-    q = np.arange(1, D + 1)[None, :].astype(np.float64)
-    s, t = np.ceil(n / p), np.ceil(D / q)
-    a = p * q if rank_a is None else rank_a * (p + q)
-    b = s * t if rank_b is None else rank_b * (s + t)
-    l = terms * (a + b)
-    tie = np.abs(np.log(p / q)) * 1e-9 + np.abs(np.log(p * q / (s * t))) * 1e-12
-    i, j = np.unravel_index(np.argmin(l + tie), l.shape)
-    return int(i + 1), int(j + 1)
+    q_all = None if tied else candidates(D, q)
+    best: tuple | None = None
+    for a in candidates(n, p).tolist():
+        if tied:
+            if (pad and a > D) or (not pad and D % a):
+                continue
+            qs = np.array([a])
+        else:
+            qs = q_all
+        ls = _kron_parameters(n, D, a, qs, terms, rank_a, rank_b)
+        low = int(ls.min())
+        b = min((int(b) for b in qs[ls == low]), key=lambda b: tie_key(a, b))
+        key = (low, *tie_key(a, b))
+        if best is None or key < best[0]:
+            best = (key, a, b)
+    return best[1], best[2]  # p = q = 1 always qualifies, so best is set
 
 
 @dataclass(frozen=True)
