@@ -17,10 +17,12 @@ from torch import Tensor
 __all__ = [
     "AUTO",
     "check_block_size",
+    "check_bool",
     "check_dims",
     "check_divides",
     "check_flat_vector",
     "check_inputs",
+    "check_int",
     "check_positive_int",
     "divisors",
     "resolve_n",
@@ -39,6 +41,20 @@ def check_positive_int(name: str, value: object) -> int:
         raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
     if value < 1:  # type: ignore[operator]
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)  # type: ignore[arg-type]
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` if it is a bool (not merely truthy: ``pad=1`` is a mistake worth naming)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def check_int(name: str, value: object) -> int:
+    """``value`` as an ``int`` if it is an integer (of any sign; bools are refused)."""
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     return int(value)  # type: ignore[arg-type]
 
 

@@ -69,8 +69,7 @@ class ConcatFusion(nn.Module):
         self.dims = V.check_dims(dims)
         if structure.D != sum(self.dims):
             raise ValueError(f"structure has D={structure.D}, but sum(dims)={sum(self.dims)}")
-        if not isinstance(bias, bool):
-            raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
+        V.check_bool("bias", bias)
         self.structure = structure
         factory_kwargs = {"device": device, "dtype": dtype}
         for spec in structure.factor_specs:
@@ -202,10 +201,11 @@ class ConcatFusion(nn.Module):
             ValueError: wrong number of inputs, an input whose last dimension is not its
                 ``dims[i]``, differing leading shapes, an input on another device.
         """
-        param = next(iter(self.factors().values()))
+        factors = self.factors()
+        param = next(iter(factors.values()))
         inputs, lead = V.check_inputs(xs, self.dims, dtype=param.dtype, device=param.device)
         rows = [x.reshape(-1, x.shape[-1]) for x in inputs]
-        y = self.structure.apply_concat(rows, self.factors())
+        y = self.structure.apply_concat(rows, factors)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*lead, self.n)
@@ -394,9 +394,7 @@ class RandomMatrixConcatFusion(ConcatFusion):
     def __init__(self, dims, n=None, r=2, seed=0, *, bias=False, device=None, dtype=None) -> None:
         dims, n, D = _setup(dims, n)
         r = V.check_positive_int("r", r)
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-        structure = RandomMatrixStructure(n, D, r, seed)
+        structure = RandomMatrixStructure(n, D, r, V.check_int("seed", seed))
         super().__init__(dims, structure, bias=bias, device=device, dtype=dtype)
 
     @property

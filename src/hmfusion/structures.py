@@ -361,8 +361,7 @@ class KroneckerStructure(Structure):
         terms = V.check_positive_int("terms", terms)
         rank_a = None if rank_a is None else V.check_positive_int("r", rank_a)
         rank_b = None if rank_b is None else V.check_positive_int("r", rank_b)
-        if not isinstance(pad, bool):
-            raise TypeError(f"pad must be a bool, got {type(pad).__name__}")
+        pad = V.check_bool("pad", pad)
         if terms > 1 and (rank_a is not None or rank_b is not None):
             raise ValueError("terms > 1 is supported for HM factors only (no low-rank factors)")
         p_val, q_val = choose_block_sizes(
