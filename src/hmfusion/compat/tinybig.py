@@ -368,8 +368,7 @@ def _kronecker_fusion(
     family: type[ConcatFusion], dims, n, layout, factory, *, p, q, pad, r=None, dual=False
 ) -> ConcatFusion:
     """An HM / LPHM / dual-LPHM family module, or its tinybig-0.2.1-layout twin."""
-    if not isinstance(pad, bool):
-        raise TypeError(f"pad must be a bool, got {type(pad).__name__}")
+    V.check_bool("pad", pad)
     rank = {} if r is None else {"r": r}
     if layout == KRONECKER:
         return family(dims, n, p, q, **rank, pad=pad, **factory)
@@ -460,10 +459,7 @@ class parameterized_concatenation_fusion(nn.Module):
         """The construction shared by the six classes; ``build`` makes the family module."""
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {type(name).__name__}")
-        if not isinstance(require_parameters, bool):
-            raise TypeError(
-                f"require_parameters must be a bool, got {type(require_parameters).__name__}"
-            )
+        V.check_bool("require_parameters", require_parameters)
         if not isinstance(layout, str):
             raise TypeError(f"layout must be a str, got {type(layout).__name__}")
         if layout not in LAYOUTS:
@@ -512,8 +508,7 @@ class parameterized_concatenation_fusion(nn.Module):
             TypeError: index is not an int.
             ValueError: index is out of bounds.
         """
-        if isinstance(index, bool) or not isinstance(index, int):
-            raise TypeError(f"index must be an int, got {type(index).__name__}")
+        index = V.check_int("index", index)
         if not 0 <= index < len(self.dims):
             raise ValueError(
                 f"index {index} is out of bounds for dims={self.dims} "
