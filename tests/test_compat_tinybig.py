@@ -568,7 +568,7 @@ def _run(block: str, where: str) -> None:
 
 
 def test_tinybig_users_script_runs(capsys):
-    doc = ROOT / "docs" / "tinybig.md"
+    doc = ROOT / "README.md"
     script = _python_blocks(doc, "## Coming from tinybig")[0]
     import_lines = [line for line in script.splitlines() if "import" in line]
     assert import_lines[-1].startswith("from hmfusion.compat import tinybig as fusion")
