@@ -439,8 +439,16 @@ def test_processing_errors():
     with pytest.raises(TypeError, match="must be a callable"):
         parameterized_concatenation_fusion(dims=[4], preprocess_functions=[3])
     f = parameterized_concatenation_fusion(dims=[4, 4], preprocess_functions=lambda x: x[..., :2])
-    with pytest.raises(ValueError, match="preprocess_functions changed input 0's shape"):
+    with pytest.raises(ValueError, match=r"preprocess_functions changed input 0 from \(2, 4\) "
+                                         r"torch.float32 to \(2, 2\) torch.float32"):
         f([torch.randn(2, 4), torch.randn(2, 4)])
+    f = parameterized_concatenation_fusion(dims=[4], preprocess_functions=lambda x: x.double())
+    with pytest.raises(ValueError, match=r"to \(2, 4\) torch.float64; they must keep"):
+        f([torch.randn(2, 4)])
+    f = parameterized_concatenation_fusion(dims=[4])
+    with pytest.raises(TypeError, match="input 0 has dtype torch.float32, but the dtype of the flat "
+                                        "vector w is torch.float64"):
+        f([torch.randn(2, 4)], w=torch.zeros(1, 16, dtype=torch.float64))
 
 
 def test_dropout_callable_stops_dropping_in_eval():

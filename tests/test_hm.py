@@ -312,9 +312,9 @@ def module():
          r"input 0 must be a floating-point tensor, got dtype torch.int64"),
         (lambda: [torch.randn(3, 4), [1.0] * 6], TypeError, r"input 1 must be a torch.Tensor, got list"),
         (lambda: [torch.randn(3, 4, dtype=F64), torch.randn(3, 6, dtype=F64)], TypeError,
-         r"input 0 has dtype torch.float64, but the parameters have dtype torch.float32"),
+         r"input 0 has dtype torch.float64, but the dtype of the parameters is torch.float32"),
         (lambda: [torch.randn(3, 4), torch.randn(3, 6, device="meta")], ValueError,
-         r"input 1 is on device meta, but the parameters are on cpu"),
+         r"input 1 is on device meta, but the device of the parameters is cpu"),
         (lambda: [torch.tensor(1.0), torch.randn(6)], ValueError, r"input 0 has a scalar"),
     ],
 )

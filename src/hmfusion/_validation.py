@@ -20,6 +20,7 @@ __all__ = [
     "check_bool",
     "check_dims",
     "check_divides",
+    "check_factory_dtype",
     "check_flat_vector",
     "check_inputs",
     "check_int",
@@ -117,7 +118,7 @@ def check_flat_vector(w: object, length: int, *, what: str = "w") -> Tensor:
     """A flat parameter vector of ``length`` elements, shaped (l,) or (1, l); returned as (l,)."""
     if not isinstance(w, Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(w).__name__}")
-    if not (w.is_floating_point() or w.is_complex()):
+    if not w.is_floating_point():
         raise TypeError(f"{what} must be a floating-point tensor, got dtype {w.dtype}")
     if w.dim() == 2 and w.shape[0] == 1:
         w = w[0]
@@ -129,19 +130,39 @@ def check_flat_vector(w: object, length: int, *, what: str = "w") -> Tensor:
     return w
 
 
+def _allowed_input_dtypes(device_type: str, dtype: torch.dtype) -> tuple[torch.dtype, ...]:
+    """The parameters' dtype, and the autocast dtype where autocast is on for this device."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return (dtype, torch.get_autocast_dtype(device_type))
+    return (dtype,)
+
+
+def check_factory_dtype(dtype: object) -> torch.dtype | None:
+    """A ``dtype=`` factory argument: ``None`` or a floating-point ``torch.dtype``."""
+    if dtype is None:
+        return None
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype}")
+    return dtype
+
+
 def check_inputs(
     xs: object,
     dims: tuple[int, ...],
     *,
     dtype: torch.dtype,
     device: torch.device,
+    owner: str = "the parameters",
 ) -> tuple[list[Tensor], torch.Size]:
     """Validate the inputs of a fusion; return them as a list and their common leading shape.
 
     Inputs must be a list or tuple of ``len(dims)`` floating tensors; input ``i`` has shape
     ``(*lead, dims[i])`` with the same ``*lead`` for all. Their dtype must be the parameters'
-    dtype unless autocast is active for their device (autocast then chooses the compute dtype),
-    and they must be on the parameters' device.
+    dtype or, where autocast is on for their device, the autocast dtype (the output of a
+    previous autocast layer); they must be on the parameters' device. ``owner`` names what
+    holds the parameters in messages (e.g. "the flat vector w").
     """
     if isinstance(xs, Tensor) or not isinstance(xs, (list, tuple)):
         raise TypeError(
@@ -170,11 +191,17 @@ def check_inputs(
             )
         if x.device != device:
             raise ValueError(
-                f"input {i} is on device {x.device}, but the parameters are on {device}"
+                f"input {i} is on device {x.device}, but the device of {owner} is {device}"
             )
-        if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+        allowed = _allowed_input_dtypes(x.device.type, dtype)
+        if x.dtype not in allowed:
+            if len(allowed) > 1:
+                raise TypeError(
+                    f"input {i} has dtype {x.dtype}; under autocast the inputs must have the "
+                    f"dtype of {owner} ({dtype}) or the autocast dtype ({allowed[1]})"
+                )
             raise TypeError(
-                f"input {i} has dtype {x.dtype}, but the parameters have dtype {dtype}; "
+                f"input {i} has dtype {x.dtype}, but the dtype of {owner} is {dtype}; "
                 f"convert the input or the module (module.to({dtype})), or use torch.autocast"
             )
     return list(xs), lead  # type: ignore[return-value]

@@ -71,7 +71,7 @@ class ConcatFusion(nn.Module):
             raise ValueError(f"structure has D={structure.D}, but sum(dims)={sum(self.dims)}")
         V.check_bool("bias", bias)
         self.structure = structure
-        factory_kwargs = {"device": device, "dtype": dtype}
+        factory_kwargs = {"device": device, "dtype": V.check_factory_dtype(dtype)}
         for spec in structure.factor_specs:
             tensor = torch.empty(spec.shape, **factory_kwargs)
             if spec.trainable:
@@ -92,8 +92,13 @@ class ConcatFusion(nn.Module):
 
     @property
     def in_features(self) -> int:
-        """D = Σ n_i, the width of the concatenated input."""
+        """D = Σ n_i, the width of the concatenated input (as ``nn.Linear.in_features``)."""
         return self.structure.D
+
+    @property
+    def out_features(self) -> int:
+        """n, the output width (as ``nn.Linear.out_features``)."""
+        return self.structure.n
 
     @property
     def num_parameters(self) -> int:
@@ -165,12 +170,14 @@ class ConcatFusion(nn.Module):
         """Compress a trained ``nn.Linear(D, n)``: the member of this class closest to its weight
         in Frobenius norm (see each structure's ``fit``), with the same bias, device and dtype.
 
-        Extra arguments are the class's own (``p``, ``q``, ``terms``, ``r``, ``pad``…).
+        ``n`` is ``linear.out_features``; further arguments are the class's own, positional
+        after ``n`` or by keyword (``p``, ``q``, ``terms``, ``r``, ``pad``…).
 
         Raises:
             TypeError: ``linear`` is not an ``nn.Linear``, or the class cannot be fitted
                 (random-matrix adaptation).
-            ValueError: ``linear.in_features != sum(dims)``, or the class's own checks fail.
+            ValueError: ``linear.in_features != sum(dims)``, an ``n`` other than
+                ``linear.out_features``, or the class's own checks fail.
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
@@ -179,13 +186,16 @@ class ConcatFusion(nn.Module):
             raise ValueError(
                 f"linear.in_features={linear.in_features} must equal sum(dims)={sum(dims_checked)}"
             )
-        kwargs.setdefault("n", linear.out_features)
+        n = kwargs.pop("n", linear.out_features)
+        if n != linear.out_features:
+            raise ValueError(f"n={n!r} must equal linear.out_features={linear.out_features}")
+        weight = linear.weight
         module = cls(
-            dims_checked, *args, bias=linear.bias is not None,
-            device=linear.weight.device, dtype=linear.weight.dtype, **kwargs,
+            dims_checked, n, *args, bias=linear.bias is not None,
+            device=weight.device, dtype=weight.dtype, **kwargs,
         )
         with torch.no_grad():
-            for name, value in module.structure.fit(linear.weight.detach()).items():
+            for name, value in module.structure.fit(weight.detach()).items():
                 getattr(module, name).copy_(value)
             if linear.bias is not None:
                 module.bias.copy_(linear.bias)
@@ -201,9 +211,20 @@ class ConcatFusion(nn.Module):
             ValueError: wrong number of inputs, an input whose last dimension is not its
                 ``dims[i]``, differing leading shapes, an input on another device.
         """
-        factors = self.factors()
-        param = next(iter(factors.values()))
-        inputs, lead = V.check_inputs(xs, self.dims, dtype=param.dtype, device=param.device)
+        return self.fuse(xs, self.factors())
+
+    def fuse(
+        self, xs: Sequence[Tensor], factors: dict[str, Tensor], owner: str = "the parameters"
+    ) -> Tensor:
+        """``forward`` with the given factors (``{name: tensor}``, as :meth:`factors`) in place of
+        the module's own — e.g. views of an external flat vector from
+        ``structure.from_flat(w)``, through which gradients then flow. ``owner`` names where
+        the factors come from in error messages. Raises as :meth:`forward`.
+        """
+        reference = next(iter(factors.values()))
+        inputs, lead = V.check_inputs(
+            xs, self.dims, dtype=reference.dtype, device=reference.device, owner=owner
+        )
         rows = [x.reshape(-1, x.shape[-1]) for x in inputs]
         y = self.structure.apply_concat(rows, factors)
         if self.bias is not None:

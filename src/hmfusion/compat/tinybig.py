@@ -611,21 +611,20 @@ class parameterized_concatenation_fusion(nn.Module):
                 f"(one per entry of dims={self.dims})"
             )
         factors = self._factors(w)
+        owner = "the parameters" if w is None else "the flat vector w"
         reference = next(iter(factors.values()))
-        inputs, lead = V.check_inputs(
-            x, tuple(self.dims), dtype=reference.dtype, device=reference.device
+        inputs, _ = V.check_inputs(
+            x, tuple(self.dims), dtype=reference.dtype, device=reference.device, owner=owner
         )
-        rows = []
-        for i, value in enumerate(inputs):
-            processed = self.pre_process(value)
-            if processed.shape != value.shape:
+        processed = [self.pre_process(value) for value in inputs]
+        for i, (before, after) in enumerate(zip(inputs, processed)):
+            if after.shape != before.shape or after.dtype != before.dtype:
                 raise ValueError(
-                    f"preprocess_functions changed input {i}'s shape from {tuple(value.shape)} "
-                    f"to {tuple(processed.shape)}; they must keep each input's shape"
+                    f"preprocess_functions changed input {i} from {tuple(before.shape)} "
+                    f"{before.dtype} to {tuple(after.shape)} {after.dtype}; they must keep each "
+                    f"input's shape and dtype"
                 )
-            rows.append(processed.reshape(-1, value.shape[-1]))
-        y = self.fusion.structure.apply_concat(rows, factors)
-        return self.post_process(y.reshape(*lead, self.n))
+        return self.post_process(self.fusion.fuse(processed, factors, owner=owner))
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, layout={self.layout!r}"
