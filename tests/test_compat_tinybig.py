@@ -241,7 +241,8 @@ def test_constructor_defaults():
         f = cls(**({"p": 2} if cls.__name__.startswith("hm") else
                    {"r": 1, "p": 2} if "lphm" in cls.__name__ else {}), dims=dims)
         assert f.get_name() == cls.__name__
-        assert f.require_parameters is True and f.device == "cpu" and f.layout == "kronecker"
+        assert f.require_parameters is True and f.device == torch.device("cpu")
+        assert f.layout == "kronecker"
         assert f.get_dims() == dims and f.get_num() == 2 and f.calculate_n() == 4
     with pytest.raises(TypeError, match="p"):
         hm_parameterized_concatenation_fusion(dims=dims)  # p is required, as in tinybig
@@ -592,3 +593,19 @@ def test_documented_examples_run():
     doc = ROOT / "docs" / "tinybig.md"
     for block in _python_blocks(doc, None):
         _run(block, str(doc))
+
+
+def test_config_with_a_list_as_function_parameters_is_refused():
+    with pytest.raises(TypeError, match=r"config\['function_parameters'\] must be a dict, got list"):
+        from_config({"function_class": "hm_parameterized_concatenation_fusion",
+                     "function_parameters": []})
+    with pytest.raises(TypeError, match=r"function_parameters'\] must be a dict"):
+        parameterized_concatenation_fusion(
+            dims=[4], preprocess_function_configs={"function_class": "relu",
+                                                   "function_parameters": []})
+
+
+def test_device_follows_the_parameters():
+    f = hm_parameterized_concatenation_fusion(n=4, dims=[4], p=2).to("meta")
+    assert f.device == torch.device("meta")
+    assert f.to_config()["function_parameters"]["device"] == "meta"

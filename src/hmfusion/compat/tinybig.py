@@ -309,7 +309,8 @@ def _processing_from_config(label: str, config: object, factory: dict) -> nn.Mod
     if not isinstance(name, str):
         raise TypeError(f"{label}['function_class'] must be a str, got {type(name).__name__}")
     cls = _processing_class(f"{label}['function_class']", name)
-    parameters = config.get("function_parameters") or {}
+    parameters = config.get("function_parameters")
+    parameters = {} if parameters is None else parameters
     if not isinstance(parameters, Mapping) or not all(isinstance(k, str) for k in parameters):
         raise TypeError(f"{label}['function_parameters'] must be a dict with str keys")
     try:
@@ -478,7 +479,6 @@ class parameterized_concatenation_fusion(nn.Module):
         self.name = name
         self.require_parameters = True  # tinybig 0.2.1 forces it too
         self.layout = layout
-        self.device = device
         self.n = n_checked
         self.dims = list(dims_checked)
         #: the hmfusion module holding W's factors (state_dict keys ``fusion.<factor>``)
@@ -556,7 +556,7 @@ class parameterized_concatenation_fusion(nn.Module):
         parameters.update({arg: getattr(self, arg) for arg in self._own_arguments})
         parameters.update(
             layout=self.layout,
-            device=str(self.device),
+            device=str(self.device),  # where the parameters are now
             preprocess_function_configs=_processing_configs(
                 "preprocess", self.preprocess_functions
             ),
@@ -570,6 +570,11 @@ class parameterized_concatenation_fusion(nn.Module):
         }
 
     # forward -------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters are (follows ``.to()``; tinybig's attribute of that name)."""
+        return next(iter(self.fusion.factors().values())).device
+
     def _factors(self, w: object) -> dict[str, Tensor]:
         """The factors of W: the module's own, or the trained ones held in w (as views)."""
         if w is None:
@@ -945,7 +950,8 @@ def from_config(config: Mapping) -> parameterized_concatenation_fusion:
             f"function_class={name!r} is not allowed: a config can name only "
             f"{[c.__name__ for c in _FUSION_CLASSES]} (nothing is imported from a config)"
         )
-    parameters = config.get("function_parameters") or {}
+    parameters = config.get("function_parameters")
+    parameters = {} if parameters is None else parameters
     if not isinstance(parameters, Mapping):
         raise TypeError(
             f"config['function_parameters'] must be a dict, got {type(parameters).__name__}"
