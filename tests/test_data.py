@@ -1,0 +1,303 @@
+"""hmfusion.data: the packaged mfeat set, reading your own files, and the splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hmfusion.data import (
+    MFEAT_PATH,
+    DataError,
+    MultiViewData,
+    check_classes,
+    encode_labels,
+    load_files,
+    load_mfeat,
+    stratified_split,
+    stratified_subsample,
+)
+
+
+def write_csv(path, rows, header=None, sep=","):
+    lines = [] if header is None else [sep.join(header)]
+    lines += [sep.join(str(cell) for cell in row) for row in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def two_views(tmp_path):
+    """Two views of 12 rows (widths 3 and 2) and string labels of three classes."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(12, 3)), rng.normal(size=(12, 2))
+    labels = np.array(["cat", "dog", "eel"] * 4)
+    return a, b, labels
+
+
+# the packaged data set --------------------------------------------------------------------------
+def test_mfeat_is_packaged_with_its_attribution():
+    data = load_mfeat()
+    assert data.name == "mfeat"
+    assert data.view_names == ("fou", "fac", "kar", "pix", "zer", "mor")
+    assert data.widths == (76, 216, 64, 240, 47, 6) and sum(data.widths) == 649
+    assert data.num_rows == 2000 and data.classes == tuple(range(10))
+    assert np.bincount(data.labels).tolist() == [200] * 10
+    assert all(np.isfinite(view).all() and view.dtype == np.float64 for view in data.views)
+    readme = MFEAT_PATH.with_name("MFEAT_README.md").read_text(encoding="utf-8")
+    assert "CC BY 4.0" in readme and "Duin" in readme and "Kybernetika" in readme
+
+
+def test_mfeat_matches_a_value_of_the_source_csv():
+    # first row of mfeat-mor.csv: 1,0,0,133.15,1.3117,1620.2 (label 0)
+    data = load_mfeat()
+    np.testing.assert_array_equal(data.views[5][0], [1, 0, 0, 133.15, 1.3117, 1620.2])
+    assert data.labels[0] == 0 and data.labels[-1] == 9
+
+
+# reading files ----------------------------------------------------------------------------------
+def test_csv_with_header_and_named_label_column(tmp_path, two_views):
+    a, b, labels = two_views
+    va = write_csv(tmp_path / "a.csv", [[*row, y] for row, y in zip(a, labels)],
+                   header=["f1", "f2", "f3", "species"])
+    vb = write_csv(tmp_path / "b.csv", b.tolist())  # no header
+    data = load_files([va, vb], label_column="species")
+    assert data.view_names == ("a", "b") and data.widths == (3, 2)
+    np.testing.assert_allclose(data.views[0], a)
+    np.testing.assert_allclose(data.views[1], b)
+    assert data.classes == ("cat", "dog", "eel")
+    assert [data.classes[c] for c in data.labels] == labels.tolist()
+
+
+def test_csv_without_header_and_a_labels_file(tmp_path, two_views):
+    a, b, labels = two_views
+    va = write_csv(tmp_path / "a.csv", a.tolist())
+    vb = write_csv(tmp_path / "b.tsv", b.tolist(), sep="\t")
+    y = write_csv(tmp_path / "y.csv", [[v] for v in labels])  # string labels, no header
+    data = load_files([va, vb], labels=y)
+    assert data.num_rows == 12 and data.classes == ("cat", "dog", "eel")
+    y_header = write_csv(tmp_path / "y2.csv", [[v] for v in labels], header=["species"])
+    assert load_files([va, vb], labels=y_header).labels.tolist() == data.labels.tolist()
+
+
+def test_labels_file_with_several_columns_needs_a_column(tmp_path, two_views):
+    a, _, labels = two_views
+    va = write_csv(tmp_path / "a.csv", a.tolist())
+    y = write_csv(tmp_path / "y.csv", [[i, v] for i, v in enumerate(labels)], header=["id", "y"])
+    with pytest.raises(DataError, match="choose the label column"):
+        load_files([va], labels=y)
+    assert load_files([va], labels=y, label_column="y").classes == ("cat", "dog", "eel")
+    assert load_files([va], labels=y, label_column=1).classes == ("cat", "dog", "eel")
+
+
+def test_label_index_in_every_file_as_in_the_mfeat_csvs(tmp_path):
+    # mfeat's CSVs: a header of column indices ("0,1,...,k-1,0") and the label last
+    rows = [[0.5, 1.5, 2.5, 7], [1.0, 2.0, 3.0, 7], [4.0, 5.0, 6.0, 8]] * 2
+    header = ["0", "1", "2", "0"]
+    va = write_csv(tmp_path / "fou.csv", rows, header=header)
+    vb = write_csv(tmp_path / "mor.csv", [[r[0] * 2, 1, r[3]] for r in rows], header=["0", "1", "0"])
+    data = load_files([va, vb], label_column=-1)
+    assert data.widths == (3, 2) and data.num_rows == 6 and data.classes == (7, 8)
+
+
+def test_npy_views_and_npy_labels(tmp_path, two_views):
+    a, b, labels = two_views
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b[:, 0])  # a 1-D array is one feature
+    np.save(tmp_path / "y.npy", np.arange(12) % 3)
+    data = load_files([tmp_path / "a.npy", tmp_path / "b.npy"], labels=tmp_path / "y.npy")
+    assert data.widths == (3, 1) and data.classes == (0, 1, 2)
+
+
+def test_one_npz_with_views_and_labels(tmp_path, two_views):
+    a, b, labels = two_views
+    np.savez(tmp_path / "d.npz", left=a, right=b, labels=labels)
+    data = load_files([tmp_path / "d.npz"])
+    assert data.view_names == ("left", "right") and data.classes == ("cat", "dog", "eel")
+    np.savez(tmp_path / "e.npz", left=a, right=b, target_name=labels)
+    assert load_files([tmp_path / "e.npz"], label_column="target_name").widths == (3, 2)
+
+
+def test_packaged_npz_reads_as_your_own_file():
+    data = load_files([MFEAT_PATH])
+    mfeat = load_mfeat()
+    assert data.widths == mfeat.widths and data.labels.tolist() == mfeat.labels.tolist()
+
+
+def test_unlabelled_files_for_prediction(tmp_path, two_views):
+    a, _, _ = two_views
+    np.save(tmp_path / "a.npy", a)
+    data = load_files([tmp_path / "a.npy"], require_labels=False)
+    assert data.labels is None and data.classes is None
+
+
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        ([3, 1, 3, 2], (1, 2, 3)),
+        (["3", "1.0", " 3 ", "2"], (1, 2, 3)),
+        (np.array([1.0, 0.0, 1.0]), (0, 1)),
+        (["1", "cat", "1"], ("1", "cat")),
+        (np.array([True, False]), (0, 1)),
+    ],
+)
+def test_encode_labels(values, expected):
+    codes, classes = encode_labels(values, "y")
+    assert classes == expected
+    assert [classes[c] for c in codes] == [classes[c] for c in encode_labels(values, "y")[0]]
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (np.array([1.0, 2.5]), "row 2: label 2.5 is not an integer"),
+        (np.array([1.0, np.nan]), "row 2: label nan is not an integer"),
+        (["a", ""], "row 2: empty label"),
+        (np.zeros((3, 2)), "one column"),
+    ],
+)
+def test_encode_labels_errors(values, message):
+    with pytest.raises(DataError, match=message):
+        encode_labels(values, "y.npy")
+
+
+# bad files: one message naming the file and the problem -----------------------------------------
+def bad_case(tmp_path, case):
+    """(views, kwargs) for load_files, each with exactly one problem."""
+    good = [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]]
+    labels = write_csv(tmp_path / "y.csv", [[0], [1], [0], [1]])
+    ok = write_csv(tmp_path / "ok.csv", good)
+    if case == "missing file":
+        return [ok, tmp_path / "nope.csv"], {"labels": labels}
+    if case == "missing labels file":
+        return [ok], {"labels": tmp_path / "nope.csv"}
+    if case == "unsupported type":
+        (tmp_path / "v.xlsx").write_text("x")
+        return [tmp_path / "v.xlsx"], {"labels": labels}
+    if case == "rows differ":
+        return [ok, write_csv(tmp_path / "short.csv", good[:3])], {"labels": labels}
+    if case == "labels rows differ":
+        return [ok], {"labels": write_csv(tmp_path / "y3.csv", [[0], [1], [0]])}
+    if case == "non-numeric cell":
+        return [write_csv(tmp_path / "v.csv", [[1, 2], [3, "abc"], [5, 6], [7, 8]])], {"labels": labels}
+    if case == "empty cell":
+        return [write_csv(tmp_path / "v.csv", [[1, 2], [3, ""], [5, 6], [7, 8]])], {"labels": labels}
+    if case == "ragged row":
+        return [write_csv(tmp_path / "v.csv", [[1, 2], [3], [5, 6], [7, 8]])], {"labels": labels}
+    if case == "NaN":
+        return [write_csv(tmp_path / "v.csv", [[1, 2], [3, 4], [5, "nan"], [7, 8]])], {"labels": labels}
+    if case == "inf in npy":
+        np.save(tmp_path / "v.npy", np.array([[1.0, 2.0], [3.0, np.inf], [5, 6], [7, 8]]))
+        return [tmp_path / "v.npy"], {"labels": labels}
+    if case == "pickled npy":
+        np.save(tmp_path / "v.npy", np.array([{"a": 1}] * 4, dtype=object), allow_pickle=True)
+        return [tmp_path / "v.npy"], {"labels": labels}
+    if case == "not an npy":
+        (tmp_path / "v.npy").write_text("1,2\n3,4\n")
+        return [tmp_path / "v.npy"], {"labels": labels}
+    if case == "string view":
+        np.save(tmp_path / "v.npy", np.array([["a", "b"]] * 4))
+        return [tmp_path / "v.npy"], {"labels": labels}
+    if case == "empty file":
+        (tmp_path / "v.csv").write_text("\n\n")
+        return [tmp_path / "v.csv"], {"labels": labels}
+    if case == "no labels":
+        return [ok], {}
+    if case == "label column not found":
+        return [write_csv(tmp_path / "v.csv", good, header=["a", "b"])], {"label_column": "y"}
+    if case == "label index out of range":
+        return [ok], {"label_column": 5}
+    if case == "labels disagree":
+        other = write_csv(tmp_path / "w.csv", [[1, 1], [2, 0], [3, 1], [4, 0]])
+        return [write_csv(tmp_path / "v.csv", [[1, 0], [2, 1], [3, 0], [4, 1]]), other], {
+            "label_column": -1}
+    if case == "only the label":
+        return [write_csv(tmp_path / "v.csv", [[0], [1], [0], [1]], header=["y"])], {
+            "label_column": "y"}
+    raise AssertionError(case)
+
+
+BAD_CASES = {
+    "missing file": r"views file '.*nope\.csv' does not exist",
+    "missing labels file": r"labels file '.*nope\.csv' does not exist",
+    "unsupported type": r"unsupported type '\.xlsx'",
+    "rows differ": r"different numbers of rows: ok\.csv 4, short\.csv 3",
+    "labels rows differ": r"labels \(.*y3\.csv\) have 3 rows but the views have 4",
+    "non-numeric cell": r"v\.csv line 2, column 2: 'abc' is not a number",
+    "empty cell": r"v\.csv line 2, column 2: empty cell",
+    "ragged row": r"v\.csv line 2 has 1 cells; the first row has 2",
+    "NaN": r"v\.csv, line 3, column 2: NaN",
+    "inf in npy": r"v\.npy, row 2, column 2: an infinite value",
+    "pickled npy": r"v\.npy holds Python objects; hmfusion never unpickles",
+    "not an npy": r"v\.npy is not a NumPy \.npy file",
+    "string view": r"v\.npy: dtype <U1 is not numeric",
+    "empty file": r"v\.csv is empty",
+    "no labels": r"no labels: pass a labels file",
+    "label column not found": r"no views file has a column .* named 'y'",
+    "label index out of range": r"ok\.csv: label column index 5 is out of range \(2 columns\)",
+    "labels disagree": r"label columns of .*v\.csv and .*w\.csv differ \(first at row 1",
+    "only the label": r"v\.csv has no feature columns besides the label",
+}
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_files_raise_a_clear_data_error(tmp_path, case):
+    views, kwargs = bad_case(tmp_path, case)
+    with pytest.raises(DataError, match=BAD_CASES[case]):
+        load_files(views, **kwargs)
+
+
+def test_data_error_is_a_value_error():
+    assert issubclass(DataError, ValueError)
+
+
+def test_load_files_argument_types(tmp_path):
+    with pytest.raises(TypeError, match="list of file paths"):
+        load_files("a.csv")
+    with pytest.raises(DataError, match="no views files"):
+        load_files([])
+    with pytest.raises(TypeError, match="label_column"):
+        load_files([MFEAT_PATH], label_column=1.5)
+
+
+def test_views_must_agree_in_memory():
+    with pytest.raises(DataError, match="different numbers of rows: a 3, b 2"):
+        MultiViewData("x", (np.zeros((3, 1)), np.zeros((2, 1))), ("a", "b"))
+
+
+# classes and splits -----------------------------------------------------------------------------
+def test_a_single_class_is_refused():
+    with pytest.raises(DataError, match=r"single class \('cat'\)"):
+        check_classes(np.zeros(10, dtype=np.int64), ("cat",))
+
+
+def test_fewer_rows_than_split_parts_is_refused():
+    labels = np.array([0, 0, 0, 1, 1])
+    with pytest.raises(DataError, match=r"every class needs at least 3 rows; classes with "
+                                        r"fewer: 'b' \(2\)"):
+        check_classes(labels, ("a", "b"))
+
+
+def test_stratified_split_partitions_every_class():
+    labels = np.repeat(np.arange(4), [50, 30, 10, 3])
+    train, val, test = stratified_split(labels, validation_fraction=0.1, test_fraction=0.2, seed=3)
+    assert sorted(np.concatenate([train, val, test]).tolist()) == list(range(labels.size))
+    for code, size in enumerate([50, 30, 10, 3]):
+        counts = [int((labels[part] == code).sum()) for part in (train, val, test)]
+        assert sum(counts) == size and min(counts) >= 1
+    assert [int((labels[test] == 0).sum()), int((labels[val] == 0).sum())] == [10, 5]
+    again = stratified_split(labels, validation_fraction=0.1, test_fraction=0.2, seed=3)
+    other = stratified_split(labels, validation_fraction=0.1, test_fraction=0.2, seed=4)
+    assert all(np.array_equal(x, y) for x, y in zip((train, val, test), again))
+    assert not np.array_equal(test, other[2])
+
+
+def test_stratified_split_rejects_bad_fractions():
+    with pytest.raises(ValueError, match="sum to less than 1"):
+        stratified_split(np.zeros(9), validation_fraction=0.5, test_fraction=0.5, seed=0)
+
+
+def test_stratified_subsample_keeps_proportions_and_small_classes():
+    labels = np.repeat(np.arange(3), [100, 50, 4])
+    rows = stratified_subsample(labels, 31)
+    assert np.bincount(labels[rows]).tolist() == [20, 10, 3]
+    assert stratified_subsample(labels, 1000).size == labels.size
