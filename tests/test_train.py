@@ -1,0 +1,330 @@
+"""`hmfusion train` and `hmfusion predict`: outputs, checkpoints, your own data, bad data,
+determinism, and DistributedDataParallel against a single process."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from hmfusion.cli import main as cli
+from hmfusion.data import load_mfeat
+from hmfusion.train import load_checkpoint
+
+TINY = ["--seeds", "1", "--epochs", "2", "--max-rows", "300", "--quiet"]
+
+
+def train(out, *flags):
+    return cli(["train", "--out", str(out), *flags])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """Three fusions, two seeds, three epochs on 300 mfeat rows."""
+    out = tmp_path_factory.mktemp("tiny") / "out"
+    code = train(out, "--fusion", "hm,dense,mean", "--seeds", "2", "--epochs", "3",
+                 "--max-rows", "300", "--quiet")
+    assert code == 0
+    return out
+
+
+def mfeat_rows_npz(path, rows, *, labels=True):
+    data = load_mfeat()
+    arrays = {name: view[rows] for name, view in zip(data.view_names, data.views)}
+    if labels:
+        arrays["labels"] = data.labels[rows]
+    np.savez(path, **arrays)
+    return path
+
+
+# outputs --------------------------------------------------------------------------------------
+def test_results_json_holds_the_documented_fields(tiny_run):
+    results = json.loads((tiny_run / "results.json").read_text())
+    assert results["dataset"] == "mfeat"
+    assert list(results["fusions"]) == ["hm", "dense", "mean"]
+    for name, r in results["fusions"].items():
+        assert 0.0 <= r["test_accuracy_mean"] <= 1.0 and r["test_accuracy_std"] >= 0.0
+        assert len(r["test_accuracies"]) == 2 and r["seeds"] == [0, 1]
+        assert isinstance(r["fusion_parameters"], int) and isinstance(r["model_parameters"], int)
+        assert r["model_parameters"] > r["fusion_parameters"] >= 0
+        assert r["train_seconds"] > 0
+    fusions = results["fusions"]
+    # encoders 64 wide: D = 6·64 = 384, n = 64; dense W + bias, hm A ⊗ B + bias, mean nothing
+    assert fusions["dense"]["fusion_parameters"] == 64 * 384 + 64
+    assert fusions["hm"]["fusion_parameters"] <= 0.1 * fusions["dense"]["fusion_parameters"]
+    assert fusions["mean"]["fusion_parameters"] == 0
+    assert results["data"]["rows"] == 300 and results["config"]["world_size"] == 1
+
+
+def test_plots_table_and_checkpoints_are_written(tiny_run):
+    for name in ("accuracy_vs_params.png", "training_curves.png"):
+        assert (tiny_run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tiny_run / "results.md").read_text().startswith("| fusion | test accuracy (%)")
+    for fusion in ("hm", "dense", "mean"):
+        assert (tiny_run / "checkpoints" / f"{fusion}.pt").is_file()
+        meta = json.loads((tiny_run / "checkpoints" / f"{fusion}.json").read_text())
+        assert meta["model"]["fusion"] == fusion and meta["seed"] in (0, 1)
+
+
+def test_checkpoint_is_plain_tensors_and_reloads(tiny_run):
+    state = torch.load(tiny_run / "checkpoints" / "hm.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    model, meta = load_checkpoint(tiny_run / "checkpoints" / "hm.json")
+    config = meta["model"]
+    assert isinstance(config["fusion_options"]["p"], int)  # "auto" resolved for the record
+    assert model.fusion.p == config["fusion_options"]["p"]
+    data = load_mfeat()
+    logits = model([torch.as_tensor(v[:5], dtype=torch.float32) for v in data.views])
+    assert logits.shape == (5, 10)
+
+
+def test_the_table_is_printed(tmp_path, capsys):
+    assert train(tmp_path / "out", "--fusion", "hm", *TINY) == 0
+    printed = capsys.readouterr().out
+    assert "| fusion | test accuracy (%) | fusion params |" in printed
+    assert "| hm | " in printed and "mfeat: 300 rows, 6 views (649 features)" in printed
+
+
+def test_same_seed_same_result(tmp_path):
+    for run in ("a", "b"):
+        assert train(tmp_path / run, "--fusion", "lphm", *TINY) == 0
+    results = [json.loads((tmp_path / run / "results.json").read_text()) for run in "ab"]
+    assert (results[0]["fusions"]["lphm"]["test_accuracies"]
+            == results[1]["fusions"]["lphm"]["test_accuracies"])
+    states = [torch.load(tmp_path / run / "checkpoints" / "lphm.pt", weights_only=True)
+              for run in "ab"]
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_help_documents_the_interface(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["train", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--fusion", "--seeds", "--epochs", "--out", "--quiet", "--views", "--labels",
+                 "--label-column", "--device"):
+        assert flag in text
+
+
+# prediction -----------------------------------------------------------------------------------
+def test_predict_prints_one_line_per_row_and_the_accuracy(tiny_run, tmp_path, capsys):
+    rows = np.arange(0, 2000, 97)
+    views = mfeat_rows_npz(tmp_path / "new.npz", rows)
+    assert cli(["predict", "--checkpoint", str(tiny_run / "checkpoints" / "hm.pt"),
+                "--views", str(views)]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0] == "row,prediction,probability" and len(lines) == 1 + rows.size
+    row, prediction, probability = lines[1].split(",")
+    assert row == "1" and int(prediction) in range(10) and 0.1 <= float(probability) <= 1
+    assert captured.err.startswith("accuracy ")
+
+    out = tmp_path / "predictions.csv"
+    unlabelled = mfeat_rows_npz(tmp_path / "u.npz", rows, labels=False)
+    assert cli(["predict", "--checkpoint", str(tiny_run / "checkpoints" / "hm.pt"),
+                "--views", str(unlabelled), "--out", str(out)]) == 0
+    assert out.read_text().splitlines() == lines
+    assert capsys.readouterr().err == ""
+
+
+def test_predict_refuses_views_of_other_widths(tiny_run, tmp_path, capsys):
+    np.save(tmp_path / "v.npy", np.zeros((4, 3)))
+    code = cli(["predict", "--checkpoint", str(tiny_run / "checkpoints" / "hm.pt"),
+                "--views", str(tmp_path / "v.npy")])
+    assert code == 2
+    assert "checkpoint expects 6 views of widths [76, 216, 64, 240, 47, 6]" in capsys.readouterr().err
+
+
+def test_predict_refuses_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
+    (tmp_path / "x.pt").write_bytes(b"")
+    (tmp_path / "x.json").write_text('{"model": {"format": "other"}}')
+    assert cli(["predict", "--checkpoint", str(tmp_path / "x.pt")]) == 2
+    assert "is not an hmfusion train checkpoint config" in capsys.readouterr().err
+
+
+# your own data --------------------------------------------------------------------------------
+def byo_files(tmp_path, rows=60):
+    """Three CSV views of widths 5, 7, 3 (sum 15, odd), string classes that the views separate,
+    a header on one view only, labels in a CSV with a header."""
+    rng = np.random.default_rng(1)
+    names = np.array(["ash", "birch", "cedar"])
+    codes = np.arange(rows) % 3
+    paths = []
+    for i, width in enumerate((5, 7, 3)):
+        values = rng.normal(size=(rows, width)) + codes[:, None] * (1.5 + i)
+        lines = [",".join(f"c{j}" for j in range(width))] if i == 0 else []
+        lines += [",".join(f"{v:.6f}" for v in row) for row in values]
+        paths.append(tmp_path / f"view{i}.csv")
+        paths[-1].write_text("\n".join(lines) + "\n")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("tree\n" + "\n".join(names[codes]) + "\n")
+    return paths, labels
+
+
+@pytest.mark.parametrize("model_flags", [
+    ["--fusion", "hm,mean", "--hidden", "8"],
+    # no encoders: hm on D = 15 with n = 10 and p = 4, which divides neither: zero padding
+    ["--fusion", "hm,dense", "--hidden", "0", "--fused-width", "10", "--p", "4"],
+])
+def test_your_own_csv_views_with_odd_widths_and_class_names(tmp_path, model_flags, capsys):
+    views, labels = byo_files(tmp_path)
+    out = tmp_path / "out"
+    code = train(out, "--views", *map(str, views), "--labels", str(labels), "--seeds", "1",
+                 "--epochs", "40", "--batch-size", "8", "--quiet", *model_flags)
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert results["dataset"] == "view0.csv, view1.csv, view2.csv"
+    assert results["data"]["view_widths"] == [5, 7, 3]
+    assert results["data"]["classes"] == ["ash", "birch", "cedar"]
+    assert results["fusions"]["hm"]["test_accuracy_mean"] >= 0.8
+    meta = json.loads((out / "checkpoints" / "hm.json").read_text())
+    if "--p" in model_flags:
+        assert meta["model"]["fusion_options"]["pad"] is True
+    capsys.readouterr()
+    assert cli(["predict", "--checkpoint", str(out / "checkpoints" / "hm.pt"),
+                "--views", *map(str, views)]) == 0
+    predictions = {line.split(",")[1] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert predictions <= {"ash", "birch", "cedar"}
+
+
+def test_your_own_data_with_the_label_column_in_a_view(tmp_path):
+    views, labels = byo_files(tmp_path, rows=30)
+    names = labels.read_text().splitlines()[1:]
+    lines = views[0].read_text().splitlines()
+    views[0].write_text("\n".join([lines[0] + ",tree"]
+                                  + [f"{row},{name}" for row, name in zip(lines[1:], names)]))
+    code = train(tmp_path / "out", "--views", *map(str, views), "--label-column", "tree",
+                 "--fusion", "hm", "--hidden", "8", *TINY[:4], "--quiet")
+    assert code == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["data"]["view_widths"] == [5, 7, 3]
+
+
+# bad data: one line on stderr, exit status 2, nothing written ---------------------------------
+def bad_data(tmp_path, case):
+    good = np.random.default_rng(0).normal(size=(12, 3))
+    np.save(tmp_path / "a.npy", good)
+    np.save(tmp_path / "y.npy", np.arange(12) % 3)
+    a, y = str(tmp_path / "a.npy"), str(tmp_path / "y.npy")
+    if case == "missing file":
+        return ["--views", a, str(tmp_path / "absent.csv"), "--labels", y]
+    if case == "rows differ":
+        np.save(tmp_path / "b.npy", good[:11])
+        return ["--views", a, str(tmp_path / "b.npy"), "--labels", y]
+    if case == "non-numeric cell":
+        (tmp_path / "b.csv").write_text("1,2\n" * 5 + "3,x\n" + "1,2\n" * 6)
+        return ["--views", a, str(tmp_path / "b.csv"), "--labels", y]
+    if case in ("NaN", "inf"):
+        bad = good.copy()
+        bad[4, 1] = np.nan if case == "NaN" else -np.inf
+        np.save(tmp_path / "b.npy", bad)
+        return ["--views", str(tmp_path / "b.npy"), "--labels", y]
+    if case == "single class":
+        np.save(tmp_path / "one.npy", np.zeros(12, dtype=int))
+        return ["--views", a, "--labels", str(tmp_path / "one.npy")]
+    if case == "fewer rows than folds":
+        np.save(tmp_path / "few.npy", np.array([0] * 10 + [1] * 2))
+        return ["--views", a, "--labels", str(tmp_path / "few.npy")]
+    if case == "no labels":
+        return ["--views", a]
+    if case == "unknown fusion":
+        return ["--views", a, "--labels", y, "--fusion", "hm,fancy"]
+    if case == "mean of unequal raw widths":
+        np.save(tmp_path / "b.npy", good[:, :2])
+        return ["--views", a, str(tmp_path / "b.npy"), "--labels", y, "--fusion", "mean",
+                "--hidden", "0"]
+    raise AssertionError(case)
+
+
+BAD = {
+    "missing file": "views file '.*absent.csv' does not exist",
+    "rows differ": r"different numbers of rows: a\.npy 12, b\.npy 11",
+    "non-numeric cell": r"b\.csv line 6, column 2: 'x' is not a number",
+    "NaN": r"b\.npy, row 5, column 2: NaN",
+    "inf": r"b\.npy, row 5, column 2: an infinite value",
+    "single class": r"single class \(0\)",
+    "fewer rows than folds": r"every class needs at least 3 rows; classes with fewer: 1 \(2\)",
+    "no labels": "no labels",
+    "unknown fusion": "--fusion: unknown 'fancy'",
+    "mean of unequal raw widths": "--fusion mean: .* need one width",
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_data_stops_with_one_line_and_no_output(tmp_path, case, capsys):
+    import re
+
+    flags = bad_data(tmp_path, case)
+    out = tmp_path / "out"
+    assert train(out, *flags, "--seeds", "1", "--epochs", "1") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hmfusion: error: ") and "\n" not in err
+    assert re.search(BAD[case], err), err
+    assert not out.exists()
+
+
+# distributed ----------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_torchrun_two_processes_match_one(tmp_path, monkeypatch, capsys):
+    """Two gloo processes: identical parameters on both ranks, and the same model as one
+    process with the same global batch up to float32 summation order (|Δw| ≤ 1e-4 after three
+    epochs), the same test accuracy to within one test row, outputs written once."""
+    flags = ["--fusion", "hm", "--seeds", "1", "--epochs", "3", "--max-rows", "400",
+             "--batch-size", "32", "--quiet"]
+    env = {**os.environ, "HMFUSION_DUMP_STATE_DIR": str(tmp_path / "dist"),
+           "OMP_NUM_THREADS": "1"}
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+         "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+         "-m", "hmfusion", "train", *flags, "--out", str(tmp_path / "two")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert launched.returncode == 0, launched.stderr[-4000:]
+    assert launched.stdout.count("| hm | ") == 1  # only rank 0 reports
+
+    monkeypatch.setenv("HMFUSION_DUMP_STATE_DIR", str(tmp_path / "single"))
+    assert train(tmp_path / "one", *flags) == 0
+
+    rank0, rank1 = (torch.load(tmp_path / "dist" / f"rank{r}-hm-seed0.pt", weights_only=True)
+                    for r in (0, 1))
+    single = torch.load(tmp_path / "single" / "rank0-hm-seed0.pt", weights_only=True)
+    assert rank0.keys() == rank1.keys() == single.keys()
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+        torch.testing.assert_close(rank0[name], single[name], atol=1e-4, rtol=0)
+    two, one = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("two", "one"))
+    assert two["config"]["world_size"] == 2 and one["config"]["world_size"] == 1
+    test_rows = one["data"]["split_rows"]["test"]
+    assert abs(two["fusions"]["hm"]["test_accuracy_mean"]
+               - one["fusions"]["hm"]["test_accuracy_mean"]) <= 1 / test_rows + 1e-9
+
+
+# the main job ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_default_run_meets_the_targets(tmp_path, monkeypatch):
+    """`hmfusion train` as in the README: HM ≥ 98.0% mean test accuracy, within 0.5 points of
+    dense with ≤ 10% of its fusion parameters, all six fusions × 3 seeds in under 3 minutes."""
+    monkeypatch.chdir(tmp_path)
+    started = time.perf_counter()
+    assert cli(["train", "--quiet"]) == 0
+    seconds = time.perf_counter() - started
+    results = json.loads((tmp_path / "hmfusion-results" / "results.json").read_text())
+    fusions = results["fusions"]
+    assert list(fusions) == ["hm", "dense", "lowrank", "lphm", "dual_lphm", "mean"]
+    hm, dense = fusions["hm"], fusions["dense"]
+    assert hm["test_accuracy_mean"] >= 0.980
+    assert hm["test_accuracy_mean"] >= dense["test_accuracy_mean"] - 0.005
+    assert hm["fusion_parameters"] <= 0.10 * dense["fusion_parameters"]
+    assert seconds < 180
