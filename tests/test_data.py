@@ -94,7 +94,8 @@ def test_label_index_in_every_file_as_in_the_mfeat_csvs(tmp_path):
     rows = [[0.5, 1.5, 2.5, 7], [1.0, 2.0, 3.0, 7], [4.0, 5.0, 6.0, 8]] * 2
     header = ["0", "1", "2", "0"]
     va = write_csv(tmp_path / "fou.csv", rows, header=header)
-    vb = write_csv(tmp_path / "mor.csv", [[r[0] * 2, 1, r[3]] for r in rows], header=["0", "1", "0"])
+    vb = write_csv(tmp_path / "mor.csv", [[r[0] * 2, 1, r[3]] for r in rows],
+                   header=["0", "1", "0"])
     data = load_files([va, vb], label_column=-1)
     assert data.widths == (3, 2) and data.num_rows == 6 and data.classes == (7, 8)
 
@@ -166,6 +167,7 @@ def bad_case(tmp_path, case):
     good = [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]]
     labels = write_csv(tmp_path / "y.csv", [[0], [1], [0], [1]])
     ok = write_csv(tmp_path / "ok.csv", good)
+    with_labels = {"labels": labels}
     if case == "missing file":
         return [ok, tmp_path / "nope.csv"], {"labels": labels}
     if case == "missing labels file":
@@ -178,13 +180,13 @@ def bad_case(tmp_path, case):
     if case == "labels rows differ":
         return [ok], {"labels": write_csv(tmp_path / "y3.csv", [[0], [1], [0]])}
     if case == "non-numeric cell":
-        return [write_csv(tmp_path / "v.csv", [[1, 2], [3, "abc"], [5, 6], [7, 8]])], {"labels": labels}
+        return [write_csv(tmp_path / "v.csv", [[1, 2], [3, "abc"], [5, 6], [7, 8]])], with_labels
     if case == "empty cell":
-        return [write_csv(tmp_path / "v.csv", [[1, 2], [3, ""], [5, 6], [7, 8]])], {"labels": labels}
+        return [write_csv(tmp_path / "v.csv", [[1, 2], [3, ""], [5, 6], [7, 8]])], with_labels
     if case == "ragged row":
         return [write_csv(tmp_path / "v.csv", [[1, 2], [3], [5, 6], [7, 8]])], {"labels": labels}
     if case == "NaN":
-        return [write_csv(tmp_path / "v.csv", [[1, 2], [3, 4], [5, "nan"], [7, 8]])], {"labels": labels}
+        return [write_csv(tmp_path / "v.csv", [[1, 2], [3, 4], [5, "nan"], [7, 8]])], with_labels
     if case == "inf in npy":
         np.save(tmp_path / "v.npy", np.array([[1.0, 2.0], [3.0, np.inf], [5, 6], [7, 8]]))
         return [tmp_path / "v.npy"], {"labels": labels}

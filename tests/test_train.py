@@ -139,7 +139,8 @@ def test_predict_refuses_views_of_other_widths(tiny_run, tmp_path, capsys):
     code = cli(["predict", "--checkpoint", str(tiny_run / "checkpoints" / "hm.pt"),
                 "--views", str(tmp_path / "v.npy")])
     assert code == 2
-    assert "checkpoint expects 6 views of widths [76, 216, 64, 240, 47, 6]" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "checkpoint expects 6 views of widths [76, 216, 64, 240, 47, 6]" in err
 
 
 def test_predict_refuses_a_file_that_is_not_a_checkpoint(tmp_path, capsys):

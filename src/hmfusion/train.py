@@ -57,15 +57,15 @@ __all__ = [
     "main",
 ]
 
-#: --fusion choices: name -> what the fused layer is (``None``-module fusions have no weights).
-FUSIONS = {
-    "hm": "HMConcatFusion: W = A ⊗ B",
-    "dense": "DenseConcatFusion: unstructured W",
-    "lowrank": "LowRankConcatFusion: W = U Vᵀ (rank --rank)",
-    "lphm": "LPHMConcatFusion: W = A ⊗ (S Tᵀ)",
-    "dual_lphm": "DualLPHMConcatFusion: W = (P Qᵀ) ⊗ (S Tᵀ)",
-    "random": "RandomMatrixConcatFusion: W = diag(λ₁) R₁ diag(λ₂) R₂ᵀ",
-    "mean": "the average of the view encodings (no parameters)",
+#: --fusion choices and their layers; "mean" (the average of the view encodings) has none.
+FUSIONS: dict[str, type[hmfusion.ConcatFusion] | None] = {
+    "hm": hmfusion.HMConcatFusion,
+    "dense": hmfusion.DenseConcatFusion,
+    "lowrank": hmfusion.LowRankConcatFusion,
+    "lphm": hmfusion.LPHMConcatFusion,
+    "dual_lphm": hmfusion.DualLPHMConcatFusion,
+    "random": hmfusion.RandomMatrixConcatFusion,
+    "mean": None,
 }
 DEFAULT_FUSIONS = "hm,dense,lowrank,lphm,dual_lphm,mean"
 _KRONECKER = ("hm", "lphm", "dual_lphm")
@@ -155,8 +155,10 @@ class MultiViewClassifier(nn.Module):
     def make_config(data: MultiViewData, fusion: str, *, hidden: int, fused_width: int | None,
                     fusion_options: dict, dropout: float) -> dict:
         """The model config for ``data``; ``fused_width`` None means ``hidden`` (or 64 without
-        encoders)."""
-        if fused_width is None:
+        encoders). The mean fusion's width is that of the encodings."""
+        if fusion == "mean":
+            fused_width = hidden if hidden > 0 else data.widths[0]
+        elif fused_width is None:
             fused_width = hidden if hidden > 0 else 64
         return {
             "format": _CHECKPOINT_FORMAT,
@@ -204,22 +206,15 @@ class MultiViewClassifier(nn.Module):
 
 def _build_fusion(name: str, dims: list[int], n: int, options: dict, factory: dict
                   ) -> nn.Module | None:
-    if name == "mean":
+    if name not in FUSIONS:
+        raise ValueError(f"unknown fusion {name!r}; choose from {', '.join(FUSIONS)}")
+    layer = FUSIONS[name]
+    if layer is None:
         if len(set(dims)) > 1:
             raise ValueError(f"mean fusion averages the view encodings, so they need one width; "
                              f"got widths {dims} (use --hidden > 0)")
         return None
-    classes = {
-        "hm": hmfusion.HMConcatFusion,
-        "dense": hmfusion.DenseConcatFusion,
-        "lowrank": hmfusion.LowRankConcatFusion,
-        "lphm": hmfusion.LPHMConcatFusion,
-        "dual_lphm": hmfusion.DualLPHMConcatFusion,
-        "random": hmfusion.RandomMatrixConcatFusion,
-    }
-    if name not in classes:
-        raise ValueError(f"unknown fusion {name!r}; choose from {', '.join(FUSIONS)}")
-    return classes[name](dims, n, bias=True, **options, **factory)
+    return layer(dims, n, bias=True, **options, **factory)
 
 
 def _fusion_options(name: str, args: argparse.Namespace, seed: int) -> dict:
@@ -241,7 +236,8 @@ def _fusion_options(name: str, args: argparse.Namespace, seed: int) -> dict:
 def _needs_pad(args: argparse.Namespace, dims: list[int], n: int) -> bool:
     """An explicit p or q that does not divide n or D turns on zero padding."""
     D = sum(dims)
-    return (isinstance(args.p, int) and n % args.p != 0) or (isinstance(args.q, int) and D % args.q != 0)
+    return ((isinstance(args.p, int) and n % args.p != 0)
+            or (isinstance(args.q, int) and D % args.q != 0))
 
 
 def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu"
@@ -501,7 +497,8 @@ def markdown_table(fusions: dict) -> str:
     if dense:
         head.append("% of dense")
     head += ["model params", "epochs", "train time (s)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    rule = ["---"] + ["---:"] * (len(head) - 1)
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(rule) + "|"]
     for name, r in fusions.items():
         cells = [name, f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_std']:.2f}",
                  f"{r['fusion_parameters']:,}"]
@@ -763,7 +760,7 @@ def _load_data(args: argparse.Namespace) -> MultiViewData:
         return load_files(args.views, args.labels, args.label_column, header=args.csv_header)
     if args.labels is not None or args.label_column is not None:
         raise UsageError("--labels and --label-column need --views (the packaged data set has "
-                        "its labels)")
+                         "its labels)")
     return load_mfeat()
 
 
@@ -774,8 +771,33 @@ def _parse_fusions(text: str) -> list[str]:
     unknown = [name for name in names if name not in FUSIONS]
     if unknown:
         raise UsageError(f"--fusion: unknown {', '.join(map(repr, unknown))}; choose from "
-                        f"{', '.join(FUSIONS)}")
+                         f"{', '.join(FUSIONS)}")
     return list(dict.fromkeys(names))
+
+
+def _prepare(args: argparse.Namespace, world: int, local_rank: int
+             ) -> tuple[list[str], torch.device, Path, MultiViewData]:
+    """Every check on the arguments and the data, before anything is trained or written."""
+    fusions = _parse_fusions(args.fusion)
+    if args.validation_fraction + args.test_fraction >= 1:
+        raise UsageError("--validation-fraction plus --test-fraction must be below 1")
+    if args.batch_size % world:
+        raise UsageError(f"--batch-size {args.batch_size} must be divisible by the number of "
+                         f"processes ({world})")
+    device = _resolve_device(args.device, local_rank, world > 1)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} exists and is not a directory")
+    data = _load_data(args)
+    check_classes(data.labels, data.classes)
+    if args.max_rows is not None:
+        data = data.subset(stratified_subsample(data.labels, args.max_rows))
+    for fusion in fusions:  # every model can be built
+        try:
+            MultiViewClassifier(_model_config(data, fusion, args, seed=0), device="meta")
+        except (TypeError, ValueError) as error:
+            raise UsageError(f"--fusion {fusion}: {error}") from None
+    return fusions, device, out, data
 
 
 def main(args: argparse.Namespace) -> int:
@@ -787,31 +809,15 @@ def main(args: argparse.Namespace) -> int:
         return _error(str(error))
     show = rank == 0
     try:
-        fusions = _parse_fusions(args.fusion)
-        if args.validation_fraction + args.test_fraction >= 1:
-            raise UsageError("--validation-fraction plus --test-fraction must be below 1")
-        if args.batch_size % world:
-            raise UsageError(f"--batch-size {args.batch_size} must be divisible by the number of "
-                            f"processes ({world})")
-        device = _resolve_device(args.device, local_rank, world > 1)
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise UsageError(f"--out {str(out)!r} exists and is not a directory")
-        data = _load_data(args)
-        check_classes(data.labels, data.classes)
-        if args.max_rows is not None:
-            data = data.subset(stratified_subsample(data.labels, args.max_rows))
-        for fusion in fusions:  # every model can be built, before any training
-            try:
-                MultiViewClassifier(_model_config(data, fusion, args, seed=0), device="meta")
-            except (TypeError, ValueError) as error:
-                raise UsageError(f"--fusion {fusion}: {error}") from None
+        fusions, device, out, data = _prepare(args, world, local_rank)
     except (DataError, UsageError) as error:
         return _error(str(error), show)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     procs = _Processes(rank, world, device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's collectives use the current device
     if procs.distributed:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                              rank=rank, world_size=world)

@@ -45,7 +45,8 @@ class MultiViewData:
         if not self.views:
             raise DataError(f"{self.name}: no views")
         if len(self.view_names) != len(self.views):
-            raise DataError(f"{self.name}: {len(self.views)} views but {len(self.view_names)} names")
+            raise DataError(f"{self.name}: {len(self.views)} views but "
+                            f"{len(self.view_names)} names")
         if len(set(self.view_names)) != len(self.view_names):
             raise DataError(f"{self.name}: view names are not unique: {list(self.view_names)}")
         rows = {name: view.shape[0] for name, view in zip(self.view_names, self.views)}

@@ -128,8 +128,8 @@ def load_files(
                 )
     elif require_labels:
         raise DataError("no labels: pass a labels file (--labels FILE), name the column that "
-                        "holds them (--label-column NAME|INDEX), or store an array named "
-                        f"'labels' in the .npz")
+                        "holds them (--label-column NAME|INDEX), or give an .npz of views an "
+                        "array named 'labels'")
 
     views = [view for fv in file_views for view in fv.views]
     return MultiViewData(
@@ -333,7 +333,8 @@ def _read_csv(path: Path, header: str, label_column: LabelColumn, labels_only: b
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
-        raise DataError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+        raise DataError(f"{path} is not UTF-8 text ({error.reason} at byte "
+                        f"{error.start})") from None
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     rows: list[list[str]] = []
