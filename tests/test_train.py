@@ -286,6 +286,8 @@ def test_torchrun_two_processes_match_one(tmp_path, monkeypatch, capsys):
              "--batch-size", "32", "--quiet"]
     env = {**os.environ, "HMFUSION_DUMP_STATE_DIR": str(tmp_path / "dist"),
            "OMP_NUM_THREADS": "1"}
+    if sys.platform.startswith("linux"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback only
     launched = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
          "--master_addr=127.0.0.1", f"--master_port={free_port()}",
