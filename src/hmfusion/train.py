@@ -794,7 +794,7 @@ def _prepare(args: argparse.Namespace, world: int, local_rank: int
         data = data.subset(stratified_subsample(data.labels, args.max_rows))
     for fusion in fusions:  # every model can be built
         try:
-            MultiViewClassifier(_model_config(data, fusion, args, seed=0), device="meta")
+            MultiViewClassifier(_model_config(data, fusion, args, seed=0))
         except (TypeError, ValueError) as error:
             raise UsageError(f"--fusion {fusion}: {error}") from None
     return fusions, device, out, data
