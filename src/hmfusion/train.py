@@ -531,6 +531,7 @@ def _plot_accuracy_vs_params(fusions: dict, path: Path, title: str) -> None:
         ax.annotate(name, (r["fusion_parameters"], mean), textcoords="offset points",
                     xytext=(7, 5), fontsize=9)
     ax.set_xscale("log")
+    ax.margins(x=0.12)  # room for the labels of the outermost points
     ax.set_xlabel("fusion-layer parameters (log scale)")
     ax.set_ylabel("test accuracy (%), mean ± std over seeds")
     ax.set_title(title, fontsize=10)
