@@ -1,6 +1,6 @@
 """The ``hmfusion`` command line: one sub-command per application module.
 
-Each application module (``hmfusion.train``, ``hmfusion.bench``) exposes
+Each application module (``hmfusion.train``, ``hmfusion.predict``, ``hmfusion.bench``) exposes
 ``add_arguments(parser)`` and ``main(args) -> int``; this module only wires them into
 ``argparse`` so that ``hmfusion <command> --help`` documents every flag.
 """
@@ -12,8 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# name -> (module, one-line help). Each module keeps heavy imports (matplotlib) inside its
-# functions, so building the parser for `hmfusion --help` stays cheap.
+# name -> (module, one-line help). Only the module of the command being run is imported, so
+# `hmfusion --help` and each command stay independent of the others' imports.
 _COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hmfusion.train", "train and compare fusion models on multi-view data"),
     "predict": ("hmfusion.predict", "predict labels for new rows with a trained checkpoint"),
@@ -21,23 +21,28 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; the arguments of ``command`` (if given) are added from its module."""
     parser = argparse.ArgumentParser(
         prog="hmfusion",
         description="Structured concatenation fusion for PyTorch: training, prediction, benchmark.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in _COMMANDS.items():
+        if name != command:
+            sub.add_parser(name, help=help_text)
+            continue
         module = importlib.import_module(module_name)
-        command = sub.add_parser(name, help=help_text, description=module.__doc__)
-        module.add_arguments(command)
-        command.set_defaults(_main=module.main)
+        parser_of_command = sub.add_parser(name, help=help_text, description=module.__doc__)
+        module.add_arguments(parser_of_command)
+        parser_of_command.set_defaults(_main=module.main)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(command if command in _COMMANDS else None).parse_args(argv)
     return int(args._main(args) or 0)
 
 
