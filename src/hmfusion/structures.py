@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hmfusion import _validation as V
-from hmfusion import kernels
+from hmfusion import kernels, planner
 
 __all__ = [
     "DenseStructure",
@@ -429,19 +429,17 @@ class KroneckerStructure(Structure):
         )
         return left + right
 
-    def _terms(self, f: Factors) -> tuple[list[kernels.Factor], list[kernels.Factor]]:
-        """The factors as per-term lists for :func:`kernels.kron_matmul`."""
-        if self.rank_a is not None:
-            left: list[kernels.Factor] = [(f["P"], f["Q"])]
-        else:
-            a = f["A"]
-            left = [a] if self.terms == 1 else list(a.unbind(0))
-        if self.rank_b is not None:
-            right: list[kernels.Factor] = [(f["S"], f["T"])]
-        else:
-            b = f["B"]
-            right = [b] if self.terms == 1 else list(b.unbind(0))
+    def _terms(self, f: Factors) -> tuple[kernels.Factor, kernels.Factor]:
+        """A and B as the planner takes them: a (p, q) or (terms, p, q) tensor, or a low-rank
+        pair ((P, Q), likewise (S, T))."""
+        left = (f["P"], f["Q"]) if self.rank_a is not None else f["A"]
+        right = (f["S"], f["T"]) if self.rank_b is not None else f["B"]
         return left, right
+
+    def _spec(self) -> planner.KronSpec:
+        return planner.KronSpec(
+            self.n, self.D, self.p, self.q, self.s, self.t, self.terms, self.rank_a, self.rank_b
+        )
 
     def _dense_factors(self, f: Factors) -> tuple[Tensor, Tensor]:
         """A (terms×p×q) and B (terms×s×t) as dense tensors."""
@@ -457,24 +455,38 @@ class KroneckerStructure(Structure):
 
     @property
     def order(self) -> str:
-        """The contraction order used by :meth:`apply_transposed` (cheaper of the two)."""
+        """The cheaper contraction order (``"right_first"`` or ``"left_first"``) in multiply-adds,
+        counting low-rank factors as their thin matmuls; the factored plans use it."""
         return kernels.kron_order(self.p, self.q, self.s, self.t, self.rank_a, self.rank_b)
 
+    def plan(
+        self,
+        m: int,
+        dims: Sequence[int] | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        requires_grad: bool = True,
+    ) -> planner.Plan:
+        """How :meth:`apply_concat` computes m rows of inputs of widths ``dims`` (default: one
+        input of width D): materialize, fused or composite, order, input handling, row chunk.
+        See :mod:`hmfusion.planner`; :func:`hmfusion.planner.force_plan` overrides it."""
+        widths = (self.D,) if dims is None else tuple(dims)
+        device_type = torch.device(device).type
+        return planner.choose_plan(self._spec(), m, widths, dtype, device_type, requires_grad)
+
     def apply_transposed(self, x: Tensor, f: Factors) -> Tensor:
-        if self.D_padded != self.D:
-            x = F.pad(x, (0, self.D_padded - self.D))
-        return self._apply_padded(x, f)
+        return self.apply_concat([x], f)
 
     def apply_concat(self, xs: Sequence[Tensor], f: Factors) -> Tensor:
-        parts = list(xs)
-        if self.D_padded != self.D:  # pad within the one concatenation copy
-            parts.append(parts[0].new_zeros(parts[0].shape[0], self.D_padded - self.D))
-        return self._apply_padded(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0], f)
+        # The planner reads each input in place where the layout allows (no cat(xs)), pads D
+        # inside its one staging copy otherwise, and crops the padded rows of W itself.
+        return self._apply_padded(xs, f)
 
-    def _apply_padded(self, x: Tensor, f: Factors) -> Tensor:
+    def _apply_padded(self, xs: Sequence[Tensor], f: Factors) -> Tensor:
+        """``cat(xs) Wᵀ`` with xs covering the first D of the D' padded columns; (m, n)."""
         left, right = self._terms(f)
-        y = kernels.kron_matmul(x, left, right, (self.p, self.q, self.s, self.t), self.order)
-        return y[:, : self.n] if self.n_padded != self.n else y
+        return planner.kron_concat(self._spec(), xs, left, right)
 
     def init_factors_(self, f: Factors, generator: torch.Generator | None = None) -> None:
         # Var(W) = terms·Var(A)·Var(B) = 1/(3D), split evenly: Var(A) = Var(B) = √(1/(3D·terms)).

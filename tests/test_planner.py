@@ -1,0 +1,317 @@
+"""The planner and its kernels: every plan gives the float64 reference's output and gradients.
+
+The reference is written plainly: ``torch.cat(xs, -1) @ torch.kron(A, B).T`` (summed over terms,
+low-rank factors multiplied out, cropped to n×D when padded).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from hmfusion import DualLPHMConcatFusion, HMConcatFusion, LPHMConcatFusion, planner
+from hmfusion.structures import KroneckerStructure
+
+F64 = torch.float64
+
+
+def _reference_weight(structure: KroneckerStructure, f: dict) -> torch.Tensor:
+    """Σ_τ kron(A_τ, B_τ), top-left n×D block — with torch.kron, not the library's einsum."""
+    a = f["P"] @ f["Q"].T if "P" in f else f["A"]
+    b = f["S"] @ f["T"].T if "S" in f else f["B"]
+    a = a.reshape(-1, structure.p, structure.q)
+    b = b.reshape(-1, structure.s, structure.t)
+    w = sum(torch.kron(a_term, b_term) for a_term, b_term in zip(a, b))
+    return w[: structure.n, : structure.D]
+
+
+def _factors(structure: KroneckerStructure, generator: torch.Generator) -> dict:
+    return {
+        spec.name: torch.randn(spec.shape, dtype=F64, generator=generator).requires_grad_()
+        for spec in structure.factor_specs
+    }
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+def _check_against_reference(structure, dims, m, *, seed=0):
+    """Output and every gradient of apply_concat vs the plain reference, relative error."""
+    generator = torch.Generator().manual_seed(seed)
+    f = _factors(structure, generator)
+    xs = [torch.randn(m, d, dtype=F64, generator=generator).requires_grad_() for d in dims]
+    dy = torch.randn(m, structure.n, dtype=F64, generator=generator)
+    leaves = xs + list(f.values())
+
+    y = structure.apply_concat(xs, f)
+    grads = torch.autograd.grad(y, leaves, dy)
+    y_ref = torch.cat(xs, -1) @ _reference_weight(structure, f).T
+    grads_ref = torch.autograd.grad(y_ref, leaves, dy)
+    errors = [_relative(y, y_ref)] + [_relative(g, r) for g, r in zip(grads, grads_ref)]
+    return max(errors)
+
+
+# structure, input widths: every member of the family, aligned and unaligned inputs, padding
+CASES = {
+    "hm_aligned": (KroneckerStructure.create(24, 24, 4, 4), (6, 12, 6)),
+    "hm_unaligned": (KroneckerStructure.create(24, 24, 4, 4), (5, 11, 8)),
+    "hm_rectangular": (KroneckerStructure.create(12, 30, 3, 5), (18, 12)),
+    "hm_one_input": (KroneckerStructure.create(16, 20, 4, 5), (20,)),
+    "sum_of_terms": (KroneckerStructure.create(12, 12, 3, 3, terms=3), (8, 4)),
+    "lphm": (KroneckerStructure.create(12, 18, 3, 3, rank_b=2), (6, 12)),
+    "dual_lphm": (KroneckerStructure.create(12, 18, 3, 3, rank_a=2, rank_b=2), (7, 11)),
+    "padded": (KroneckerStructure.create(10, 11, 3, 4, pad=True), (5, 6)),
+    "padded_aligned": (KroneckerStructure.create(10, 9, 3, 4, pad=True), (3, 6)),
+    "padded_terms": (KroneckerStructure.create(10, 11, 3, 4, pad=True, terms=2), (11,)),
+}
+
+FORCED = [
+    {"method": "materialize"},
+    {"method": "composite"},
+    *(
+        {"method": "fused", "order": order, "inputs": inputs, "chunk_rows": chunk_rows}
+        for order, inputs, chunk_rows in itertools.product(
+            planner.ORDERS, ("split", "gather"), (1, 3, 64)
+        )
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("forced", FORCED, ids=lambda f: "-".join(str(v) for v in f.values()))
+def test_every_plan_matches_the_reference(case, forced):
+    structure, dims = CASES[case]
+    if forced.get("inputs") == "split" and not planner.kernels.split_aligned(
+        dims, structure.t
+    ):
+        with pytest.raises(ValueError, match="multiple of t"):
+            with planner.force_plan(**forced):
+                _check_against_reference(structure, dims, 7)
+        return
+    with planner.force_plan(**forced):
+        plan = structure.plan(7, dims, dtype=F64)
+        error = _check_against_reference(structure, dims, 7)
+    assert plan.method == forced["method"]
+    assert error < 1e-10, (plan, error)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_chosen_plan_matches_the_reference(case):
+    structure, dims = CASES[case]
+    for m in (1, 5, 300):
+        assert _check_against_reference(structure, dims, m, seed=m) < 1e-10
+
+
+def test_zero_rows():
+    structure, dims = CASES["hm_unaligned"]
+    for method in planner.METHODS:
+        with planner.force_plan(method=method):
+            f = _factors(structure, torch.Generator().manual_seed(0))
+            xs = [torch.zeros(0, d, dtype=F64, requires_grad=True) for d in dims]
+            y = structure.apply_concat(xs, f)
+            y.sum().backward()
+        assert y.shape == (0, structure.n)
+        assert all(v.grad is not None and not v.grad.any() for v in f.values())
+
+
+def test_gradients_only_where_needed():
+    """Inputs without grad, or frozen factors: the fused backward skips those products."""
+    structure, dims = CASES["hm_aligned"]
+    generator = torch.Generator().manual_seed(1)
+    f = _factors(structure, generator)
+    xs = [torch.randn(9, d, dtype=F64, generator=generator) for d in dims]
+    for order in planner.ORDERS:
+        weight = _reference_weight(structure, f)
+        with planner.force_plan(method="fused", order=order, chunk_rows=4):
+            da, db = torch.autograd.grad(structure.apply_concat(xs, f).sum(), [f["A"], f["B"]])
+            ra, rb = torch.autograd.grad((torch.cat(xs, -1) @ weight.T).sum(), [f["A"], f["B"]])
+            assert _relative(da, ra) < 1e-10 and _relative(db, rb) < 1e-10
+            weight = weight.detach()
+            frozen = {k: v.detach() for k, v in f.items()}
+            x = xs[0].clone().requires_grad_()
+            (dx,) = torch.autograd.grad(structure.apply_concat([x] + xs[1:], frozen).sum(), [x])
+            (rx,) = torch.autograd.grad(
+                (torch.cat([x] + xs[1:], -1) @ weight.T).sum(), [x]
+            )
+            assert _relative(dx, rx) < 1e-10
+
+
+def test_non_contiguous_inputs():
+    structure, _ = CASES["hm_aligned"]
+    f = _factors(structure, torch.Generator().manual_seed(2))
+    base = torch.randn(24, 40, dtype=F64)
+    xs = [base[:, :6], base[:, 10:22], base.T[:6, :24].T]  # column slices and a transpose
+    reference = torch.cat(xs, -1) @ _reference_weight(structure, f).T
+    for forced in FORCED[2:]:
+        with planner.force_plan(**forced):
+            assert _relative(structure.apply_concat(xs, f), reference) < 1e-10
+
+
+def test_module_with_leading_dimensions():
+    module = HMConcatFusion([8, 8], n=16, p=4, q=4, dtype=F64)
+    xs = [torch.randn(2, 3, 8, dtype=F64) for _ in range(2)]
+    expected = torch.cat(xs, -1) @ torch.kron(module.A, module.B).T
+    for forced in ({"method": "fused"}, {"method": "composite"}, {"method": "materialize"}):
+        with planner.force_plan(**forced):
+            assert _relative(module(xs), expected) < 1e-10
+
+
+# the choices ---------------------------------------------------------------------------------
+def _spec(n, D, p, q, **kwargs) -> planner.KronSpec:
+    return KroneckerStructure.create(n, D, p, q, **kwargs)._spec()
+
+
+def test_large_balanced_shapes_are_fused():
+    plan = planner.choose_plan(_spec(4096, 4096, 64, 64), 4096, (1024,) * 4)
+    assert plan.method == "fused" and plan.order == "right_first"
+    assert plan.inputs == "gather"  # 16 blocks per input: gathering a chunk is cheaper
+    assert 0 < plan.chunk_rows < 4096
+
+
+def test_wide_aligned_inputs_are_read_in_place():
+    plan = planner.choose_plan(_spec(1024, 1024, 128, 128), 2048, (512, 512))
+    assert (plan.method, plan.inputs) == ("fused", "split")
+    plan = planner.choose_plan(_spec(1024, 1024, 32, 32), 2048, (1024,))
+    assert (plan.method, plan.inputs) == ("fused", "split")
+
+
+def test_unaligned_or_padded_inputs_are_gathered():
+    assert planner.choose_plan(_spec(1024, 1020, 32, 34), 2048, (340,) * 3).inputs == "gather"
+    assert planner.choose_plan(_spec(100, 110, 10, 11), 4096, (55, 55)).inputs in (
+        "gather", "concat"
+    )
+
+
+def test_tiny_factors_materialize():
+    # s = t = 2: every per-row product is 2 wide; one dense GEMM is cheaper
+    plan = planner.choose_plan(_spec(1024, 1024, 512, 512), 4096, (256,) * 4)
+    assert plan.method == "materialize" and plan.chunk_rows == 0
+
+
+def test_low_rank_factors_use_thin_matmuls():
+    plan = planner.choose_plan(_spec(4096, 4096, 8, 8, rank_a=1, rank_b=1), 4096, (4096,))
+    assert plan.method == "composite"
+
+
+def test_order_follows_the_cheaper_contraction():
+    # right first costs q·s·(t + p), left first p·t·(q + s): p = 2, q = 64 favours left first
+    spec = _spec(256, 4096, 2, 64)
+    assert planner.choose_plan(spec, 4096, (4096,)).order == "left_first"
+    assert planner.choose_plan(_spec(4096, 256, 64, 2), 4096, (256,)).order == "right_first"
+
+
+def test_plan_is_cached_and_logged(caplog):
+    spec = _spec(96, 96, 8, 8)
+    with caplog.at_level(logging.DEBUG, logger="hmfusion.planner"):
+        first = planner.choose_plan(spec, 12345, (48, 48))
+        second = planner.choose_plan(spec, 12345, (48, 48))
+    assert first is second
+    assert sum("m=12345" in record.getMessage() for record in caplog.records) == 1
+    assert first.reason.startswith("estimated")
+
+
+def test_force_plan_validation():
+    with pytest.raises(ValueError, match="method"):
+        with planner.force_plan(method="fast"):
+            pass
+    with pytest.raises(ValueError, match="order"):
+        with planner.force_plan(order="middle_first"):
+            pass
+    with pytest.raises(ValueError, match="chunk_rows"):
+        with planner.force_plan(chunk_rows=0):
+            pass
+    with planner.force_plan(method="fused", inputs="split"):
+        with pytest.raises(ValueError, match="multiple of t"):
+            planner.choose_plan(_spec(24, 24, 4, 4), 8, (5, 19))
+    # the override ends with the block
+    with planner.force_plan(method="materialize"):
+        pass
+    assert planner.choose_plan(_spec(4096, 4096, 64, 64), 4096, (4096,)).method == "fused"
+
+
+def test_ideal_speedup():
+    assert planner.ideal_speedup(64, 64, 64, 64) == pytest.approx(32.0)
+    assert planner.ideal_speedup(16, 16, 16, 16) == pytest.approx(8.0)
+    assert planner.ideal_speedup(2, 64, 512, 16) == pytest.approx(
+        max(2 * 16 / (2 + 16), 64 * 512 / (64 + 512))
+    )
+
+
+# W never appears on the factored paths ---------------------------------------------------------
+class _LargestOutput(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for value in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(value, torch.Tensor):
+                self.largest = max(self.largest, value.numel())
+        return out
+
+
+@pytest.mark.parametrize("method", ["fused", "composite"])
+@pytest.mark.parametrize("order", planner.ORDERS)
+def test_factored_paths_never_form_an_n_by_d_tensor(method, order):
+    structure = KroneckerStructure.create(64, 64, 8, 8)
+    f = _factors(structure, torch.Generator().manual_seed(3))
+    xs = [torch.randn(8, 32, dtype=F64, requires_grad=True) for _ in range(2)]  # m·D < n·D
+    with planner.force_plan(method=method, order=order), _LargestOutput() as mode:
+        structure.apply_concat(xs, f).sum().backward()
+    assert mode.largest < structure.n * structure.D
+
+
+# compile and autocast --------------------------------------------------------------------------
+def test_fused_plan_under_torch_compile_fullgraph():
+    torch._dynamo.reset()
+    module = HMConcatFusion([16, 16, 32], n=64, p=4, q=4)
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    for m, forced in ((6, {"method": "fused", "inputs": "gather", "chunk_rows": 4}),
+                      (6, {"method": "fused", "inputs": "split"})):
+        xs = [torch.randn(m, d, requires_grad=True) for d in (16, 16, 32)]
+        with planner.force_plan(**forced):
+            compiled(xs).sum().backward()
+            expected = [x.grad for x in xs]
+            for x in xs:
+                x.grad = None
+            module(xs).sum().backward()
+        for x, grad in zip(xs, expected):
+            torch.testing.assert_close(x.grad, grad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cls, kwargs", [
+    (HMConcatFusion, {"p": 4, "q": 4, "terms": 2}),
+    (LPHMConcatFusion, {"p": 4, "q": 4, "r": 2}),
+    (DualLPHMConcatFusion, {"p": 4, "q": 4, "r": 2}),
+    (HMConcatFusion, {"p": 3, "q": 5, "pad": True}),
+])
+def test_every_plan_under_torch_compile_inductor(cls, kwargs):
+    module = cls([16, 16, 32], n=64, **kwargs)
+    for forced in ({"method": "materialize"}, {"method": "composite"}, {"method": "fused"},
+                   {"method": "fused", "inputs": "gather", "chunk_rows": 3}):
+        torch._dynamo.reset()
+        compiled = torch.compile(module, fullgraph=True)
+        for m in (5, 9):
+            xs = [torch.randn(m, d) for d in (16, 16, 32)]
+            with planner.force_plan(**forced):
+                torch.testing.assert_close(compiled(xs), module(xs))
+
+
+@pytest.mark.parametrize("method", planner.METHODS)
+def test_autocast_bfloat16(method):
+    module = HMConcatFusion([32, 32], n=64, p=8, q=8)
+    xs = [torch.randn(10, 32, requires_grad=True) for _ in range(2)]
+    with planner.force_plan(method=method), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = module(xs)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    reference = torch.cat(xs, -1) @ torch.kron(module.A, module.B).T
+    torch.testing.assert_close(y.float(), reference, atol=0.05, rtol=0.05)
+    assert module.A.grad.dtype == torch.float32 and xs[0].grad.dtype == torch.float32
