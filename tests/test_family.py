@@ -58,9 +58,12 @@ KINDS = ["dense", "lowrank", "hm", "lphm", "dual_lphm", "random"]
 @st.composite
 def family_cases(draw):
     kind = draw(st.sampled_from(KINDS))
+    pad = kind in ("hm", "lphm", "dual_lphm") and draw(st.booleans())
     p, q = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    s, t = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    n, D = p * s, q * t
+    if pad:  # any n ≥ p and D ≥ q
+        n, D = draw(st.integers(p, 13)), draw(st.integers(q, 13))
+    else:
+        n, D = p * draw(st.integers(1, 4)), q * draw(st.integers(1, 4))
     k = draw(st.integers(1, min(3, D)))
     cuts = sorted(draw(st.lists(st.integers(1, D - 1), min_size=k - 1, max_size=k - 1,
                                 unique=True))) if k > 1 else []
@@ -68,15 +71,17 @@ def family_cases(draw):
     r = draw(st.integers(1, 3))
     terms = draw(st.integers(1, 3)) if kind == "hm" else 1
     lead = tuple(draw(st.lists(st.integers(1, 3), max_size=2)))
-    return kind, dims, n, D, p, q, r, terms, lead, draw(st.booleans()), draw(st.integers(0, 2**30))
+    bias, seed = draw(st.booleans()), draw(st.integers(0, 2**30))
+    return kind, dims, n, D, p, q, r, terms, pad, lead, bias, seed
 
 
 @given(family_cases())
 def test_member_matches_explicit_reference(case):
-    kind, dims, n, D, p, q, r, terms, lead, bias, seed = case
+    kind, dims, n, D, p, q, r, terms, pad, lead, bias, seed = case
     torch.manual_seed(seed)
-    module = build(kind, dims, n, p, q, r, terms, bias=bias)
-    assert module.num_parameters == expected_l(kind, n, D, p, q, r, terms)
+    module = build(kind, dims, n, p, q, r, terms, pad=pad, bias=bias)
+    s, t = -(-n // p), -(-D // q)  # padded sizes (equal to n/p, D/q without padding)
+    assert module.num_parameters == expected_l(kind, n, D, p, q, r, terms, s=s, t=t)
     xs = [torch.randn(*lead, d, dtype=F64, requires_grad=True) for d in dims]
 
     y = module(xs)
@@ -95,7 +100,7 @@ def test_member_matches_explicit_reference(case):
     # flat round trip is exact
     w = module.flat_parameters().detach().clone()
     assert w.shape == (module.num_parameters,)
-    fresh = build(kind, dims, n, p, q, r, terms, bias=bias)
+    fresh = build(kind, dims, n, p, q, r, terms, pad=pad, bias=bias)
     fresh.load_flat_parameters(w.reshape(1, -1))
     assert torch.equal(fresh.flat_parameters(), w)
     if not bias:
@@ -270,17 +275,49 @@ def test_from_linear_recovers_a_sum_of_kronecker_products(terms):
 
 def test_from_linear_error_falls_with_terms_and_is_optimal():
     torch.manual_seed(0)
-    linear = torch.nn.Linear(24, 12, dtype=F64)
+    p, q, s, t = 3, 4, 4, 6
+    linear = torch.nn.Linear(q * t, p * s, dtype=F64)
+    w = linear.weight.detach()
+    # the rearrangement R[(i, j), (k, l)] = W[i·s + k, j·t + l], written out plainly
+    rearranged = torch.empty(p * q, s * t, dtype=F64)
+    for i in range(p):
+        for j in range(q):
+            rearranged[i * q + j] = w[i * s:(i + 1) * s, j * t:(j + 1) * t].reshape(-1)
+    sigma = torch.linalg.svdvals(rearranged)
     errors = []
     for terms in range(1, 7):
-        module = HMConcatFusion.from_linear(linear, [24], p=3, q=4, terms=terms)
-        errors.append((reference_weight(module) - linear.weight).norm().item())
+        module = HMConcatFusion.from_linear(linear, [q * t], p=p, q=q, terms=terms)
+        error = (reference_weight(module) - w).norm().item()
+        # Eckart–Young: the best error is the norm of the singular values left out
+        assert error == pytest.approx(sigma[terms:].norm().item(), rel=1e-9, abs=1e-12)
+        errors.append(error)
     assert all(a > b for a, b in zip(errors, errors[1:]))
-    # optimal: no random A ⊗ B of the same sizes gets closer than the one-term fit
-    for _ in range(20):
-        cand = torch.kron(torch.randn(3, 4, dtype=F64), torch.randn(4, 6, dtype=F64))
-        scale = (cand * linear.weight).sum() / (cand * cand).sum()
-        assert (scale * cand - linear.weight).norm().item() >= errors[0] - 1e-12
+
+
+def test_from_linear_more_terms_than_the_rank_is_exact():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(4, 2, dtype=F64)  # p = q = 2: the rearrangement is 4×2, rank ≤ 2
+    module = HMConcatFusion.from_linear(linear, [4], 2, 2, 5)  # p, q, terms positional
+    assert module.A.shape == (5, 2, 2)
+    assert rel_err(reference_weight(module), linear.weight) < 1e-12
+
+
+def test_from_linear_with_padding_recovers_the_block():
+    torch.manual_seed(0)
+    full = torch.kron(torch.randn(2, 3, dtype=F64), torch.randn(4, 4, dtype=F64))  # 8×12
+    linear = torch.nn.Linear(10, 7, dtype=F64)
+    with torch.no_grad():
+        linear.weight.copy_(full[:7, :10])
+    module = HMConcatFusion.from_linear(linear, [10], p=2, q=3, pad=True)
+    assert rel_err(reference_weight(module), linear.weight) < 1e-8
+
+
+def test_from_linear_low_precision_weights():
+    linear = torch.nn.Linear(16, 8, dtype=torch.bfloat16)
+    module = HMConcatFusion.from_linear(linear, [16], p=2)
+    assert module.A.dtype == torch.bfloat16
+    module = LowRankConcatFusion.from_linear(linear, [16], r=2)
+    assert module.U.dtype == torch.bfloat16
 
 
 def test_from_linear_lowrank_members_exact_on_structured_weight():
@@ -294,12 +331,19 @@ def test_from_linear_lowrank_members_exact_on_structured_weight():
     assert rel_err(reference_weight(module), linear.weight) < 1e-10
     module = LowRankConcatFusion.from_linear(linear, [15], r=8)
     assert rel_err(reference_weight(module), linear.weight) < 1e-10
+    a = torch.randn(2, 1, dtype=F64) @ torch.randn(1, 3, dtype=F64)  # rank 1
+    with torch.no_grad():
+        linear.weight.copy_(torch.kron(a, b))
+    module = DualLPHMConcatFusion.from_linear(linear, [15], p=2, q=3, r=2)
+    assert rel_err(reference_weight(module), linear.weight) < 1e-10
     module = DenseConcatFusion.from_linear(linear, [5, 10])
     assert torch.equal(reference_weight(module), linear.weight)
 
 
 def test_from_linear_errors():
     linear = torch.nn.Linear(12, 6)
+    with pytest.raises(ValueError, match=r"n=2 must equal linear.out_features=6"):
+        HMConcatFusion.from_linear(linear, [12], n=2, p=2)
     with pytest.raises(ValueError, match=r"linear.in_features=12 must equal sum\(dims\)=10"):
         HMConcatFusion.from_linear(linear, [5, 5], p=2)
     with pytest.raises(TypeError, match="must be a torch.nn.Linear"):
@@ -348,3 +392,82 @@ def test_auto_with_padding_on_a_large_layer():
     b = np.arange(1, 4098, dtype=np.int64)[None, :]
     brute = (a * b + -(-4096 // a) * -(-4097 // b)).min()
     assert m.num_parameters == brute
+
+
+def test_validation_paths_of_the_structure():
+    from hmfusion.structures import KroneckerStructure
+
+    with pytest.raises(ValueError, match=r"p=9 must be at most n=8"):
+        HMConcatFusion([8], 8, p=9, pad=True)
+    with pytest.raises(ValueError, match=r"q=9 must be at most D=8"):
+        HMConcatFusion([8], 8, p=2, q=9, pad=True)
+    with pytest.raises(ValueError, match=r"terms > 1 is supported for HM factors only"):
+        KroneckerStructure.create(8, 8, 2, 2, terms=2, rank_b=1)
+    with pytest.raises(ValueError, match=r"structure has D=8, but sum\(dims\)=9"):
+        hmfusion.ConcatFusion([4, 5], KroneckerStructure.create(8, 8, 2, 2))
+
+
+@pytest.mark.parametrize("dtype,error,match", [
+    ("float64", TypeError, "dtype must be a torch.dtype such as torch.float32, got 'float64'"),
+    (torch.int64, ValueError, "dtype must be a floating-point torch.dtype, got torch.int64"),
+])
+def test_factory_dtype_is_checked(dtype, error, match):
+    with pytest.raises(error, match=match):
+        HMConcatFusion([8], p=2, dtype=dtype)
+
+
+def test_complex_flat_vector_is_refused():
+    m = HMConcatFusion([4], p=2)
+    with pytest.raises(TypeError, match="w must be a floating-point tensor, got dtype torch.complex64"):
+        m.load_flat_parameters(torch.zeros(m.num_parameters, dtype=torch.complex64))
+
+
+def test_autocast_accepts_the_autocast_dtype_and_names_others():
+    module = HMConcatFusion([8, 8], p=2)
+    xs16 = [torch.randn(2, 8, dtype=torch.bfloat16) for _ in range(2)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert module(xs16).dtype == torch.bfloat16  # the output of a previous autocast layer
+        with pytest.raises(TypeError, match=r"input 0 has dtype torch.float64; under autocast the "
+                                            r"inputs must have the dtype of the parameters "
+                                            r"\(torch.float32\) or the autocast dtype "
+                                            r"\(torch.bfloat16\)"):
+            module([x.double() for x in xs16])
+        with pytest.raises(TypeError, match="input 1 has dtype torch.float16"):
+            module([xs16[0], xs16[1].half()])
+
+
+def test_to_moves_parameters_and_buffers():
+    m = RandomMatrixConcatFusion([4, 4], 4, r=2).to(F64)
+    assert m.lambda1.dtype == F64 and m.R1.dtype == F64
+    xs = [torch.randn(3, 4, dtype=F64) for _ in range(2)]
+    assert rel_err(m(xs), reference_forward(m, xs)) < 1e-12
+
+
+def test_compile_with_dynamic_shapes():
+    torch._dynamo.reset()
+    module = HMConcatFusion([6, 10], 8, p=2, q=4, bias=True)
+    compiled = torch.compile(module, fullgraph=True, dynamic=True, backend="aot_eager")
+    for m in (3, 5, 9):
+        xs = [torch.randn(m, 6), torch.randn(m, 10)]
+        torch.testing.assert_close(compiled(xs), module(xs))
+
+
+def test_distributed_data_parallel_single_process(tmp_path):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        module = HMConcatFusion([8, 8], 16, p=4, bias=True)
+        ddp = DistributedDataParallel(module)
+        xs = [torch.randn(5, 8) for _ in range(2)]
+        ddp(xs).square().sum().backward()
+        expected = [p.grad.clone() for p in module.parameters()]
+        module.zero_grad()
+        module(xs).square().sum().backward()
+        for got, want in zip(expected, module.parameters()):
+            torch.testing.assert_close(got, want.grad)
+    finally:
+        dist.destroy_process_group()

@@ -59,6 +59,10 @@ __all__ = [
 
 Factors = Mapping[str, Tensor]
 
+# Fitting a padded Kronecker member to a dense weight (hard impute): at most this many rounds,
+# stopping earlier once the fitted W changes by less than 100 ulps of its norm.
+_IMPUTE_MAX_ITERATIONS = 1000
+
 
 def linear_weight_variance(D: int) -> float:
     """Variance of ``nn.Linear``'s default weight for fan-in D: U(-1/√D, 1/√D) has 1/(3D)."""
@@ -204,8 +208,14 @@ class DenseStructure(Structure):
 
 
 # low rank ------------------------------------------------------------------------------------
+def _svd_dtype(matrix: Tensor) -> Tensor:
+    """``matrix`` in a dtype that ``torch.linalg.svd`` supports (at least float32)."""
+    return matrix if matrix.dtype in (torch.float32, torch.float64) else matrix.float()
+
+
 def _truncated_svd(matrix: Tensor, rank: int) -> tuple[Tensor, Tensor]:
     """U (rows×rank), V (cols×rank) with U Vᵀ the best rank-``rank`` approximation (balanced)."""
+    matrix = _svd_dtype(matrix)
     u, sigma, vh = torch.linalg.svd(matrix, full_matrices=False)
     k = min(rank, sigma.shape[0])
     root = sigma[:k].sqrt()
@@ -312,6 +322,12 @@ def choose_block_sizes(
         if best is None or key < best[0]:
             best = (key, a, b)
     return best[1], best[2]  # p = q = 1 always qualifies, so best is set
+
+
+def _kron_sum(a: Tensor, b: Tensor) -> Tensor:
+    """Σ_τ A_τ ⊗ B_τ for A (terms×p×q), B (terms×s×t): W[(i, k), (j, l)] = Σ_τ A[τ,i,j] B[τ,k,l]."""
+    (_, p, q), (_, s, t) = a.shape, b.shape
+    return torch.einsum("zij,zkl->ikjl", a, b).reshape(p * s, q * t)
 
 
 @dataclass(frozen=True)
@@ -448,10 +464,7 @@ class KroneckerStructure(Structure):
         return a.reshape(self.terms, self.p, self.q), b.reshape(self.terms, self.s, self.t)
 
     def materialize(self, f: Factors) -> Tensor:
-        a, b = self._dense_factors(f)
-        # W[(i, k), (j, l)] = Σ_τ A[τ, i, j] B[τ, k, l]
-        w = torch.einsum("zij,zkl->ikjl", a, b).reshape(self.n_padded, self.D_padded)
-        return w[: self.n, : self.D]
+        return _kron_sum(*self._dense_factors(f))[: self.n, : self.D]
 
     @property
     def order(self) -> str:
@@ -491,34 +504,38 @@ class KroneckerStructure(Structure):
     def init_factors_(self, f: Factors, generator: torch.Generator | None = None) -> None:
         # Var(W) = terms·Var(A)·Var(B) = 1/(3D), split evenly: Var(A) = Var(B) = √(1/(3D·terms)).
         # A low-rank factor X Yᵀ of rank r has Var = r·Var(X)·Var(Y), so each gets √(Var/r).
-        half = math.sqrt(linear_weight_variance(self.D) / self.terms)
-        for names, rank in ((("A",), self.rank_a), (("B",), self.rank_b)):
+        factor_variance = math.sqrt(linear_weight_variance(self.D) / self.terms)
+        for dense, pair, rank in (("A", ("P", "Q"), self.rank_a), ("B", ("S", "T"), self.rank_b)):
             if rank is None:
-                _uniform_(f[names[0]], half, generator)
-        if self.rank_a is not None:
-            _uniform_(f["P"], math.sqrt(half / self.rank_a), generator)
-            _uniform_(f["Q"], math.sqrt(half / self.rank_a), generator)
-        if self.rank_b is not None:
-            _uniform_(f["S"], math.sqrt(half / self.rank_b), generator)
-            _uniform_(f["T"], math.sqrt(half / self.rank_b), generator)
+                _uniform_(f[dense], factor_variance, generator)
+            else:
+                for name in pair:
+                    _uniform_(f[name], math.sqrt(factor_variance / rank), generator)
 
     def fit(self, weight: Tensor) -> dict[str, Tensor]:
         """Nearest sum of Kronecker products (Van Loan & Pitsianis).
 
         Rearranging W so that block (i, j) becomes row i·q + j gives R = Σ_τ vec(A_τ) vec(B_τ)ᵀ,
-        so the best ``terms`` pairs are R's top singular pairs (optimal in Frobenius norm).
-        With ``pad``, W is zero-padded to n'×D' first (the fit also sees the padding as zeros).
-        For low-rank factors, each Kronecker factor is then truncated by SVD (not jointly
-        optimal, but exact when W has that structure).
+        so the best ``terms`` pairs are R's top singular pairs (optimal in Frobenius norm). With
+        ``pad``, only the top-left n×D block is given: the padded entries are treated as missing
+        and filled with the current fit, alternating with the SVD (hard impute; the error on the
+        given block never increases), until the fit stops changing. For low-rank factors, each
+        Kronecker factor is then truncated by SVD (not jointly optimal, but exact when W has
+        that structure).
         """
-        p, q, s, t = self.p, self.q, self.s, self.t
-        w = F.pad(weight, (0, self.D_padded - self.D, 0, self.n_padded - self.n))
-        r = w.reshape(p, s, q, t).permute(0, 2, 1, 3).reshape(p * q, s * t)
-        u, sigma, vh = torch.linalg.svd(r, full_matrices=False)
-        k = self.terms
-        root = sigma[:k].sqrt()
-        a = (u[:, :k] * root).transpose(0, 1).reshape(k, p, q)
-        b = (vh[:k] * root[:, None]).reshape(k, s, t)
+        p, q, s, t, k = self.p, self.q, self.s, self.t, self.terms
+        w = F.pad(_svd_dtype(weight), (0, self.D_padded - self.D, 0, self.n_padded - self.n))
+        a, b = self._nearest_kronecker(w)
+        if self.pad and (self.n_padded, self.D_padded) != (self.n, self.D):
+            given = torch.zeros_like(w, dtype=torch.bool)
+            given[: self.n, : self.D] = True
+            tolerance = 100 * torch.finfo(w.dtype).eps
+            fitted = _kron_sum(a, b)
+            for _ in range(_IMPUTE_MAX_ITERATIONS):
+                a, b = self._nearest_kronecker(torch.where(given, w, fitted))
+                previous, fitted = fitted, _kron_sum(a, b)
+                if (fitted - previous).norm() <= tolerance * fitted.norm():
+                    break
         out: dict[str, Tensor] = {}
         if self.rank_a is None:
             out["A"] = a[0] if k == 1 else a
@@ -529,6 +546,22 @@ class KroneckerStructure(Structure):
         else:
             out["S"], out["T"] = _truncated_svd(b[0], self.rank_b)
         return out
+
+    def _nearest_kronecker(self, w: Tensor) -> tuple[Tensor, Tensor]:
+        """A (terms×p×q), B (terms×s×t) from the top singular pairs of the rearranged n'×D' w.
+
+        Singular pairs beyond the rank of the rearrangement are zero (terms > min(p·q, s·t)).
+        """
+        p, q, s, t, k = self.p, self.q, self.s, self.t, self.terms
+        r = w.reshape(p, s, q, t).permute(0, 2, 1, 3).reshape(p * q, s * t)
+        u, sigma, vh = torch.linalg.svd(r, full_matrices=False)
+        used = min(k, sigma.shape[0])
+        root = sigma[:used].sqrt()
+        left, right = u[:, :used] * root, vh[:used].transpose(0, 1) * root
+        a = w.new_zeros(k, p * q)
+        b = w.new_zeros(k, s * t)
+        a[:used], b[:used] = left.transpose(0, 1), right.transpose(0, 1)
+        return a.reshape(k, p, q), b.reshape(k, s, t)
 
     def describe(self) -> str:
         parts = [f"p={self.p}", f"q={self.q}", f"s={self.s}", f"t={self.t}"]
