@@ -97,7 +97,7 @@ FULL_GRID: tuple[Shape, ...] = (
     # rectangular, fewer / more inputs, unaligned input widths
     Shape(4096, 2048, 512, 16, 32, 2), Shape(4096, 1536, 1536, 32, 48, 3),
     Shape(4096, 1024, 1024, 32, 32, 1), Shape(1024, 1020, 1024, 32, 34, 3),
-    Shape(4096, 4096, 1024, 64, 64, 8),
+    Shape(4096, 4096, 1024, 64, 64, 8), Shape(2048, 4096, 4096, 128, 128, 2),
 )
 
 QUICK_GRID: tuple[Shape, ...] = (
@@ -485,6 +485,12 @@ def _machine(device: torch.device) -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
+    }
+    # OpenMP waiting policy matters on a shared machine (see benchmarks/RESULTS.md)
+    info["environment"] = {
+        name: os.environ[name]
+        for name in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS")
+        if name in os.environ
     }
     if hasattr(os, "getloadavg"):
         info["load_average_start"] = os.getloadavg()

@@ -23,17 +23,24 @@ Three ways to compute ``cat(xs) Wᵀ`` live here; :mod:`hmfusion.planner` decide
   the rows in chunks and turns each contraction into one large GEMM or one strided batched
   GEMM, with the backward written out so that dA and dB are contractions (no n×D gradient).
 
-Layout of the fused path (chosen by measurement on a 2-core AVX-512 CPU, see
-``benchmarks/RESULTS.md``). Rows keep their natural layout: a chunk of c rows of X is a
+Layout of the fused path (chosen by measurement on a 2-core AVX-512 CPU with MKL; the numbers
+are in ``benchmarks/RESULTS.md``). Rows keep their natural layout: a chunk of c rows of X is a
 (c, q, t) tensor, of Y a (c, p, s) tensor. The B contraction acts on the last axis, so it is
 one GEMM ``(c·q, t) @ Bᵀ``. The A contraction acts on the middle axis; instead of permuting to
-(q, c·t) — a strided copy that ran 3–5× slower than a plain copy and cost more than the GEMM it
-enabled — it is a batched GEMM with A broadcast over the batch (stride 0), which MKL runs at the
-speed of the equivalent single GEMM. Chunking keeps every intermediate (c·D values, ≈ 2 MiB)
-in cache, so each call reads X and writes Y from memory once and no intermediate of size m·D is
-ever allocated (fresh allocations above 32 MiB are page-faulted in by the OS: as slow as a copy).
-The backward recomputes the chunk's intermediate instead of saving it for the same reason: it
-keeps the extra memory of forward + backward at the size of the activations.
+(q, c·t) so that it too is one GEMM — strided copies in and out that ran 3–5× slower than plain
+copies, making that layout as fast at 64-wide blocks and 20–25 % slower at 16–32 — it is a
+batched GEMM with A broadcast over the batch (batch stride 0), which MKL runs close to the
+equivalent single GEMM. Chunks of ≈ 4 MiB keep every intermediate in cache, so each call reads
+X and writes Y from memory once and allocates nothing of size m·D but its outputs. The
+backward recomputes the chunk's X Bᵀ (or A X) instead of saving it, which keeps the extra
+memory of forward + backward at the size of the activations for one more GEMM.
+
+The k inputs are either contracted one by one with their own columns of A (``split``: no copy
+at all) or copied, a chunk of rows at a time, into one staging buffer (``gather``: one
+``torch.cat(out=)`` kernel into cache, never the full ``cat(xs)``). Splitting turns the A
+contraction into k batched GEMMs of inner size q_i = n_i/t: with q_i below ≈ 64 those ran
+slower than the gather copy (e.g. 1.3–1.8× slower end to end at q_i = 4–16), so the planner
+splits only wide inputs.
 """
 
 from __future__ import annotations
@@ -111,19 +118,19 @@ class _KronLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, a: Tensor, b: Tensor, n: int, D: int) -> Tensor:
         weight = kron_weight(a, b)[:n, :D]
-        ctx.save_for_backward(x, a, b)
+        ctx.save_for_backward(x, a, b, weight)
         ctx.sizes = (n, D)
         return x @ weight.t()
 
     @staticmethod
     def backward(ctx, gy: Tensor):
-        x, a, b = ctx.saved_tensors
+        x, a, b, weight = ctx.saved_tensors
         n, D = ctx.sizes
         terms, p, q = a.shape
         s, t = b.shape[1:]
         dx = da = db = None
         if ctx.needs_input_grad[0]:
-            dx = gy @ kron_weight(a, b)[:n, :D]
+            dx = gy @ weight
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             dw = gy.reshape(-1, n).t() @ x.reshape(-1, D)
             if (n, D) != (p * s, q * t):
@@ -141,6 +148,8 @@ def kron_linear(x: Tensor, a: Tensor, b: Tensor, n: int, D: int) -> Tensor:
 
     a: (terms, p, q), b: (terms, s, t). Returns (m, n); differentiable in x, a and b.
     """
+    if not torch.is_grad_enabled() or not (x.requires_grad or a.requires_grad or b.requires_grad):
+        return x @ kron_weight(a, b)[:n, :D].t()
     return _KronLinear.apply(x, a, b, n, D)
 
 
@@ -219,10 +228,8 @@ def _mm(a: Tensor, b: Tensor, out: Tensor, accumulate: bool) -> None:
         torch.mm(a, b, out=out)
 
 
-def _bmm_left(a: Tensor, x3: Tensor, out: Tensor | None = None, accumulate: bool = False) -> Tensor:
-    """a (r×c) applied to the middle axis of x3 (m, c, k): (m, r, k). Broadcasting ``a`` with a
-    zero batch stride keeps it one batched GEMM without copying a or permuting x3."""
-    batched = a.expand(x3.shape[0], *a.shape)
+def _bmm(batched: Tensor, x3: Tensor, out: Tensor | None = None, accumulate: bool = False):
+    """batched @ x3 (both (c, ·, ·)), into ``out`` if given (added to it with ``accumulate``)."""
     if out is None:
         return torch.bmm(batched, x3)
     if accumulate:
@@ -232,7 +239,44 @@ def _bmm_left(a: Tensor, x3: Tensor, out: Tensor | None = None, accumulate: bool
     return out
 
 
-def _middle_grad(acc: list[Tensor], index: int, g3: Tensor, z3: Tensor) -> None:
+def _terms(factor: Tensor) -> int:
+    return 1 if factor.dim() == 2 else factor.shape[0]
+
+
+def _term(factor: Tensor, index: int) -> Tensor:
+    """Term ``index`` of a (rows, cols) matrix (one term) or a (terms, rows, cols) stack."""
+    return factor if factor.dim() == 2 else factor[index]
+
+
+class _Factors:
+    """Per term τ and input part i: B_τᵀ, A_τ[:, J_i] and its transpose, broadcast over a
+    chunk's rows (batch stride 0: the A contraction is one batched GEMM, with neither A copied
+    nor the rows permuted). Built once per call: in the chunk loop every view costs a
+    dispatcher round trip."""
+
+    def __init__(self, a: Tensor, b: Tensor, cols: list[tuple[int, int]]):
+        self.terms = _terms(a)
+        self.b = [b] if b.dim() == 2 else list(b.unbind(0))
+        self.b_t = [b_term.t() for b_term in self.b]
+        q = a.shape[-1]
+        self.a = [
+            [a_term if (j0, j1) == (0, q) else a_term[:, j0:j1] for j0, j1 in cols]
+            for a_term in ([a] if a.dim() == 2 else a.unbind(0))
+        ]
+        self._broadcast: dict[tuple[int, bool], list[list[Tensor]]] = {}
+
+    def a_rows(self, c: int, transposed: bool = False) -> list[list[Tensor]]:
+        """[τ][i] → A_τ[:, J_i] (or its transpose) expanded to (c, ·, ·)."""
+        key = (c, transposed)
+        if key not in self._broadcast:
+            self._broadcast[key] = [
+                [(part.t() if transposed else part).expand(c, -1, -1) for part in term]
+                for term in self.a
+            ]
+        return self._broadcast[key]
+
+
+def _middle_grad(acc: list, index: int, g3: Tensor, z3: Tensor) -> None:
     """acc[index] += g3[r] z3[r]ᵀ per row r, for g3 (c, r, k), z3 (c, q_i, k).
 
     The gradient of a factor broadcast over rows is Σ_r g3[r] z3[r]ᵀ. Summing over r inside
@@ -247,32 +291,61 @@ def _middle_grad(acc: list[Tensor], index: int, g3: Tensor, z3: Tensor) -> None:
         acc[index][:c].baddbmm_(g3, z3.transpose(1, 2))
 
 
-def _sum_rows(acc: list, target: Tensor, blocks: list[tuple[int, int]]) -> None:
+def _sum_rows(acc: list, target: Tensor, cols: list[tuple[int, int]]) -> None:
     """target[:, j0:j1] = Σ_r acc[i][r] for each part i covering A's columns [j0, j1)."""
-    for values, (j0, j1) in zip(acc, blocks):
+    for values, (j0, j1) in zip(acc, cols):
         if values is not None:
             target[:, j0:j1] = values.sum(0)
 
 
-class _Chunk:
-    """The rows [r0, r1) of the k inputs, as (c, q_i, t) views (split) or one staging tensor."""
+def _chunks(m: int, chunk_rows: int) -> list[tuple[int, int]]:
+    step = max(1, chunk_rows)
+    return [(r0, min(m, r0 + step)) for r0 in range(0, m, step)]
 
-    def __init__(self, xs, blocks, staging, dims, q, t, r0, r1):
-        c = r1 - r0
+
+class _Rows:
+    """Reads chunks of rows of the k inputs: as (c, q_i, t) views of each input (split, or one
+    input without padding), or through one staging buffer (c, q, t) filled by one copy kernel.
+    ``cols`` gives each part's range of A's columns."""
+
+    def __init__(self, xs: Sequence[Tensor], layout: FusedLayout, q: int, t: int):
+        self.xs, self.q, self.t = xs, q, t
+        self.dims = [x.shape[1] for x in xs]
+        blocks = input_blocks(self.dims, t) if layout.inputs == "split" else None
+        self.staging = None
         if blocks is not None:
-            self.parts = [
-                (x[r0:r1].reshape(c, j1 - j0, t), j0, j1) for x, (j0, j1) in zip(xs, blocks)
-            ]
-        elif staging is None:  # one input, no padding: read it in place
-            self.parts = [(xs[0][r0:r1].reshape(c, q, t), 0, q)]
+            self.cols = blocks
         else:
-            buffer = staging[:c]
-            pieces = [x[r0:r1] for x in xs]
-            padding = q * t - sum(dims)
-            if padding:  # cat only writes contiguous outputs under torch.compile
-                pieces.append(buffer.new_zeros(c, padding))
-            torch.cat(pieces, dim=1, out=buffer)  # one copy kernel for the k inputs
-            self.parts = [(buffer.view(c, q, t), 0, q)]
+            self.cols = [(0, q)]
+            if len(xs) > 1 or self.dims[0] != q * t:
+                rows = min(layout.chunk_rows, xs[0].shape[0])
+                self.staging = xs[0].new_empty(rows, q * t)
+        self.padding = q * t - sum(self.dims)
+
+    def read(self, r0: int, r1: int) -> list[Tensor]:
+        c, t = r1 - r0, self.t
+        whole = c == self.xs[0].shape[0]  # (one chunk: no slicing, fewer dispatcher calls)
+        pieces = list(self.xs) if whole else [x[r0:r1] for x in self.xs]
+        if self.staging is None:
+            return [x.reshape(c, j1 - j0, t) for x, (j0, j1) in zip(pieces, self.cols)]
+        buffer = self.staging if whole else self.staging[:c]
+        if self.padding:  # (cat writes only contiguous outputs under torch.compile)
+            pieces.append(buffer.new_zeros(c, self.padding))
+        torch.cat(pieces, dim=1, out=buffer)  # one copy kernel for the k inputs
+        return [buffer.view(c, self.q, t)]
+
+
+def _fused_forward(layout: FusedLayout, shape, a: Tensor, b: Tensor, xs) -> Tensor:
+    p, q, s, t = shape
+    m = xs[0].shape[0]
+    rows = _Rows(xs, layout, q, t)
+    factors = _Factors(a, b, rows.cols)
+    y = xs[0].new_empty(m, p * s)
+    for r0, r1 in _chunks(m, layout.chunk_rows):
+        parts = rows.read(r0, r1)
+        y_rows = y if r1 - r0 == m else y[r0:r1]
+        _forward_chunk(parts, factors, y_rows.view(r1 - r0, p, s), layout.order)
+    return y
 
 
 class _KronConcat(torch.autograd.Function):
@@ -280,15 +353,7 @@ class _KronConcat(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, layout: FusedLayout, shape, a: Tensor, b: Tensor, *xs: Tensor) -> Tensor:
-        p, q, s, t = shape
-        dims = [x.shape[1] for x in xs]
-        blocks = input_blocks(dims, t) if layout.inputs == "split" else None
-        m = xs[0].shape[0]
-        y = xs[0].new_empty(m, p * s)
-        staging = _staging(xs, dims, q, t, layout, blocks)
-        for r0, r1 in _chunks(m, layout.chunk_rows):
-            chunk = _Chunk(xs, blocks, staging, dims, q, t, r0, r1)
-            _forward_chunk(chunk, a, b, y[r0:r1].view(r1 - r0, p, s), layout.order)
+        y = _fused_forward(layout, shape, a, b, xs)
         ctx.save_for_backward(a, b, *xs)
         ctx.layout, ctx.shape = layout, shape
         return y
@@ -299,88 +364,74 @@ class _KronConcat(torch.autograd.Function):
         layout, (p, q, s, t) = ctx.layout, ctx.shape
         need_a, need_b = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
         need_x = any(ctx.needs_input_grad[4:])
-        dims = [x.shape[1] for x in xs]
-        blocks = input_blocks(dims, t) if layout.inputs == "split" else None
         m = xs[0].shape[0]
         gy = gy.contiguous()
-        da = torch.zeros_like(a) if need_a else None
+        rows = _Rows(xs, layout, q, t)
+        factors = _Factors(a, b, rows.cols)
         db = torch.zeros_like(b) if need_b else None
+        # per term and part: Σ over rows of the chunk's per-row products (see _middle_grad)
+        da_acc = [[None] * len(rows.cols) for _ in range(factors.terms)] if need_a else None
         # Each input's gradient is its own contiguous tensor, written chunk by chunk (so that
         # AccumulateGrad can keep it without the copy a slice of one (m, D) gradient needs).
         dxs = (
             [torch.empty_like(x, memory_format=torch.contiguous_format) for x in xs]
             if need_x else None
         )
-        staging = _staging(xs, dims, q, t, layout, blocks)
         dx_staging = None
-        if need_x and staging is not None:
+        if need_x and rows.staging is not None:
             # With one term, dX is the chunk's last product, written over its staged X (no
             # longer needed by then): one chunk buffer less. Several terms accumulate dX while
-            # every term still reads X, so they get their own buffer.
-            dx_staging = staging if a.shape[0] == 1 else torch.empty_like(staging)
-        # per term and part: Σ over rows of the chunk's per-row products (see _middle_grad)
-        da_acc = None
+            # every term still reads X, so they get their own buffer. (Writing each input's dX
+            # directly from per-input products instead measured 5–13 % slower.)
+            dx_staging = rows.staging if factors.terms == 1 else torch.empty_like(rows.staging)
         for r0, r1 in _chunks(m, layout.chunk_rows):
             c = r1 - r0
-            chunk = _Chunk(xs, blocks, staging, dims, q, t, r0, r1)
-            if da is not None and da_acc is None:
-                da_acc = [[None] * len(chunk.parts) for _ in range(a.shape[0])]
+            parts = rows.read(r0, r1)
             if dxs is None:
                 dx3 = None
             elif dx_staging is not None:
                 dx3 = [dx_staging[:c].view(c, q, t)]
             else:
-                dx3 = [dx[r0:r1].view(c, j1 - j0, t) for dx, (_, j0, j1) in zip(dxs, chunk.parts)]
-            _backward_chunk(chunk, a, b, gy[r0:r1].view(c, p, s), dx3, da_acc, db, layout.order)
-            if dxs is not None and dx_staging is not None:
+                dx3 = [dx[r0:r1].view(c, j1 - j0, t) for dx, (j0, j1) in zip(dxs, rows.cols)]
+            g3 = gy[r0:r1].view(c, p, s)
+            _backward_chunk(parts, factors, g3, dx3, da_acc, db, layout.order)
+            if dx_staging is not None:
                 torch.split_with_sizes_copy(
-                    dx_staging[:c, : sum(dims)], dims, dim=1, out=[dx[r0:r1] for dx in dxs]
+                    dx_staging[:c, : sum(rows.dims)], rows.dims, dim=1,
+                    out=[dx[r0:r1] for dx in dxs],
                 )
-        if da_acc is not None:  # (None when there are no rows: dA stays zero)
-            parts = [(j0, j1) for _, j0, j1 in chunk.parts]
-            for term in range(a.shape[0]):
-                _sum_rows(da_acc[term], da[term], parts)
+        da = None
+        if need_a:
+            da = torch.zeros_like(a)
+            for term in range(factors.terms):
+                _sum_rows(da_acc[term], _term(da, term), rows.cols)
         grads_x = dxs if dxs is not None else [None] * len(xs)
         return (None, None, da, db, *grads_x)
 
 
-def _chunks(m: int, chunk_rows: int) -> list[tuple[int, int]]:
-    step = max(1, chunk_rows)
-    return [(r0, min(m, r0 + step)) for r0 in range(0, m, step)]
-
-
-def _staging(xs, dims, q, t, layout, blocks) -> Tensor | None:
-    """The gather buffer (chunk_rows, q·t); None where the inputs are read in place."""
-    if blocks is not None or (len(xs) == 1 and dims[0] == q * t):
-        return None
-    rows = min(layout.chunk_rows, xs[0].shape[0])
-    return xs[0].new_empty(rows, q * t)
-
-
-def _forward_chunk(chunk: _Chunk, a: Tensor, b: Tensor, y3: Tensor, order: str) -> None:
+def _forward_chunk(parts: list[Tensor], factors: _Factors, y3: Tensor, order: str) -> None:
     """y3 (c, p, s) = Σ_τ A_τ X Bᵀ_τ for the chunk's rows."""
     c = y3.shape[0]
+    a_rows = factors.a_rows(c)
+    y2 = y3.view(-1, y3.shape[2])
     first = True
-    for a_term, b_term in zip(a, b):
+    for term in range(factors.terms):
         if order == "right_first":
-            # Z_i = X_i Bᵀ: one GEMM per input; then Y += A[:, J_i] Z_i, batched over rows.
-            for x3, j0, j1 in chunk.parts:
-                z3 = torch.mm(x3.reshape(-1, x3.shape[2]), b_term.t()).view(c, j1 - j0, -1)
-                _bmm_left(a_term[:, j0:j1], z3, y3, accumulate=not first)
+            # Z_i = X_i Bᵀ: one GEMM per part; then Y += A[:, J_i] Z_i, batched over rows.
+            for x3, a_part in zip(parts, a_rows[term]):
+                z3 = torch.mm(x3.reshape(-1, x3.shape[2]), factors.b_t[term])
+                _bmm(a_part, z3.view(c, x3.shape[1], -1), y3, accumulate=not first)
                 first = False
         else:
             # U = Σ_i A[:, J_i] X_i (batched over rows); then Y = U Bᵀ: one GEMM.
-            u3 = None
-            for x3, j0, j1 in chunk.parts:
-                if u3 is None:
-                    u3 = _bmm_left(a_term[:, j0:j1], x3)
-                else:
-                    _bmm_left(a_term[:, j0:j1], x3, u3, accumulate=True)
-            _mm(u3.view(-1, u3.shape[2]), b_term.t(), y3.view(-1, y3.shape[2]), not first)
+            u3 = _bmm(a_rows[term][0], parts[0])
+            for x3, a_part in zip(parts[1:], a_rows[term][1:]):
+                _bmm(a_part, x3, u3, accumulate=True)
+            _mm(u3.view(-1, u3.shape[2]), factors.b_t[term], y2, not first)
             first = False
 
 
-def _backward_chunk(chunk, a, b, g3, dx3, da_acc, db, order) -> None:
+def _backward_chunk(parts, factors: _Factors, g3, dx3, da_acc, db, order) -> None:
     """Accumulate dA (per-row products, see :func:`_middle_grad`) and dB, and write dX, for the
     chunk's rows given dY as g3 (c, p, s).
 
@@ -390,19 +441,22 @@ def _backward_chunk(chunk, a, b, g3, dx3, da_acc, db, order) -> None:
     in each term: it may overwrite the staged X (see ``_KronConcat.backward``).
     """
     c = g3.shape[0]
-    for term, (a_term, b_term) in enumerate(zip(a, b)):
+    need_g = dx3 is not None or db is not None
+    for term in range(factors.terms):
         first = term == 0
+        b_term, b_t = factors.b[term], factors.b_t[term]
         if order == "right_first":
-            for index, (x3, j0, j1) in enumerate(chunk.parts):
-                x2 = x3.reshape(-1, x3.shape[2])
-                if da_acc is not None:
-                    z3 = torch.mm(x2, b_term.t()).view(c, j1 - j0, -1)
+            if da_acc is not None:
+                for index, x3 in enumerate(parts):
+                    z3 = torch.mm(x3.reshape(-1, x3.shape[2]), b_t).view(c, x3.shape[1], -1)
                     _middle_grad(da_acc[term], index, g3, z3)
                     del z3  # before G: one chunk-sized temporary at a time
-                if dx3 is not None or db is not None:
-                    g2 = _bmm_left(a_term[:, j0:j1].t(), g3).view(c * (j1 - j0), -1)
+            if need_g:
+                a_rows_t = factors.a_rows(c, transposed=True)[term]
+                for index, x3 in enumerate(parts):
+                    g2 = _bmm(a_rows_t[index], g3).view(-1, g3.shape[2])
                     if db is not None:
-                        db[term].addmm_(g2.t(), x2)
+                        _term(db, term).addmm_(g2.t(), x3.reshape(-1, x3.shape[2]))
                     if dx3 is not None:
                         out = dx3[index]
                         _mm(g2, b_term, out.view(-1, out.shape[2]), not first)
@@ -411,20 +465,18 @@ def _backward_chunk(chunk, a, b, g3, dx3, da_acc, db, order) -> None:
             if dx3 is not None or da_acc is not None:
                 v3 = torch.mm(g3.view(-1, g3.shape[2]), b_term).view(c, g3.shape[1], -1)
             if da_acc is not None:
-                for index, (x3, _, _) in enumerate(chunk.parts):
+                for index, x3 in enumerate(parts):
                     _middle_grad(da_acc[term], index, v3, x3)
             if db is not None:
-                u3 = None
-                for x3, j0, j1 in chunk.parts:
-                    if u3 is None:
-                        u3 = _bmm_left(a_term[:, j0:j1], x3)
-                    else:
-                        _bmm_left(a_term[:, j0:j1], x3, u3, accumulate=True)
-                db[term].addmm_(g3.view(-1, g3.shape[2]).t(), u3.view(-1, u3.shape[2]))
+                a_rows = factors.a_rows(c)[term]
+                u3 = _bmm(a_rows[0], parts[0])
+                for x3, a_part in zip(parts[1:], a_rows[1:]):
+                    _bmm(a_part, x3, u3, accumulate=True)
+                _term(db, term).addmm_(g3.view(-1, g3.shape[2]).t(), u3.view(-1, u3.shape[2]))
                 del u3
             if dx3 is not None:
-                for index, (_, j0, j1) in enumerate(chunk.parts):
-                    _bmm_left(a_term[:, j0:j1].t(), v3, dx3[index], accumulate=not first)
+                for index, a_part_t in enumerate(factors.a_rows(c, transposed=True)[term]):
+                    _bmm(a_part_t, v3, dx3[index], accumulate=not first)
 
 
 def kron_concat(
@@ -436,13 +488,18 @@ def kron_concat(
 ) -> Tensor:
     """``cat(xs, -1) (Σ_τ a[τ] ⊗ b[τ])ᵀ`` without forming W or, where possible, ``cat(xs)``.
 
-    xs: k tensors (m, n_i) with Σ n_i ≤ q·t (missing columns are zero padding); a: (T, p, q);
-    b: (T, s, t); all of one dtype and device. Returns (m, p·s). Differentiable in xs, a and b
-    through a hand-written backward (see :class:`FusedLayout` for the layout choices).
+    xs: k tensors (m, n_i) with Σ n_i ≤ q·t (missing columns are zero padding); a: (p, q) or
+    (T, p, q); b: (s, t) or (T, s, t); all of one dtype and device. Returns (m, p·s).
+    Differentiable in xs, a and b through a hand-written backward (see :class:`FusedLayout`
+    for the layout choices); without grad, the forward runs outside the autograd Function.
     """
     if layout.inputs == "split" and not split_aligned([x.shape[1] for x in xs], shape[3]):
         raise ValueError(
             f"inputs='split' needs every input boundary on a multiple of t={shape[3]}, "
             f"got widths {[x.shape[1] for x in xs]}"
         )
+    if not torch.is_grad_enabled() or not (
+        a.requires_grad or b.requires_grad or any(x.requires_grad for x in xs)
+    ):  # inference: the same computation without the autograd Function's bookkeeping
+        return _fused_forward(layout, tuple(shape), a, b, xs)
     return _KronConcat.apply(layout, tuple(shape), a, b, *xs)

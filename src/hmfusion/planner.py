@@ -387,7 +387,9 @@ def _run(spec: KronSpec, xs: list[Tensor], left, right) -> Tensor:
         y = kernels.kron_matmul(x, _as_list(left), _as_list(right), shape, plan.order)
     else:
         layout = kernels.FusedLayout(plan.order, plan.inputs, plan.chunk_rows)
-        y = kernels.kron_concat(xs, _as_stack(left), _as_stack(right), shape, layout)
+        a = kernels.dense_factor(left) if isinstance(left, tuple) else left
+        b = kernels.dense_factor(right) if isinstance(right, tuple) else right
+        y = kernels.kron_concat(xs, a, b, shape, layout)
     return y[:, : spec.n] if n_padded != spec.n else y
 
 
