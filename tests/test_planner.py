@@ -315,3 +315,23 @@ def test_autocast_bfloat16(method):
     reference = torch.cat(xs, -1) @ torch.kron(module.A, module.B).T
     torch.testing.assert_close(y.float(), reference, atol=0.05, rtol=0.05)
     assert module.A.grad.dtype == torch.float32 and xs[0].grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("forced", [
+    {"method": "materialize"}, {"method": "composite"},
+    {"method": "fused", "inputs": "gather", "chunk_rows": 2},
+    {"method": "fused", "order": "left_first", "inputs": "split"},
+], ids=lambda f: "-".join(str(v) for v in f.values()))
+def test_double_backward(forced):
+    structure = KroneckerStructure.create(4, 8, 2, 4)
+    generator = torch.Generator().manual_seed(4)
+    a = torch.randn(2, 4, dtype=F64, generator=generator, requires_grad=True)
+    b = torch.randn(2, 2, dtype=F64, generator=generator, requires_grad=True)
+    xs = [torch.randn(3, d, dtype=F64, generator=generator, requires_grad=True) for d in (4, 4)]
+
+    def fn(x0, x1, a, b):
+        return structure.apply_concat([x0, x1], {"A": a, "B": b})
+
+    with planner.force_plan(**forced):
+        assert torch.autograd.gradcheck(fn, (*xs, a, b))
+        assert torch.autograd.gradgradcheck(fn, (*xs, a, b))

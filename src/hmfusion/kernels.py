@@ -117,20 +117,21 @@ class _KronLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, a: Tensor, b: Tensor, n: int, D: int) -> Tensor:
-        weight = kron_weight(a, b)[:n, :D]
-        ctx.save_for_backward(x, a, b, weight)
+        ctx.save_for_backward(x, a, b)
         ctx.sizes = (n, D)
-        return x @ weight.t()
+        return x @ kron_weight(a, b)[:n, :D].t()
 
     @staticmethod
     def backward(ctx, gy: Tensor):
-        x, a, b, weight = ctx.saved_tensors
+        # W is formed again rather than saved: this way the backward is itself differentiable
+        # in a and b (double backward, gradgradcheck), and holds no n×D tensor in between.
+        x, a, b = ctx.saved_tensors
         n, D = ctx.sizes
         terms, p, q = a.shape
         s, t = b.shape[1:]
         dx = da = db = None
         if ctx.needs_input_grad[0]:
-            dx = gy @ weight
+            dx = gy @ kron_weight(a, b)[:n, :D]
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             dw = gy.reshape(-1, n).t() @ x.reshape(-1, D)
             if (n, D) != (p * s, q * t):
@@ -361,6 +362,8 @@ class _KronConcat(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy: Tensor):
         a, b, *xs = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: a backward that is differentiable itself
+            return (None, None, *_differentiable_grads(ctx, a, b, xs, gy))
         layout, (p, q, s, t) = ctx.layout, ctx.shape
         need_a, need_b = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
         need_x = any(ctx.needs_input_grad[4:])
@@ -407,6 +410,28 @@ class _KronConcat(torch.autograd.Function):
                 _sum_rows(da_acc[term], _term(da, term), rows.cols)
         grads_x = dxs if dxs is not None else [None] * len(xs)
         return (None, None, da, db, *grads_x)
+
+
+def _differentiable_grads(ctx, a: Tensor, b: Tensor, xs, gy: Tensor) -> list:
+    """Gradients of ``_KronConcat`` through :func:`kron_matmul` (composite torch ops), for a
+    backward that is recorded for double backward. Only used with ``create_graph=True``."""
+    p, q, s, t = ctx.shape
+    needed = ctx.needs_input_grad[2:]
+    with torch.enable_grad():
+        # the saved tensors are the inputs themselves: y is recorded as a function of them
+        inputs = (a, b, *xs)
+        a_in, b_in, *xs_in = inputs
+        parts = list(xs_in)
+        missing = q * t - sum(x.shape[1] for x in parts)
+        if missing:
+            parts.append(parts[0].new_zeros(parts[0].shape[0], missing))
+        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        left = [a_in] if a_in.dim() == 2 else list(a_in.unbind(0))
+        right = [b_in] if b_in.dim() == 2 else list(b_in.unbind(0))
+        y = kron_matmul(x, left, right, ctx.shape, ctx.layout.order)
+        wanted = [value for value, need in zip(inputs, needed) if need]
+        grads = iter(torch.autograd.grad(y, wanted, gy, create_graph=True))
+    return [next(grads) if need else None for need in needed]
 
 
 def _forward_chunk(parts: list[Tensor], factors: _Factors, y3: Tensor, order: str) -> None:
