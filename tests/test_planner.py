@@ -62,6 +62,7 @@ CASES = {
     "hm_unaligned": (KroneckerStructure.create(24, 24, 4, 4), (5, 11, 8)),
     "hm_rectangular": (KroneckerStructure.create(12, 30, 3, 5), (18, 12)),
     "hm_one_input": (KroneckerStructure.create(16, 20, 4, 5), (20,)),
+    "hm_wide_a": (KroneckerStructure.create(16, 16, 8, 8), (8, 8)),  # dA by one GEMM
     "sum_of_terms": (KroneckerStructure.create(12, 12, 3, 3, terms=3), (8, 4)),
     "lphm": (KroneckerStructure.create(12, 18, 3, 3, rank_b=2), (6, 12)),
     "dual_lphm": (KroneckerStructure.create(12, 18, 3, 3, rank_a=2, rank_b=2), (7, 11)),

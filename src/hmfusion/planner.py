@@ -288,7 +288,7 @@ def choose_plan(
 ) -> Plan:
     """The plan for m rows of inputs of widths ``dims`` (cached; see the module docstring)."""
     dims = tuple(int(d) for d in dims)
-    itemsize = torch.empty((), dtype=dtype).element_size() if dtype.is_floating_point else 4
+    itemsize = dtype.itemsize
     if torch.compiler.is_compiling():  # traced once per graph: no cache, no logging
         plan = _choose(spec, int(m), dims, itemsize, device_type, requires_grad)
         return _apply_forced(plan, spec, int(m), dims, itemsize, device_type)
