@@ -1,13 +1,12 @@
 """Benchmark hmfusion's HM fusion against the alternatives users have, on a grid of shapes.
 
 For each shape (m rows, k inputs of width D/k, output width n, A: p×q) and dtype, four ways of
-computing ``cat(xs) Wᵀ`` with W = A ⊗ B (n×D) are timed, forward and forward+backward:
-
-  dense      cat + ``F.linear`` with a dense n×D weight (``nn.Linear`` on the concatenation)
-  kron       ``torch.kron(A, B)``, then ``F.linear`` (Kronecker adapters such as LoKr)
-  tinybig    tinybig 0.2.1's way: W fabricated from the flat parameters with an einsum
-             (the outer product of the two flat pieces, reshaped to n×D), then ``F.linear``
-  hmfusion   ``HMConcatFusion`` (W never formed; the planner picks the contraction)
+computing ``cat(xs) Wᵀ`` with W = A ⊗ B (n×D) are timed, forward and forward+backward.
+dense: cat + ``F.linear`` with a dense n×D weight (``nn.Linear`` on the concatenation);
+kron: ``torch.kron(A, B)``, then ``F.linear`` (Kronecker adapters such as LoKr);
+tinybig: tinybig 0.2.1's way, W fabricated from the flat parameters with an einsum (the outer
+product of the two flat pieces, reshaped to n×D), then ``F.linear``;
+hmfusion: ``HMConcatFusion`` (W never formed; the planner picks the contraction).
 
 Methods are run interleaved (one call of each per round, starting method rotated), after
 warm-up; each time is the median over rounds and each ratio ("×", speed-up over dense) divides
