@@ -321,3 +321,12 @@ def module():
 def test_bad_inputs(module, make_xs, error, match):
     with pytest.raises(error, match=match):
         module(make_xs())
+
+
+def test_plan_is_visible_on_the_module():
+    module = HMConcatFusion([1024] * 4, 4096, p=64)
+    plan = module.plan(4096)
+    assert plan.method == "fused" and plan.order in ("right_first", "left_first")
+    assert plan == module.structure.plan(4096, module.dims)
+    # p = q = 1: W = a·B, factoring saves nothing, so the planner forms W
+    assert HMConcatFusion([64, 64], 64, p=1).plan(64).method == "materialize"

@@ -323,6 +323,17 @@ class _KroneckerFusion(ConcatFusion):
     def pad(self) -> bool:
         return self.structure.pad
 
+    def plan(self, m: int, *, requires_grad: bool | None = None):
+        """How a forward on m rows is computed here (materialize, fused or composite; order,
+        input handling, row chunk): the planner's choice for this module's dims, dtype and
+        device, cached per shape. ``requires_grad`` defaults to whether the parameters train.
+        See :mod:`hmfusion.planner`; :func:`hmfusion.planner.force_plan` overrides it."""
+        param = next(iter(self.factors().values()))
+        grad = param.requires_grad if requires_grad is None else requires_grad
+        return self.structure.plan(
+            m, self.dims, dtype=param.dtype, device=param.device, requires_grad=grad
+        )
+
 
 class HMConcatFusion(_KroneckerFusion):
     """Hierarchical-matrix (HM) fusion: ``W = A ⊗ B`` (or ``Σ_j A_j ⊗ B_j`` with ``terms > 1``).

@@ -324,12 +324,6 @@ def choose_block_sizes(
     return best[1], best[2]  # p = q = 1 always qualifies, so best is set
 
 
-def _kron_sum(a: Tensor, b: Tensor) -> Tensor:
-    """Σ_τ A_τ ⊗ B_τ for A (terms×p×q), B (terms×s×t): W[(i, k), (j, l)] = Σ_τ A[τ,i,j] B[τ,k,l]."""
-    (_, p, q), (_, s, t) = a.shape, b.shape
-    return torch.einsum("zij,zkl->ikjl", a, b).reshape(p * s, q * t)
-
-
 @dataclass(frozen=True)
 class KroneckerStructure(Structure):
     """W = Σ_{j<terms} A_j ⊗ B_j (top-left n×D block), each factor dense or low-rank.
@@ -457,14 +451,14 @@ class KroneckerStructure(Structure):
             self.n, self.D, self.p, self.q, self.s, self.t, self.terms, self.rank_a, self.rank_b
         )
 
-    def _dense_factors(self, f: Factors) -> tuple[Tensor, Tensor]:
+    def dense_factors(self, f: Factors) -> tuple[Tensor, Tensor]:
         """A (terms×p×q) and B (terms×s×t) as dense tensors."""
         a = f["P"] @ f["Q"].transpose(0, 1) if self.rank_a is not None else f["A"]
         b = f["S"] @ f["T"].transpose(0, 1) if self.rank_b is not None else f["B"]
         return a.reshape(self.terms, self.p, self.q), b.reshape(self.terms, self.s, self.t)
 
     def materialize(self, f: Factors) -> Tensor:
-        return _kron_sum(*self._dense_factors(f))[: self.n, : self.D]
+        return kernels.kron_weight(*self.dense_factors(f))[: self.n, : self.D]
 
     @property
     def order(self) -> str:
@@ -530,10 +524,10 @@ class KroneckerStructure(Structure):
             given = torch.zeros_like(w, dtype=torch.bool)
             given[: self.n, : self.D] = True
             tolerance = 100 * torch.finfo(w.dtype).eps
-            fitted = _kron_sum(a, b)
+            fitted = kernels.kron_weight(a, b)
             for _ in range(_IMPUTE_MAX_ITERATIONS):
                 a, b = self._nearest_kronecker(torch.where(given, w, fitted))
-                previous, fitted = fitted, _kron_sum(a, b)
+                previous, fitted = fitted, kernels.kron_weight(a, b)
                 if (fitted - previous).norm() <= tolerance * fitted.norm():
                     break
         out: dict[str, Tensor] = {}

@@ -144,7 +144,7 @@ class TinybigLegacyStructure(Structure):
         return self.kronecker.flat_layout
 
     def materialize(self, f) -> Tensor:
-        a, b = self.kronecker._dense_factors(f)
+        a, b = self.kronecker.dense_factors(f)
         return torch.outer(a.reshape(-1), b.reshape(-1)).reshape(self.n, self.D)
 
     def apply_transposed(self, x: Tensor, f) -> Tensor:
