@@ -414,7 +414,9 @@ class RandomMatrixConcatFusion(ConcatFusion):
 
     R₁: n×r and R₂: D×r are fixed random matrices drawn from ``seed`` and kept as persistent
     buffers, so they are saved in the ``state_dict`` and a reloaded module computes exactly the
-    same outputs. l = n + r. Flat w = [λ₁ | λ₂].
+    same outputs. l = n + r. Flat w = [λ₁ | λ₂]. ``seed`` is the constructor's: after
+    ``load_state_dict`` the module holds the loaded matrices, and ``reset_parameters()`` would
+    draw this seed's again.
 
     Args:
         dims, n: as in :class:`DenseConcatFusion`.
