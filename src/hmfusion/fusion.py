@@ -211,20 +211,17 @@ class ConcatFusion(nn.Module):
             ValueError: wrong number of inputs, an input whose last dimension is not its
                 ``dims[i]``, differing leading shapes, an input on another device.
         """
-        return self.fuse(xs, self.factors())
-
-    def fuse(
-        self, xs: Sequence[Tensor], factors: dict[str, Tensor], owner: str = "the parameters"
-    ) -> Tensor:
-        """``forward`` with the given factors (``{name: tensor}``, as :meth:`factors`) in place of
-        the module's own — e.g. views of an external flat vector from
-        ``structure.from_flat(w)``, through which gradients then flow. ``owner`` names where
-        the factors come from in error messages. Raises as :meth:`forward`.
-        """
+        factors = self.factors()
         reference = next(iter(factors.values()))
-        inputs, lead = V.check_inputs(
-            xs, self.dims, dtype=reference.dtype, device=reference.device, owner=owner
-        )
+        inputs, lead = V.check_inputs(xs, self.dims, dtype=reference.dtype, device=reference.device)
+        return self._fuse(inputs, lead, factors)
+
+    def _fuse(
+        self, inputs: Sequence[Tensor], lead: tuple[int, ...], factors: dict[str, Tensor]
+    ) -> Tensor:
+        """``cat(inputs) Wᵀ + bias`` on inputs already checked by ``V.check_inputs`` (its
+        ``lead`` shape), with the given factors (``{name: tensor}`` as :meth:`factors`): views
+        of an external flat vector, e.g., through which gradients then flow. No validation."""
         rows = [x.reshape(-1, x.shape[-1]) for x in inputs]
         y = self.structure.apply_concat(rows, factors)
         if self.bias is not None:

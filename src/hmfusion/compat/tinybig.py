@@ -618,7 +618,7 @@ class parameterized_concatenation_fusion(nn.Module):
         factors = self._factors(w)
         owner = "the parameters" if w is None else "the flat vector w"
         reference = next(iter(factors.values()))
-        inputs, _ = V.check_inputs(
+        inputs, lead = V.check_inputs(
             x, tuple(self.dims), dtype=reference.dtype, device=reference.device, owner=owner
         )
         processed = [self.pre_process(value) for value in inputs]
@@ -629,7 +629,7 @@ class parameterized_concatenation_fusion(nn.Module):
                     f"{before.dtype} to {tuple(after.shape)} {after.dtype}; they must keep each "
                     f"input's shape and dtype"
                 )
-        return self.post_process(self.fusion.fuse(processed, factors, owner=owner))
+        return self.post_process(self.fusion._fuse(processed, lead, factors))
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, layout={self.layout!r}"
