@@ -164,7 +164,7 @@ def test_module_with_leading_dimensions():
 
 # the choices ---------------------------------------------------------------------------------
 def _spec(n, D, p, q, **kwargs) -> planner.KronSpec:
-    return KroneckerStructure.create(n, D, p, q, **kwargs)._spec()
+    return KroneckerStructure.create(n, D, p, q, **kwargs).spec
 
 
 def test_large_balanced_shapes_are_fused():

@@ -7,29 +7,39 @@ the argument and says what was expected. No ``assert`` is used for user input.
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from hmfusion import blocksizes
 
 __all__ = [
     "AUTO",
     "check_block_size",
     "check_bool",
+    "check_device",
     "check_dims",
     "check_divides",
     "check_factory_dtype",
+    "check_finite",
     "check_flat_vector",
     "check_inputs",
     "check_int",
     "check_positive_int",
-    "divisors",
+    "check_row_count",
+    "check_seed",
+    "check_size",
     "resolve_n",
 ]
 
-AUTO = "auto"
+AUTO = blocksizes.AUTO
+#: Valid seeds of ``torch.Generator.manual_seed``: a signed or unsigned 64-bit integer.
+SEED_RANGE = (-(2**63), 2**64 - 1)
+#: Messages list at most this many valid divisors (the first and last half of them).
+_LISTED_DIVISORS = 24
 
 
 def _is_int(value: object) -> bool:
@@ -45,11 +55,81 @@ def check_positive_int(name: str, value: object) -> int:
     return int(value)  # type: ignore[arg-type]
 
 
-def check_bool(name: str, value: object) -> bool:
-    """``value`` if it is a bool (not merely truthy: ``pad=1`` is a mistake worth naming)."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+def check_size(name: str, value: object) -> int:
+    """A width: a positive int of at most :data:`hmfusion.blocksizes.MAX_SIZE` (2⁴⁸)."""
+    value = check_positive_int(name, value)
+    if value > blocksizes.MAX_SIZE:
+        raise ValueError(
+            f"{name}={value} is too large: sizes are at most 2**48 = {blocksizes.MAX_SIZE} "
+            f"(one row would not fit in memory)"
+        )
     return value
+
+
+def check_row_count(name: str, value: object) -> int:
+    """A number of rows: an int ≥ 0 (bools are refused)."""
+    if not _is_int(value):
+        raise TypeError(f"{name} must be a non-negative int, got {type(value).__name__} {value!r}")
+    if value < 0:  # type: ignore[operator]
+        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    return int(value)  # type: ignore[arg-type]
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` as a bool if it is a Python or NumPy bool (not merely truthy: ``pad=1`` is a
+    mistake worth naming)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(
+            f"{name} must be a bool (True or False), got {type(value).__name__} {value!r}"
+        )
+    return bool(value)
+
+
+def check_seed(name: str, value: object) -> int:
+    """A seed for ``torch.Generator.manual_seed``: an int in [-2⁶³, 2⁶⁴ - 1]."""
+    value = check_int(name, value)
+    low, high = SEED_RANGE
+    if not low <= value <= high:
+        raise ValueError(f"{name} must lie in [-2**63, 2**64 - 1] (a 64-bit seed), got {value}")
+    return value
+
+
+def check_device(value: object) -> torch.device | None:
+    """A ``device=`` factory argument: ``None``, or a device this machine has.
+
+    Accepts what ``torch.device`` accepts (a ``torch.device``, a string such as ``"cuda:0"``,
+    an accelerator index); refuses devices whose backend is missing or has fewer devices.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, torch.device, int)):
+        raise TypeError(
+            f"device must be a torch.device, a string such as 'cpu' or 'cuda:0', or an int, "
+            f"got {type(value).__name__}"
+        )
+    try:
+        device = torch.device(value)
+    except RuntimeError as error:  # unknown type, or an index with no accelerator
+        raise ValueError(f"device={value!r} is not a usable device: {error}") from None
+    if device.type in ("cpu", "meta"):
+        return device
+    backend = getattr(torch, device.type, None)
+    is_available = getattr(backend, "is_available", None)
+    if is_available is None or not is_available():
+        raise ValueError(
+            f"device={value!r} is not available: this PyTorch build or machine has no "
+            f"{device.type} device; use 'cpu' or an available accelerator"
+        )
+    count = getattr(backend, "device_count", lambda: None)()
+    if device.index is not None and count is not None and device.index >= count:
+        raise ValueError(f"device={value!r} does not exist: {count} {device.type} device(s)")
+    return device
+
+
+def check_finite(name: str, tensor: Tensor) -> None:
+    """Raise if ``tensor`` holds NaN or ±inf."""
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{name} must be finite, but it holds NaN or infinite values")
 
 
 def check_int(name: str, value: object) -> int:
@@ -79,13 +159,15 @@ def check_dims(dims: object) -> tuple[int, ...]:
         )
     if len(dims) == 0:
         raise ValueError("dims must name at least one input width, got an empty sequence")
-    return tuple(check_positive_int(f"dims[{i}]", d) for i, d in enumerate(dims))
+    checked = tuple(check_size(f"dims[{i}]", d) for i, d in enumerate(dims))
+    check_size("sum(dims)", sum(checked))
+    return checked
 
 
 def resolve_n(dims: tuple[int, ...], n: object) -> int:
     """The output width: ``n`` if given, else the common input width."""
     if n is not None:
-        return check_positive_int("n", n)
+        return check_size("n", n)
     if len(set(dims)) != 1:
         raise ValueError(
             f"n is required when the input widths differ (dims={list(dims)}); "
@@ -94,24 +176,16 @@ def resolve_n(dims: tuple[int, ...], n: object) -> int:
     return dims[0]
 
 
-def divisors(value: int) -> list[int]:
-    """All positive divisors of ``value``, ascending."""
-    small, large = [], []
-    for d in range(1, math.isqrt(value) + 1):
-        if value % d == 0:
-            small.append(d)
-            if d != value // d:
-                large.append(value // d)
-    return small + large[::-1]
-
-
 def check_divides(name: str, value: int, total_name: str, total: int, hint: str = "") -> None:
     """Raise if ``value`` does not divide ``total``; the message lists the valid choices."""
     if total % value != 0:
-        raise ValueError(
-            f"{name}={value} must divide {total_name}={total}; valid choices are "
-            f"{divisors(total)}{hint}"
+        valid = blocksizes.divisors(total)
+        half = _LISTED_DIVISORS // 2
+        listed = str(valid) if len(valid) <= _LISTED_DIVISORS else (
+            f"the {len(valid)} divisors {str(valid[:half])[:-1]}, …, {str(valid[-half:])[1:]}"
         )
+        raise ValueError(f"{name}={value} must divide {total_name}={total}; valid choices are "
+                         f"{listed}{hint}")
 
 
 def check_flat_vector(w: object, length: int, *, what: str = "w") -> Tensor:
@@ -175,6 +249,12 @@ def check_inputs(
     for i, x in enumerate(xs):
         if not isinstance(x, Tensor):
             raise TypeError(f"input {i} must be a torch.Tensor, got {type(x).__name__}")
+        if x.is_nested or x.layout != torch.strided:
+            kind = "nested" if x.is_nested else f"{x.layout}"
+            raise TypeError(
+                f"input {i} must be a dense (strided) tensor, got a {kind} tensor; "
+                f"convert it first (e.g. x.to_dense() or torch.nested.to_padded_tensor)"
+            )
         if not x.is_floating_point():
             raise TypeError(f"input {i} must be a floating-point tensor, got dtype {x.dtype}")
         if x.dim() == 0 or x.shape[-1] != dims[i]:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from hmfusion import _validation as V
+from hmfusion import planner
 from hmfusion.structures import (
     DenseStructure,
     KroneckerStructure,
@@ -34,26 +36,41 @@ __all__ = [
     "RandomMatrixConcatFusion",
 ]
 
-_SHAPE_DOC = """
-    Shape:
-        - Input: a list or tuple of k tensors, input i of shape ``(*, n_i)`` with the same
-          leading dimensions ``*`` (possibly none) for all, where ``n_i = dims[i]``.
-        - Output: ``(*, n)``.
-"""
-
-
 class ConcatFusion(nn.Module):
-    """Base class: ``Y = cat(xs, -1) Wᵀ + bias`` with ``W = structure(factors)``, W of shape n×D.
+    r"""Base class: :math:`Y = \mathrm{cat}(x_1, \dots, x_k)\, W^\top + b` with
+    :math:`W = \psi(w)` given by a :class:`~hmfusion.structures.Structure` ψ; W is n×D.
 
     Subclasses choose the structure; this class registers its factors (trained factors as
-    parameters, fixed ones as persistent buffers), validates inputs and applies the structure.
+    parameters, fixed ones as persistent buffers), validates inputs once in :meth:`forward`
+    and applies the structure, which forms W only where its plan says so (see each member).
 
     Args:
         dims: the input widths n_1 … n_k (D = Σ n_i).
         structure: the structure of W; its ``n`` is the output width and its ``D`` must be
             ``sum(dims)``.
-        bias: add a learnable bias of shape (n,).
-        device, dtype: factory arguments for the parameters.
+        bias: add a learnable bias of shape (n,). Default: ``False``.
+        device, dtype: factory arguments for the parameters, as in ``nn.Linear``.
+
+    Shape:
+        - Input: a list or tuple of k tensors, input i of shape ``(*, n_i)`` with the same
+          leading dimensions ``*`` (possibly none) for all.
+        - Output: ``(*, n)``.
+
+    Attributes:
+        bias: shape (n,), from U(-1/√D, 1/√D) as ``nn.Linear``'s, or ``None``. The factors
+            are attributes named by ``structure.factor_specs``, initialised by the structure.
+
+    Raises:
+        TypeError: dims is not a list or tuple of ints; bias is not a bool; dtype is not a
+            floating ``torch.dtype``; device is of the wrong kind.
+        ValueError: ``structure.D != sum(dims)``; device is not available.
+
+    Example::
+
+        >>> from hmfusion.structures import DenseStructure
+        >>> fusion = ConcatFusion([2, 3], DenseStructure(4, 5))
+        >>> fusion([torch.ones(1, 2), torch.ones(1, 3)]).shape
+        torch.Size([1, 4])
     """
 
     def __init__(
@@ -62,7 +79,7 @@ class ConcatFusion(nn.Module):
         structure: Structure,
         *,
         bias: bool = False,
-        device: torch.device | str | None = None,
+        device: Device = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
@@ -71,7 +88,9 @@ class ConcatFusion(nn.Module):
             raise ValueError(f"structure has D={structure.D}, but sum(dims)={sum(self.dims)}")
         V.check_bool("bias", bias)
         self.structure = structure
-        factory_kwargs = {"device": device, "dtype": V.check_factory_dtype(dtype)}
+        factory_kwargs = {
+            "device": V.check_device(device), "dtype": V.check_factory_dtype(dtype)
+        }
         for spec in structure.factor_specs:
             tensor = torch.empty(spec.shape, **factory_kwargs)
             if spec.trainable:
@@ -166,7 +185,9 @@ class ConcatFusion(nn.Module):
         return linear
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, dims: Sequence[int], *args, **kwargs) -> "ConcatFusion":
+    def from_linear(
+        cls, linear: nn.Linear, dims: Sequence[int], *args: object, **kwargs: object
+    ) -> ConcatFusion:
         """Compress a trained ``nn.Linear(D, n)``: the member of this class closest to its weight
         in Frobenius norm (see each structure's ``fit``), with the same bias, device and dtype.
 
@@ -177,7 +198,8 @@ class ConcatFusion(nn.Module):
             TypeError: ``linear`` is not an ``nn.Linear``, or the class cannot be fitted
                 (random-matrix adaptation).
             ValueError: ``linear.in_features != sum(dims)``, an ``n`` other than
-                ``linear.out_features``, or the class's own checks fail.
+                ``linear.out_features``, a weight or bias holding NaN or ±inf, or the class's
+                own checks fail.
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
@@ -190,6 +212,9 @@ class ConcatFusion(nn.Module):
         if n != linear.out_features:
             raise ValueError(f"n={n!r} must equal linear.out_features={linear.out_features}")
         weight = linear.weight
+        V.check_finite("linear.weight", weight.detach())
+        if linear.bias is not None:
+            V.check_finite("linear.bias", linear.bias.detach())
         module = cls(
             dims_checked, n, *args, bias=linear.bias is not None,
             device=weight.device, dtype=weight.dtype, **kwargs,
@@ -244,194 +269,440 @@ def _setup(dims: object, n: object) -> tuple[tuple[int, ...], int, int]:
 
 
 class DenseConcatFusion(ConcatFusion):
-    """Dense fusion: ``Y = cat(xs) Wᵀ`` with an unstructured W (n×D), l = n·D.
+    r"""Dense fusion: :math:`Y = \mathrm{cat}(x_1, \dots, x_k)\, W^\top`, W an unstructured n×D.
 
-    Equivalent to ``nn.Linear(D, n)`` on the concatenation; the baseline of the family.
+    Equivalent to ``nn.Linear(D, n)`` on the concatenation (D = Σ n_i); the baseline of the
+    family, with l = n·D trained values. W is the parameter itself.
 
     Args:
-        dims: input widths n_1 … n_k.
+        dims: input widths n_1 … n_k, positive ints.
         n: output width; defaults to n_1 when all dims are equal.
-        bias, device, dtype: as in ``nn.Linear``.
+        bias: add a learnable bias of shape (n,). Default: ``False``.
+        device, dtype: factory arguments for the parameters, as in ``nn.Linear``.
+
+    Shape:
+        - Input: a list or tuple of k tensors, input i of shape ``(*, n_i)`` with the same
+          leading dimensions ``*`` (possibly none) for all.
+        - Output: ``(*, n)``.
+
+    Attributes:
+        W: the weight, shape (n, D), initialised from U(-1/√D, 1/√D) as ``nn.Linear``'s.
+        bias: shape (n,), from U(-1/√D, 1/√D), or ``None``.
 
     Raises:
-        TypeError, ValueError: invalid dims or n (see :mod:`hmfusion._validation`).
-    """ + _SHAPE_DOC
+        TypeError: dims is not a list or tuple of ints; n is not an int; bias is not a bool;
+            dtype is not a floating ``torch.dtype``; device is of the wrong kind.
+        ValueError: dims is empty or holds a size < 1 or > 2⁴⁸; n is missing while dims
+            differ; device is not available.
 
-    def __init__(self, dims, n=None, *, bias=False, device=None, dtype=None) -> None:
-        dims, n, D = _setup(dims, n)
-        super().__init__(dims, DenseStructure(n, D), bias=bias, device=device, dtype=dtype)
+    Example::
+
+        >>> fusion = DenseConcatFusion([3, 5], n=4)
+        >>> fusion([torch.randn(2, 3), torch.randn(2, 5)]).shape
+        torch.Size([2, 4])
+    """
+
+    def __init__(
+        self,
+        dims: Sequence[int],
+        n: int | None = None,
+        *,
+        bias: bool = False,
+        device: Device = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        dims, n_checked, D = _setup(dims, n)
+        super().__init__(dims, DenseStructure(n_checked, D), bias=bias, device=device, dtype=dtype)
 
 
 class LowRankConcatFusion(ConcatFusion):
-    """Low-rank fusion: ``W = U Vᵀ`` with U: n×r, V: D×r; l = r·(n + D).
+    r"""Low-rank fusion: :math:`Y = \mathrm{cat}(x_1, \dots, x_k)\, W^\top` with
+    :math:`W = U V^\top`, U: n×r, V: D×r; l = r·(n + D).
 
-    Applied as two thin matmuls ``(X V) Uᵀ``. Flat w = [U (n×r) | Vᵀ (r×D)].
+    Applied as two thin matmuls ``(X V) Uᵀ``; W is never formed. Flat w = [U | Vᵀ].
 
     Args:
-        dims, n: as in :class:`DenseConcatFusion`.
-        r: the rank (positive int, default 2).
-        bias, device, dtype: as in ``nn.Linear``.
-    """ + _SHAPE_DOC
+        dims: input widths n_1 … n_k, positive ints.
+        n: output width; defaults to n_1 when all dims are equal.
+        r: the rank, a positive int. Default: 2.
+        bias: add a learnable bias of shape (n,). Default: ``False``.
+        device, dtype: factory arguments for the parameters, as in ``nn.Linear``.
 
-    def __init__(self, dims, n=None, r=2, *, bias=False, device=None, dtype=None) -> None:
-        dims, n, D = _setup(dims, n)
-        r = V.check_positive_int("r", r)
-        super().__init__(dims, LowRankStructure(n, D, r), bias=bias, device=device, dtype=dtype)
+    Shape:
+        - Input: a list or tuple of k tensors, input i of shape ``(*, n_i)`` with the same
+          leading dimensions ``*`` (possibly none) for all.
+        - Output: ``(*, n)``.
+
+    Attributes:
+        U: shape (n, r), V: shape (D, r), both from U(-b, b) with
+            :math:`b = \sqrt{3}\,(3 D r)^{-1/4}`, so that W has ``nn.Linear``'s variance 1/(3D).
+        bias: shape (n,), from U(-1/√D, 1/√D), or ``None``.
+
+    Raises:
+        TypeError: dims, n or r is not an int (or a list of ints); bias is not a bool; dtype
+            or device is of the wrong kind.
+        ValueError: r < 1; dims is empty or holds a size < 1 or > 2⁴⁸; n is missing while
+            dims differ; device is not available.
+
+    Example::
+
+        >>> fusion = LowRankConcatFusion([3, 5], n=4, r=2)
+        >>> fusion([torch.randn(2, 3), torch.randn(2, 5)]).shape, fusion.num_parameters
+        (torch.Size([2, 4]), 24)
+    """
+
+    def __init__(
+        self,
+        dims: Sequence[int],
+        n: int | None = None,
+        r: int = 2,
+        *,
+        bias: bool = False,
+        device: Device = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        dims, n_checked, D = _setup(dims, n)
+        structure = LowRankStructure(n_checked, D, V.check_positive_int("r", r))
+        super().__init__(dims, structure, bias=bias, device=device, dtype=dtype)
 
     @property
     def r(self) -> int:
+        """The rank of W = U Vᵀ."""
         return self.structure.r
 
 
 class _KroneckerFusion(ConcatFusion):
-    """Shared accessors of the Kronecker members (HM, LPHM, dual-LPHM)."""
+    """Shared constructor and accessors of the Kronecker members (HM, LPHM, dual-LPHM)."""
 
     structure: KroneckerStructure
 
-    def __init__(self, dims, n, p, q, *, terms=1, rank_a=None, rank_b=None, pad=False,
-                 bias=False, device=None, dtype=None) -> None:
-        dims, n, D = _setup(dims, n)
+    def __init__(
+        self,
+        dims: Sequence[int],
+        n: int | None,
+        p: BlockSize,
+        q: BlockSize | None,
+        *,
+        terms: int = 1,
+        rank_a: int | None = None,
+        rank_b: int | None = None,
+        pad: bool = False,
+        bias: bool = False,
+        device: Device = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        dims, n_checked, D = _setup(dims, n)
         structure = KroneckerStructure.create(
-            n, D, p, q, terms=terms, rank_a=rank_a, rank_b=rank_b, pad=pad
+            n_checked, D, p, q, terms=terms, rank_a=rank_a, rank_b=rank_b, pad=pad
         )
         super().__init__(dims, structure, bias=bias, device=device, dtype=dtype)
 
     @property
     def p(self) -> int:
-        """Rows of the left factor (resolved if given as ``"auto"``)."""
+        """Rows of the left factor A (resolved if given as ``"auto"``)."""
         return self.structure.p
 
     @property
     def q(self) -> int:
-        """Columns of the left factor (resolved if given as ``"auto"`` or defaulted to p)."""
+        """Columns of A (resolved if given as ``"auto"`` or defaulted to p)."""
         return self.structure.q
 
     @property
     def s(self) -> int:
-        """Rows of the right factor, n'/p."""
+        """Rows of the right factor B: ⌈n/p⌉ (n/p without padding)."""
         return self.structure.s
 
     @property
     def t(self) -> int:
-        """Columns of the right factor, D'/q."""
+        """Columns of B: ⌈D/q⌉ (D/q without padding)."""
         return self.structure.t
 
     @property
     def pad(self) -> bool:
+        """Whether n and D may be zero-padded to multiples of p and q."""
         return self.structure.pad
 
-    def plan(self, m: int, *, requires_grad: bool | None = None):
-        """How a forward on m rows is computed here (materialize, fused or composite; order,
-        input handling, row chunk): the planner's choice for this module's dims, dtype and
-        device, cached per shape. ``requires_grad`` defaults to whether the parameters train.
-        See :mod:`hmfusion.planner`; :func:`hmfusion.planner.force_plan` overrides it."""
+    def plan(self, m: int, *, requires_grad: bool | None = None) -> planner.Plan:
+        """How a forward on m rows is computed: the planner's choice for this module's dims,
+        dtype and device (cached per shape). ``plan(m).method == "materialize"`` means that W
+        is formed for that call (small layers, where one dense GEMM is cheaper); ``"fused"``
+        and ``"composite"`` never form it. ``requires_grad`` defaults to whether the
+        parameters train. :func:`hmfusion.planner.force_plan` overrides the choice.
+
+        Raises:
+            TypeError: m is not an int (bools included); requires_grad is not a bool.
+            ValueError: m < 0.
+        """
+        m = V.check_row_count("m", m)
         param = next(iter(self.factors().values()))
-        grad = param.requires_grad if requires_grad is None else requires_grad
+        grad = param.requires_grad if requires_grad is None else V.check_bool(
+            "requires_grad", requires_grad)
         return self.structure.plan(
             m, self.dims, dtype=param.dtype, device=param.device, requires_grad=grad
         )
 
 
 class HMConcatFusion(_KroneckerFusion):
-    """Hierarchical-matrix (HM) fusion: ``W = A ⊗ B`` (or ``Σ_j A_j ⊗ B_j`` with ``terms > 1``).
+    r"""Hierarchical-matrix (HM) fusion: :math:`Y = \mathrm{cat}(x_1, \dots, x_k)\, W^\top`
+    with :math:`W = A \otimes B` (or :math:`\sum_{j} A_j \otimes B_j` with ``terms > 1``).
 
-    ``Y = cat(xs) Wᵀ`` with A: p×q and B: (n/p)×(D/q), so l = p·q + n·D/(p·q) per term. W is
-    never formed: each row of X is viewed as a q×(D/q) matrix X_r and ``A X_r Bᵀ`` is computed
-    in the cheaper order. Flat w = [A | B] (terms: [A₁ | B₁ | A₂ | B₂ | …]).
+    A: p×q, B: s×t with s = n/p, t = D/q, so l = terms·(p·q + s·t). Each row of X is viewed
+    as a q×t matrix X_r and ``A X_r Bᵀ`` is computed in the cheaper order; W is formed only
+    when the planner picks its ``materialize`` plan (small layers where one dense GEMM is
+    cheaper): ``plan(m)`` says which, per number of rows m. Flat w = [A | B]
+    ([A₁ | B₁ | A₂ | B₂ | …] with terms).
 
     Args:
-        dims: input widths n_1 … n_k (D = Σ n_i).
+        dims: input widths n_1 … n_k, positive ints (D = Σ n_i).
         n: output width; defaults to n_1 when all dims are equal.
-        p: rows of A; must divide n. ``"auto"`` (default) picks the value minimising l.
-        q: columns of A; must divide D. Defaults to p; ``"auto"`` picks it independently.
-        terms: number of Kronecker products summed (default 1).
-        pad: allow any n and D by zero-padding to multiples of p and q (see
-            :mod:`hmfusion.structures`).
-        bias, device, dtype: as in ``nn.Linear``.
+        p: rows of A, dividing n; ``"auto"`` (default) picks the value minimising l.
+        q: columns of A, dividing D; defaults to p; ``"auto"`` picks it independently.
+        terms: number of Kronecker products summed. Default: 1.
+        pad: allow any n and D by zero-padding them to multiples of p and q (W is then the
+            top-left n×D block; see :mod:`hmfusion.structures`). Default: ``False``.
+        bias: add a learnable bias of shape (n,). Default: ``False``.
+        device, dtype: factory arguments for the parameters, as in ``nn.Linear``.
+
+    Shape:
+        - Input: a list or tuple of k tensors, input i of shape ``(*, n_i)`` with the same
+          leading dimensions ``*`` (possibly none) for all.
+        - Output: ``(*, n)``.
+
+    Attributes:
+        A: shape (p, q) ((terms, p, q) with terms > 1), B: shape (s, t) (likewise), both from
+            U(-b, b) with :math:`b = \sqrt{3}\,(3 D \cdot terms)^{-1/4}`, so that W has
+            ``nn.Linear``'s variance 1/(3D), split evenly between A and B.
+        bias: shape (n,), from U(-1/√D, 1/√D), or ``None``.
 
     Raises:
-        TypeError: p or q is neither a positive int nor ``"auto"``; invalid dims, n or terms.
-        ValueError: p does not divide n or q does not divide D (the message lists the valid
-            divisors); empty dims; a non-positive dim; n missing while dims differ.
-    """ + _SHAPE_DOC
+        TypeError: dims, n, p, q or terms is of the wrong kind (p and q: an int or
+            ``"auto"``); pad or bias is not a bool; dtype or device is of the wrong kind.
+        ValueError: p or q is a string other than ``"auto"`` or < 1; p does not divide n or q
+            does not divide D without ``pad`` (the message lists the valid divisors); p > n
+            or q > D with ``pad``; dims is empty or holds a size < 1 or > 2⁴⁸; n is missing
+            while dims differ; device is not available.
 
-    def __init__(self, dims, n=None, p="auto", q=None, terms=1, *, pad=False, bias=False,
-                 device=None, dtype=None) -> None:
+    Example::
+
+        >>> fusion = HMConcatFusion([6, 10], n=8, p=2, q=4)
+        >>> fusion.A.shape, fusion.B.shape
+        (torch.Size([2, 4]), torch.Size([4, 4]))
+        >>> fusion([torch.randn(3, 6), torch.randn(3, 10)]).shape
+        torch.Size([3, 8])
+    """
+
+    def __init__(
+        self,
+        dims: Sequence[int],
+        n: int | None = None,
+        p: BlockSize = "auto",
+        q: BlockSize | None = None,
+        terms: int = 1,
+        *,
+        pad: bool = False,
+        bias: bool = False,
+        device: Device = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__(dims, n, p, q, terms=terms, pad=pad, bias=bias,
                          device=device, dtype=dtype)
 
     @property
     def terms(self) -> int:
+        """The number of Kronecker products summed."""
         return self.structure.terms
 
 
 class LPHMConcatFusion(_KroneckerFusion):
-    """Low-rank parameterized HM (LPHM) fusion: ``W = A ⊗ (S Tᵀ)``.
+    r"""Low-rank parameterized HM (LPHM) fusion: :math:`Y = \mathrm{cat}(x_1, \dots, x_k)\,
+    W^\top` with :math:`W = A \otimes (S T^\top)`.
 
-    A: p×q, S: (n/p)×r, T: (D/q)×r; l = p·q + r·(n/p + D/q). Applied as a Kronecker contraction
-    whose right factor is two thin matmuls. Flat w = [A (p×q) | S (s×r) | Tᵀ (r×t)].
+    A: p×q, S: s×r, T: t×r (s = n/p, t = D/q); l = p·q + r·(s + t). Applied as a Kronecker
+    contraction whose right factor is two thin matmuls; W is formed only under the planner's
+    ``materialize`` plan (small layers; ``plan(m)`` says). Flat w = [A | S | Tᵀ].
 
     Args:
-        dims, n, p, q, pad, bias, device, dtype: as in :class:`HMConcatFusion`.
-        r: rank of the right factor (default 2).
-    """ + _SHAPE_DOC
+        dims: input widths n_1 … n_k, positive ints (D = Σ n_i).
+        n: output width; defaults to n_1 when all dims are equal.
+        p: rows of A, dividing n; ``"auto"`` (default) picks the value minimising l.
+        q: columns of A, dividing D; defaults to p; ``"auto"`` picks it independently.
+        r: rank of the right factor S Tᵀ. Default: 2.
+        pad: allow any n and D by zero-padding (as in :class:`HMConcatFusion`).
+        bias: add a learnable bias of shape (n,). Default: ``False``.
+        device, dtype: factory arguments for the parameters, as in ``nn.Linear``.
 
-    def __init__(self, dims, n=None, p="auto", q=None, r=2, *, pad=False, bias=False,
-                 device=None, dtype=None) -> None:
+    Shape:
+        - Input: a list or tuple of k tensors, input i of shape ``(*, n_i)`` with the same
+          leading dimensions ``*`` (possibly none) for all.
+        - Output: ``(*, n)``.
+
+    Attributes:
+        A: shape (p, q), from U(-a, a) with :math:`a = \sqrt{3}\,(3D)^{-1/4}`.
+        S: shape (s, r), T: shape (t, r), from U(-b, b) with
+            :math:`b = \sqrt{3}\,(3D)^{-1/8} r^{-1/4}`; W then has variance 1/(3D).
+        bias: shape (n,), from U(-1/√D, 1/√D), or ``None``.
+
+    Raises:
+        TypeError: dims, n, p, q or r is of the wrong kind (p and q: an int or ``"auto"``);
+            pad or bias is not a bool; dtype or device is of the wrong kind.
+        ValueError: as :class:`HMConcatFusion`; r < 1.
+
+    Example::
+
+        >>> fusion = LPHMConcatFusion([8, 8], n=8, p=2, r=1)
+        >>> fusion.S.shape, fusion.T.shape
+        (torch.Size([4, 1]), torch.Size([8, 1]))
+    """
+
+    def __init__(
+        self,
+        dims: Sequence[int],
+        n: int | None = None,
+        p: BlockSize = "auto",
+        q: BlockSize | None = None,
+        r: int = 2,
+        *,
+        pad: bool = False,
+        bias: bool = False,
+        device: Device = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__(dims, n, p, q, rank_b=r, pad=pad, bias=bias, device=device, dtype=dtype)
 
     @property
     def r(self) -> int:
-        return self.structure.rank_b
+        """The rank of the right factor S Tᵀ."""
+        return self.structure.rank_b  # type: ignore[return-value]
 
 
 class DualLPHMConcatFusion(_KroneckerFusion):
-    """Dual-LPHM fusion: ``W = (P Qᵀ) ⊗ (S Tᵀ)``, both Kronecker factors of rank r.
+    r"""Dual-LPHM fusion: :math:`Y = \mathrm{cat}(x_1, \dots, x_k)\, W^\top` with
+    :math:`W = (P Q^\top) \otimes (S T^\top)`, both Kronecker factors of rank r.
 
-    P: p×r, Q: q×r, S: (n/p)×r, T: (D/q)×r; l = r·(p + q + n/p + D/q).
-    Flat w = [P (p×r) | Qᵀ (r×q) | S (s×r) | Tᵀ (r×t)].
+    P: p×r, Q: q×r, S: s×r, T: t×r (s = n/p, t = D/q); l = r·(p + q + s + t). W is formed only
+    under the planner's ``materialize`` plan (small layers; ``plan(m)`` says).
+    Flat w = [P | Qᵀ | S | Tᵀ].
 
     Args:
-        dims, n, p, q, pad, bias, device, dtype: as in :class:`HMConcatFusion`.
-        r: rank of both factors (default 2).
-    """ + _SHAPE_DOC
+        dims: input widths n_1 … n_k, positive ints (D = Σ n_i).
+        n: output width; defaults to n_1 when all dims are equal.
+        p: rows of the left factor, dividing n; ``"auto"`` (default) minimises l.
+        q: its columns, dividing D; defaults to p; ``"auto"`` picks it independently.
+        r: rank of both factors. Default: 2.
+        pad: allow any n and D by zero-padding (as in :class:`HMConcatFusion`).
+        bias: add a learnable bias of shape (n,). Default: ``False``.
+        device, dtype: factory arguments for the parameters, as in ``nn.Linear``.
 
-    def __init__(self, dims, n=None, p="auto", q=None, r=2, *, pad=False, bias=False,
-                 device=None, dtype=None) -> None:
+    Shape:
+        - Input: a list or tuple of k tensors, input i of shape ``(*, n_i)`` with the same
+          leading dimensions ``*`` (possibly none) for all.
+        - Output: ``(*, n)``.
+
+    Attributes:
+        P, Q, S, T: shapes (p, r), (q, r), (s, r), (t, r), all from U(-b, b) with
+            :math:`b = \sqrt{3}\,(3D)^{-1/8} r^{-1/4}`, so that W has variance 1/(3D).
+        bias: shape (n,), from U(-1/√D, 1/√D), or ``None``.
+
+    Raises:
+        TypeError: dims, n, p, q or r is of the wrong kind (p and q: an int or ``"auto"``);
+            pad or bias is not a bool; dtype or device is of the wrong kind.
+        ValueError: as :class:`HMConcatFusion`; r < 1.
+
+    Example::
+
+        >>> fusion = DualLPHMConcatFusion([8, 8], n=8, p=2, r=1)
+        >>> fusion.num_parameters  # r·(p + q + s + t) = 1·(2 + 2 + 4 + 8)
+        16
+    """
+
+    def __init__(
+        self,
+        dims: Sequence[int],
+        n: int | None = None,
+        p: BlockSize = "auto",
+        q: BlockSize | None = None,
+        r: int = 2,
+        *,
+        pad: bool = False,
+        bias: bool = False,
+        device: Device = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__(dims, n, p, q, rank_a=r, rank_b=r, pad=pad, bias=bias,
                          device=device, dtype=dtype)
 
     @property
     def r(self) -> int:
-        return self.structure.rank_b
+        """The rank of both Kronecker factors."""
+        return self.structure.rank_b  # type: ignore[return-value]
 
 
 class RandomMatrixConcatFusion(ConcatFusion):
-    """Random-matrix adaptation: ``W = diag(λ₁) R₁ diag(λ₂) R₂ᵀ``; only λ₁ (n) and λ₂ (r) train.
+    r"""Random-matrix adaptation: :math:`Y = \mathrm{cat}(x_1, \dots, x_k)\, W^\top` with
+    :math:`W = \mathrm{diag}(\lambda_1)\, R_1\, \mathrm{diag}(\lambda_2)\, R_2^\top`.
 
-    R₁: n×r and R₂: D×r are fixed random matrices drawn from ``seed`` and kept as persistent
-    buffers, so they are saved in the ``state_dict`` and a reloaded module computes exactly the
-    same outputs. l = n + r. Flat w = [λ₁ | λ₂]. ``seed`` is the constructor's: after
-    ``load_state_dict`` the module holds the loaded matrices, and ``reset_parameters()`` would
-    draw this seed's again.
+    R₁: n×r and R₂: D×r are fixed random matrices; only λ₁ (n) and λ₂ (r) train, l = n + r.
+    Applied as ``((X R₂) ⊙ λ₂) R₁ᵀ ⊙ λ₁``; W is never formed. R₁ and R₂ are persistent
+    buffers, saved in the ``state_dict``, so a reloaded module computes exactly the same
+    outputs. ``seed`` is the constructor's: after ``load_state_dict`` the module holds the
+    loaded matrices, and ``reset_parameters()`` would draw this seed's again.
+    Flat w = [λ₁ | λ₂].
 
     Args:
-        dims, n: as in :class:`DenseConcatFusion`.
-        r: inner dimension (default 2).
-        seed: seed of the random matrices (default 0).
-        bias, device, dtype: as in ``nn.Linear``.
-    """ + _SHAPE_DOC
+        dims: input widths n_1 … n_k, positive ints (D = Σ n_i).
+        n: output width; defaults to n_1 when all dims are equal.
+        r: inner dimension. Default: 2.
+        seed: seed of the random matrices, a 64-bit int. Default: 0.
+        bias: add a learnable bias of shape (n,). Default: ``False``.
+        device, dtype: factory arguments for the parameters, as in ``nn.Linear``.
 
-    def __init__(self, dims, n=None, r=2, seed=0, *, bias=False, device=None, dtype=None) -> None:
-        dims, n, D = _setup(dims, n)
+    Shape:
+        - Input: a list or tuple of k tensors, input i of shape ``(*, n_i)`` with the same
+          leading dimensions ``*`` (possibly none) for all.
+        - Output: ``(*, n)``.
+
+    Attributes:
+        R1, R2: shapes (n, r), (D, r), from U(-√3, √3) (unit variance) drawn in float64 on the
+            CPU by ``torch.Generator().manual_seed(seed)``, the same on every device.
+        lambda1: shape (n,), all 1; lambda2: shape (r,), all :math:`1/\sqrt{3 D r}`, so that
+            W has ``nn.Linear``'s variance 1/(3D).
+        bias: shape (n,), from U(-1/√D, 1/√D), or ``None``.
+
+    Raises:
+        TypeError: dims, n, r or seed is of the wrong kind; bias is not a bool; dtype or
+            device is of the wrong kind.
+        ValueError: r < 1; seed outside [-2⁶³, 2⁶⁴ - 1]; dims is empty or holds a size < 1
+            or > 2⁴⁸; n is missing while dims differ; device is not available.
+
+    Example::
+
+        >>> fusion = RandomMatrixConcatFusion([3, 5], n=4, r=2, seed=7)
+        >>> [name for name, _ in fusion.named_parameters()], fusion.num_parameters
+        (['lambda1', 'lambda2'], 6)
+    """
+
+    def __init__(
+        self,
+        dims: Sequence[int],
+        n: int | None = None,
+        r: int = 2,
+        seed: int = 0,
+        *,
+        bias: bool = False,
+        device: Device = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        dims, n_checked, D = _setup(dims, n)
         r = V.check_positive_int("r", r)
-        structure = RandomMatrixStructure(n, D, r, V.check_int("seed", seed))
+        structure = RandomMatrixStructure(n_checked, D, r, V.check_seed("seed", seed))
         super().__init__(dims, structure, bias=bias, device=device, dtype=dtype)
 
     @property
     def r(self) -> int:
+        """The inner dimension of W (columns of R₁ and R₂)."""
         return self.structure.r
 
     @property
     def seed(self) -> int:
+        """The constructor's seed of R₁ and R₂ (see the class docstring after loading)."""
         return self.structure.seed

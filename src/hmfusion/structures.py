@@ -38,13 +38,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from hmfusion import _validation as V
-from hmfusion import kernels, planner
+from hmfusion import blocksizes, fitting, kernels, planner
 
 __all__ = [
     "DenseStructure",
@@ -53,16 +52,10 @@ __all__ = [
     "LowRankStructure",
     "RandomMatrixStructure",
     "Structure",
-    "choose_block_sizes",
     "linear_weight_variance",
 ]
 
 Factors = Mapping[str, Tensor]
-
-# Fitting a padded Kronecker member to a dense weight (hard impute): at most this many rounds,
-# stopping earlier once the fitted W changes by less than 100 ulps of its norm.
-_IMPUTE_MAX_ITERATIONS = 1000
-
 
 def linear_weight_variance(D: int) -> float:
     """Variance of ``nn.Linear``'s default weight for fan-in D: U(-1/√D, 1/√D) has 1/(3D)."""
@@ -208,24 +201,6 @@ class DenseStructure(Structure):
 
 
 # low rank ------------------------------------------------------------------------------------
-def _svd_dtype(matrix: Tensor) -> Tensor:
-    """``matrix`` in a dtype that ``torch.linalg.svd`` supports (at least float32)."""
-    return matrix if matrix.dtype in (torch.float32, torch.float64) else matrix.float()
-
-
-def _truncated_svd(matrix: Tensor, rank: int) -> tuple[Tensor, Tensor]:
-    """U (rows×rank), V (cols×rank) with U Vᵀ the best rank-``rank`` approximation (balanced)."""
-    matrix = _svd_dtype(matrix)
-    u, sigma, vh = torch.linalg.svd(matrix, full_matrices=False)
-    k = min(rank, sigma.shape[0])
-    root = sigma[:k].sqrt()
-    left = matrix.new_zeros(matrix.shape[0], rank)
-    right = matrix.new_zeros(matrix.shape[1], rank)
-    left[:, :k] = u[:, :k] * root
-    right[:, :k] = vh[:k].transpose(0, 1) * root
-    return left, right
-
-
 @dataclass(frozen=True)
 class LowRankStructure(Structure):
     """W = U Vᵀ with U: n×r, V: D×r. Flat w = [U (n×r) | Vᵀ (r×D)]."""
@@ -256,7 +231,7 @@ class LowRankStructure(Structure):
 
     def fit(self, weight: Tensor) -> dict[str, Tensor]:
         # Eckart–Young: the truncated SVD is the best rank-r approximation.
-        u, v = _truncated_svd(weight, self.r)
+        u, v = fitting.truncated_svd(weight, self.r)
         return {"U": u, "V": v}
 
     def describe(self) -> str:
@@ -264,64 +239,8 @@ class LowRankStructure(Structure):
 
 
 # Kronecker family (HM, sum of Kronecker products, LPHM, dual-LPHM) ---------------------------
-def _padded(size: int, block: int) -> int:
-    return block * -(-size // block)
-
-
-def _kron_parameters(n: int, D: int, p, q, terms: int, rank_a, rank_b):
-    """l of a Kronecker member; p and q may be numpy arrays (evaluated elementwise)."""
-    s, t = -(-n // p), -(-D // q)
-    a = p * q if rank_a is None else rank_a * (p + q)
-    b = s * t if rank_b is None else rank_b * (s + t)
-    return terms * (a + b)
-
-
-def choose_block_sizes(
-    n: int,
-    D: int,
-    p: int | str,
-    q: int | str | None,
-    *,
-    pad: bool = False,
-    terms: int = 1,
-    rank_a: int | None = None,
-    rank_b: int | None = None,
-) -> tuple[int, int]:
-    """Resolve block sizes: ``"auto"`` picks the value(s) that minimise l.
-
-    ``q=None`` means q = p. Candidates are the divisors of n (for p) and of D (for q), or every
-    size up to n and D with ``pad=True``. Ties in l are broken toward balanced factors (p close
-    to q, then the sizes of the two factors close to each other), then toward smaller p.
-    """
-    tied = q is None
-    if p != V.AUTO and q != V.AUTO:
-        return int(p), int(p) if tied else int(q)  # type: ignore[arg-type]
-
-    def candidates(size: int, value) -> np.ndarray:
-        if value != V.AUTO:
-            return np.array([int(value)])
-        return np.arange(1, size + 1) if pad else np.array(V.divisors(size))
-
-    def tie_key(a: int, b: int) -> tuple[float, float, int]:
-        right = -(-n // a) * -(-D // b)
-        return (abs(math.log(a / b)), abs(math.log(a * b / right)), a)
-
-    q_all = None if tied else candidates(D, q)
-    best: tuple | None = None
-    for a in candidates(n, p).tolist():
-        if tied:
-            if (pad and a > D) or (not pad and D % a):
-                continue
-            qs = np.array([a])
-        else:
-            qs = q_all
-        ls = _kron_parameters(n, D, a, qs, terms, rank_a, rank_b)
-        low = int(ls.min())
-        b = min((int(b) for b in qs[ls == low]), key=lambda b: tie_key(a, b))
-        key = (low, *tie_key(a, b))
-        if best is None or key < best[0]:
-            best = (key, a, b)
-    return best[1], best[2]  # p = q = 1 always qualifies, so best is set
+def _spec_property(name: str, doc: str) -> property:
+    return property(lambda self: getattr(self.spec, name), doc=doc)
 
 
 @dataclass(frozen=True)
@@ -333,17 +252,23 @@ class KroneckerStructure(Structure):
     - LPHM: ``rank_b = r``: A (p×q), B = S Tᵀ with S: s×r, T: t×r; w = [A | S | Tᵀ].
     - dual-LPHM: ``rank_a = rank_b = r``: A = P Qᵀ with P: p×r, Q: q×r; w = [P | Qᵀ | S | Tᵀ].
 
-    Use :meth:`create` to validate arguments and resolve ``"auto"`` block sizes.
+    The sizes live in one place, :attr:`spec` (the planner's :class:`~hmfusion.planner.KronSpec`,
+    with s = ⌈n/p⌉ and t = ⌈D/q⌉); ``n``, ``p``, ``s``… read it. Use :meth:`create` to validate
+    arguments and resolve ``"auto"`` block sizes (:func:`hmfusion.blocksizes.choose_block_sizes`).
     """
 
-    n: int
-    D: int
-    p: int
-    q: int
-    terms: int = 1
-    rank_a: int | None = None
-    rank_b: int | None = None
+    spec: planner.KronSpec
     pad: bool = False
+
+    n = _spec_property("n", "Output width.")  # type: ignore[assignment]
+    D = _spec_property("D", "Input width Σ n_i.")  # type: ignore[assignment]
+    p = _spec_property("p", "Rows of A.")
+    q = _spec_property("q", "Columns of A.")
+    s = _spec_property("s", "Rows of B, n'/p = ⌈n/p⌉.")
+    t = _spec_property("t", "Columns of B, D'/q = ⌈D/q⌉.")
+    terms = _spec_property("terms", "Number of Kronecker products summed.")
+    rank_a = _spec_property("rank_a", "Rank of A = P Qᵀ (dual-LPHM), or None for a dense A.")
+    rank_b = _spec_property("rank_b", "Rank of B = S Tᵀ (LPHM, dual-LPHM), or None for a dense B.")
 
     @classmethod
     def create(
@@ -357,15 +282,17 @@ class KroneckerStructure(Structure):
         rank_a: object = None,
         rank_b: object = None,
         pad: object = False,
-    ) -> "KroneckerStructure":
+    ) -> KroneckerStructure:
         """Validate the block sizes against n and D and build the structure.
 
         Raises:
             TypeError: p, q, terms or a rank is not an int (p, q may also be ``"auto"``);
                 pad is not a bool.
-            ValueError: a value is not positive; p does not divide n or q does not divide D
-                (without ``pad``; the message lists the valid divisors); p > n or q > D.
+            ValueError: a value is not positive; n or D exceeds 2⁴⁸; p does not divide n or q
+                does not divide D (without ``pad``; the message lists the valid divisors);
+                p > n or q > D.
         """
+        n, D = V.check_size("n", n), V.check_size("D", D)
         p_checked = V.check_block_size("p", p)
         q_checked = V.check_block_size("q", q, allow_none=True)
         terms = V.check_positive_int("terms", terms)
@@ -374,7 +301,7 @@ class KroneckerStructure(Structure):
         pad = V.check_bool("pad", pad)
         if terms > 1 and (rank_a is not None or rank_b is not None):
             raise ValueError("terms > 1 is supported for HM factors only (no low-rank factors)")
-        p_val, q_val = choose_block_sizes(
+        p_val, q_val = blocksizes.choose_block_sizes(
             n, D, p_checked, q_checked, pad=pad, terms=terms, rank_a=rank_a, rank_b=rank_b
         )
         q_name = "q" if q_checked is not None else "q (defaulting to p)"
@@ -387,69 +314,28 @@ class KroneckerStructure(Structure):
             hint = "; or pass pad=True to zero-pad"
             V.check_divides("p", p_val, "n", n, hint)
             V.check_divides(q_name, q_val, "D", D, hint)
-        return cls(n, D, p_val, q_val, terms, rank_a, rank_b, pad)
-
-    @property
-    def n_padded(self) -> int:
-        return _padded(self.n, self.p)
-
-    @property
-    def D_padded(self) -> int:
-        return _padded(self.D, self.q)
-
-    @property
-    def s(self) -> int:
-        return self.n_padded // self.p
-
-    @property
-    def t(self) -> int:
-        return self.D_padded // self.q
+        s, t = -(-n // p_val), -(-D // q_val)
+        return cls(planner.KronSpec(n, D, p_val, q_val, s, t, terms, rank_a, rank_b), pad)
 
     @property
     def factor_specs(self) -> tuple[FactorSpec, ...]:
-        p, q, s, t = self.p, self.q, self.s, self.t
         lead = () if self.terms == 1 else (self.terms,)
-        left = (
-            (FactorSpec("A", lead + (p, q)),)
-            if self.rank_a is None
-            else (FactorSpec("P", (p, self.rank_a)), FactorSpec("Q", (q, self.rank_a)))
-        )
-        right = (
-            (FactorSpec("B", lead + (s, t)),)
-            if self.rank_b is None
-            else (FactorSpec("S", (s, self.rank_b)), FactorSpec("T", (t, self.rank_b)))
-        )
+        a, b = self.rank_a, self.rank_b
+        left = (FactorSpec("A", (*lead, self.p, self.q)),) if a is None else (
+            FactorSpec("P", (self.p, a)), FactorSpec("Q", (self.q, a)))
+        right = (FactorSpec("B", (*lead, self.s, self.t)),) if b is None else (
+            FactorSpec("S", (self.s, b)), FactorSpec("T", (self.t, b)))
         return left + right
 
     @property
     def flat_layout(self) -> tuple[FlatPiece, ...]:
         if self.terms > 1:
-            return tuple(
-                piece for j in range(self.terms) for piece in (FlatPiece("A", j), FlatPiece("B", j))
-            )
-        left = (
-            (FlatPiece("A"),)
-            if self.rank_a is None
-            else (FlatPiece("P"), FlatPiece("Q", transposed=True))
-        )
-        right = (
-            (FlatPiece("B"),)
-            if self.rank_b is None
-            else (FlatPiece("S"), FlatPiece("T", transposed=True))
-        )
+            return tuple(FlatPiece(name, j) for j in range(self.terms) for name in ("A", "B"))
+        left = (FlatPiece("A"),) if self.rank_a is None else (
+            FlatPiece("P"), FlatPiece("Q", transposed=True))
+        right = (FlatPiece("B"),) if self.rank_b is None else (
+            FlatPiece("S"), FlatPiece("T", transposed=True))
         return left + right
-
-    def _terms(self, f: Factors) -> tuple[kernels.Factor, kernels.Factor]:
-        """A and B as the planner takes them: a (p, q) or (terms, p, q) tensor, or a low-rank
-        pair ((P, Q), likewise (S, T))."""
-        left = (f["P"], f["Q"]) if self.rank_a is not None else f["A"]
-        right = (f["S"], f["T"]) if self.rank_b is not None else f["B"]
-        return left, right
-
-    def _spec(self) -> planner.KronSpec:
-        return planner.KronSpec(
-            self.n, self.D, self.p, self.q, self.s, self.t, self.terms, self.rank_a, self.rank_b
-        )
 
     def dense_factors(self, f: Factors) -> tuple[Tensor, Tensor]:
         """A (terms×p×q) and B (terms×s×t) as dense tensors."""
@@ -459,12 +345,6 @@ class KroneckerStructure(Structure):
 
     def materialize(self, f: Factors) -> Tensor:
         return kernels.kron_weight(*self.dense_factors(f))[: self.n, : self.D]
-
-    @property
-    def order(self) -> str:
-        """The cheaper contraction order (``"right_first"`` or ``"left_first"``) in multiply-adds,
-        counting low-rank factors as their thin matmuls; the factored plans use it."""
-        return kernels.kron_order(self.p, self.q, self.s, self.t, self.rank_a, self.rank_b)
 
     def plan(
         self,
@@ -480,7 +360,7 @@ class KroneckerStructure(Structure):
         See :mod:`hmfusion.planner`; :func:`hmfusion.planner.force_plan` overrides it."""
         widths = (self.D,) if dims is None else tuple(dims)
         device_type = torch.device(device).type
-        return planner.choose_plan(self._spec(), m, widths, dtype, device_type, requires_grad)
+        return planner.choose_plan(self.spec, m, widths, dtype, device_type, requires_grad)
 
     def apply_transposed(self, x: Tensor, f: Factors) -> Tensor:
         return self.apply_concat([x], f)
@@ -488,12 +368,9 @@ class KroneckerStructure(Structure):
     def apply_concat(self, xs: Sequence[Tensor], f: Factors) -> Tensor:
         # The planner reads each input in place where the layout allows (no cat(xs)), pads D
         # inside its one staging copy otherwise, and crops the padded rows of W itself.
-        return self._apply_padded(xs, f)
-
-    def _apply_padded(self, xs: Sequence[Tensor], f: Factors) -> Tensor:
-        """``cat(xs) Wᵀ`` with xs covering the first D of the D' padded columns; (m, n)."""
-        left, right = self._terms(f)
-        return planner.kron_concat(self._spec(), xs, left, right)
+        left = (f["P"], f["Q"]) if self.rank_a is not None else f["A"]
+        right = (f["S"], f["T"]) if self.rank_b is not None else f["B"]
+        return planner.kron_concat(self.spec, xs, left, right)
 
     def init_factors_(self, f: Factors, generator: torch.Generator | None = None) -> None:
         # Var(W) = terms·Var(A)·Var(B) = 1/(3D), split evenly: Var(A) = Var(B) = √(1/(3D·terms)).
@@ -507,55 +384,20 @@ class KroneckerStructure(Structure):
                     _uniform_(f[name], math.sqrt(factor_variance / rank), generator)
 
     def fit(self, weight: Tensor) -> dict[str, Tensor]:
-        """Nearest sum of Kronecker products (Van Loan & Pitsianis).
-
-        Rearranging W so that block (i, j) becomes row i·q + j gives R = Σ_τ vec(A_τ) vec(B_τ)ᵀ,
-        so the best ``terms`` pairs are R's top singular pairs (optimal in Frobenius norm). With
-        ``pad``, only the top-left n×D block is given: the padded entries are treated as missing
-        and filled with the current fit, alternating with the SVD (hard impute; the error on the
-        given block never increases), until the fit stops changing. For low-rank factors, each
-        Kronecker factor is then truncated by SVD (not jointly optimal, but exact when W has
-        that structure).
-        """
-        p, q, s, t, k = self.p, self.q, self.s, self.t, self.terms
-        w = F.pad(_svd_dtype(weight), (0, self.D_padded - self.D, 0, self.n_padded - self.n))
-        a, b = self._nearest_kronecker(w)
-        if self.pad and (self.n_padded, self.D_padded) != (self.n, self.D):
-            given = torch.zeros_like(w, dtype=torch.bool)
-            given[: self.n, : self.D] = True
-            tolerance = 100 * torch.finfo(w.dtype).eps
-            fitted = kernels.kron_weight(a, b)
-            for _ in range(_IMPUTE_MAX_ITERATIONS):
-                a, b = self._nearest_kronecker(torch.where(given, w, fitted))
-                previous, fitted = fitted, kernels.kron_weight(a, b)
-                if (fitted - previous).norm() <= tolerance * fitted.norm():
-                    break
+        """Nearest sum of Kronecker products (:func:`hmfusion.fitting.fit_kronecker`: Van Loan
+        & Pitsianis, with hard impute of the padded entries); a low-rank Kronecker factor is
+        then truncated by SVD (not jointly optimal, but exact when W has that structure)."""
+        a, b = fitting.fit_kronecker(weight, self.p, self.q, self.s, self.t, self.terms)
         out: dict[str, Tensor] = {}
         if self.rank_a is None:
-            out["A"] = a[0] if k == 1 else a
+            out["A"] = a[0] if self.terms == 1 else a
         else:
-            out["P"], out["Q"] = _truncated_svd(a[0], self.rank_a)
+            out["P"], out["Q"] = fitting.truncated_svd(a[0], self.rank_a)
         if self.rank_b is None:
-            out["B"] = b[0] if k == 1 else b
+            out["B"] = b[0] if self.terms == 1 else b
         else:
-            out["S"], out["T"] = _truncated_svd(b[0], self.rank_b)
+            out["S"], out["T"] = fitting.truncated_svd(b[0], self.rank_b)
         return out
-
-    def _nearest_kronecker(self, w: Tensor) -> tuple[Tensor, Tensor]:
-        """A (terms×p×q), B (terms×s×t) from the top singular pairs of the rearranged n'×D' w.
-
-        Singular pairs beyond the rank of the rearrangement are zero (terms > min(p·q, s·t)).
-        """
-        p, q, s, t, k = self.p, self.q, self.s, self.t, self.terms
-        r = w.reshape(p, s, q, t).permute(0, 2, 1, 3).reshape(p * q, s * t)
-        u, sigma, vh = torch.linalg.svd(r, full_matrices=False)
-        used = min(k, sigma.shape[0])
-        root = sigma[:used].sqrt()
-        left, right = u[:, :used] * root, vh[:used].transpose(0, 1) * root
-        a = w.new_zeros(k, p * q)
-        b = w.new_zeros(k, s * t)
-        a[:used], b[:used] = left.transpose(0, 1), right.transpose(0, 1)
-        return a.reshape(k, p, q), b.reshape(k, s, t)
 
     def describe(self) -> str:
         parts = [f"p={self.p}", f"q={self.q}", f"s={self.s}", f"t={self.t}"]
@@ -565,7 +407,7 @@ class KroneckerStructure(Structure):
         if rank is not None:
             parts.append(f"r={rank}")
         if self.pad:
-            parts.append(f"pad=True (n'={self.n_padded}, D'={self.D_padded})")
+            parts.append(f"pad=True (n'={self.p * self.s}, D'={self.q * self.t})")
         return ", ".join(parts)
 
 
