@@ -18,7 +18,7 @@ from hmfusion import (
     LPHMConcatFusion,
     RandomMatrixConcatFusion,
 )
-from reference import reference_forward, reference_weight, rel_err
+from registry import KINDS, MEMBERS, reference_forward, reference_weight, rel_err
 
 F64 = torch.float64
 
@@ -27,32 +27,11 @@ def expected_l(kind, n, D, p=None, q=None, r=None, terms=1, s=None, t=None):
     """l from the family table (s, t given explicitly when padding)."""
     s = n // p if s is None and p else s
     t = D // q if t is None and q else t
-    return {
-        "dense": n * D,
-        "lowrank": r * (n + D) if r else None,
-        "hm": terms * (p * q + s * t) if p else None,
-        "lphm": (p * q + r * (s + t)) if p and r else None,
-        "dual_lphm": (r * (p + q + s + t)) if p and r else None,
-        "random": n + r if r else None,
-    }[kind]
+    return MEMBERS[kind].l(n, D, p, q, r, terms, s, t)
 
 
 def build(kind, dims, n, p, q, r, terms, pad=False, bias=False, dtype=F64):
-    common = dict(bias=bias, dtype=dtype)
-    if kind == "dense":
-        return DenseConcatFusion(dims, n, **common)
-    if kind == "lowrank":
-        return LowRankConcatFusion(dims, n, r, **common)
-    if kind == "hm":
-        return HMConcatFusion(dims, n, p, q, terms, pad=pad, **common)
-    if kind == "lphm":
-        return LPHMConcatFusion(dims, n, p, q, r, pad=pad, **common)
-    if kind == "dual_lphm":
-        return DualLPHMConcatFusion(dims, n, p, q, r, pad=pad, **common)
-    return RandomMatrixConcatFusion(dims, n, r, seed=7, **common)
-
-
-KINDS = ["dense", "lowrank", "hm", "lphm", "dual_lphm", "random"]
+    return MEMBERS[kind].build(dims, n, p, q, r, terms, pad=pad, bias=bias, dtype=dtype)
 
 
 @st.composite

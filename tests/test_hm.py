@@ -9,10 +9,9 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from hmfusion import HMConcatFusion
-from reference import rel_err
+from registry import RecordShapes, rel_err
 
 F64 = torch.float64
 
@@ -114,23 +113,6 @@ def test_extra_repr_names_the_structure():
     assert "l=" in text and "bias=True" in text
 
 
-class _RecordShapes(TorchDispatchMode):
-    """Records the number of elements of every tensor an operator produces."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in torch.utils._pytree.tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-                self.ops.append((str(func), tuple(t.shape)))
-        return out
-
-
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("p,q", [(16, 16), (8, 32), (32, 8)])
 def test_forward_and_backward_never_form_the_weight(p, q, bias):
@@ -139,7 +121,7 @@ def test_forward_and_backward_never_form_the_weight(p, q, bias):
     m = 8
     module = HMConcatFusion([128] * 4, n=n, p=p, q=q, bias=bias)
     xs = [torch.randn(m, 128, requires_grad=True) for _ in range(4)]
-    with _RecordShapes() as rec:
+    with RecordShapes() as rec:
         y = module(xs)
         y.square().sum().backward()
     assert rec.ops, "the dispatch mode saw no operator"

@@ -258,7 +258,7 @@ def _padded_shortlist(
         raise ValueError(
             f"choosing block sizes with pad=True for n={n}, D={D} would compare {count} "
             f"candidates (more than {PAD_SEARCH_BUDGET}); "
-            + ("pass p explicitly" if q is None else "pass p and q explicitly, or tie them (q=None)")
+            + ("pass p explicitly" if q is None else "pass p and q, or tie them (q=None)")
         )
     if q is None:
         ps = np.union1d(_padded_candidates(n, cap_p), _padded_candidates(D, cap_p))

@@ -37,8 +37,7 @@ __all__ = [
 ]
 
 class ConcatFusion(nn.Module):
-    r"""Base class: :math:`Y = \mathrm{cat}(x_1, \dots, x_k)\, W^\top + b` with
-    :math:`W = \psi(w)` given by a :class:`~hmfusion.structures.Structure` ψ; W is n×D.
+    r"""Base class: Y = cat(x_1, …, x_k) Wᵀ + b, W = ψ(w) (n×D) given by a structure ψ.
 
     Subclasses choose the structure; this class registers its factors (trained factors as
     parameters, fixed ones as persistent buffers), validates inputs once in :meth:`forward`
@@ -139,7 +138,11 @@ class ConcatFusion(nn.Module):
 
     @property
     def weight(self) -> Tensor:
-        """The materialized W, shape (n, D). For inspection and export; ``forward`` never forms it."""
+        """W, shape (n, D), formed from the factors (differentiable), for inspection and export.
+
+        ``forward`` does not call it: the low-rank and random-matrix members never form W, and
+        the Kronecker members form it only under the planner's ``materialize`` plan (small
+        layers), which ``plan(m)`` reports."""
         return self.structure.materialize(self.factors())
 
     def reset_parameters(self) -> None:
@@ -269,7 +272,7 @@ def _setup(dims: object, n: object) -> tuple[tuple[int, ...], int, int]:
 
 
 class DenseConcatFusion(ConcatFusion):
-    r"""Dense fusion: :math:`Y = \mathrm{cat}(x_1, \dots, x_k)\, W^\top`, W an unstructured n×D.
+    r"""Dense fusion: Y = cat(x_1, …, x_k) Wᵀ with W an unstructured n×D parameter.
 
     Equivalent to ``nn.Linear(D, n)`` on the concatenation (D = Σ n_i); the baseline of the
     family, with l = n·D trained values. W is the parameter itself.
@@ -316,8 +319,7 @@ class DenseConcatFusion(ConcatFusion):
 
 
 class LowRankConcatFusion(ConcatFusion):
-    r"""Low-rank fusion: :math:`Y = \mathrm{cat}(x_1, \dots, x_k)\, W^\top` with
-    :math:`W = U V^\top`, U: n×r, V: D×r; l = r·(n + D).
+    r"""Low-rank fusion: Y = cat(x_1, …, x_k) Wᵀ with W = U Vᵀ (U: n×r, V: D×r).
 
     Applied as two thin matmuls ``(X V) Uᵀ``; W is never formed. Flat w = [U | Vᵀ].
 
@@ -443,14 +445,13 @@ class _KroneckerFusion(ConcatFusion):
 
 
 class HMConcatFusion(_KroneckerFusion):
-    r"""Hierarchical-matrix (HM) fusion: :math:`Y = \mathrm{cat}(x_1, \dots, x_k)\, W^\top`
-    with :math:`W = A \otimes B` (or :math:`\sum_{j} A_j \otimes B_j` with ``terms > 1``).
+    r"""HM fusion: Y = cat(x_1, …, x_k) Wᵀ with W = A ⊗ B (or Σ_j A_j ⊗ B_j with terms).
 
-    A: p×q, B: s×t with s = n/p, t = D/q, so l = terms·(p·q + s·t). Each row of X is viewed
-    as a q×t matrix X_r and ``A X_r Bᵀ`` is computed in the cheaper order; W is formed only
-    when the planner picks its ``materialize`` plan (small layers where one dense GEMM is
-    cheaper): ``plan(m)`` says which, per number of rows m. Flat w = [A | B]
-    ([A₁ | B₁ | A₂ | B₂ | …] with terms).
+    Hierarchical-matrix fusion. A: p×q, B: s×t with s = n/p, t = D/q, so l = terms·(p·q + s·t).
+    Each row of X is viewed as a q×t matrix X_r and ``A X_r Bᵀ`` is computed in the cheaper
+    order; W is formed only when the planner picks its ``materialize`` plan (small layers where
+    one dense GEMM is cheaper): ``plan(m)`` says which, per number of rows m.
+    Flat w = [A | B] ([A₁ | B₁ | A₂ | B₂ | …] with terms).
 
     Args:
         dims: input widths n_1 … n_k, positive ints (D = Σ n_i).
@@ -514,8 +515,7 @@ class HMConcatFusion(_KroneckerFusion):
 
 
 class LPHMConcatFusion(_KroneckerFusion):
-    r"""Low-rank parameterized HM (LPHM) fusion: :math:`Y = \mathrm{cat}(x_1, \dots, x_k)\,
-    W^\top` with :math:`W = A \otimes (S T^\top)`.
+    r"""LPHM fusion: Y = cat(x_1, …, x_k) Wᵀ with W = A ⊗ (S Tᵀ), a low-rank right factor.
 
     A: p×q, S: s×r, T: t×r (s = n/p, t = D/q); l = p·q + r·(s + t). Applied as a Kronecker
     contraction whose right factor is two thin matmuls; W is formed only under the planner's
@@ -576,8 +576,7 @@ class LPHMConcatFusion(_KroneckerFusion):
 
 
 class DualLPHMConcatFusion(_KroneckerFusion):
-    r"""Dual-LPHM fusion: :math:`Y = \mathrm{cat}(x_1, \dots, x_k)\, W^\top` with
-    :math:`W = (P Q^\top) \otimes (S T^\top)`, both Kronecker factors of rank r.
+    r"""Dual-LPHM fusion: Y = cat(x_1, …, x_k) Wᵀ with W = (P Qᵀ) ⊗ (S Tᵀ), both rank r.
 
     P: p×r, Q: q×r, S: s×r, T: t×r (s = n/p, t = D/q); l = r·(p + q + s + t). W is formed only
     under the planner's ``materialize`` plan (small layers; ``plan(m)`` says).
@@ -638,8 +637,7 @@ class DualLPHMConcatFusion(_KroneckerFusion):
 
 
 class RandomMatrixConcatFusion(ConcatFusion):
-    r"""Random-matrix adaptation: :math:`Y = \mathrm{cat}(x_1, \dots, x_k)\, W^\top` with
-    :math:`W = \mathrm{diag}(\lambda_1)\, R_1\, \mathrm{diag}(\lambda_2)\, R_2^\top`.
+    r"""Random-matrix adaptation: Y = cat(x_1, …, x_k) Wᵀ, W = diag(λ₁) R₁ diag(λ₂) R₂ᵀ.
 
     R₁: n×r and R₂: D×r are fixed random matrices; only λ₁ (n) and λ₂ (r) train, l = n + r.
     Applied as ``((X R₂) ⊙ λ₂) R₁ᵀ ⊙ λ₁``; W is never formed. R₁ and R₂ are persistent
