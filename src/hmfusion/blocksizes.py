@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import math
 import random
+from fractions import Fraction
 from typing import Literal
 
 import numpy as np
@@ -141,10 +142,11 @@ def num_parameters(
     return terms * (a + b)
 
 
-def _tie_key(n: int, D: int, p: int, q: int) -> tuple[float, float, int]:
-    """Among equal l: p close to q, then the two factors' sizes close, then smaller p."""
+def _tie_key(n: int, D: int, p: int, q: int) -> tuple[Fraction, Fraction, int]:
+    """Among equal l: p close to q, then the two factors' sizes close, then smaller p (ratios
+    compared exactly: max/min orders like |log(x/y)| without its rounding)."""
     right = -(-n // p) * -(-D // q)
-    return (abs(math.log(p / q)), abs(math.log(p * q / right)), p)
+    return (Fraction(max(p, q), min(p, q)), Fraction(max(p * q, right), min(p * q, right)), p)
 
 
 def _nearest(values: list[int], target: float) -> list[int]:
@@ -227,7 +229,7 @@ def choose_block_sizes(
     if p != AUTO and q != AUTO:
         return int(p), int(p) if q is None else int(q)
 
-    def key(pair: tuple[int, int]) -> tuple[int, float, float, int]:
+    def key(pair: tuple[int, int]) -> tuple[int, Fraction, Fraction, int]:
         return (num_parameters(n, D, *pair, terms, rank_a, rank_b), *_tie_key(n, D, *pair))
 
     if not pad:

@@ -62,7 +62,8 @@ class ConcatFusion(nn.Module):
     Raises:
         TypeError: dims is not a list or tuple of ints; bias is not a bool; dtype is not a
             floating ``torch.dtype``; device is of the wrong kind.
-        ValueError: ``structure.D != sum(dims)``; device is not available.
+        ValueError: ``structure.D != sum(dims)``; device is not available; a factor cannot
+            be allocated.
 
     Example::
 
@@ -91,7 +92,14 @@ class ConcatFusion(nn.Module):
             "device": V.check_device(device), "dtype": V.check_factory_dtype(dtype)
         }
         for spec in structure.factor_specs:
-            tensor = torch.empty(spec.shape, **factory_kwargs)
+            try:
+                tensor = torch.empty(spec.shape, **factory_kwargs)
+            except RuntimeError as error:  # the allocator's refusal (torch.OutOfMemoryError too)
+                raise ValueError(
+                    f"n={structure.n}, D={structure.D}: factor {spec.name} of shape "
+                    f"{spec.shape} ({math.prod(spec.shape)} values) cannot be allocated; "
+                    f"choose smaller sizes or other block sizes"
+                ) from error
             if spec.trainable:
                 self.register_parameter(spec.name, nn.Parameter(tensor))
             else:
@@ -296,7 +304,7 @@ class DenseConcatFusion(ConcatFusion):
         TypeError: dims is not a list or tuple of ints; n is not an int; bias is not a bool;
             dtype is not a floating ``torch.dtype``; device is of the wrong kind.
         ValueError: dims is empty or holds a size < 1 or > 2⁴⁸; n is missing while dims
-            differ; device is not available.
+            differ; device is not available; a factor cannot be allocated.
 
     Example::
 
@@ -344,7 +352,7 @@ class LowRankConcatFusion(ConcatFusion):
         TypeError: dims, n or r is not an int (or a list of ints); bias is not a bool; dtype
             or device is of the wrong kind.
         ValueError: r < 1; dims is empty or holds a size < 1 or > 2⁴⁸; n is missing while
-            dims differ; device is not available.
+            dims differ; device is not available; a factor cannot be allocated.
 
     Example::
 
@@ -481,7 +489,7 @@ class HMConcatFusion(_KroneckerFusion):
         ValueError: p or q is a string other than ``"auto"`` or < 1; p does not divide n or q
             does not divide D without ``pad`` (the message lists the valid divisors); p > n
             or q > D with ``pad``; dims is empty or holds a size < 1 or > 2⁴⁸; n is missing
-            while dims differ; device is not available.
+            while dims differ; device is not available; a factor cannot be allocated.
 
     Example::
 
@@ -670,7 +678,8 @@ class RandomMatrixConcatFusion(ConcatFusion):
         TypeError: dims, n, r or seed is of the wrong kind; bias is not a bool; dtype or
             device is of the wrong kind.
         ValueError: r < 1; seed outside [-2⁶³, 2⁶⁴ - 1]; dims is empty or holds a size < 1
-            or > 2⁴⁸; n is missing while dims differ; device is not available.
+            or > 2⁴⁸; n is missing while dims differ; device is not available; a factor
+            cannot be allocated.
 
     Example::
 
