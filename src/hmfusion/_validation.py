@@ -19,6 +19,7 @@ from hmfusion import blocksizes
 __all__ = [
     "AUTO",
     "check_block_size",
+    "check_block_sizes_fit",
     "check_bool",
     "check_device",
     "check_dims",
@@ -28,6 +29,7 @@ __all__ = [
     "check_flat_vector",
     "check_inputs",
     "check_int",
+    "check_kronecker_arguments",
     "check_positive_int",
     "check_row_count",
     "check_seed",
@@ -148,6 +150,39 @@ def check_block_size(name: str, value: object, *, allow_none: bool = False) -> i
             raise ValueError(f"{name} must be a positive int or {AUTO!r}, got {value!r}")
         return AUTO
     return check_positive_int(name, value)
+
+
+def check_kronecker_arguments(
+    p: object, q: object, terms: object, rank_a: object, rank_b: object, pad: object
+) -> tuple[int | str, int | str | None, int, int | None, int | None, bool]:
+    """The hyper-parameters of a Kronecker member, each checked (ranks are named ``r``)."""
+    checked = (
+        check_block_size("p", p),
+        check_block_size("q", q, allow_none=True),
+        check_positive_int("terms", terms),
+        None if rank_a is None else check_positive_int("r", rank_a),
+        None if rank_b is None else check_positive_int("r", rank_b),
+        check_bool("pad", pad),
+    )
+    if checked[2] > 1 and (rank_a is not None or rank_b is not None):
+        raise ValueError("terms > 1 is supported for HM factors only (no low-rank factors)")
+    return checked
+
+
+def check_block_sizes_fit(n: int, D: int, p: int, q: int, *, tied: bool, pad: bool) -> None:
+    """Without padding p | n and q | D (the message lists the divisors); with it p ≤ n, q ≤ D.
+
+    ``tied`` says q defaulted to p (the message then says so)."""
+    q_name = "q (defaulting to p)" if tied else "q"
+    if pad:
+        if p > n:
+            raise ValueError(f"p={p} must be at most n={n}")
+        if q > D:
+            raise ValueError(f"{q_name}={q} must be at most D={D}")
+    else:
+        hint = "; or pass pad=True to zero-pad"
+        check_divides("p", p, "n", n, hint)
+        check_divides(q_name, q, "D", D, hint)
 
 
 def check_dims(dims: object) -> tuple[int, ...]:

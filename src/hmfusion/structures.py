@@ -27,8 +27,10 @@ D work: n is rounded up to n' = p·⌈n/p⌉ and D to D' = q·⌈D/q⌉, s = n'/
 top-left n×D block of the n'×D' Kronecker product (equivalently: X is zero-padded to D' columns
 and the first n outputs are kept). Padding costs (n'·D' − n·D)/(p·q) extra entries of B.
 
-Applying Wᵀ never forms W for the Kronecker members (see :mod:`hmfusion.kernels`): per row the
-cost is min(q·s·(t + p), p·t·(q + s)) multiply-adds instead of n·D.
+The Kronecker members apply Wᵀ without forming W (see :mod:`hmfusion.kernels`): per row the
+cost is min(q·s·(t + p), p·t·(q + s)) multiply-adds instead of n·D. The planner forms W only
+for small layers where one dense GEMM is cheaper (its ``materialize`` plan; ``plan(m)`` tells).
+Block sizes are chosen in :mod:`hmfusion.blocksizes`, factors fitted in :mod:`hmfusion.fitting`.
 """
 
 from __future__ import annotations
@@ -268,20 +270,12 @@ class KroneckerStructure(Structure):
     t = _spec_property("t", "Columns of B, D'/q = ⌈D/q⌉.")
     terms = _spec_property("terms", "Number of Kronecker products summed.")
     rank_a = _spec_property("rank_a", "Rank of A = P Qᵀ (dual-LPHM), or None for a dense A.")
-    rank_b = _spec_property("rank_b", "Rank of B = S Tᵀ (LPHM, dual-LPHM), or None for a dense B.")
+    rank_b = _spec_property("rank_b", "Rank of B = S Tᵀ (LPHM, dual), or None for a dense B.")
 
     @classmethod
     def create(
-        cls,
-        n: int,
-        D: int,
-        p: object,
-        q: object,
-        *,
-        terms: object = 1,
-        rank_a: object = None,
-        rank_b: object = None,
-        pad: object = False,
+        cls, n: int, D: int, p: object, q: object, *, terms: object = 1,
+        rank_a: object = None, rank_b: object = None, pad: object = False,
     ) -> KroneckerStructure:
         """Validate the block sizes against n and D and build the structure.
 
@@ -293,27 +287,12 @@ class KroneckerStructure(Structure):
                 p > n or q > D.
         """
         n, D = V.check_size("n", n), V.check_size("D", D)
-        p_checked = V.check_block_size("p", p)
-        q_checked = V.check_block_size("q", q, allow_none=True)
-        terms = V.check_positive_int("terms", terms)
-        rank_a = None if rank_a is None else V.check_positive_int("r", rank_a)
-        rank_b = None if rank_b is None else V.check_positive_int("r", rank_b)
-        pad = V.check_bool("pad", pad)
-        if terms > 1 and (rank_a is not None or rank_b is not None):
-            raise ValueError("terms > 1 is supported for HM factors only (no low-rank factors)")
+        p, q, terms, rank_a, rank_b, pad = V.check_kronecker_arguments(
+            p, q, terms, rank_a, rank_b, pad)
         p_val, q_val = blocksizes.choose_block_sizes(
-            n, D, p_checked, q_checked, pad=pad, terms=terms, rank_a=rank_a, rank_b=rank_b
+            n, D, p, q, pad=pad, terms=terms, rank_a=rank_a, rank_b=rank_b
         )
-        q_name = "q" if q_checked is not None else "q (defaulting to p)"
-        if pad:
-            if p_val > n:
-                raise ValueError(f"p={p_val} must be at most n={n}")
-            if q_val > D:
-                raise ValueError(f"{q_name}={q_val} must be at most D={D}")
-        else:
-            hint = "; or pass pad=True to zero-pad"
-            V.check_divides("p", p_val, "n", n, hint)
-            V.check_divides(q_name, q_val, "D", D, hint)
+        V.check_block_sizes_fit(n, D, p_val, q_val, tied=q is None, pad=pad)
         s, t = -(-n // p_val), -(-D // q_val)
         return cls(planner.KronSpec(n, D, p_val, q_val, s, t, terms, rank_a, rank_b), pad)
 
@@ -337,23 +316,23 @@ class KroneckerStructure(Structure):
             FlatPiece("S"), FlatPiece("T", transposed=True))
         return left + right
 
+    def _pair(self, f: Factors) -> tuple[kernels.Factor, kernels.Factor]:
+        """A and B as the planner takes them: a tensor, or a low-rank pair (P, Q) / (S, T)."""
+        left = (f["P"], f["Q"]) if self.rank_a is not None else f["A"]
+        right = (f["S"], f["T"]) if self.rank_b is not None else f["B"]
+        return left, right
+
     def dense_factors(self, f: Factors) -> tuple[Tensor, Tensor]:
         """A (terms×p×q) and B (terms×s×t) as dense tensors."""
-        a = f["P"] @ f["Q"].transpose(0, 1) if self.rank_a is not None else f["A"]
-        b = f["S"] @ f["T"].transpose(0, 1) if self.rank_b is not None else f["B"]
+        a, b = (kernels.dense_factor(factor) for factor in self._pair(f))
         return a.reshape(self.terms, self.p, self.q), b.reshape(self.terms, self.s, self.t)
 
     def materialize(self, f: Factors) -> Tensor:
         return kernels.kron_weight(*self.dense_factors(f))[: self.n, : self.D]
 
     def plan(
-        self,
-        m: int,
-        dims: Sequence[int] | None = None,
-        *,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str = "cpu",
-        requires_grad: bool = True,
+        self, m: int, dims: Sequence[int] | None = None, *, dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu", requires_grad: bool = True,
     ) -> planner.Plan:
         """How :meth:`apply_concat` computes m rows of inputs of widths ``dims`` (default: one
         input of width D): materialize, fused or composite, order, input handling, row chunk.
@@ -368,9 +347,7 @@ class KroneckerStructure(Structure):
     def apply_concat(self, xs: Sequence[Tensor], f: Factors) -> Tensor:
         # The planner reads each input in place where the layout allows (no cat(xs)), pads D
         # inside its one staging copy otherwise, and crops the padded rows of W itself.
-        left = (f["P"], f["Q"]) if self.rank_a is not None else f["A"]
-        right = (f["S"], f["T"]) if self.rank_b is not None else f["B"]
-        return planner.kron_concat(self.spec, xs, left, right)
+        return planner.kron_concat(self.spec, xs, *self._pair(f))
 
     def init_factors_(self, f: Factors, generator: torch.Generator | None = None) -> None:
         # Var(W) = terms·Var(A)·Var(B) = 1/(3D), split evenly: Var(A) = Var(B) = √(1/(3D·terms)).
@@ -389,26 +366,19 @@ class KroneckerStructure(Structure):
         then truncated by SVD (not jointly optimal, but exact when W has that structure)."""
         a, b = fitting.fit_kronecker(weight, self.p, self.q, self.s, self.t, self.terms)
         out: dict[str, Tensor] = {}
-        if self.rank_a is None:
-            out["A"] = a[0] if self.terms == 1 else a
-        else:
-            out["P"], out["Q"] = fitting.truncated_svd(a[0], self.rank_a)
-        if self.rank_b is None:
-            out["B"] = b[0] if self.terms == 1 else b
-        else:
-            out["S"], out["T"] = fitting.truncated_svd(b[0], self.rank_b)
+        for dense, pair, rank, stack in (("A", "PQ", self.rank_a, a), ("B", "ST", self.rank_b, b)):
+            if rank is None:
+                out[dense] = stack[0] if self.terms == 1 else stack
+            else:
+                out[pair[0]], out[pair[1]] = fitting.truncated_svd(stack[0], rank)
         return out
 
     def describe(self) -> str:
-        parts = [f"p={self.p}", f"q={self.q}", f"s={self.s}", f"t={self.t}"]
-        if self.terms > 1:
-            parts.append(f"terms={self.terms}")
         rank = self.rank_b if self.rank_b is not None else self.rank_a
-        if rank is not None:
-            parts.append(f"r={rank}")
-        if self.pad:
-            parts.append(f"pad=True (n'={self.p * self.s}, D'={self.q * self.t})")
-        return ", ".join(parts)
+        return ", ".join([f"p={self.p}", f"q={self.q}", f"s={self.s}", f"t={self.t}"]
+                         + [f"terms={self.terms}"] * (self.terms > 1)
+                         + [f"r={rank}"] * (rank is not None)
+                         + [f"pad=True (n'={self.p * self.s}, D'={self.q * self.t})"] * self.pad)
 
 
 # random-matrix adaptation --------------------------------------------------------------------

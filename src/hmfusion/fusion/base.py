@@ -1,0 +1,262 @@
+"""The base of the fusion modules: ``Y = cat(x_1, …, x_k, dim=-1) Wᵀ (+ bias)``, W from a structure.
+
+:class:`ConcatFusion` handles the inputs (validation, leading dimensions, bias, dtype and
+device) and the module conventions (``reset_parameters``, ``extra_repr``, ``state_dict``);
+the structure of W — its factors, how it is fabricated and how Wᵀ is applied — is a
+:class:`hmfusion.structures.Structure`. The math and its conventions are documented once, in
+:mod:`hmfusion.structures`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Union
+
+import torch
+from torch import Tensor, nn
+
+from hmfusion import _validation as V
+from hmfusion.structures import Structure
+
+__all__ = ["ConcatFusion", "Device"]
+
+#: What a ``device=`` argument may be (as for ``nn.Linear``).
+Device = Union[torch.device, str, int, None]
+
+
+class ConcatFusion(nn.Module):
+    r"""Base class: Y = cat(x_1, …, x_k) Wᵀ + b, W = ψ(w) (n×D) given by a structure ψ.
+
+    Subclasses choose the structure; this class registers its factors (trained factors as
+    parameters, fixed ones as persistent buffers), validates inputs once in :meth:`forward`
+    and applies the structure, which forms W only where its plan says so (see each member).
+
+    Args:
+        dims: the input widths n_1 … n_k (D = Σ n_i).
+        structure: the structure of W; its ``n`` is the output width and its ``D`` must be
+            ``sum(dims)``.
+        bias: add a learnable bias of shape (n,). Default: ``False``.
+        device, dtype: factory arguments for the parameters, as in ``nn.Linear``.
+
+    Shape:
+        - Input: a list or tuple of k tensors, input i of shape ``(*, n_i)`` with the same
+          leading dimensions ``*`` (possibly none) for all.
+        - Output: ``(*, n)``.
+
+    Attributes:
+        bias: shape (n,), from U(-1/√D, 1/√D) as ``nn.Linear``'s, or ``None``. The factors
+            are attributes named by ``structure.factor_specs``, initialised by the structure.
+
+    Raises:
+        TypeError: dims is not a list or tuple of ints; bias is not a bool; dtype is not a
+            floating ``torch.dtype``; device is of the wrong kind.
+        ValueError: ``structure.D != sum(dims)``; device is not available; a factor cannot
+            be allocated.
+
+    Example::
+
+        >>> from hmfusion.structures import DenseStructure
+        >>> fusion = ConcatFusion([2, 3], DenseStructure(4, 5))
+        >>> fusion([torch.ones(1, 2), torch.ones(1, 3)]).shape
+        torch.Size([1, 4])
+    """
+
+    def __init__(
+        self,
+        dims: Sequence[int],
+        structure: Structure,
+        *,
+        bias: bool = False,
+        device: Device = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.dims = V.check_dims(dims)
+        if structure.D != sum(self.dims):
+            raise ValueError(f"structure has D={structure.D}, but sum(dims)={sum(self.dims)}")
+        V.check_bool("bias", bias)
+        self.structure = structure
+        factory_kwargs = {
+            "device": V.check_device(device), "dtype": V.check_factory_dtype(dtype)
+        }
+        for spec in structure.factor_specs:
+            try:
+                tensor = torch.empty(spec.shape, **factory_kwargs)
+            except RuntimeError as error:  # the allocator's refusal (torch.OutOfMemoryError too)
+                raise ValueError(
+                    f"n={structure.n}, D={structure.D}: factor {spec.name} of shape "
+                    f"{spec.shape} ({math.prod(spec.shape)} values) cannot be allocated; "
+                    f"choose smaller sizes or other block sizes"
+                ) from error
+            if spec.trainable:
+                self.register_parameter(spec.name, nn.Parameter(tensor))
+            else:
+                self.register_buffer(spec.name, tensor, persistent=True)
+        if bias:
+            self.bias = nn.Parameter(torch.empty(structure.n, **factory_kwargs))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    # sizes ---------------------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        """Output width."""
+        return self.structure.n
+
+    @property
+    def in_features(self) -> int:
+        """D = Σ n_i, the width of the concatenated input (as ``nn.Linear.in_features``)."""
+        return self.structure.D
+
+    @property
+    def out_features(self) -> int:
+        """n, the output width (as ``nn.Linear.out_features``)."""
+        return self.structure.n
+
+    @property
+    def num_parameters(self) -> int:
+        """l, the number of trained values of W (the length of :meth:`flat_parameters`).
+
+        The bias, if any, is not counted (as in the reference operator, which has none).
+        """
+        return self.structure.num_parameters
+
+    @property
+    def compression(self) -> float:
+        """n·D / l: how many times fewer values than a dense n×D weight."""
+        return self.n * self.in_features / self.num_parameters
+
+    # factors -------------------------------------------------------------------------------
+    def factors(self) -> dict[str, Tensor]:
+        """The factor tensors by name (parameters and fixed buffers)."""
+        return {spec.name: getattr(self, spec.name) for spec in self.structure.factor_specs}
+
+    @property
+    def weight(self) -> Tensor:
+        """W, shape (n, D), formed from the factors (differentiable), for inspection and export.
+
+        ``forward`` does not call it: the low-rank and random-matrix members never form W, and
+        the Kronecker members form it only under the planner's ``materialize`` plan (small
+        layers), which ``plan(m)`` reports."""
+        return self.structure.materialize(self.factors())
+
+    def reset_parameters(self) -> None:
+        """Re-initialise: W gets the variance of ``nn.Linear``'s default weight, 1/(3D); the bias
+        ``nn.Linear``'s default, U(-1/√D, 1/√D). See :mod:`hmfusion.structures`."""
+        with torch.no_grad():
+            self.structure.init_factors_(self.factors())
+            if self.bias is not None:
+                bound = 1.0 / math.sqrt(self.in_features)
+                self.bias.uniform_(-bound, bound)
+
+    def flat_parameters(self) -> Tensor:
+        """w, shape (l,): the trained factors in tinybig 0.2.1's flat layout, each piece row-major.
+
+        Differentiable (like ``torch.nn.utils.parameters_to_vector``); ``.detach()`` it to copy.
+        """
+        return self.structure.to_flat(self.factors())
+
+    def load_flat_parameters(self, w: Tensor) -> None:
+        """Set the trained factors from w of shape (l,) or (1, l).
+
+        Raises:
+            TypeError: w is not a floating tensor.
+            ValueError: w does not hold exactly l values.
+        """
+        w = V.check_flat_vector(w, self.num_parameters)
+        with torch.no_grad():
+            for name, value in self.structure.from_flat(w).items():
+                getattr(self, name).copy_(value)
+
+    # conversion ----------------------------------------------------------------------------
+    def to_linear(self) -> nn.Linear:
+        """An ``nn.Linear(D, n)`` holding the materialized W (and the bias), for export."""
+        param = next(iter(self.factors().values()))
+        linear = nn.Linear(
+            self.in_features, self.n, bias=self.bias is not None,
+            device=param.device, dtype=param.dtype,
+        )
+        with torch.no_grad():
+            linear.weight.copy_(self.weight)
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+    @classmethod
+    def from_linear(
+        cls, linear: nn.Linear, dims: Sequence[int], *args: object, **kwargs: object
+    ) -> ConcatFusion:
+        """Compress a trained ``nn.Linear(D, n)``: the member of this class closest to its weight
+        in Frobenius norm (see each structure's ``fit``), with the same bias, device and dtype.
+
+        ``n`` is ``linear.out_features``; further arguments are the class's own, positional
+        after ``n`` or by keyword (``p``, ``q``, ``terms``, ``r``, ``pad``…).
+
+        Raises:
+            TypeError: ``linear`` is not an ``nn.Linear``, or the class cannot be fitted
+                (random-matrix adaptation).
+            ValueError: ``linear.in_features != sum(dims)``, an ``n`` other than
+                ``linear.out_features``, a weight or bias holding NaN or ±inf, or the class's
+                own checks fail.
+        """
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
+        dims_checked = V.check_dims(dims)
+        if linear.in_features != sum(dims_checked):
+            raise ValueError(
+                f"linear.in_features={linear.in_features} must equal sum(dims)={sum(dims_checked)}"
+            )
+        n = kwargs.pop("n", linear.out_features)
+        if n != linear.out_features:
+            raise ValueError(f"n={n!r} must equal linear.out_features={linear.out_features}")
+        weight = linear.weight
+        V.check_finite("linear.weight", weight.detach())
+        if linear.bias is not None:
+            V.check_finite("linear.bias", linear.bias.detach())
+        module = cls(
+            dims_checked, n, *args, bias=linear.bias is not None,
+            device=weight.device, dtype=weight.dtype, **kwargs,
+        )
+        with torch.no_grad():
+            for name, value in module.structure.fit(weight.detach()).items():
+                getattr(module, name).copy_(value)
+            if linear.bias is not None:
+                module.bias.copy_(linear.bias)
+        return module
+
+    # forward -------------------------------------------------------------------------------
+    def forward(self, xs: Sequence[Tensor]) -> Tensor:
+        """``cat(xs, -1) Wᵀ + bias`` without forming W: inputs ``(*, n_i)`` → output ``(*, n)``.
+
+        Raises:
+            TypeError: xs is not a list/tuple of floating tensors; an input's dtype differs
+                from the parameters' (outside autocast).
+            ValueError: wrong number of inputs, an input whose last dimension is not its
+                ``dims[i]``, differing leading shapes, an input on another device.
+        """
+        factors = self.factors()
+        reference = next(iter(factors.values()))
+        inputs, lead = V.check_inputs(xs, self.dims, dtype=reference.dtype, device=reference.device)
+        return self._fuse(inputs, lead, factors)
+
+    def _fuse(
+        self, inputs: Sequence[Tensor], lead: tuple[int, ...], factors: dict[str, Tensor]
+    ) -> Tensor:
+        """``cat(inputs) Wᵀ + bias`` on inputs already checked by ``V.check_inputs`` (its
+        ``lead`` shape), with the given factors (``{name: tensor}`` as :meth:`factors`): views
+        of an external flat vector, e.g., through which gradients then flow. No validation."""
+        rows = [x.reshape(-1, x.shape[-1]) for x in inputs]
+        y = self.structure.apply_concat(rows, factors)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*lead, self.n)
+
+    def extra_repr(self) -> str:
+        details = self.structure.describe()
+        details = f", {details}" if details else ""
+        return (
+            f"dims={list(self.dims)}, n={self.n}{details}, l={self.num_parameters}, "
+            f"bias={self.bias is not None}"
+        )
