@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
+from typing import Literal, TypeGuard
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ SEED_RANGE = (-(2**63), 2**64 - 1)
 _LISTED_DIVISORS = 24
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[numbers.Integral]:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -52,9 +53,9 @@ def check_positive_int(name: str, value: object) -> int:
     """Return ``value`` as an ``int`` if it is an integer ≥ 1."""
     if not _is_int(value):
         raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
-    if value < 1:  # type: ignore[operator]
+    if value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)  # type: ignore[arg-type]
+    return int(value)
 
 
 def check_size(name: str, value: object) -> int:
@@ -72,9 +73,9 @@ def check_row_count(name: str, value: object) -> int:
     """A number of rows: an int ≥ 0 (bools are refused)."""
     if not _is_int(value):
         raise TypeError(f"{name} must be a non-negative int, got {type(value).__name__} {value!r}")
-    if value < 0:  # type: ignore[operator]
+    if value < 0:
         raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    return int(value)  # type: ignore[arg-type]
+    return int(value)
 
 
 def check_bool(name: str, value: object) -> bool:
@@ -138,13 +139,19 @@ def check_int(name: str, value: object) -> int:
     """``value`` as an ``int`` if it is an integer (of any sign; bools are refused)."""
     if not _is_int(value):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    return int(value)  # type: ignore[arg-type]
+    return int(value)
 
 
-def check_block_size(name: str, value: object, *, allow_none: bool = False) -> int | str | None:
+def check_block_size(
+    name: str, value: object, *, allow_none: bool = False
+) -> int | Literal["auto"] | None:
     """A block size: a positive int, ``"auto"``, or (where allowed) ``None``."""
     if value is None and allow_none:
         return None
+    return _block_size(name, value)
+
+
+def _block_size(name: str, value: object) -> int | Literal["auto"]:
     if isinstance(value, str):
         if value != AUTO:
             raise ValueError(f"{name} must be a positive int or {AUTO!r}, got {value!r}")
@@ -154,11 +161,13 @@ def check_block_size(name: str, value: object, *, allow_none: bool = False) -> i
 
 def check_kronecker_arguments(
     p: object, q: object, terms: object, rank_a: object, rank_b: object, pad: object
-) -> tuple[int | str, int | str | None, int, int | None, int | None, bool]:
+) -> tuple[
+    int | Literal["auto"], int | Literal["auto"] | None, int, int | None, int | None, bool
+]:
     """The hyper-parameters of a Kronecker member, each checked (ranks are named ``r``)."""
     checked = (
-        check_block_size("p", p),
-        check_block_size("q", q, allow_none=True),
+        _block_size("p", p),
+        None if q is None else _block_size("q", q),
         check_positive_int("terms", terms),
         None if rank_a is None else check_positive_int("r", rank_a),
         None if rank_b is None else check_positive_int("r", rank_b),

@@ -77,12 +77,10 @@ class ConcatFusion(nn.Module):
             raise ValueError(f"structure has D={structure.D}, but sum(dims)={sum(self.dims)}")
         V.check_bool("bias", bias)
         self.structure = structure
-        factory_kwargs = {
-            "device": V.check_device(device), "dtype": V.check_factory_dtype(dtype)
-        }
+        device, dtype = V.check_device(device), V.check_factory_dtype(dtype)
         for spec in structure.factor_specs:
             try:
-                tensor = torch.empty(spec.shape, **factory_kwargs)
+                tensor = torch.empty(spec.shape, device=device, dtype=dtype)
             except RuntimeError as error:  # the allocator's refusal (torch.OutOfMemoryError too)
                 raise ValueError(
                     f"n={structure.n}, D={structure.D}: factor {spec.name} of shape "
@@ -94,7 +92,7 @@ class ConcatFusion(nn.Module):
             else:
                 self.register_buffer(spec.name, tensor, persistent=True)
         if bias:
-            self.bias = nn.Parameter(torch.empty(structure.n, **factory_kwargs))
+            self.bias = nn.Parameter(torch.empty(structure.n, device=device, dtype=dtype))
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()
@@ -215,8 +213,8 @@ class ConcatFusion(nn.Module):
         V.check_finite("linear.weight", weight.detach())
         if linear.bias is not None:
             V.check_finite("linear.bias", linear.bias.detach())
-        module = cls(
-            dims_checked, n, *args, bias=linear.bias is not None,
+        module = cls(  # a member's signature: (dims, n, its own arguments…)
+            dims_checked, n, *args, bias=linear.bias is not None,  # type: ignore[arg-type]
             device=weight.device, dtype=weight.dtype, **kwargs,
         )
         with torch.no_grad():

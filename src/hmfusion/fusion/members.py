@@ -119,6 +119,8 @@ class LowRankConcatFusion(ConcatFusion):
         (torch.Size([2, 4]), 24)
     """
 
+    structure: LowRankStructure
+
     def __init__(
         self,
         dims: Sequence[int],
@@ -445,6 +447,8 @@ class RandomMatrixConcatFusion(ConcatFusion):
         >>> [name for name, _ in fusion.named_parameters()], fusion.num_parameters
         (['lambda1', 'lambda2'], 6)
     """
+
+    structure: RandomMatrixStructure
 
     def __init__(
         self,
