@@ -62,7 +62,7 @@ class MemberInfo:
     kind: str
     cls: type[ConcatFusion]
     reference: Callable[[ConcatFusion], Tensor]  # the full (padded) W, before cropping
-    l: Callable[..., int]  # l(n, D, p, q, r, terms, s, t) with s, t the padded sizes
+    num_parameters: Callable[..., int]  # l(n, D, p, q, r, terms, s, t), s and t padded
     samples: tuple[dict, ...] = field(default=())  # constructor kwargs for generic tests
     kronecker: bool = False  # takes p, q, pad
     fits: bool = True  # from_linear is supported

@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from registry import KINDS, MEMBERS, reference_forward, reference_weight, rel_err
 
 import hmfusion
 from hmfusion import (
@@ -18,7 +19,6 @@ from hmfusion import (
     LPHMConcatFusion,
     RandomMatrixConcatFusion,
 )
-from registry import KINDS, MEMBERS, reference_forward, reference_weight, rel_err
 
 F64 = torch.float64
 
@@ -27,7 +27,7 @@ def expected_l(kind, n, D, p=None, q=None, r=None, terms=1, s=None, t=None):
     """l from the family table (s, t given explicitly when padding)."""
     s = n // p if s is None and p else s
     t = D // q if t is None and q else t
-    return MEMBERS[kind].l(n, D, p, q, r, terms, s, t)
+    return MEMBERS[kind].num_parameters(n, D, p, q, r, terms, s, t)
 
 
 def build(kind, dims, n, p, q, r, terms, pad=False, bias=False, dtype=F64):
@@ -397,7 +397,8 @@ def test_factory_dtype_is_checked(dtype, error, match):
 
 def test_complex_flat_vector_is_refused():
     m = HMConcatFusion([4], p=2)
-    with pytest.raises(TypeError, match="w must be a floating-point tensor, got dtype torch.complex64"):
+    with pytest.raises(TypeError,
+                       match="w must be a floating-point tensor, got dtype torch.complex64"):
         m.load_flat_parameters(torch.zeros(m.num_parameters, dtype=torch.complex64))
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from registry import RecordShapes, rel_err
 
 from hmfusion import HMConcatFusion
-from registry import RecordShapes, rel_err
 
 F64 = torch.float64
 
@@ -242,8 +242,10 @@ def test_compile_fullgraph_inductor():
 @pytest.mark.parametrize(
     "kwargs,error,match",
     [
-        (dict(dims=[8, 8], p=3), ValueError, r"p=3 must divide n=8; valid choices are \[1, 2, 4, 8\]"),
-        (dict(dims=[8, 8], n=8, p=2, q=5), ValueError, r"q=5 must divide D=16; valid choices are \[1, 2, 4, 8, 16\]"),
+        (dict(dims=[8, 8], p=3), ValueError,
+         r"p=3 must divide n=8; valid choices are \[1, 2, 4, 8\]"),
+        (dict(dims=[8, 8], n=8, p=2, q=5), ValueError,
+         r"q=5 must divide D=16; valid choices are \[1, 2, 4, 8, 16\]"),
         (dict(dims=[9, 9], p=2, q=3), ValueError, r"p=2 must divide n=9"),
         (dict(dims=[8, 8], p=0), ValueError, r"p must be a positive int, got 0"),
         (dict(dims=[8, 8], p=-2), ValueError, r"p must be a positive int"),
@@ -286,13 +288,15 @@ def module():
         (lambda: [torch.randn(3, 4)] * 3, ValueError, r"expected 2 inputs"),
         (lambda: [torch.randn(3, 4), torch.randn(3, 5)], ValueError,
          r"input 1 has last dimension 5 \(shape \(3, 5\)\), expected dims\[1\] = 6"),
-        (lambda: [torch.randn(3, 6), torch.randn(3, 4)], ValueError, r"input 0 has last dimension 6"),
+        (lambda: [torch.randn(3, 6), torch.randn(3, 4)], ValueError,
+         r"input 0 has last dimension 6"),
         (lambda: [torch.randn(3, 4), torch.randn(2, 6)], ValueError,
          r"inputs must share their leading shape: input 0 has \(3,\), input 1 has \(2,\)"),
         (lambda: [torch.randn(3, 4), torch.randn(1, 6)], ValueError, r"leading shape"),
         (lambda: [torch.ones(3, 4, dtype=torch.long), torch.randn(3, 6)], TypeError,
          r"input 0 must be a floating-point tensor, got dtype torch.int64"),
-        (lambda: [torch.randn(3, 4), [1.0] * 6], TypeError, r"input 1 must be a torch.Tensor, got list"),
+        (lambda: [torch.randn(3, 4), [1.0] * 6], TypeError,
+         r"input 1 must be a torch.Tensor, got list"),
         (lambda: [torch.randn(3, 4, dtype=F64), torch.randn(3, 6, dtype=F64)], TypeError,
          r"input 0 has dtype torch.float64, but the dtype of the parameters is torch.float32"),
         (lambda: [torch.randn(3, 4), torch.randn(3, 6, device="meta")], ValueError,

@@ -9,12 +9,12 @@ import pydoc
 
 import pytest
 import torch
+from registry import F64, MEMBERS, RecordShapes, reference_forward, reference_weight, rel_err
+from registry import samples as registry_samples
 
 import hmfusion
 from hmfusion import _validation, blocksizes, fitting, fusion, structures
 from hmfusion.fusion import base, members
-from registry import F64, MEMBERS, RecordShapes, reference_forward, reference_weight, rel_err
-from registry import samples as registry_samples
 
 SAMPLES = registry_samples()
 IDS = [f"{kind}-{i}" for i, (kind, _) in enumerate(SAMPLES)]
@@ -39,8 +39,9 @@ def test_sample_parameter_count_is_the_tables(kind, kwargs):
     module = MEMBERS[kind].cls(**kwargs)
     n, D = module.n, sum(kwargs["dims"])
     s, t = getattr(module, "s", None), getattr(module, "t", None)
-    expected = MEMBERS[kind].l(n, D, kwargs.get("p"), kwargs.get("q"), kwargs.get("r"),
-                               kwargs.get("terms", 1), s, t)
+    expected = MEMBERS[kind].num_parameters(
+        n, D, kwargs.get("p"), kwargs.get("q"), kwargs.get("r"), kwargs.get("terms", 1), s, t
+    )
     assert module.num_parameters == expected == module.flat_parameters().numel()
 
 

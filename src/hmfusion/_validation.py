@@ -276,11 +276,12 @@ def check_inputs(
 ) -> tuple[list[Tensor], torch.Size]:
     """Validate the inputs of a fusion; return them as a list and their common leading shape.
 
-    Inputs must be a list or tuple of ``len(dims)`` floating tensors; input ``i`` has shape
-    ``(*lead, dims[i])`` with the same ``*lead`` for all. Their dtype must be the parameters'
-    dtype or, where autocast is on for their device, the autocast dtype (the output of a
-    previous autocast layer); they must be on the parameters' device. ``owner`` names what
-    holds the parameters in messages (e.g. "the flat vector w").
+    Inputs must be a list or tuple of ``len(dims)`` dense (strided, not sparse or nested)
+    floating tensors; input ``i`` has shape ``(*lead, dims[i])`` with the same ``*lead`` for
+    all. Their dtype must be the parameters' dtype or, where autocast is on for their device,
+    the autocast dtype (the output of a previous autocast layer); they must be on the
+    parameters' device. ``owner`` names what holds the parameters in messages (e.g. "the flat
+    vector w").
     """
     if isinstance(xs, Tensor) or not isinstance(xs, (list, tuple)):
         raise TypeError(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Union
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +21,7 @@ from hmfusion.structures import Structure
 __all__ = ["ConcatFusion", "Device"]
 
 #: What a ``device=`` argument may be (as for ``nn.Linear``).
-Device = Union[torch.device, str, int, None]
+Device = torch.device | str | int | None
 
 
 class ConcatFusion(nn.Module):
@@ -229,8 +228,9 @@ class ConcatFusion(nn.Module):
         """``cat(xs, -1) Wᵀ + bias`` without forming W: inputs ``(*, n_i)`` → output ``(*, n)``.
 
         Raises:
-            TypeError: xs is not a list/tuple of floating tensors; an input's dtype differs
-                from the parameters' (outside autocast).
+            TypeError: xs is not a list/tuple of floating tensors; an input is sparse or
+                nested (not strided); an input's dtype differs from the parameters' (outside
+                autocast).
             ValueError: wrong number of inputs, an input whose last dimension is not its
                 ``dims[i]``, differing leading shapes, an input on another device.
         """

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 
@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 #: A block size: a positive int, or ``"auto"`` to minimise the number of parameters.
-BlockSize = Union[int, Literal["auto"]]
+BlockSize = int | Literal["auto"]
 
 
 def _setup(dims: object, n: object) -> tuple[tuple[int, ...], int, int]:
