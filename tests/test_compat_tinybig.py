@@ -424,9 +424,10 @@ def test_processing_is_the_same_for_equal_and_unequal_input_shapes():
         f = parameterized_concatenation_fusion(n=3, dims=dims, preprocess_functions=record,
                                                dtype=torch.float64, own_parameters=True)
         xs = [torch.randn(2, d, dtype=torch.float64) for d in dims]
-        assert seen == [] and f(xs) is not None
+        assert seen == []  # construction applies nothing
+        y = f(xs)
         assert seen == [(2, d) for d in dims]  # one call per input, never a stack
-        torch.testing.assert_close(f(xs), torch.cat(xs, -1) @ (2 * f.fusion.W).T)
+        torch.testing.assert_close(y, torch.cat(xs, -1) @ (2 * f.fusion.W).T)
 
 
 def test_processing_errors():

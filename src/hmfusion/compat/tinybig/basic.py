@@ -158,7 +158,8 @@ class summation_fusion(weighted_summation_fusion):
     def __init__(self, dims: Sequence[int], name: str = "summation_fusion",
                  require_parameters: bool = False, **kwargs: Any) -> None:
         dims_checked = V.check_dims(dims)
-        super().__init__(dims=dims, weights=torch.ones(len(dims_checked)), name=name, **kwargs)
+        ones = torch.ones(len(dims_checked), dtype=torch.float64)  # exact in every dtype
+        super().__init__(dims=dims, weights=ones, name=name, **kwargs)
 
     def _config_parameters(self) -> dict[str, Any]:
         parameters = super()._config_parameters()
