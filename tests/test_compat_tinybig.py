@@ -313,8 +313,8 @@ def test_get_dim_bounds():
 
 def test_calculate_l_ignores_its_arguments():
     f = hm_parameterized_concatenation_fusion(p=4, n=16, dims=[8, 8])
-    l = 4 * 4 + 4 * 4
-    assert f.calculate_l() == f.calculate_l(n=1, D=2) == f.calculate_l(7, 9) == l
+    length = 4 * 4 + 4 * 4
+    assert f.calculate_l() == f.calculate_l(n=1, D=2) == f.calculate_l(7, 9) == length
     assert f.calculate_n([1, 2]) == 16
 
 
@@ -455,8 +455,8 @@ def test_processing_errors():
     with pytest.raises(ValueError, match=r"to \(2, 4\) torch.float64; they must keep"):
         f([torch.randn(2, 4)])
     f = parameterized_concatenation_fusion(dims=[4])
-    with pytest.raises(TypeError, match="input 0 has dtype torch.float32, but the dtype of the flat "
-                                        "vector w is torch.float64"):
+    with pytest.raises(TypeError, match="input 0 has dtype torch.float32, but the dtype of the "
+                                        "flat vector w is torch.float64"):
         f([torch.randn(2, 4)], w=torch.zeros(1, 16, dtype=torch.float64))
 
 
@@ -605,7 +605,8 @@ def test_documented_examples_run():
 
 
 def test_config_with_a_list_as_function_parameters_is_refused():
-    with pytest.raises(TypeError, match=r"config\['function_parameters'\] must be a dict, got list"):
+    with pytest.raises(TypeError,
+                       match=r"config\['function_parameters'\] must be a dict, got list"):
         from_config({"function_class": "hm_parameterized_concatenation_fusion",
                      "function_parameters": []})
     with pytest.raises(TypeError, match=r"function_parameters'\] must be a dict"):

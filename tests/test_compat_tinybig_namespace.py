@@ -34,7 +34,7 @@ TINYBIG_FUSION_NAMESPACE = [  # dir(tinybig.fusion) 0.2.1, minus its submodule b
     "random_matrix_adaption_parameterized_concatenation_fusion", "sum_fusion",
     "summation_fusion", "weighted_summation_fusion",
 ]
-SIX = fusion.parameterized.PARAMETERIZED_CLASSES
+SIX = fusion.config.PARAMETERIZED_CLASSES
 
 
 def t64(value) -> torch.Tensor:
@@ -370,7 +370,7 @@ def test_get_dim_out_of_bounds_is_tinybigs_index_error():
     assert fusion.concatenation_fusion().get_dim(0) is None and f.get_num() == 2
 
 
-# randomness -----------------------------------------------------------------------------------------
+# randomness ---------------------------------------------------------------------------------
 def test_construction_leaves_the_global_rng_alone():
     state = torch.random.get_rng_state()
     for f in six_instances():

@@ -18,7 +18,9 @@ W = A ⊗ B; ``layout="tinybig-0.2.1"`` reproduces tinybig's own W (see :mod:`.l
 
 Modules: :mod:`.base` (the ``fusion`` base class), :mod:`.processing` (allowlisted processing
 functions), :mod:`.basic` (sums, averages, concatenation), :mod:`.metric`, :mod:`.legacy`
-(tinybig's W), :mod:`.parameterized` (the six), :mod:`.config` (``from_config``),
+(tinybig's W), :mod:`.parameterized` (the dense class and the shared arguments),
+:mod:`.structured` (low-rank, HM, LPHM, dual-LPHM), :mod:`.random_matrix`, :mod:`.config`
+(``from_config``),
 :mod:`.configkeys` (the tinybig keys a config may carry). ``docs/tinybig.md`` lists every
 deliberate difference from tinybig 0.2.1.
 """
@@ -49,14 +51,18 @@ from hmfusion.compat.tinybig.parameterized import (
     LAYOUTS,
     TINYBIG_021,
     Layout,
+    parameterized_concatenation_fusion,
+)
+from hmfusion.compat.tinybig.processing import Exp, LastDimLayerNorm
+from hmfusion.compat.tinybig.random_matrix import (
+    random_matrix_adaption_parameterized_concatenation_fusion,
+)
+from hmfusion.compat.tinybig.structured import (
     dual_lphm_parameterized_concatenation_fusion,
     hm_parameterized_concatenation_fusion,
     lowrank_parameterized_concatenation_fusion,
     lphm_parameterized_concatenation_fusion,
-    parameterized_concatenation_fusion,
-    random_matrix_adaption_parameterized_concatenation_fusion,
 )
-from hmfusion.compat.tinybig.processing import Exp, LastDimLayerNorm
 
 __all__ = [
     "KRONECKER",

@@ -24,7 +24,10 @@ __all__ = ["DeviceName", "DimIndexError", "fusion"]
 
 #: the package path written into ``function_class`` by ``to_config``
 CONFIG_PREFIX = "hmfusion.compat.tinybig"
-_PROCESSING_ATTRIBUTES = {"preprocess_functions": "preprocess", "postprocess_functions": "postprocess"}
+_PROCESSING_ATTRIBUTES = {
+    "preprocess_functions": "preprocess",
+    "postprocess_functions": "postprocess",
+}
 
 
 class DeviceName(str):
@@ -83,10 +86,14 @@ class fusion(nn.Module):
             with ``inplace=True``, both functions and configs given.
 
     Example:
-        >>> f = concatenation_fusion(dims=[2, 3])  # a subclass
+        >>> from hmfusion.compat.tinybig import concatenation_fusion  # a subclass
+        >>> f = concatenation_fusion(dims=[2, 3])
         >>> f.get_num(), f.calculate_n(), f.device == "cpu"
         (2, 5, True)
     """
+
+    preprocess_functions: nn.ModuleList
+    postprocess_functions: nn.ModuleList
 
     def __init__(
         self,
@@ -192,7 +199,7 @@ class fusion(nn.Module):
         """The fusion (subclasses define it)."""
         raise NotImplementedError(f"{type(self).__name__} does not define forward")
 
-    # processing ------------------------------------------------------------------------------------
+    # processing ---------------------------------------------------------------------------------
     def pre_process(self, x: Tensor, device: str | torch.device | None = None) -> Tensor:
         """Apply the preprocessing functions, in order, to one input (``device`` is unused)."""
         for function in self.preprocess_functions:

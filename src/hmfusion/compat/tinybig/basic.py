@@ -155,11 +155,15 @@ class summation_fusion(weighted_summation_fusion):
         tensor([[2., 2.]])
     """
 
+    #: divide the sum by k (average_fusion)
+    _average = False
+
     def __init__(self, dims: Sequence[int], name: str = "summation_fusion",
                  require_parameters: bool = False, **kwargs: Any) -> None:
-        dims_checked = V.check_dims(dims)
-        ones = torch.ones(len(dims_checked), dtype=torch.float64)  # exact in every dtype
-        super().__init__(dims=dims, weights=ones, name=name, **kwargs)
+        k = len(V.check_dims(dims))
+        weights = torch.ones(k, dtype=torch.float64)  # exact in every dtype
+        weights = weights / k if self._average else weights
+        super().__init__(dims=dims, weights=weights, name=name, **kwargs)
 
     def _config_parameters(self) -> dict[str, Any]:
         parameters = super()._config_parameters()
@@ -175,10 +179,11 @@ class average_fusion(summation_fusion):
         tensor([[2., 2.]])
     """
 
+    _average = True
+
     def __init__(self, dims: Sequence[int], name: str = "average_fusion",
                  require_parameters: bool = False, **kwargs: Any) -> None:
         super().__init__(dims=dims, name=name, **kwargs)
-        self.weights = self.weights / len(self.weights)
 
 
 class parameterized_weighted_summation_fusion(weighted_summation_fusion):

@@ -12,11 +12,21 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 
-from hmfusion.compat.tinybig import basic, metric, parameterized
+from hmfusion.compat.tinybig import basic, metric, parameterized, random_matrix, structured
 from hmfusion.compat.tinybig.base import CONFIG_PREFIX, fusion
 from hmfusion.compat.tinybig.configkeys import TINYBIG_ATTRIBUTE_KEYS, drop_module_state
 
-__all__ = ["CLASSES", "from_config"]
+__all__ = ["CLASSES", "PARAMETERIZED_CLASSES", "from_config"]
+
+#: the six parameterized concatenation fusions
+PARAMETERIZED_CLASSES: tuple[type[fusion], ...] = (
+    parameterized.parameterized_concatenation_fusion,
+    structured.lowrank_parameterized_concatenation_fusion,
+    structured.hm_parameterized_concatenation_fusion,
+    structured.lphm_parameterized_concatenation_fusion,
+    structured.dual_lphm_parameterized_concatenation_fusion,
+    random_matrix.random_matrix_adaption_parameterized_concatenation_fusion,
+)
 
 #: every class a config may name, by its tinybig submodule
 _BY_SUBMODULE: dict[str, tuple[type[fusion], ...]] = {
@@ -26,7 +36,7 @@ _BY_SUBMODULE: dict[str, tuple[type[fusion], ...]] = {
                       metric.sum_fusion, metric.mean_fusion, metric.prod_fusion,
                       metric.median_fusion, metric.l1_norm_fusion, metric.l2_norm_fusion),
     "concatenation_fusion": (basic.concatenation_fusion,),
-    "parameterized_concatenation_fusion": tuple(parameterized.PARAMETERIZED_CLASSES),  # type: ignore[arg-type]
+    "parameterized_concatenation_fusion": PARAMETERIZED_CLASSES,
 }
 CLASSES: tuple[type[fusion], ...] = tuple(c for group in _BY_SUBMODULE.values() for c in group)
 

@@ -83,9 +83,10 @@ class TinybigLegacyKronecker(nn.Module):
             pieces = {"P": (self.p, self.r), "Q": (self.r, self.q),
                       "S": (s, self.r), "T": (self.r, t)}
         self.pieces = pieces
-        factory = {"device": device, "dtype": V.check_factory_dtype(dtype)}
+        dtype = V.check_factory_dtype(dtype)
         for name, shape in pieces.items():
-            self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
+            tensor = torch.empty(shape, device=device, dtype=dtype)
+            self.register_parameter(name, nn.Parameter(tensor))
         self.reset_parameters()
 
     @property
@@ -106,7 +107,7 @@ class TinybigLegacyKronecker(nn.Module):
         """The factors held in w (shape (l,)), as views of w (differentiable in w)."""
         sizes = [math.prod(shape) for shape in self.pieces.values()]
         return {name: piece.reshape(shape)
-                for (name, shape), piece in zip(self.pieces.items(), w.split(sizes))}
+                for (name, shape), piece in zip(self.pieces.items(), w.split(sizes), strict=True)}
 
     def materialize(self, f: dict[str, Tensor]) -> Tensor:
         """tinybig's W (n×D) from the factors: outer(vec(A), vec(B)) reshaped row-major."""
@@ -155,4 +156,5 @@ class TinybigLegacyKronecker(nn.Module):
 
     def extra_repr(self) -> str:
         rank = "" if self.r is None else f", r={self.r}"
-        return f"dims={list(self.dims)}, n={self.n}, p={self.p}, q={self.q}{rank}, layout='tinybig-0.2.1'"
+        return (f"dims={list(self.dims)}, n={self.n}, p={self.p}, q={self.q}{rank}, "
+                f"layout='tinybig-0.2.1'")

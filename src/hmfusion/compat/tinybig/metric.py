@@ -149,7 +149,8 @@ class _NamedMetricFusion(metric_fusion):
 
     def __init__(self, name: str, *args: Any, **kwargs: Any) -> None:
         kwargs.pop("metric", None)  # written by tinybig's to_config; the class decides it
-        super().__init__(*args, name=name, metric=type(self)._metric, **kwargs)
+        # tinybig's (name, *args, **kwargs): args are metric_fusion's (dims first)
+        super().__init__(*args, name=name, metric=type(self)._metric, **kwargs)  # type: ignore[misc]
 
 
 class max_fusion(_NamedMetricFusion):

@@ -10,37 +10,25 @@ a fusion owns no parameters and adds nothing to its owner's ``state_dict``. With
 from __future__ import annotations
 
 import inspect
-import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from hmfusion import _validation as V
 from hmfusion.compat.tinybig.base import fusion
 from hmfusion.compat.tinybig.legacy import TinybigLegacyKronecker
-from hmfusion.fusion import (
-    ConcatFusion,
-    DenseConcatFusion,
-    DualLPHMConcatFusion,
-    HMConcatFusion,
-    LowRankConcatFusion,
-    LPHMConcatFusion,
-    RandomMatrixConcatFusion,
-)
+from hmfusion.fusion import ConcatFusion, DenseConcatFusion
 
 __all__ = [
     "KRONECKER",
     "LAYOUTS",
     "TINYBIG_021",
+    "Family",
     "Layout",
-    "dual_lphm_parameterized_concatenation_fusion",
-    "hm_parameterized_concatenation_fusion",
-    "lowrank_parameterized_concatenation_fusion",
-    "lphm_parameterized_concatenation_fusion",
     "parameterized_concatenation_fusion",
-    "random_matrix_adaption_parameterized_concatenation_fusion",
+    "shared_signature",
 ]
 
 Layout = Literal["kronecker", "tinybig-0.2.1"]
@@ -48,7 +36,8 @@ KRONECKER: Layout = "kronecker"
 TINYBIG_021: Layout = "tinybig-0.2.1"
 LAYOUTS: tuple[Layout, ...] = (KRONECKER, TINYBIG_021)
 
-_Family = ConcatFusion | TinybigLegacyKronecker
+#: the module that computes with W's factors: a member of the hmfusion family, or tinybig's W
+Family = ConcatFusion | TinybigLegacyKronecker
 
 
 class parameterized_concatenation_fusion(fusion):
@@ -129,7 +118,7 @@ class parameterized_concatenation_fusion(fusion):
         self._attach(V.check_factory_dtype(dtype))
 
     # the hmfusion module ----------------------------------------------------------------------
-    def _family(self, dims: tuple[int, ...], factory: dict) -> _Family:
+    def _family(self, dims: tuple[int, ...], factory: dict) -> Family:
         """The module that computes W's product (subclasses: their member of the family)."""
         return DenseConcatFusion(dims, self.n, **factory)
 
@@ -137,7 +126,7 @@ class parameterized_concatenation_fusion(fusion):
         dims = tuple(self.get_dims() or ())
         if self.own_parameters:
             #: the hmfusion module holding W's factors (only with own_parameters=True)
-            self.fusion: _Family | None = self._family(
+            self.fusion: Family | None = self._family(
                 dims, {"device": torch.device(self._device), "dtype": dtype})
             applier = self.fusion
         else:  # computes with the w given to forward; no tensors of its own, no RNG drawn
@@ -151,7 +140,7 @@ class parameterized_concatenation_fusion(fusion):
 
     def _factors(self, w: object) -> dict[str, Tensor]:
         """The factors of W: views into w, or the module's own ones."""
-        applier: _Family = self.__dict__["_applier"]
+        applier: Family = self.__dict__["_applier"]
         if w is None:
             if self.fusion is None:
                 raise ValueError(
@@ -169,7 +158,7 @@ class parameterized_concatenation_fusion(fusion):
         return factors
 
     def _materialize(self, factors: dict[str, Tensor]) -> Tensor:
-        applier: _Family = self.__dict__["_applier"]
+        applier: Family = self.__dict__["_applier"]
         if isinstance(applier, TinybigLegacyKronecker):
             return applier.materialize(factors)
         return applier.structure.materialize(factors)
@@ -181,7 +170,7 @@ class parameterized_concatenation_fusion(fusion):
 
     def calculate_l(self, *args: Any, **kwargs: Any) -> int:
         """l, the length of w. Arguments are accepted for tinybig's signature and ignored."""
-        applier: _Family = self.__dict__["_applier"]
+        applier: Family = self.__dict__["_applier"]
         return applier.num_parameters
 
     def parameter_fabrication(
@@ -255,14 +244,14 @@ class parameterized_concatenation_fusion(fusion):
             owner=owner,
         )
         processed = [self.pre_process(value) for value in inputs]
-        for i, (before, after) in enumerate(zip(inputs, processed)):
+        for i, (before, after) in enumerate(zip(inputs, processed, strict=True)):
             if after.shape != before.shape or after.dtype != before.dtype:
                 raise ValueError(
                     f"preprocess_functions changed input {i} from {tuple(before.shape)} "
                     f"{before.dtype} to {tuple(after.shape)} {after.dtype}; they must keep each "
                     f"input's shape and dtype"
                 )
-        applier: _Family = self.__dict__["_applier"]
+        applier: Family = self.__dict__["_applier"]
         return self.post_process(applier._fuse(processed, tuple(lead), factors))
 
     def _config_parameters(self) -> dict[str, Any]:
@@ -284,249 +273,13 @@ _SHARED = [
 ]
 
 
-def _tinybig_signature(cls: type) -> type:
+def shared_signature(cls: type) -> type:
     """Show the shared keyword arguments in ``cls``'s signature (it takes them as ``**kwargs``
     and passes them to :class:`parameterized_concatenation_fusion`, which declares them)."""
-    own = list(inspect.signature(cls.__init__).parameters.values())
+    init = cls.__dict__["__init__"]
+    own = list(inspect.signature(init).parameters.values())
     own = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
     keyword_only = [p for p in own if p.kind is inspect.Parameter.KEYWORD_ONLY]
     positional = [p for p in own if p.kind is not inspect.Parameter.KEYWORD_ONLY]
-    cls.__init__.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        positional + keyword_only + _SHARED)
+    init.__signature__ = inspect.Signature(positional + keyword_only + _SHARED)
     return cls
-
-
-def _kronecker_family(
-    cls: type[ConcatFusion], layout: str, dims: tuple[int, ...], n: int, factory: dict,
-    *, p: int, q: int | None, pad: bool, r: int | None = None, dual: bool = False,
-) -> _Family:
-    """An HM / LPHM / dual-LPHM family module, or its tinybig-0.2.1-layout twin."""
-    rank: dict = {} if r is None else {"r": r}
-    if layout == KRONECKER:
-        return cls(dims, n, p, q, **rank, pad=pad, **factory)
-    if pad:
-        raise ValueError(
-            f"pad=True needs layout={KRONECKER!r}: layout={TINYBIG_021!r} requires p | n and q | D"
-        )
-    return TinybigLegacyKronecker(dims, n, p, q, r, dual=dual, **factory)
-
-
-@_tinybig_signature
-class lowrank_parameterized_concatenation_fusion(parameterized_concatenation_fusion):
-    """tinybig's low-rank fusion: W = U Vᵀ, U: n×r, V: D×r; w = [U (n×r) | Vᵀ (r×D)], l = r·(n+D).
-
-    Args:
-        r: the rank (default 2).
-        name, n, dims, and the keyword arguments: as in
-            :class:`parameterized_concatenation_fusion`.
-
-    Example:
-        >>> lowrank_parameterized_concatenation_fusion(r=1, n=2, dims=[3]).calculate_l()
-        5
-    """
-
-    _own_arguments = ("r",)
-
-    def __init__(self, r: int = 2, name: str = "lowrank_parameterized_concatenation_fusion",
-                 n: int | None = None, dims: Sequence[int] | None = None, **kwargs: Any) -> None:
-        self.r = V.check_positive_int("r", r)
-        super().__init__(n, dims, name, **kwargs)
-
-    def _family(self, dims: tuple[int, ...], factory: dict) -> _Family:
-        return LowRankConcatFusion(dims, self.n, self.r, **factory)
-
-
-class _KroneckerAdapter(parameterized_concatenation_fusion):
-    """The shared part of HM, LPHM and dual-LPHM: p, q, pad, r and the layout switch."""
-
-    _own_arguments = ("p", "q", "pad")
-    _family_class: type[ConcatFusion] = HMConcatFusion
-    _dual = False
-
-    def _set_blocks(self, p: int, q: int | None, pad: bool, r: int | None = None) -> None:
-        self.p, self.q, self.pad, self.r = p, q, V.check_bool("pad", pad), r
-
-    def _family(self, dims: tuple[int, ...], factory: dict) -> _Family:
-        family = _kronecker_family(self._family_class, self.layout, dims, self.n, factory,
-                                   p=self.p, q=self.q, pad=self.pad, r=self.r, dual=self._dual)
-        self.p, self.q = family.p, family.q  # resolved (q defaults to p)
-        return family
-
-
-@_tinybig_signature
-class hm_parameterized_concatenation_fusion(_KroneckerAdapter):
-    """tinybig's HM fusion: W = A ⊗ B, A: p×q, B: (n/p)×(D/q); w = [A | B], l = p·q + n·D/(p·q).
-
-    Applied without forming W (:class:`hmfusion.HMConcatFusion`). With
-    ``layout="tinybig-0.2.1"``, W is tinybig 0.2.1's vec(A) ⊗ vec(B) reshaped to n×D instead.
-
-    Args:
-        p: rows of A; must divide n.
-        q: columns of A; must divide D; defaults to p.
-        name, n, dims, and the keyword arguments: as in
-            :class:`parameterized_concatenation_fusion`.
-        pad: (hmfusion, ``layout="kronecker"`` only) allow p ∤ n or q ∤ D by zero-padding.
-
-    Raises:
-        ValueError: p does not divide n or q does not divide D (the message lists the valid
-            choices), besides the base class's errors.
-
-    Example:
-        >>> hm_parameterized_concatenation_fusion(p=2, n=4, dims=[4]).calculate_l()
-        8
-    """
-
-    def __init__(self, p: int, q: int | None = None,
-                 name: str = "hm_parameterized_concatenation_fusion", n: int | None = None,
-                 dims: Sequence[int] | None = None, *, pad: bool = False,
-                 **kwargs: Any) -> None:
-        self._set_blocks(p, q, pad)
-        super().__init__(n, dims, name, **kwargs)
-
-
-@_tinybig_signature
-class lphm_parameterized_concatenation_fusion(_KroneckerAdapter):
-    """tinybig's LPHM fusion: W = A ⊗ (S Tᵀ), A: p×q, S: (n/p)×r, T: (D/q)×r.
-
-    w = [A (p×q) | S (s×r) | Tᵀ (r×t)], l = p·q + r·(s + t).
-
-    Args:
-        r: rank of the right factor.
-        p, q, pad: as in :class:`hm_parameterized_concatenation_fusion`.
-        name, n, dims, and the keyword arguments: as in
-            :class:`parameterized_concatenation_fusion`.
-
-    Example:
-        >>> lphm_parameterized_concatenation_fusion(1, 2, n=4, dims=[4]).calculate_l()
-        8
-    """
-
-    _own_arguments = ("r", "p", "q", "pad")
-    _family_class = LPHMConcatFusion
-
-    def __init__(self, r: int, p: int, q: int | None = None,
-                 name: str = "lphm_parameterized_concatenation_fusion", n: int | None = None,
-                 dims: Sequence[int] | None = None, *, pad: bool = False,
-                 **kwargs: Any) -> None:
-        self._set_blocks(p, q, pad, r)
-        super().__init__(n, dims, name, **kwargs)
-
-
-@_tinybig_signature
-class dual_lphm_parameterized_concatenation_fusion(_KroneckerAdapter):
-    """tinybig's dual-LPHM fusion: W = (P Qᵀ) ⊗ (S Tᵀ), P: p×r, Q: q×r, S: (n/p)×r, T: (D/q)×r.
-
-    w = [P (p×r) | Qᵀ (r×q) | S (s×r) | Tᵀ (r×t)], l = r·(p + q + s + t).
-
-    Args:
-        r: rank of both factors.
-        p, q, pad: as in :class:`hm_parameterized_concatenation_fusion`.
-        name, n, dims, and the keyword arguments: as in
-            :class:`parameterized_concatenation_fusion`.
-
-    Example:
-        >>> dual_lphm_parameterized_concatenation_fusion(1, 2, n=4, dims=[4]).calculate_l()
-        8
-    """
-
-    _own_arguments = ("r", "p", "q", "pad")
-    _family_class = DualLPHMConcatFusion
-    _dual = True
-
-    def __init__(self, r: int, p: int, q: int | None = None,
-                 name: str = "dual_lphm_parameterized_concatenation_fusion",
-                 n: int | None = None, dims: Sequence[int] | None = None, *,
-                 pad: bool = False, **kwargs: Any) -> None:
-        self._set_blocks(p, q, pad, r)
-        super().__init__(n, dims, name, **kwargs)
-
-
-@_tinybig_signature
-class random_matrix_adaption_parameterized_concatenation_fusion(parameterized_concatenation_fusion):
-    """tinybig's random-matrix adaptation: W = diag(λ₁) R₁ diag(λ₂) R₂ᵀ; w = [λ₁ (n) | λ₂ (r)].
-
-    R₁ (n×r) and R₂ (D×r) are fixed, drawn at construction from ``seed`` with a private
-    generator (the global RNG is untouched) and kept as persistent buffers (saved in the
-    ``state_dict``: ``R1``, ``R2``; ``fusion.R1``, ``fusion.R2`` with own parameters). They take
-    the module's dtype (``dtype=``, ``.double()``): build a float64 module to reproduce a
-    float64 tinybig model exactly. l = n + r.
-
-    Args:
-        r: inner dimension (default 2).
-        name, n, dims, and the keyword arguments: as in
-            :class:`parameterized_concatenation_fusion`.
-        seed: (hmfusion) seed of R₁ and R₂; ``None`` (default) draws a fresh seed from the
-            operating system, so every fusion gets independent matrices; ``self.seed`` and
-            :meth:`to_config` hold the seed used.
-
-    Example:
-        >>> f = random_matrix_adaption_parameterized_concatenation_fusion(r=2, n=3, dims=[4])
-        >>> sorted(f.state_dict()), f.calculate_l()
-        (['R1', 'R2'], 5)
-    """
-
-    _own_arguments = ("r", "seed")
-
-    def __init__(self, r: int = 2,
-                 name: str = "random_matrix_adaption_parameterized_concatenation_fusion",
-                 n: int | None = None, dims: Sequence[int] | None = None, *,
-                 seed: int | None = None, **kwargs: Any) -> None:
-        self.r = V.check_positive_int("r", r)
-        self.seed = secrets.randbits(63) if seed is None else V.check_int("seed", seed)
-        super().__init__(n, dims, name, **kwargs)
-
-    def _family(self, dims: tuple[int, ...], factory: dict) -> _Family:
-        return RandomMatrixConcatFusion(dims, self.n, self.r, self.seed, **factory)
-
-    def _attach(self, dtype: torch.dtype | None) -> None:
-        super()._attach(dtype)
-        if self.fusion is None:  # the matrices are the module's even when w is external
-            R1, R2 = self.__dict__["_applier"].structure.random_matrices()
-            factory = {"device": torch.device(self._device),
-                       "dtype": dtype or torch.get_default_dtype()}
-            self.register_buffer("R1", R1.to(**factory))
-            self.register_buffer("R2", R2.to(**factory))
-
-    def _fixed_factors(self) -> dict[str, Tensor]:
-        holder: nn.Module = self if self.fusion is None else self.fusion
-        return {"R1": holder.R1, "R2": holder.R2}
-
-    def set_random_matrices(self, R1: Tensor, R2: Tensor) -> None:
-        """Set the fixed matrices R₁ (n×r) and R₂ (D×r) (tinybig's ``A`` and ``B``).
-
-        They are copied into the module's buffers, in the module's dtype and device, and saved
-        with its ``state_dict``; to keep float64 values exactly, build the module with
-        ``dtype=torch.float64`` (or call ``.double()``).
-
-        Raises:
-            TypeError: R1 or R2 is not a floating tensor.
-            ValueError: a shape is not (n, r) / (D, r).
-
-        Example:
-            >>> f = random_matrix_adaption_parameterized_concatenation_fusion(1, n=2, dims=[3])
-            >>> f.set_random_matrices(torch.ones(2, 1), torch.ones(3, 1))
-        """
-        D = sum(self.get_dims() or ())
-        for label, value, shape in (("R1", R1, (self.n, self.r)), ("R2", R2, (D, self.r))):
-            if not isinstance(value, Tensor) or not value.is_floating_point():
-                raise TypeError(f"{label} must be a floating-point torch.Tensor")
-            if tuple(value.shape) != shape:
-                raise ValueError(
-                    f"{label} must have shape {shape} ({'n' if label == 'R1' else 'D'}×r with "
-                    f"n={self.n}, D={D}, r={self.r}), got {tuple(value.shape)}"
-                )
-        fixed = self._fixed_factors()
-        with torch.no_grad():
-            fixed["R1"].copy_(R1)
-            fixed["R2"].copy_(R2)
-
-
-#: the six classes, by name
-PARAMETERIZED_CLASSES: tuple[Callable[..., parameterized_concatenation_fusion], ...] = (
-    parameterized_concatenation_fusion,
-    lowrank_parameterized_concatenation_fusion,
-    hm_parameterized_concatenation_fusion,
-    lphm_parameterized_concatenation_fusion,
-    dual_lphm_parameterized_concatenation_fusion,
-    random_matrix_adaption_parameterized_concatenation_fusion,
-)
