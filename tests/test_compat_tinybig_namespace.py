@@ -292,6 +292,9 @@ def test_processing_functions_are_assignable_with_tinybigs_semantics():
         f.preprocess_functions = value
         assert isinstance(f.preprocess_functions, nn.ModuleList)
         torch.testing.assert_close(f.pre_process(x), expected, **TOL)
+    other = fusion.sum_fusion(dims=[2], preprocess_functions=["relu", "tanh"])
+    f.preprocess_functions = other.preprocess_functions  # a ModuleList is a list, not one step
+    torch.testing.assert_close(f.pre_process(x), torch.tanh(F.relu(x)), **TOL)
     f.postprocess_functions = [nn.LayerNorm(2, dtype=torch.float64)]
     assert "postprocess_functions.0.weight" in dict(f.named_parameters())
     with pytest.raises(ValueError, match="not an allowed processing function"):

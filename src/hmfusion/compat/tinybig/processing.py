@@ -267,7 +267,8 @@ def processing_modules(
     if functions is not None and configs is not None:
         raise ValueError(f"pass {what}_functions or {what}_function_configs, not both")
     if functions is not None:
-        items = list(functions) if isinstance(functions, (list, tuple)) else [functions]
+        several = isinstance(functions, (list, tuple, nn.ModuleList))
+        items = list(functions) if several else [functions]
         modules = [
             _from_function(f"{what}_functions[{i}]", item, factory)
             for i, item in enumerate(items)
