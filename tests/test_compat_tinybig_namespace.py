@@ -404,6 +404,8 @@ def test_random_matrices_without_a_seed_are_independent_and_saved():
     torch.testing.assert_close(c(xs, w), a(xs, w), **TOL)
     rebuilt = fusion.from_config(a.to_config())  # the config keeps the seed drawn
     assert torch.equal(rebuilt.R1, a.R1) and torch.equal(rebuilt.R2, a.R2)
+    owning = make(r=2, n=4, dims=[3, 3], seed=a.seed, own_parameters=True)
+    assert torch.equal(owning.fusion.R1, a.R1)  # a seed means the same matrices either way
 
 
 def test_set_random_matrices_in_float64_is_exact():

@@ -267,8 +267,10 @@ def processing_modules(
     if functions is not None and configs is not None:
         raise ValueError(f"pass {what}_functions or {what}_function_configs, not both")
     if functions is not None:
-        several = isinstance(functions, (list, tuple, nn.ModuleList))
-        items = list(functions) if several else [functions]
+        if isinstance(functions, (list, tuple, nn.ModuleList)):
+            items: list[object] = list(functions)
+        else:
+            items = [functions]
         modules = [
             _from_function(f"{what}_functions[{i}]", item, factory)
             for i, item in enumerate(items)

@@ -60,11 +60,10 @@ class random_matrix_adaption_parameterized_concatenation_fusion(parameterized_co
     def _attach(self, dtype: torch.dtype | None) -> None:
         super()._attach(dtype)
         if self.fusion is None:  # the matrices are the module's even when w is external
-            R1, R2 = self.__dict__["_applier"].structure.random_matrices()
-            factory = {"device": torch.device(self._device),
-                       "dtype": dtype or torch.get_default_dtype()}
-            self.register_buffer("R1", R1.to(**factory))
-            self.register_buffer("R2", R2.to(**factory))
+            drawn = self._family(tuple(self.get_dims() or ()),
+                                 {"device": torch.device(self._device), "dtype": dtype})
+            self.register_buffer("R1", drawn.get_buffer("R1").detach().clone())
+            self.register_buffer("R2", drawn.get_buffer("R2").detach().clone())
 
     def _fixed_factors(self) -> dict[str, Tensor]:
         holder: nn.Module = self if self.fusion is None else self.fusion
