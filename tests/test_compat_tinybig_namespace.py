@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 from collections import OrderedDict
 
 import pytest
@@ -206,6 +207,7 @@ def test_tinybigs_to_config_output_loads(record):
     parameters = dict(config["function_parameters"], _forward_hooks=OrderedDict(),
                       _non_persistent_buffers_set=set(), _modules={"x": nn.ReLU()})
     assert type(fusion.from_config(dict(config, function_parameters=parameters))) is type(f)
+    assert not any(name == "tinybig" or name.startswith("tinybig.") for name in sys.modules)
 
 
 def test_tinybig_config_with_processing_modules_rebuilds_them():
