@@ -97,6 +97,13 @@ def test_parameter_free_fusions_against_plain_formulas():
     torch.testing.assert_close(f(xs, w=weights[None]), sum(a * x for a, x in zip(weights, xs)))
 
 
+def test_fixed_weights_follow_the_inputs_device():
+    for f in [fusion.summation_fusion(dims=[2, 2]), fusion.average_fusion(dims=[2, 2]),
+              fusion.weighted_summation_fusion(dims=[2, 2], weights=[1.0, 2.0])]:
+        y = f([torch.ones(3, 2, device="meta"), torch.ones(3, 2, device="meta")])
+        assert y.device.type == "meta" and y.shape == (3, 2)
+
+
 def test_parameter_free_fusions_raise_clear_errors():
     with pytest.raises(ValueError, match="expected 3 inputs"):
         fusion.weighted_summation_fusion(dims=[2] * 3, weights=[1.0] * 3)([torch.ones(1, 2)] * 2)
@@ -364,6 +371,10 @@ def test_device_attribute_is_tinybigs_string_and_forward_honours_device():
     torch.testing.assert_close(f(x, w, device="cpu"), f(x, w))
     with pytest.raises(ValueError, match="device of the flat vector w is meta"):
         f(x, w, device="meta")  # W is moved where tinybig would move it
+    owning = fusion.hm_parameterized_concatenation_fusion(p=2, n=4, dims=[4], own_parameters=True)
+    assert owning.device == "cpu"
+    owning.fusion.to("meta")  # moved behind the adapter's back: the tensors' device wins
+    assert owning.device == "meta"
     with pytest.raises(ValueError, match="is not a device"):
         fusion.concatenation_fusion(dims=[2], device="warp-drive")
 

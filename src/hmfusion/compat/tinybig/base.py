@@ -133,10 +133,15 @@ class fusion(nn.Module):
     # device ------------------------------------------------------------------------------------
     @property
     def device(self) -> DeviceName:
-        """Where the module's tensors are (follows ``.to()``), else the constructor's device;
-        a string equal to tinybig's (``"cpu"``) that also equals ``torch.device("cpu")``."""
+        """The device given (``"cpu"``, ``"cuda"``, …; follows ``.to()``) as tinybig stores it,
+        or where the module's tensors are if they were moved elsewhere; a string that also
+        equals the ``torch.device``."""
+        given = torch.device(self._device)
         for tensor in itertools.chain(self.parameters(), self.buffers()):
-            return DeviceName(str(tensor.device))
+            actual = tensor.device
+            if actual.type != given.type or given.index not in (None, actual.index):
+                return DeviceName(str(actual))
+            break
         return DeviceName(self._device)
 
     @device.setter

@@ -137,7 +137,8 @@ class weighted_summation_fusion(fusion):
                 + (" passed as w" if self.require_parameters else "")
             )
         weights = V.check_flat_vector(weights, len(inputs), what=what)
-        weights = weights.to(stacked.dtype if stacked.is_floating_point() else weights.dtype)
+        dtype = stacked.dtype if stacked.is_floating_point() else weights.dtype
+        weights = weights.to(device=stacked.device, dtype=dtype)
         fused = (stacked * weights.reshape(-1, *[1] * (stacked.dim() - 1))).sum(dim=0)
         return self.post_process(fused)
 
