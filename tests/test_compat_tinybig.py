@@ -63,7 +63,7 @@ def case_id(case) -> str:
 
 def build(case, layout: str):
     cls = getattr(tinybig, case["class"])
-    f = cls(**case["kwargs"], layout=layout, dtype=torch.float64)
+    f = cls(**case["kwargs"], layout=layout, dtype=torch.float64, own_parameters=True)
     if "random_A" in case:
         f.set_random_matrices(t64(case["random_A"]), t64(case["random_B"]))
     return f
@@ -154,7 +154,7 @@ def test_rank_of_W(layout):
     # a·bᵀ (rank 1) while A ⊗ B has rank rank(A)·rank(B) = 64.
     torch.manual_seed(0)
     f = hm_parameterized_concatenation_fusion(8, 8, n=64, dims=[32, 32], layout=layout,
-                                              dtype=torch.float64)
+                                              dtype=torch.float64, own_parameters=True)
     rank = torch.linalg.matrix_rank(f.fusion.weight).item()
     assert rank == (64 if layout == "kronecker" else 1)
 
@@ -162,8 +162,9 @@ def test_rank_of_W(layout):
 @pytest.mark.parametrize("kwargs", [dict(p=3, q=2, n=3), dict(p=2, q=1, n=4)])
 def test_layouts_agree_when_s_or_q_is_one(kwargs):
     legacy = hm_parameterized_concatenation_fusion(**kwargs, dims=[2, 4], layout="tinybig-0.2.1",
-                                                   dtype=torch.float64)
-    kron = hm_parameterized_concatenation_fusion(**kwargs, dims=[2, 4], dtype=torch.float64)
+                                                   dtype=torch.float64, own_parameters=True)
+    kron = hm_parameterized_concatenation_fusion(**kwargs, dims=[2, 4], dtype=torch.float64,
+                                                 own_parameters=True)
     w = torch.randn(legacy.calculate_l(), dtype=torch.float64)
     legacy.fusion.load_flat_parameters(w)
     kron.fusion.load_flat_parameters(w)
@@ -217,7 +218,7 @@ def test_positional_order_of_tinybigs_signatures():
         hm_parameterized_concatenation_fusion(2, 4, "hm", 4, [4, 4]),
         lphm_parameterized_concatenation_fusion(1, 2, 4, "lphm", 4, [4, 4]),
         dual_lphm_parameterized_concatenation_fusion(1, 2, 4, "dual", 4, [4, 4]),
-        random_matrix_adaption_parameterized_concatenation_fusion(3, "rm", 4, [4, 4]),
+        random_matrix_adaption_parameterized_concatenation_fusion(3, "rm", 4, [4, 4], seed=5),
     ]
     by_keyword = [
         parameterized_concatenation_fusion(n=4, dims=[4, 4], name="dense"),
@@ -225,7 +226,8 @@ def test_positional_order_of_tinybigs_signatures():
         hm_parameterized_concatenation_fusion(p=2, q=4, name="hm", n=4, dims=[4, 4]),
         lphm_parameterized_concatenation_fusion(r=1, p=2, q=4, name="lphm", n=4, dims=[4, 4]),
         dual_lphm_parameterized_concatenation_fusion(r=1, p=2, q=4, name="dual", n=4, dims=[4, 4]),
-        random_matrix_adaption_parameterized_concatenation_fusion(r=3, name="rm", n=4, dims=[4, 4]),
+        random_matrix_adaption_parameterized_concatenation_fusion(r=3, name="rm", n=4, dims=[4, 4],
+                                                                  seed=5),
     ]
     for a, b in zip(by_position, by_keyword):
         assert a.to_config() == b.to_config()
@@ -255,10 +257,11 @@ def test_constructor_defaults():
 
 
 def test_hmfusion_modules_hold_the_parameters():
-    f = hm_parameterized_concatenation_fusion(p=2, n=4, dims=[4, 4])
+    f = hm_parameterized_concatenation_fusion(p=2, n=4, dims=[4, 4], own_parameters=True)
     assert isinstance(f.fusion, hmfusion.HMConcatFusion)
     assert set(f.state_dict()) == {"fusion.A", "fusion.B"}
-    f = lphm_parameterized_concatenation_fusion(2, 2, n=4, dims=[4, 4], layout="tinybig-0.2.1")
+    f = lphm_parameterized_concatenation_fusion(2, 2, n=4, dims=[4, 4], layout="tinybig-0.2.1",
+                                                own_parameters=True)
     assert set(f.state_dict()) == {"fusion.A", "fusion.S", "fusion.T"}
 
 
@@ -310,8 +313,8 @@ def test_get_dim_bounds():
 
 def test_calculate_l_ignores_its_arguments():
     f = hm_parameterized_concatenation_fusion(p=4, n=16, dims=[8, 8])
-    l = 4 * 4 + 4 * 4
-    assert f.calculate_l() == f.calculate_l(n=1, D=2) == f.calculate_l(7, 9) == l
+    length = 4 * 4 + 4 * 4
+    assert f.calculate_l() == f.calculate_l(n=1, D=2) == f.calculate_l(7, 9) == length
     assert f.calculate_n([1, 2]) == 16
 
 
@@ -319,7 +322,7 @@ def test_calculate_l_ignores_its_arguments():
 def test_w_none_uses_the_modules_own_parameters_and_w_shapes(cls):
     kwargs = {"p": 2} if cls.__name__.startswith("hm") else (
         {"r": 2, "p": 2} if "lphm" in cls.__name__ else {})
-    f = cls(**kwargs, n=4, dims=[2, 6], dtype=torch.float64)
+    f = cls(**kwargs, n=4, dims=[2, 6], dtype=torch.float64, own_parameters=True)
     xs = [torch.randn(3, 5, 2, dtype=torch.float64), torch.randn(3, 5, 6, dtype=torch.float64)]
     w = f.fusion.flat_parameters().detach()
     y = f(xs)
@@ -334,7 +337,7 @@ def test_w_none_uses_the_modules_own_parameters_and_w_shapes(cls):
 
 
 def test_input_errors():
-    f = parameterized_concatenation_fusion(n=4, dims=[2, 4])
+    f = parameterized_concatenation_fusion(n=4, dims=[2, 4], own_parameters=True)
     for empty in ([], (), None):
         with pytest.raises(ValueError, match="the input x cannot be empty"):
             f(empty)
@@ -353,11 +356,12 @@ def test_input_errors():
 # random-matrix adaptation -----------------------------------------------------------------------
 def test_random_matrices_are_seeded_persistent_buffers():
     make = random_matrix_adaption_parameterized_concatenation_fusion
-    a, b = make(r=3, n=4, dims=[2, 2]), make(r=3, n=4, dims=[2, 2])
+    a = make(r=3, n=4, dims=[2, 2], seed=0, own_parameters=True)
+    b = make(r=3, n=4, dims=[2, 2], seed=0, own_parameters=True)
     assert {"fusion.R1", "fusion.R2"} <= set(a.state_dict())
     assert all(not p.dtype.is_complex and p.shape in [(4,), (3,)] for p in a.parameters())
     torch.testing.assert_close(a.fusion.R1, b.fusion.R1)
-    c = make(r=3, n=4, dims=[2, 2], seed=1)
+    c = make(r=3, n=4, dims=[2, 2], seed=1, own_parameters=True)
     assert not torch.equal(a.fusion.R1, c.fusion.R1)
 
     R1, R2 = torch.randn(4, 3), torch.randn(4, 3)
@@ -390,6 +394,7 @@ def test_named_processing_functions_are_registered_modules():
              "function_parameters": {"normalized_shape": 4}},
             {"function_class": "dropout", "function_parameters": {"p": 0.5}},
         ],
+        own_parameters=True,
     )
     assert [type(m) for m in f.preprocess_functions] == [tinybig.LastDimLayerNorm, nn.ReLU]
     assert [type(m) for m in f.postprocess_functions] == [nn.LayerNorm, nn.Dropout]
@@ -417,11 +422,12 @@ def test_processing_is_the_same_for_equal_and_unequal_input_shapes():
     for dims in ([3, 3], [3, 5]):
         seen.clear()
         f = parameterized_concatenation_fusion(n=3, dims=dims, preprocess_functions=record,
-                                               dtype=torch.float64)
+                                               dtype=torch.float64, own_parameters=True)
         xs = [torch.randn(2, d, dtype=torch.float64) for d in dims]
-        assert seen == [] and f(xs) is not None
+        assert seen == []  # construction applies nothing
+        y = f(xs)
         assert seen == [(2, d) for d in dims]  # one call per input, never a stack
-        torch.testing.assert_close(f(xs), torch.cat(xs, -1) @ (2 * f.fusion.W).T)
+        torch.testing.assert_close(y, torch.cat(xs, -1) @ (2 * f.fusion.W).T)
 
 
 def test_processing_errors():
@@ -439,29 +445,32 @@ def test_processing_errors():
                                                     "function_parameters": {"p": 1}})
     with pytest.raises(TypeError, match="must be a callable"):
         parameterized_concatenation_fusion(dims=[4], preprocess_functions=[3])
-    f = parameterized_concatenation_fusion(dims=[4, 4], preprocess_functions=lambda x: x[..., :2])
+    f = parameterized_concatenation_fusion(dims=[4, 4], preprocess_functions=lambda x: x[..., :2],
+                                           own_parameters=True)
     with pytest.raises(ValueError, match=r"preprocess_functions changed input 0 from \(2, 4\) "
                                          r"torch.float32 to \(2, 2\) torch.float32"):
         f([torch.randn(2, 4), torch.randn(2, 4)])
-    f = parameterized_concatenation_fusion(dims=[4], preprocess_functions=lambda x: x.double())
+    f = parameterized_concatenation_fusion(dims=[4], preprocess_functions=lambda x: x.double(),
+                                           own_parameters=True)
     with pytest.raises(ValueError, match=r"to \(2, 4\) torch.float64; they must keep"):
         f([torch.randn(2, 4)])
     f = parameterized_concatenation_fusion(dims=[4])
-    with pytest.raises(TypeError, match="input 0 has dtype torch.float32, but the dtype of the flat "
-                                        "vector w is torch.float64"):
+    with pytest.raises(TypeError, match="input 0 has dtype torch.float32, but the dtype of the "
+                                        "flat vector w is torch.float64"):
         f([torch.randn(2, 4)], w=torch.zeros(1, 16, dtype=torch.float64))
 
 
 def test_dropout_callable_stops_dropping_in_eval():
     # tinybig applies F.dropout in training mode whatever the module's mode.
-    f = parameterized_concatenation_fusion(dims=[8], preprocess_functions=F.dropout).eval()
+    f = parameterized_concatenation_fusion(dims=[8], preprocess_functions=F.dropout,
+                                           own_parameters=True).eval()
     x = [torch.ones(4, 8)]
     torch.testing.assert_close(f(x), x[0] @ f.fusion.W.T)
 
 
 # configs -----------------------------------------------------------------------------------------
 def _all_six():
-    common = dict(n=8, dims=[4, 4])
+    common = dict(n=8, dims=[4, 4], own_parameters=True)
     return [
         parameterized_concatenation_fusion(**common, preprocess_functions=["relu", "layer_norm"]),
         lowrank_parameterized_concatenation_fusion(r=3, **common),
@@ -511,7 +520,7 @@ def test_config_accepts_tinybigs_class_paths_and_short_names():
 def test_config_errors():
     with pytest.raises(ValueError, match="unknown function_parameters"):
         from_config({"function_class": "parameterized_concatenation_fusion",
-                     "function_parameters": {"dims": [4], "parameter_fabrication": None}})
+                     "function_parameters": {"dims": [4], "bogus": None}})
     with pytest.raises(ValueError, match="unknown keys"):
         from_config({"function_class": "parameterized_concatenation_fusion", "device": "cpu"})
     with pytest.raises(TypeError, match="config must be a dict"):
@@ -596,7 +605,8 @@ def test_documented_examples_run():
 
 
 def test_config_with_a_list_as_function_parameters_is_refused():
-    with pytest.raises(TypeError, match=r"config\['function_parameters'\] must be a dict, got list"):
+    with pytest.raises(TypeError,
+                       match=r"config\['function_parameters'\] must be a dict, got list"):
         from_config({"function_class": "hm_parameterized_concatenation_fusion",
                      "function_parameters": []})
     with pytest.raises(TypeError, match=r"function_parameters'\] must be a dict"):
@@ -606,6 +616,8 @@ def test_config_with_a_list_as_function_parameters_is_refused():
 
 
 def test_device_follows_the_parameters():
-    f = hm_parameterized_concatenation_fusion(n=4, dims=[4], p=2).to("meta")
-    assert f.device == torch.device("meta")
-    assert f.to_config()["function_parameters"]["device"] == "meta"
+    for own in (True, False):
+        f = hm_parameterized_concatenation_fusion(n=4, dims=[4], p=2, own_parameters=own)
+        f = f.to("meta")
+        assert f.device == torch.device("meta") and f.device == "meta"
+        assert f.to_config()["function_parameters"]["device"] == "meta"

@@ -1,6 +1,6 @@
 """Drop-in interfaces of other libraries, as thin adapters over the hmfusion family.
 
-- :mod:`hmfusion.compat.tinybig`: tinybig 0.2.1's ``*_parameterized_concatenation_fusion``
-  classes (import ``from hmfusion.compat import tinybig as fusion`` where tinybig users wrote
+- :mod:`hmfusion.compat.tinybig`: tinybig 0.2.1's whole ``tinybig.fusion`` namespace (import
+  ``from hmfusion.compat import tinybig as fusion`` where tinybig users wrote
   ``from tinybig import fusion``).
 """

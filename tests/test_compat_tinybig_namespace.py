@@ -1,0 +1,436 @@
+"""hmfusion.compat.tinybig as a drop-in for the whole tinybig.fusion 0.2.1 namespace.
+
+Against data recorded from tinybig 0.2.1 in float64 (tests/data/tinybig-0.2.1-namespace.json,
+written by tests/data/record_tinybig.py): the outputs of the 13 parameter-free classes, the
+configs tinybig's to_config() returns, a tinybig-style head trained 5 steps, and what tinybig
+does with processing strings. Then parameters, processing attributes, randomness and the base
+class helpers, with references written here in float64.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from hmfusion.compat import tinybig as fusion
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RECORDED = json.loads((ROOT / "tests" / "data" / "tinybig-0.2.1-namespace.json").read_text())
+TOL = {"atol": 1e-12, "rtol": 0.0}
+
+TINYBIG_FUSION_NAMESPACE = [  # dir(tinybig.fusion) 0.2.1, minus its submodule basic_fusion
+    "average_fusion", "concatenation_fusion", "dual_lphm_parameterized_concatenation_fusion",
+    "fusion", "hm_parameterized_concatenation_fusion", "lowrank_parameterized_concatenation_fusion",
+    "lphm_parameterized_concatenation_fusion", "max_fusion", "mean_fusion", "median_fusion",
+    "metric_fusion", "min_fusion", "parameterized_concatenation_fusion",
+    "parameterized_weighted_summation_fusion", "prod_fusion",
+    "random_matrix_adaption_parameterized_concatenation_fusion", "sum_fusion",
+    "summation_fusion", "weighted_summation_fusion",
+]
+SIX = fusion.config.PARAMETERIZED_CLASSES
+
+
+def t64(value) -> torch.Tensor:
+    return torch.tensor(value, dtype=torch.float64)
+
+
+def six_instances(**common):
+    kwargs = dict(n=4, dims=[2, 6], **common)
+    return [
+        fusion.parameterized_concatenation_fusion(**kwargs),
+        fusion.lowrank_parameterized_concatenation_fusion(r=2, **kwargs),
+        fusion.hm_parameterized_concatenation_fusion(p=2, q=4, **kwargs),
+        fusion.lphm_parameterized_concatenation_fusion(r=1, p=2, q=4, **kwargs),
+        fusion.dual_lphm_parameterized_concatenation_fusion(r=1, p=2, q=4, **kwargs),
+        fusion.random_matrix_adaption_parameterized_concatenation_fusion(r=2, **kwargs),
+    ]
+
+
+# the namespace and its recorded outputs --------------------------------------------------------
+def test_every_name_of_tinybig_fusion_is_here():
+    for name in TINYBIG_FUSION_NAMESPACE:
+        assert name in fusion.__all__ and isinstance(getattr(fusion, name), type), name
+        assert issubclass(getattr(fusion, name), fusion.fusion)
+        assert getattr(fusion, name).__doc__, name
+
+
+@pytest.mark.parametrize("case", RECORDED["outputs"],
+                         ids=lambda c: f"{c['class']}{c['kwargs']['dims']}")
+def test_parameter_free_fusions_reproduce_tinybig(case):
+    kwargs = dict(case["kwargs"])
+    if "weights" in kwargs:
+        kwargs["weights"] = t64(kwargs["weights"])
+    f = getattr(fusion, case["class"])(**kwargs)
+    xs = [t64(x) for x in case["x"]]
+    w = None if case["w"] is None else t64(case["w"])
+    assert f.calculate_n() == case["n"] and f.calculate_l() == case["l"]
+    torch.testing.assert_close(f(x=xs, w=w), t64(case["output"]), **TOL)
+
+
+def test_parameter_free_fusions_against_plain_formulas():
+    xs = [torch.randn(3, 4, dtype=torch.float64) for _ in range(4)]
+    stacked = torch.stack(xs)
+    expected = {
+        "sum_fusion": stacked.sum(0), "summation_fusion": stacked.sum(0),
+        "mean_fusion": stacked.mean(0), "average_fusion": stacked.mean(0),
+        "max_fusion": stacked.amax(0), "min_fusion": stacked.amin(0),
+        "prod_fusion": stacked.prod(0),
+        "median_fusion": stacked.sort(0).values[1],  # the lower of the two middle values
+        "l1_norm_fusion": stacked.abs().sum(0), "l2_norm_fusion": stacked.square().sum(0).sqrt(),
+        "concatenation_fusion": torch.cat(xs, -1),
+    }
+    for name, reference in expected.items():
+        torch.testing.assert_close(getattr(fusion, name)(dims=[4] * 4)(xs), reference, **TOL)
+    weights = t64([0.5, -1.0, 2.0, 0.25])
+    f = fusion.weighted_summation_fusion(dims=[4] * 4, weights=weights)
+    torch.testing.assert_close(f(xs), sum(a * x for a, x in zip(weights, xs)), **TOL)
+    f = fusion.parameterized_weighted_summation_fusion(dims=[4] * 4)
+    assert f.calculate_l() == 4
+    torch.testing.assert_close(f(xs, w=weights[None]), sum(a * x for a, x in zip(weights, xs)))
+
+
+def test_fixed_weights_follow_the_inputs_device():
+    for f in [fusion.summation_fusion(dims=[2, 2]), fusion.average_fusion(dims=[2, 2]),
+              fusion.weighted_summation_fusion(dims=[2, 2], weights=[1.0, 2.0])]:
+        y = f([torch.ones(3, 2, device="meta"), torch.ones(3, 2, device="meta")])
+        assert y.device.type == "meta" and y.shape == (3, 2)
+
+
+def test_parameter_free_fusions_raise_clear_errors():
+    with pytest.raises(ValueError, match="expected 3 inputs"):
+        fusion.weighted_summation_fusion(dims=[2] * 3, weights=[1.0] * 3)([torch.ones(1, 2)] * 2)
+    with pytest.raises(ValueError, match="w is required"):
+        fusion.parameterized_weighted_summation_fusion(dims=[2, 2])([torch.ones(1, 2)] * 2)
+    with pytest.raises(ValueError, match="weights is required"):
+        fusion.weighted_summation_fusion(dims=[2, 2])([torch.ones(1, 2)] * 2)
+    with pytest.raises(ValueError, match="must share their shape"):
+        fusion.max_fusion(dims=None)([torch.ones(1, 2), torch.ones(2, 2)])
+    with pytest.raises(ValueError, match="same width"):
+        fusion.mean_fusion(dims=[2, 3]).calculate_n()
+    with pytest.raises(ValueError, match="not one of"):
+        fusion.metric_fusion(dims=[2], metric="os.system")
+    with pytest.raises(ValueError, match="cannot be empty"):
+        fusion.concatenation_fusion(dims=[2])([])
+
+
+# parameters like tinybig's ---------------------------------------------------------------------
+def test_with_external_w_a_fusion_owns_nothing():
+    for f in six_instances():
+        assert list(f.parameters()) == [], type(f).__name__
+        expected = {"R1", "R2"} if "random" in type(f).__name__ else set()
+        assert set(f.state_dict()) == expected
+        assert f.fusion is None
+        with pytest.raises(ValueError, match="w is required.*own_parameters=True"):
+            f([torch.randn(3, 2), torch.randn(3, 6)])
+
+
+def test_own_parameters_on_request_and_gradients_into_w():
+    for external, own in zip(six_instances(dtype=torch.float64),
+                             six_instances(dtype=torch.float64, own_parameters=True)):
+        assert own.fusion is not None and len(list(own.parameters())) > 0
+        if "random" in type(own).__name__:
+            external.set_random_matrices(own.fusion.R1, own.fusion.R2)
+        xs = [torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)]
+        w = own.fusion.flat_parameters().detach().requires_grad_()
+        torch.testing.assert_close(external(xs, w=w), own(xs), **TOL)
+        external(xs, w=w).sum().backward()
+        assert w.grad is not None and w.grad.abs().sum() > 0
+
+
+class Head(nn.Module):
+    """The recorder's tinybig-style head: it owns the flat vector w of its fusion."""
+
+    def __init__(self, fusion_module):
+        super().__init__()
+        self.linear = nn.Linear(6, 6, dtype=torch.float64)
+        self.channel_fusion = fusion_module
+        self.w_channel_fusion = nn.Parameter(
+            torch.zeros(1, fusion_module.calculate_l(), dtype=torch.float64))
+
+    def forward(self, x):
+        return self.channel_fusion(x=[self.linear(x[0]), x[1]], w=self.w_channel_fusion,
+                                   device="cpu")
+
+
+def _state(recorded):
+    return {key: t64(value) for key, value in recorded.items()}
+
+
+def test_tinybig_checkpoint_trains_and_loads_strictly_with_the_import_swapped():
+    record = RECORDED["checkpoint"]
+    make = getattr(fusion, record["fusion"]["class"])
+    head = Head(make(**record["fusion"]["kwargs"], layout="tinybig-0.2.1"))
+    # the same keys both ways: tinybig's checkpoint loads here, and ours into tinybig's head
+    assert set(head.state_dict()) == set(record["state_dict"])
+    head.load_state_dict(_state(record["initial_state_dict"]), strict=True)
+    optimizer = torch.optim.SGD(head.parameters(), lr=record["lr"])
+    train = [t64(x) for x in record["train_x"]]
+    losses = []
+    for _ in record["losses"]:
+        optimizer.zero_grad()
+        loss = (head(train) - t64(record["train_target"])).square().mean()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    torch.testing.assert_close(t64(losses), t64(record["losses"]), **TOL)
+    for key, value in _state(record["state_dict"]).items():
+        torch.testing.assert_close(head.state_dict()[key], value, **TOL)
+
+    reloaded = Head(make(**record["fusion"]["kwargs"], layout="tinybig-0.2.1"))
+    reloaded.load_state_dict(_state(record["state_dict"]), strict=True)
+    probe = [t64(x) for x in record["probe"]]
+    torch.testing.assert_close(reloaded(probe), t64(record["output"]), **TOL)
+
+
+def test_legacy_layout_is_a_module_of_its_own():
+    f = fusion.hm_parameterized_concatenation_fusion(2, 3, n=4, dims=[6, 6],
+                                                      layout="tinybig-0.2.1", own_parameters=True)
+    assert isinstance(f.fusion, fusion.TinybigLegacyKronecker)
+    w = torch.randn(f.calculate_l(), dtype=torch.float64)
+    a, b = w.split([6, 8])  # tinybig: einsum('pq,st->psqt') of the flat rows, viewed n×D
+    reference = torch.einsum("pq,st->psqt", a[None], b[None]).reshape(4, 12)
+    torch.testing.assert_close(f.parameter_fabrication(w), reference, **TOL)
+
+
+# configs ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("record", RECORDED["configs"],
+                         ids=lambda r: f"{r['class']}{len(r['to_config']['function_parameters'])}")
+def test_tinybigs_to_config_output_loads(record):
+    config = record["to_config"]
+    assert config["function_class"].startswith("tinybig.fusion.")
+    f = fusion.from_config(config)
+    assert type(f).__name__ == record["class"]
+    assert f.calculate_n() == record["n"] and f.calculate_l() == record["l"]
+    assert f.get_dims() == config["function_parameters"]["dims"]
+    # in memory, tinybig's dict holds OrderedDicts, sets and module objects: dropped as well
+    parameters = dict(config["function_parameters"], _forward_hooks=OrderedDict(),
+                      _non_persistent_buffers_set=set(), _modules={"x": nn.ReLU()})
+    assert type(fusion.from_config(dict(config, function_parameters=parameters))) is type(f)
+    assert not any(name == "tinybig" or name.startswith("tinybig.") for name in sys.modules)
+
+
+def test_tinybig_config_with_processing_modules_rebuilds_them():
+    record = RECORDED["configs"][1]
+    f = fusion.from_config(record["to_config"])
+    assert [type(m) for m in f.preprocess_functions] == [nn.ReLU]
+    assert [type(m) for m in f.postprocess_functions] == [nn.LayerNorm]
+    assert f.postprocess_functions[0].normalized_shape == (4,)
+    assert f.get_dims() == [3, 3]  # JSON has no tuples; from Python a tuple stays a tuple
+    assert fusion.parameterized_concatenation_fusion(n=4, dims=(3, 3)).get_dims() == (3, 3)
+
+
+def test_unknown_keys_still_raise_next_to_tinybigs():
+    config = json.loads(json.dumps(RECORDED["configs"][3]["to_config"]))
+    config["function_parameters"]["bogus"] = 1
+    with pytest.raises(ValueError, match=r"unknown function_parameters \['bogus'\]"):
+        fusion.from_config(config)
+
+
+def test_yaml_as_tinybig_users_write_it():
+    text = """
+function_class: tinybig.fusion.hm_parameterized_concatenation_fusion
+function_parameters:
+  p: 2
+  q: 4
+  n: 4
+  dims: [4, 4]
+  preprocess_function_configs:
+    - function_class: torch.nn.ReLU
+      device: cpu
+    - function_class: torch.nn.Dropout
+      function_parameters: {p: 0.1}
+"""
+    f = fusion.from_config(yaml.safe_load(text))
+    assert isinstance(f, fusion.hm_parameterized_concatenation_fusion)
+    assert [type(m) for m in f.preprocess_functions] == [nn.ReLU, nn.Dropout]
+    f = fusion.from_config(yaml.safe_load("function_class: tinybig.fusion.max_fusion\n"
+                                          "function_parameters: {dims: [2, 2]}\n"))
+    assert f([torch.ones(1, 2), 2 * torch.ones(1, 2)]).tolist() == [[2.0, 2.0]]
+
+
+def test_own_configs_round_trip_for_the_whole_namespace():
+    for name in fusion.config.CLASSES:
+        cls = getattr(fusion, name.__name__)
+        kwargs = {"dims": [4, 4]}
+        if cls is fusion.metric_fusion:
+            kwargs["metric"] = "batch_median"
+        elif cls is fusion.weighted_summation_fusion:
+            kwargs["weights"] = [0.5, 0.5]
+        elif "lphm" in cls.__name__:
+            kwargs.update(r=1, p=2)
+        elif cls.__name__.startswith("hm"):
+            kwargs["p"] = 2
+        f = cls(**kwargs)
+        config = json.loads(json.dumps(f.to_config()))
+        assert fusion.from_config(config).to_config() == config, cls.__name__
+
+
+# processing functions ---------------------------------------------------------------------------
+@pytest.mark.parametrize("record", RECORDED["processing_strings"], ids=lambda r: r["name"])
+def test_processing_strings(record):
+    x = t64(record["x"])
+    ours = fusion.fusion.func_x(x, [record["name"]])
+    if not record["warned"]:  # tinybig applies it: the same result
+        torch.testing.assert_close(ours, t64(record["output"]), **TOL)
+    else:  # tinybig 0.2.1 warns and returns x unchanged; we apply the function named
+        torch.testing.assert_close(t64(record["output"]), x, **TOL)
+        expected = F.relu(x) if record["name"] == "torch.nn.ReLU" else F.elu(x)
+        torch.testing.assert_close(ours, expected, **TOL)
+
+
+def test_processing_functions_are_assignable_with_tinybigs_semantics():
+    f = fusion.parameterized_concatenation_fusion(n=2, dims=[2, 2], dtype=torch.float64)
+    x = torch.randn(3, 2, dtype=torch.float64)
+    for value, expected in [
+        ([lambda t: t + 1, "relu"], F.relu(x + 1)),
+        ((torch.exp,), torch.exp(x)),
+        ("torch.exp", torch.exp(x)),
+        (torch.sigmoid, torch.sigmoid(x)),
+        (nn.Tanh(), torch.tanh(x)),
+        (None, x),
+        ([], x),
+    ]:
+        f.preprocess_functions = value
+        assert isinstance(f.preprocess_functions, nn.ModuleList)
+        torch.testing.assert_close(f.pre_process(x), expected, **TOL)
+    other = fusion.sum_fusion(dims=[2], preprocess_functions=["relu", "tanh"])
+    f.preprocess_functions = other.preprocess_functions  # a ModuleList is a list, not one step
+    torch.testing.assert_close(f.pre_process(x), torch.tanh(F.relu(x)), **TOL)
+    f.postprocess_functions = [nn.LayerNorm(2, dtype=torch.float64)]
+    assert "postprocess_functions.0.weight" in dict(f.named_parameters())
+    with pytest.raises(ValueError, match="not an allowed processing function"):
+        f.preprocess_functions = ["os.system"]
+    with pytest.raises(TypeError, match="must be a callable"):
+        f.postprocess_functions = [3]
+
+
+@pytest.mark.parametrize("how", ["module", "config", "assigned"])
+def test_in_place_preprocessing_is_refused(how):
+    config = {"function_class": "torch.nn.ReLU", "function_parameters": {"inplace": True}}
+    with pytest.raises(ValueError, match="inplace=True.*caller's input"):
+        if how == "module":
+            fusion.concatenation_fusion(dims=[2], preprocess_functions=nn.ReLU(inplace=True))
+        elif how == "config":
+            fusion.from_config({"function_class": "tinybig.fusion.sum_fusion",
+                                "function_parameters": {"dims": [2],
+                                                        "preprocess_function_configs": config}})
+        else:
+            fusion.sum_fusion(dims=[2]).preprocess_functions = [nn.Dropout(0.5, inplace=True)]
+
+
+def test_processing_never_mutates_the_callers_inputs():
+    for f in [fusion.sum_fusion(dims=[3, 3], preprocess_functions=["relu", "dropout"]),
+              fusion.parameterized_concatenation_fusion(n=2, dims=[3, 3],
+                                                        preprocess_functions=[nn.ReLU()])]:
+        xs = [torch.randn(4, 3), torch.randn(4, 3)]
+        before = [x.clone() for x in xs]
+        f(xs, w=torch.randn(12) if f.calculate_l() else None)
+        for x, b in zip(xs, before):
+            assert torch.equal(x, b)
+
+
+# the base class's API -----------------------------------------------------------------------------
+def test_base_class_helpers():
+    x = t64([[-1.0, 0.5]])
+    torch.testing.assert_close(fusion.fusion.func_x(x, None), x)
+    torch.testing.assert_close(fusion.fusion.func_x(x, "sigmoid"), torch.sigmoid(x))
+    torch.testing.assert_close(fusion.fusion.str_func_x(x, F.gelu), F.gelu(x))
+    assert fusion.fusion.functions_to_configs(None) is None
+    assert fusion.fusion.functions_to_configs([F.relu, "layer_norm"]) == [
+        {"function_class": "torch.nn.ReLU", "function_parameters": {"inplace": False}},
+        {"function_class": "layer_norm", "function_parameters": {"eps": 1e-5}},
+    ]
+    with pytest.raises(ValueError, match="cannot be written to a config"):
+        fusion.fusion.functions_to_configs(lambda t: t)
+    square = fusion.fusion.string_to_function("exp(x) - x**2 / 2", "x")
+    assert square(0.0) == 1.0 and square(2.0) == pytest.approx(2.718281828459045 ** 2 - 2)
+
+
+def test_string_to_function_never_runs_code(tmp_path):
+    marker = tmp_path / "ran"
+    for formula in [f"__import__('os').system('touch {marker}')", "x.__class__", "open('f')",
+                    "[x for x in ()]", "lambda: 1"]:
+        with pytest.raises(ValueError, match="may use only|is not a formula"):
+            fusion.fusion.string_to_function(formula, "x")
+    assert not marker.exists()
+
+
+def test_device_attribute_is_tinybigs_string_and_forward_honours_device():
+    f = fusion.hm_parameterized_concatenation_fusion(p=2, n=4, dims=[4])
+    assert f.device == "cpu" and f.device == torch.device("cpu") and isinstance(f.device, str)
+    assert f.to_config()["function_parameters"]["device"] == "cpu"
+    x, w = [torch.randn(2, 4)], torch.randn(f.calculate_l())
+    torch.testing.assert_close(f(x, w, device="cpu"), f(x, w))
+    with pytest.raises(ValueError, match="device of the flat vector w is meta"):
+        f(x, w, device="meta")  # W is moved where tinybig would move it
+    owning = fusion.hm_parameterized_concatenation_fusion(p=2, n=4, dims=[4], own_parameters=True)
+    assert owning.device == "cpu"
+    owning.fusion.to("meta")  # moved behind the adapter's back: the tensors' device wins
+    assert owning.device == "meta"
+    with pytest.raises(ValueError, match="is not a device"):
+        fusion.concatenation_fusion(dims=[2], device="warp-drive")
+
+
+def test_get_dim_out_of_bounds_is_tinybigs_index_error():
+    f = fusion.concatenation_fusion(dims=[1, 2])
+    with pytest.raises(IndexError, match="out of bounds"):
+        f.get_dim(2)
+    assert fusion.concatenation_fusion().get_dim(0) is None and f.get_num() == 2
+
+
+# randomness ---------------------------------------------------------------------------------
+def test_construction_leaves_the_global_rng_alone():
+    state = torch.random.get_rng_state()
+    for f in six_instances():
+        assert f.calculate_l() > 0
+    fusion.metric_fusion(dims=[2, 2], metric="batch_max")
+    for name in TINYBIG_FUSION_NAMESPACE:
+        cls = getattr(fusion, name)
+        if cls not in SIX and cls is not fusion.metric_fusion:
+            cls(dims=[2, 2])
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_own_parameters_draw_from_the_global_rng_like_nn_linear():
+    torch.manual_seed(3)
+    a = fusion.hm_parameterized_concatenation_fusion(p=2, n=4, dims=[4], own_parameters=True)
+    torch.manual_seed(3)
+    b = fusion.hm_parameterized_concatenation_fusion(p=2, n=4, dims=[4], own_parameters=True)
+    torch.testing.assert_close(a.fusion.flat_parameters(), b.fusion.flat_parameters())
+
+
+def test_random_matrices_without_a_seed_are_independent_and_saved():
+    make = fusion.random_matrix_adaption_parameterized_concatenation_fusion
+    a, b = make(r=2, n=4, dims=[3, 3]), make(r=2, n=4, dims=[3, 3])
+    assert a.seed != b.seed and not torch.equal(a.R1, b.R1)
+    c = make(r=2, n=4, dims=[3, 3])
+    c.load_state_dict(a.state_dict())
+    xs, w = [torch.randn(2, 3), torch.randn(2, 3)], torch.randn(6)
+    torch.testing.assert_close(c(xs, w), a(xs, w), **TOL)
+    rebuilt = fusion.from_config(a.to_config())  # the config keeps the seed drawn
+    assert torch.equal(rebuilt.R1, a.R1) and torch.equal(rebuilt.R2, a.R2)
+    owning = make(r=2, n=4, dims=[3, 3], seed=a.seed, own_parameters=True)
+    assert torch.equal(owning.fusion.R1, a.R1)  # a seed means the same matrices either way
+
+
+def test_set_random_matrices_in_float64_is_exact():
+    R1, R2 = torch.randn(4, 2, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    f = fusion.random_matrix_adaption_parameterized_concatenation_fusion(
+        r=2, n=4, dims=[3, 3], dtype=torch.float64)
+    f.set_random_matrices(R1, R2)
+    assert torch.equal(f.R1, R1) and torch.equal(f.R2, R2)
+    w = torch.randn(6, dtype=torch.float64)
+    xs = [torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)]
+    W = torch.diag(w[:4]) @ R1 @ torch.diag(w[4:]) @ R2.T
+    torch.testing.assert_close(f(xs, w), torch.cat(xs, -1) @ W.T, **TOL)
+    g = fusion.random_matrix_adaption_parameterized_concatenation_fusion(r=2, n=4, dims=[3, 3])
+    g.set_random_matrices(R1, R2)  # a float32 module keeps its dtype (documented)
+    assert g.R1.dtype == torch.float32 and torch.equal(g.R1, R1.float())

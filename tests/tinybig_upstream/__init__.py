@@ -1,0 +1,1 @@
+"""tinybig's fusion unit tests (a package, so their module names cannot clash with ours)."""
