@@ -1,0 +1,94 @@
+"""MkDocs hooks for the hmfusion site (mkdocs.yml: ``hooks:``).
+
+- The benchmark's artefacts stay where the benchmark writes them (``benchmarks/``); the site
+  serves them as ``benchmark/speedup.png`` and ``benchmark/results.json`` without copies, so
+  the benchmark page (which includes ``benchmarks/RESULTS.md``) keeps its relative links.
+- Every name a reference page documents must have a docstring of its own: mkdocstrings shows
+  undocumented names silently, so this hook logs a warning for each one, and ``strict: true``
+  turns the warnings into a failed build. The names checked are those in ``__all__`` of every
+  module a page renders with ``::: module``; a class's public methods and properties are
+  checked too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from mkdocs.config.defaults import MkDocsConfig
+from mkdocs.structure.files import File, Files
+
+log = logging.getLogger("mkdocs.hooks.hmfusion")
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCHMARK_FILES = {
+    "benchmark/speedup.png": "benchmarks/speedup.png",
+    "benchmark/results.json": "benchmarks/results.json",
+}
+_DIRECTIVE = re.compile(r"^:::\s+([\w.]+)", re.M)
+
+
+def on_files(files: Files, config: MkDocsConfig) -> Files:
+    for uri, source in BENCHMARK_FILES.items():
+        files.append(File.generated(config, uri, abs_src_path=str(ROOT / source)))
+    return files
+
+
+def on_pre_build(config: MkDocsConfig) -> None:
+    sys.path.insert(0, str(ROOT / "src"))
+    try:
+        for module_name in sorted(_documented_modules(Path(config.docs_dir))):
+            for name in undocumented_names(module_name):
+                log.warning("%s has no docstring of its own (every public name needs one)", name)
+    finally:
+        sys.path.remove(str(ROOT / "src"))
+
+
+def _documented_modules(docs_dir: Path) -> set[str]:
+    return {
+        match
+        for page in docs_dir.rglob("*.md")
+        for match in _DIRECTIVE.findall(page.read_text(encoding="utf-8"))
+    }
+
+
+def _own_doc(obj: Any) -> str | None:
+    """The object's own docstring; for a class, not one inherited or generated for it."""
+    if not inspect.isclass(obj):
+        return getattr(obj, "__doc__", None)
+    doc = obj.__dict__.get("__doc__")
+    # NamedTuple and dataclass write "Name(field, ...)", 3.11's Enum "An enumeration."
+    if doc and (doc == "An enumeration." or re.fullmatch(rf"{obj.__name__}\(.*\)", doc, re.S)):
+        return None
+    return doc
+
+
+def undocumented_names(module_name: str) -> list[str]:
+    """Dotted names exported by the module (``__all__``) that have no docstring of their own."""
+    module = importlib.import_module(module_name)
+    missing = [] if module.__doc__ else [module_name]
+    for name in getattr(module, "__all__", ()):
+        obj = getattr(module, name)
+        qualified = f"{module_name}.{name}"
+        if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            continue  # constants and aliases: documented by a ``#:`` comment or the module
+        if not _own_doc(obj):
+            missing.append(qualified)
+        if inspect.isclass(obj):
+            for attr, value in vars(obj).items():
+                if attr.startswith("_"):
+                    continue
+                if isinstance(value, (staticmethod, classmethod)):
+                    value = value.__func__
+                if isinstance(value, property) or inspect.isfunction(value):
+                    # a method overriding a documented one may keep the base's docstring
+                    if not inspect.getdoc(
+                        getattr(obj, attr) if inspect.isfunction(value) else value
+                    ):
+                        missing.append(f"{qualified}.{attr}")
+    return missing
