@@ -8,6 +8,9 @@
   turns the warnings into a failed build. The names checked are those in ``__all__`` of every
   module a page renders with ``::: module``; a class's public methods and properties are
   checked too.
+- Every public module has a reference page: each ``hmfusion.<name>`` and
+  ``hmfusion.compat.<name>`` (not private, not listed in ``NOT_REFERENCED``) must be the target
+  of a ``::: module`` line under docs/, or the build fails saying which page to add.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import pkgutil
 import re
 import sys
 from pathlib import Path
@@ -30,6 +34,8 @@ BENCHMARK_FILES = {
     "benchmark/speedup.png": "benchmarks/speedup.png",
     "benchmark/results.json": "benchmarks/results.json",
 }
+# Modules that need no page of their own: the entry point's dispatch and ``python -m``.
+NOT_REFERENCED = {"hmfusion.cli", "hmfusion.__main__"}
 _DIRECTIVE = re.compile(r"^:::\s+([\w.]+)", re.M)
 
 
@@ -42,11 +48,30 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
 def on_pre_build(config: MkDocsConfig) -> None:
     sys.path.insert(0, str(ROOT / "src"))
     try:
-        for module_name in sorted(_documented_modules(Path(config.docs_dir))):
+        documented = _documented_modules(Path(config.docs_dir))
+        for module_name in sorted(public_modules() - documented - NOT_REFERENCED):
+            log.warning(
+                "%s has no reference page: add docs/reference/<name>.md holding "
+                "'::: %s' and list it under Reference in mkdocs.yml's nav",
+                module_name,
+                module_name,
+            )
+        for module_name in sorted(documented):
             for name in undocumented_names(module_name):
                 log.warning("%s has no docstring of its own (every public name needs one)", name)
     finally:
         sys.path.remove(str(ROOT / "src"))
+
+
+def public_modules() -> set[str]:
+    """``hmfusion.<name>`` and ``hmfusion.compat.<name>`` for every name without a leading _."""
+    names = set()
+    for package_name in ("hmfusion", "hmfusion.compat"):
+        package = importlib.import_module(package_name)
+        for info in pkgutil.iter_modules(package.__path__, prefix=package_name + "."):
+            if not info.name.rsplit(".", 1)[1].startswith("_") and info.name != "hmfusion.compat":
+                names.add(info.name)
+    return names
 
 
 def _documented_modules(docs_dir: Path) -> set[str]:
