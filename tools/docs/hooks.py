@@ -4,7 +4,7 @@
   serves them as ``benchmark/speedup.png`` and ``benchmark/results.json`` without copies, so
   the benchmark page (which includes ``benchmarks/RESULTS.md``) keeps its relative links.
 - Every name a reference page documents must have a docstring of its own: mkdocstrings shows
-  undocumented names silently, so this hook logs a warning for each one, and ``strict: true``
+  undocumented names silently, so this hook logs a warning for each one, and ``--strict``
   turns the warnings into a failed build. The names checked are those in ``__all__`` of every
   module a page renders with ``::: module``; a class's public methods and properties are
   checked too.
