@@ -98,3 +98,17 @@ def test_every_public_module_is_listed(hooks):
     assert "hmfusion.compat.tinybig" in modules
     assert not any(name.rsplit(".", 1)[1].startswith("_") for name in modules)
 
+
+def test_modules_without_a_written_page_get_a_generated_one(hooks, tmp_path):
+    (tmp_path / "reference").mkdir()
+    (tmp_path / "reference" / "fusion.md").write_text("# x\n\n::: hmfusion.fusion\n")
+    config = types.SimpleNamespace(
+        docs_dir=str(tmp_path), nav=[{"Home": "index.md"}, {"Reference": ["reference/index.md"]}]
+    )
+    hooks.on_config(config)
+    generated = dict(pair for entry in config.nav[1]["Reference"][1:] for pair in entry.items())
+    assert "hmfusion.fusion" not in generated
+    assert generated["hmfusion.structures"] == "reference/structures.md"
+    assert generated["hmfusion.compat.tinybig"] == "reference/compat-tinybig.md"
+    assert not hooks.NOT_REFERENCED & set(generated)
+    assert set(generated) == hooks.public_modules() - hooks.NOT_REFERENCED - {"hmfusion.fusion"}

@@ -9,8 +9,10 @@
   module a page renders with ``::: module``; a class's public methods and properties are
   checked too.
 - Every public module has a reference page: each ``hmfusion.<name>`` and
-  ``hmfusion.compat.<name>`` (not private, not listed in ``NOT_REFERENCED``) must be the target
-  of a ``::: module`` line under docs/, or the build fails saying which page to add.
+  ``hmfusion.compat.<name>`` (not private, not listed in ``NOT_REFERENCED``) that no page under
+  docs/ renders with ``::: module`` gets a generated page, ``reference/<name>.md`` holding
+  ``::: module``, listed under Reference in the navigation after the written ones. Write
+  ``docs/reference/<name>.md`` (and its nav entry) to give a module an introduction.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from mkdocs.structure.files import File, Files
 log = logging.getLogger("mkdocs.hooks.hmfusion")
 
 ROOT = Path(__file__).resolve().parents[2]
+_SRC = str(ROOT / "src")
 BENCHMARK_FILES = {
     "benchmark/speedup.png": "benchmarks/speedup.png",
     "benchmark/results.json": "benchmarks/results.json",
@@ -37,30 +40,42 @@ BENCHMARK_FILES = {
 # Modules that need no page of their own: the entry point's dispatch and ``python -m``.
 NOT_REFERENCED = {"hmfusion.cli", "hmfusion.__main__"}
 _DIRECTIVE = re.compile(r"^:::\s+([\w.]+)", re.M)
+# module -> URI of its generated reference page (filled by on_config for this build)
+_GENERATED: dict[str, str] = {}
+
+
+def on_config(config: MkDocsConfig) -> MkDocsConfig:
+    if _SRC not in sys.path:  # document this checkout's package, whatever is installed
+        sys.path.insert(0, _SRC)
+    written = _documented_modules(Path(config.docs_dir))
+    _GENERATED.clear()
+    for module_name in sorted(public_modules() - written - NOT_REFERENCED):
+        _GENERATED[module_name] = f"reference/{reference_slug(module_name)}.md"
+    for entry in config.nav or []:
+        if isinstance(entry, dict) and isinstance(entry.get("Reference"), list):
+            entry["Reference"].extend({name: uri} for name, uri in _GENERATED.items())
+    return config
 
 
 def on_files(files: Files, config: MkDocsConfig) -> Files:
     for uri, source in BENCHMARK_FILES.items():
         files.append(File.generated(config, uri, abs_src_path=str(ROOT / source)))
+    for module_name, uri in _GENERATED.items():
+        content = f"# {module_name}\n\n::: {module_name}\n"
+        files.append(File.generated(config, uri, content=content))
     return files
 
 
 def on_pre_build(config: MkDocsConfig) -> None:
-    sys.path.insert(0, str(ROOT / "src"))
-    try:
-        documented = _documented_modules(Path(config.docs_dir))
-        for module_name in sorted(public_modules() - documented - NOT_REFERENCED):
-            log.warning(
-                "%s has no reference page: add docs/reference/<name>.md holding "
-                "'::: %s' and list it under Reference in mkdocs.yml's nav",
-                module_name,
-                module_name,
-            )
-        for module_name in sorted(documented):
-            for name in undocumented_names(module_name):
-                log.warning("%s has no docstring of its own (every public name needs one)", name)
-    finally:
-        sys.path.remove(str(ROOT / "src"))
+    documented = _documented_modules(Path(config.docs_dir)) | set(_GENERATED)
+    for module_name in sorted(documented):
+        for name in undocumented_names(module_name):
+            log.warning("%s has no docstring of its own (every public name needs one)", name)
+
+
+def reference_slug(module_name: str) -> str:
+    """``hmfusion.compat.tinybig`` -> ``compat-tinybig``: the page name of a module."""
+    return module_name.removeprefix("hmfusion.").replace(".", "-")
 
 
 def public_modules() -> set[str]:
