@@ -1,0 +1,220 @@
+"""The built documentation site in a real browser: the math renders and nothing leaves the machine.
+
+Opens pages of the site built by ``mkdocs build --strict`` (into ``site/``) in headless Debian
+chromium, served from 127.0.0.1, and checks that KaTeX rendered every formula (``.katex``
+elements, no raw ``$``, ``\\(`` or ``\\[`` left in the text) and that every request the pages
+made went to the site itself. Requests are read from chromium's NetLog (``--log-net-log``):
+those a page initiated carry the page's origin as initiator, the navigation is the main-frame
+request, and chromium's own background requests (updates, time, autofill) carry none and are
+not the site's doing. ``--host-resolver-rules`` also makes every other host unresolvable, so
+nothing can leave while the test runs.
+
+Marked ``docs``. `.ci/run` builds the site, installs chromium and runs these tests with
+HMFUSION_DOCS_REQUIRED=1 (a missing site or browser then fails); elsewhere they skip cleanly
+when either is missing.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from typing import NamedTuple
+
+import pytest
+
+pytestmark = pytest.mark.docs
+
+SITE = pathlib.Path(__file__).resolve().parents[1] / "site"
+REQUIRED = os.environ.get("HMFUSION_DOCS_REQUIRED") == "1"
+PAGES = ("reference/fusion/", "how-it-works/")
+
+
+def _require(condition: bool, reason: str) -> None:
+    if not condition:
+        if REQUIRED:
+            pytest.fail(reason + " (HMFUSION_DOCS_REQUIRED=1)")
+        pytest.skip(reason)
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    _require(found is not None, "chromium is not installed (apt-get install chromium)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def serve() -> Iterator:
+    """serve(directory) -> the http://127.0.0.1:<port> origin serving it, for this module."""
+    servers = []
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    def start(directory: pathlib.Path) -> str:
+        handler = functools.partial(Quiet, directory=str(directory))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+class Request(NamedTuple):
+    url: str
+    initiator: str
+    request_type: str
+
+
+class Page(NamedTuple):
+    dom: str
+    requests: list[Request]
+
+
+def load(url: str, workdir: pathlib.Path) -> Page:
+    """The DOM of ``url`` after its scripts ran, and every URL request chromium started."""
+    netlog = workdir / "netlog.json"
+    command = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-extensions",
+        f"--user-data-dir={workdir / 'profile'}",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        f"--log-net-log={netlog}",
+        "--virtual-time-budget=15000",
+        "--dump-dom",
+        url,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return Page(result.stdout, _requests(netlog))
+
+
+def _requests(netlog: pathlib.Path) -> list[Request]:
+    text = netlog.read_text(encoding="utf-8")
+    try:
+        log = json.loads(text)
+    except json.JSONDecodeError:  # a log cut short lacks its closing brackets
+        log = json.loads(text.rstrip().rstrip(",") + "]}")
+    start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    return [
+        Request(p["url"], p.get("initiator", ""), p.get("request_type", ""))
+        for p in (e.get("params", {}) for e in log["events"] if e["type"] == start_job)
+        if "url" in p  # the event's end carries no parameters
+    ]
+
+
+def site_requests(page: Page, origin: str) -> list[Request]:
+    """The requests the page made: its navigation and whatever its documents initiated."""
+    return [
+        r
+        for r in page.requests
+        if r.request_type == "main frame" or r.initiator not in ("", "not an origin")
+    ]
+
+
+def outside(requests: list[Request], origin: str) -> list[str]:
+    return [r.url for r in requests if not r.url.startswith(origin + "/")]
+
+
+class _MathReport(HTMLParser):
+    """Counts KaTeX output and collects the text a reader sees outside code."""
+
+    SKIP = {"script", "style", "pre", "code", "annotation", "noscript"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classes: dict[str, int] = {}
+        self.text: list[str] = []
+        self.tex: list[str] = []
+        self._stack: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name in (dict(attrs).get("class") or "").split():
+            self.classes[name] = self.classes.get(name, 0) + 1
+        if tag not in ("br", "img", "hr", "meta", "link", "input", "source", "wbr"):
+            self._stack.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._stack:
+            while self._stack.pop() != tag:
+                pass
+
+    def handle_data(self, data: str) -> None:
+        if "annotation" in self._stack:
+            self.tex.append(data)
+        elif not self.SKIP.intersection(self._stack):
+            self.text.append(data)
+
+
+def math_report(dom: str) -> _MathReport:
+    report = _MathReport()
+    report.feed(dom)
+    return report
+
+
+@pytest.fixture(scope="module")
+def site(serve) -> str:
+    _require(
+        (SITE / "reference" / "fusion" / "index.html").is_file(),
+        "the site is not built (mkdocs build --strict)",
+    )
+    return serve(SITE)
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_math_renders_and_no_request_leaves(site, path, tmp_path):
+    page = load(f"{site}/{path}", tmp_path)
+    report = math_report(page.dom)
+    rendered, written = report.classes.get("katex", 0), report.classes.get("arithmatex", 0)
+    assert written > 0, "the page has no math to render"
+    assert rendered >= written, f"{rendered} KaTeX renderings for {written} formulas"
+    assert report.classes.get("katex-error", 0) == 0
+    visible = "".join(report.text)
+    for raw in ("$", "\\(", "\\[", "\\otimes"):
+        assert raw not in visible, f"unrendered {raw!r} in the page text"
+
+    requests = site_requests(page, site)
+    assert outside(requests, site) == []
+    fonts = [r.url for r in requests if r.url.endswith(".woff2")]
+    assert fonts and all("/assets/katex/fonts/" in url for url in fonts)
+
+
+def test_hm_reference_page_shows_the_formula(site, tmp_path):
+    page = load(f"{site}/reference/fusion/", tmp_path)
+    assert 'id="hmfusion.fusion.HMConcatFusion"' in page.dom
+    tex = " ".join(math_report(page.dom).tex)
+    assert "A_j \\otimes B_j" in tex
+
+
+def test_the_request_check_sees_a_page_that_calls_out(serve, tmp_path):
+    # The check above must be able to fail: a page loading a stylesheet from another host.
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "index.html").write_text(
+        '<!doctype html><link rel="stylesheet" href="https://cdn.example.invalid/k.css"><p>x</p>',
+        encoding="utf-8",
+    )
+    origin = serve(root)
+    page = load(f"{origin}/", tmp_path)
+    assert outside(site_requests(page, origin), origin) == ["https://cdn.example.invalid/k.css"]

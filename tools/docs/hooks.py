@@ -1,0 +1,134 @@
+"""MkDocs hooks for the hmfusion site (mkdocs.yml: ``hooks:``).
+
+- The benchmark's artefacts stay where the benchmark writes them (``benchmarks/``); the site
+  serves them as ``benchmark/speedup.png`` and ``benchmark/results.json`` without copies, so
+  the benchmark page (which includes ``benchmarks/RESULTS.md``) keeps its relative links.
+- Every name a reference page documents must have a docstring of its own: mkdocstrings shows
+  undocumented names silently, so this hook logs a warning for each one, and ``--strict``
+  turns the warnings into a failed build. The names checked are those in ``__all__`` of every
+  module a page renders with ``::: module``; a class's public methods and properties are
+  checked too.
+- Every public module has a reference page: each ``hmfusion.<name>`` and
+  ``hmfusion.compat.<name>`` (not private, not listed in ``NOT_REFERENCED``) that no page under
+  docs/ renders with ``::: module`` gets a generated page, ``reference/<name>.md`` holding
+  ``::: module``, listed under Reference in the navigation after the written ones. Write
+  ``docs/reference/<name>.md`` (and its nav entry) to give a module an introduction.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import pkgutil
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from mkdocs.config.defaults import MkDocsConfig
+from mkdocs.structure.files import File, Files
+
+log = logging.getLogger("mkdocs.hooks.hmfusion")
+
+ROOT = Path(__file__).resolve().parents[2]
+_SRC = str(ROOT / "src")
+BENCHMARK_FILES = {
+    "benchmark/speedup.png": "benchmarks/speedup.png",
+    "benchmark/results.json": "benchmarks/results.json",
+}
+# Modules that need no page of their own: the entry point's dispatch and ``python -m``.
+NOT_REFERENCED = {"hmfusion.cli", "hmfusion.__main__"}
+_DIRECTIVE = re.compile(r"^:::\s+([\w.]+)", re.M)
+# module -> URI of its generated reference page (filled by on_config for this build)
+_GENERATED: dict[str, str] = {}
+
+
+def on_config(config: MkDocsConfig) -> MkDocsConfig:
+    if _SRC not in sys.path:  # document this checkout's package, whatever is installed
+        sys.path.insert(0, _SRC)
+    written = _documented_modules(Path(config.docs_dir))
+    _GENERATED.clear()
+    for module_name in sorted(public_modules() - written - NOT_REFERENCED):
+        _GENERATED[module_name] = f"reference/{reference_slug(module_name)}.md"
+    for entry in config.nav or []:
+        if isinstance(entry, dict) and isinstance(entry.get("Reference"), list):
+            entry["Reference"].extend({name: uri} for name, uri in _GENERATED.items())
+    return config
+
+
+def on_files(files: Files, config: MkDocsConfig) -> Files:
+    for uri, source in BENCHMARK_FILES.items():
+        files.append(File.generated(config, uri, abs_src_path=str(ROOT / source)))
+    for module_name, uri in _GENERATED.items():
+        content = f"# {module_name}\n\n::: {module_name}\n"
+        files.append(File.generated(config, uri, content=content))
+    return files
+
+
+def on_pre_build(config: MkDocsConfig) -> None:
+    documented = _documented_modules(Path(config.docs_dir)) | set(_GENERATED)
+    for module_name in sorted(documented):
+        for name in undocumented_names(module_name):
+            log.warning("%s has no docstring of its own (every public name needs one)", name)
+
+
+def reference_slug(module_name: str) -> str:
+    """``hmfusion.compat.tinybig`` -> ``compat-tinybig``: the page name of a module."""
+    return module_name.removeprefix("hmfusion.").replace(".", "-")
+
+
+def public_modules() -> set[str]:
+    """``hmfusion.<name>`` and ``hmfusion.compat.<name>`` for every name without a leading _."""
+    names = set()
+    for package_name in ("hmfusion", "hmfusion.compat"):
+        package = importlib.import_module(package_name)
+        for info in pkgutil.iter_modules(package.__path__, prefix=package_name + "."):
+            if not info.name.rsplit(".", 1)[1].startswith("_") and info.name != "hmfusion.compat":
+                names.add(info.name)
+    return names
+
+
+def _documented_modules(docs_dir: Path) -> set[str]:
+    return {
+        match
+        for page in docs_dir.rglob("*.md")
+        for match in _DIRECTIVE.findall(page.read_text(encoding="utf-8"))
+    }
+
+
+def _own_doc(obj: Any) -> str | None:
+    """The object's own docstring; for a class, not one inherited or generated for it."""
+    if not inspect.isclass(obj):
+        return getattr(obj, "__doc__", None)
+    doc = obj.__dict__.get("__doc__")
+    # NamedTuple and dataclass write "Name(field, ...)", 3.11's Enum "An enumeration."
+    if doc and (doc == "An enumeration." or re.fullmatch(rf"{obj.__name__}\(.*\)", doc, re.S)):
+        return None
+    return doc
+
+
+def undocumented_names(module_name: str) -> list[str]:
+    """Dotted names exported by the module (``__all__``) that have no docstring of their own."""
+    module = importlib.import_module(module_name)
+    missing = [] if module.__doc__ else [module_name]
+    for name in getattr(module, "__all__", ()):
+        obj = getattr(module, name)
+        qualified = f"{module_name}.{name}"
+        if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            continue  # constants and aliases: documented by a ``#:`` comment or the module
+        if not _own_doc(obj):
+            missing.append(qualified)
+        if inspect.isclass(obj):
+            for attr, value in vars(obj).items():
+                if attr.startswith("_"):
+                    continue
+                if isinstance(value, (staticmethod, classmethod)):
+                    value = value.__func__
+                if isinstance(value, property) or inspect.isfunction(value):
+                    # a method overriding a documented one may keep the base's docstring
+                    if not inspect.getdoc(
+                        getattr(obj, attr) if inspect.isfunction(value) else value
+                    ):
+                        missing.append(f"{qualified}.{attr}")
+    return missing
