@@ -10,31 +10,41 @@ Labels come from one of:
   that each end with the label;
 - neither: an .npz array named ``labels``, ``label``, ``y`` or ``target``.
 
-CSV headers are optional. With ``header="auto"`` the first row is a header when one of its
-feature cells is text, when it reads 0, 1, 2, … (column indices, as pandas writes them; one cell
-may differ), or when its label cell is text that never occurs again in the label column (a class
-name occurs at least three times in any data set that can be split). ``"yes"``/``"no"`` decide
-it outright.
+CSV headers are optional. With ``header="auto"`` the whole file decides: the first row is a
+header when one of its feature cells is text, when it reads 0, 1, 2, … (column indices, as
+pandas writes them; one cell may differ), or when its label cell is text above a column of
+numbers, or text that never occurs again while every other label occurs at least three times
+(as every class of a data set that can be split does). A first label that occurs once among
+labels that are not all that frequent is undecidable: the file is refused and ``"yes"``/``"no"``
+(``--csv-header``) decide it outright. What was used is recorded in
+:attr:`MultiViewData.csv_headers`.
 
 Everything is checked before anything is used, and every problem raises :class:`DataError`
-naming the file, line or row, and column: a missing file, an unsupported type, ragged rows,
-non-numeric or empty cells, NaN or infinite values, views with different numbers of rows,
+naming the file, line or row, and column: a missing or unreadable file, an unsupported type,
+ragged rows, non-numeric or empty cells (a row of empty cells too, as pandas writes an all-NaN
+row), NaN or infinite values, a duplicated header name, views with different numbers of rows,
 labels that disagree between files. ``.npy``/``.npz`` files are read with
-``allow_pickle=False``: nothing is ever unpickled.
+``allow_pickle=False`` (nothing is ever unpickled), and only after their headers were checked
+against the bytes present: a truncated file, a header claiming more data than the file holds, a
+member that is not an ``.npy`` array or one that inflates like a zip bomb is refused.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
 from hmfusion.data.dataset import DataError, MultiViewData, check_finite, encode_labels
+from hmfusion.data.split import MIN_ROWS_PER_CLASS
 
 __all__ = ["DEFAULT_LABEL_KEYS", "load_files"]
 
@@ -42,6 +52,8 @@ __all__ = ["DEFAULT_LABEL_KEYS", "load_files"]
 DEFAULT_LABEL_KEYS = ("labels", "label", "y", "target")
 _SUFFIXES = (".csv", ".tsv", ".npy", ".npz")
 _HEADER_MODES = ("auto", "yes", "no")
+#: An .npz member that inflates more than this many times (and past 64 MiB) is a zip bomb.
+_MAX_INFLATION = 1000
 
 LabelColumn = int | str | None
 
@@ -52,6 +64,7 @@ class _FileViews:
 
     views: list[tuple[str, np.ndarray]]
     labels: np.ndarray | list[str] | None
+    header: bool | None = None  # CSV: whether the first row was a header
 
 
 def load_files(
@@ -90,6 +103,8 @@ def load_files(
 
     view_column = label_column if labels_path is None else None
     file_views = [_read_views_file(path, view_column, header) for path in paths]
+    headers = [(path.name, fv.header) for path, fv in zip(paths, file_views)
+               if fv.header is not None]
 
     rows = {name: values.shape[0] for path, fv in zip(paths, file_views)
             for name, values in _described(path, fv)}
@@ -104,7 +119,10 @@ def load_files(
             raise DataError(f"{carriers[0][0]} holds labels (an array named one of "
                             f"{DEFAULT_LABEL_KEYS}) and a labels file was also given "
                             f"({labels_path}); keep one source")
-        carriers = [(labels_path, _read_labels_file(labels_path, label_column, header))]
+        labels_file = _read_labels_file(labels_path, label_column, header)
+        carriers = [(labels_path, labels_file.labels)]
+        if labels_file.header is not None:
+            headers.append((labels_path.name, labels_file.header))
     elif isinstance(label_column, str) and not carriers:
         raise DataError(f"no views file has a column (or .npz array) named {label_column!r}")
 
@@ -113,8 +131,9 @@ def load_files(
         first_path, first_raw = carriers[0]
         codes, classes = encode_labels(first_raw, str(first_path))
         if codes.shape[0] != num_rows:
-            raise DataError(f"the labels ({first_path}) have {codes.shape[0]} rows but the "
-                            f"views have {num_rows}")
+            after = " after its header row" if dict(headers).get(first_path.name) else ""
+            raise DataError(f"the labels ({first_path}) have {codes.shape[0]} rows{after} but "
+                            f"the views have {num_rows}")
         for path, raw in carriers[1:]:
             other_codes, other_classes = encode_labels(raw, str(path))
             decoded = [classes[c] for c in codes]
@@ -138,6 +157,7 @@ def load_files(
         view_names=_unique_names([name for name, _ in views]),
         labels=codes,
         classes=classes,
+        csv_headers=tuple((name, bool(has)) for name, has in headers),
     )
 
 
@@ -156,6 +176,10 @@ def _checked_path(path: str | Path, role: str) -> Path:
     return path
 
 
+def _unreadable(path: Path, failure: OSError) -> DataError:
+    return DataError(f"{path} cannot be read: {failure.strerror or failure}")
+
+
 def _described(path: Path, file_views: _FileViews) -> list[tuple[str, np.ndarray]]:
     """The views of one file named for messages: ``a.csv``, or ``b.npz['fou']`` for archives."""
     if path.suffix.lower() != ".npz":
@@ -164,10 +188,19 @@ def _described(path: Path, file_views: _FileViews) -> list[tuple[str, np.ndarray
 
 
 def _read_views_file(path: Path, label_column: LabelColumn, header: str) -> _FileViews:
+    try:
+        return _read_views(path, label_column, header)
+    except OSError as failure:
+        raise _unreadable(path, failure) from None
+    except MemoryError:
+        raise DataError(f"{path} holds more data than fits in memory") from None
+
+
+def _read_views(path: Path, label_column: LabelColumn, header: str) -> _FileViews:
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         table = _read_csv(path, header, label_column)
-        return _FileViews([(path.stem, table.values)], table.labels)
+        return _FileViews([(path.stem, table.values)], table.labels, table.header)
     if suffix == ".npy":
         array = _load_npy(path)
         labels = None
@@ -186,11 +219,22 @@ def _read_views_file(path: Path, label_column: LabelColumn, header: str) -> _Fil
     return _FileViews(views, labels)
 
 
-def _read_labels_file(path: Path, label_column: LabelColumn, header: str) -> np.ndarray | list[str]:
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv"):
-        return _read_csv(path, header, label_column, labels_only=True).labels or []
-    if suffix == ".npy":
+def _read_labels_file(path: Path, label_column: LabelColumn, header: str) -> _FileViews:
+    """The raw labels of a labels file (and, for a CSV, whether it had a header)."""
+    try:
+        suffix = path.suffix.lower()
+        if suffix in (".csv", ".tsv"):
+            table = _read_csv(path, header, label_column, labels_only=True)
+            return _FileViews([], table.labels or [], table.header)
+        return _FileViews([], _read_labels_array(path, label_column))
+    except OSError as failure:
+        raise _unreadable(path, failure) from None
+    except MemoryError:
+        raise DataError(f"{path} holds more data than fits in memory") from None
+
+
+def _read_labels_array(path: Path, label_column: LabelColumn) -> np.ndarray:
+    if path.suffix.lower() == ".npy":
         array = _load_npy(path)
         if array.ndim == 2 and array.shape[1] > 1:
             if not isinstance(label_column, int):
@@ -218,6 +262,22 @@ def _npz_label_key(arrays: dict[str, np.ndarray], label_column: LabelColumn, pat
     return next((key for key in DEFAULT_LABEL_KEYS if key in arrays), None)
 
 
+def _read_npy_header(stream: IO[bytes], where: str) -> tuple[int, np.dtype]:
+    """(data bytes, dtype) that an .npy header announces; refuses object arrays."""
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        else:  # 2.0 and 3.0 share the layout (3.0 only allows UTF-8 field names)
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+    except (ValueError, EOFError) as failure:
+        raise DataError(f"{where} is not a NumPy .npy array ({failure})") from None
+    if dtype.hasobject:
+        raise DataError(f"{where} holds Python objects; hmfusion never unpickles data, so save "
+                        "plain numbers (or strings, for labels)")
+    return math.prod(shape) * dtype.itemsize, dtype
+
+
 def _load_npy(path: Path) -> np.ndarray:
     with open(path, "rb") as handle:
         try:
@@ -225,34 +285,63 @@ def _load_npy(path: Path) -> np.ndarray:
         except ValueError:
             raise DataError(f"{path} is not a NumPy .npy file") from None
         handle.seek(0)
+        claimed, _ = _read_npy_header(handle, str(path))
+        present = path.stat().st_size - handle.tell()
+        if claimed > present:
+            raise DataError(f"{path} is truncated or corrupt: its header announces {claimed:,} "
+                            f"bytes of data and the file holds {present:,}")
+        handle.seek(0)
         try:
             return np.lib.format.read_array(handle, allow_pickle=False)
-        except ValueError as error:
-            if "allow_pickle" in str(error):
-                raise DataError(f"{path} holds Python objects; hmfusion never unpickles data, "
-                                "so save plain numbers (or strings, for labels)") from None
-            raise DataError(f"{path} is truncated or corrupt: {error}") from None
-        except (OSError, EOFError) as error:
-            raise DataError(f"{path} is truncated or corrupt: {error}") from None
+        except (ValueError, EOFError) as failure:
+            raise DataError(f"{path} is truncated or corrupt: {failure}") from None
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz, each member's header checked before it is read."""
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path} is not a NumPy .npz (zip) file")
     arrays: dict[str, np.ndarray] = {}
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            for key in archive.files:
-                try:
-                    arrays[key] = archive[key]
-                except ValueError:
-                    raise DataError(f"{path}[{key!r}] holds Python objects; hmfusion never "
-                                    "unpickles data, so save plain numbers") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as error:
-        raise DataError(f"{path} is truncated or corrupt: {error}") from None
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.is_dir():
+                    continue
+                arrays[_npz_key(path, info)] = _read_npz_member(path, archive, info)
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as failure:
+        if isinstance(failure, DataError):
+            raise
+        raise DataError(f"{path} is truncated or corrupt: {failure}") from None
     if not arrays:
         raise DataError(f"{path} holds no arrays")
     return arrays
+
+
+def _npz_key(path: Path, info: zipfile.ZipInfo) -> str:
+    if not info.filename.endswith(".npy"):
+        raise DataError(f"{path}: member {info.filename!r} is not a .npy array (an .npz holds "
+                        "only .npy arrays)")
+    return info.filename[:-len(".npy")]
+
+
+def _read_npz_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo
+                     ) -> np.ndarray:
+    where = f"{path}[{info.filename[:-4]!r}]"
+    if info.file_size > (64 << 20) and info.file_size > _MAX_INFLATION * max(info.compress_size,
+                                                                                1):
+        raise DataError(f"{where} inflates from {info.compress_size:,} to {info.file_size:,} "
+                        "bytes; refusing what looks like a zip bomb")
+    with archive.open(info) as member:
+        claimed, _ = _read_npy_header(member, where)
+        present = info.file_size - member.tell()
+    if claimed > present:
+        raise DataError(f"{where} is truncated or corrupt: its header announces {claimed:,} "
+                        f"bytes of data and the member holds {present:,}")
+    with archive.open(info) as member:
+        try:
+            return np.lib.format.read_array(member, allow_pickle=False)
+        except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as failure:
+            raise DataError(f"{where} is truncated or corrupt: {failure}") from None
 
 
 def _numeric_2d(array: np.ndarray, where: str) -> np.ndarray:
@@ -297,6 +386,7 @@ def _unique_names(names: list[str]) -> tuple[str, ...]:
 class _Table:
     values: np.ndarray  # (rows, features) float64; (rows, 0) with labels_only
     labels: list[str] | None
+    header: bool
 
 
 def _is_number(text: str) -> bool:
@@ -314,39 +404,67 @@ def _is_column_index_row(cells: list[str]) -> bool:
     return sum(int(cell) == j for j, cell in enumerate(cells)) >= len(cells) - 1
 
 
-def _looks_like_header(rows: list[list[str]], label_index: int | None, features: bool) -> bool:
+def _header_decision(rows: list[list[str]], label_index: int | None, features: bool
+                     ) -> bool | None:
+    """Whether the first row is a header, judged from the whole file; None when undecidable."""
     first = rows[0]
     feature_cells = [cell for j, cell in enumerate(first) if j != label_index] if features else []
     if any(cell != "" and not _is_number(cell) for cell in feature_cells):
         return True
     if features and _is_column_index_row(first):
         return True
-    if label_index is not None and first[label_index] and not _is_number(first[label_index]):
-        below = {row[label_index] for row in rows[1:]}
-        return first[label_index] not in below or all(_is_number(cell) for cell in below)
-    return False
+    if label_index is None or not first[label_index] or _is_number(first[label_index]):
+        return False
+    below = [row[label_index] for row in rows[1:]]
+    if all(_is_number(cell) for cell in below):
+        return True  # a name above a column of numbers
+    counts: dict[str, int] = {}
+    for cell in below:
+        counts[cell] = counts.get(cell, 0) + 1
+    if first[label_index] in counts:
+        return False  # a class that occurs again
+    if all(count >= MIN_ROWS_PER_CLASS for count in counts.values()):
+        return True  # a name above classes that each occur often enough to be split
+    return None
 
 
-def _read_csv(path: Path, header: str, label_column: LabelColumn, labels_only: bool = False
-              ) -> _Table:
-    """Read a CSV/TSV file: features as float64, and the label column's cells if selected."""
+def _csv_rows(path: Path) -> tuple[list[list[str]], list[int]]:
+    """The non-blank rows of a CSV/TSV file (cells stripped) and their line numbers."""
     try:
         text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path} is not UTF-8 text ({error.reason} at byte "
-                        f"{error.start})") from None
+    except UnicodeDecodeError as failure:
+        raise DataError(f"{path} is not UTF-8 text ({failure.reason} at byte "
+                        f"{failure.start})") from None
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     rows: list[list[str]] = []
     lines: list[int] = []
+    blank: list[int] = []
     try:
         for row in reader:
             cells = [cell.strip() for cell in row]
             if any(cells):
                 rows.append(cells)
                 lines.append(reader.line_num)
-    except csv.Error as error:
-        raise DataError(f"{path} line {reader.line_num}: {error}") from None
+            elif len(cells) > 1:  # ",,," is a row of missing values, not a blank line
+                raise DataError(f"{path} line {reader.line_num}: every cell is empty (a row of "
+                                "missing values); remove or impute the row")
+            else:
+                blank.append(reader.line_num)
+    except csv.Error as failure:
+        raise DataError(f"{path} line {reader.line_num}: {failure}") from None
+    if rows and len(rows[0]) == 1:  # one column: a blank line inside is a missing value
+        inside = [line for line in blank if lines[0] < line < lines[-1]]
+        if inside:
+            raise DataError(f"{path} line {inside[0]} is empty (a missing value); remove or "
+                            "impute the row")
+    return rows, lines
+
+
+def _read_csv(path: Path, header: str, label_column: LabelColumn, labels_only: bool = False
+              ) -> _Table:
+    """Read a CSV/TSV file: features as float64, and the label column's cells if selected."""
+    rows, lines = _csv_rows(path)
     if not rows:
         raise DataError(f"{path} is empty")
     width = len(rows[0])
@@ -360,6 +478,11 @@ def _read_csv(path: Path, header: str, label_column: LabelColumn, labels_only: b
         label_index = _resolve_index(label_column, width, str(path))
     elif isinstance(label_column, str):
         if header != "no" and label_column in rows[0]:
+            columns = [j + 1 for j, cell in enumerate(rows[0]) if cell == label_column]
+            if len(columns) > 1:
+                raise DataError(f"{path}: the header names {label_column!r} {len(columns)} "
+                                f"times (columns {', '.join(map(str, columns))}); rename the "
+                                "duplicates so the label column is unambiguous")
             label_index, named = rows[0].index(label_column), True
         elif labels_only:
             raise DataError(f"{path} has no column named {label_column!r} in its header")
@@ -370,7 +493,13 @@ def _read_csv(path: Path, header: str, label_column: LabelColumn, labels_only: b
         label_index = 0
 
     if header == "auto":
-        has_header = named or _looks_like_header(rows, label_index, features=not labels_only)
+        decided = True if named else _header_decision(rows, label_index, not labels_only)
+        if decided is None:
+            raise DataError(
+                f"{path}: cannot tell whether line {lines[0]} is a header or data (its label "
+                f"{rows[0][label_index]!r} occurs once, and other labels are rare too); pass "
+                "--csv-header yes or --csv-header no")
+        has_header = decided
     else:
         has_header = header == "yes"
     names = rows[0] if has_header else None
@@ -381,7 +510,7 @@ def _read_csv(path: Path, header: str, label_column: LabelColumn, labels_only: b
 
     labels = None if label_index is None else [row[label_index] for row in rows]
     if labels_only:
-        return _Table(np.empty((len(rows), 0)), labels)
+        return _Table(np.empty((len(rows), 0)), labels, has_header)
     columns = [j for j in range(width) if j != label_index]
     if not columns:
         raise DataError(f"{path} has no feature columns besides the label")
@@ -397,4 +526,4 @@ def _read_csv(path: Path, header: str, label_column: LabelColumn, labels_only: b
                     raise DataError(f"{path} line {line}, {column}: {problem}") from None
         raise  # pragma: no cover - numpy and float() disagree on a cell
     check_finite(values, str(path), [f"line {line}" for line in lines])
-    return _Table(values, labels)
+    return _Table(values, labels, has_header)
