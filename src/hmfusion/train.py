@@ -36,6 +36,7 @@ from hmfusion.cli_common import (
     block_size,
     describe_failure,
     error,
+    fraction,
     load_data,
     nonnegative_float,
     nonnegative_int,
@@ -43,12 +44,17 @@ from hmfusion.cli_common import (
     probability,
     resolve_device,
 )
-from hmfusion.cli_common import fraction as fraction_type
 from hmfusion.data import DataError, MultiViewData, check_classes, stratified_subsample
 from hmfusion.distributed import Processes, environment, fingerprint, processes
 from hmfusion.model import FUSIONS, MultiViewClassifier
-from hmfusion.training import DEFAULT_FUSIONS, TrainConfig, model_config, results, train_all
-from hmfusion.training import write_outputs
+from hmfusion.training import (
+    DEFAULT_FUSIONS,
+    TrainConfig,
+    model_config,
+    results,
+    train_all,
+    write_outputs,
+)
 
 __all__ = ["add_arguments", "main"]
 
@@ -102,9 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="AdamW weight decay (default: 1e-3)")
     training.add_argument("--label-smoothing", type=probability, default=0.1,
                           help="label smoothing of the training loss (default: 0.1)")
-    training.add_argument("--validation-fraction", type=fraction_type, default=0.1, metavar="F",
+    training.add_argument("--validation-fraction", type=fraction, default=0.1, metavar="F",
                           help="share of every class held out for early stopping (default: 0.1)")
-    training.add_argument("--test-fraction", type=fraction_type, default=0.2, metavar="F",
+    training.add_argument("--test-fraction", type=fraction, default=0.2, metavar="F",
                           help="share of every class held out for testing (default: 0.2)")
     training.add_argument("--device", default="cpu",
                           help="cpu or cuda (under torchrun: each process's local GPU) "
