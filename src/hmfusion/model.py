@@ -69,6 +69,9 @@ class Standardize(nn.Module):
         [[1.0, 0.0]]
     """
 
+    mean: Tensor
+    scale: Tensor
+
     def __init__(self, width: int, *, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
@@ -123,7 +126,7 @@ class MultiViewClassifier(nn.Module):
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.config = dict(config)
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         widths, hidden, dropout = config["widths"], config["hidden"], config["dropout"]
         self.standardize = nn.ModuleList(Standardize(w, **factory) for w in widths)
         if hidden > 0:
@@ -137,7 +140,7 @@ class MultiViewClassifier(nn.Module):
             dims = list(widths)
         self.fusion = _build_fusion(config["fusion"], dims, config["fused_width"],
                                     config["fusion_options"], factory)
-        fused = dims[0] if self.fusion is None else self.fusion.n
+        fused = dims[0] if self.fusion is None else config["fused_width"]
         self.head = nn.Sequential(nn.GELU(), nn.Dropout(dropout),
                                   nn.Linear(fused, len(config["classes"]), **factory))
 
@@ -168,8 +171,9 @@ class MultiViewClassifier(nn.Module):
         checkpoint rebuilds exactly this layer whatever future versions pick for ``"auto"``."""
         config = dict(self.config)
         options = dict(config["fusion_options"])
+        fusion: Any = self.fusion
         if config["fusion"] in KRONECKER_FUSIONS:
-            options.update(p=self.fusion.p, q=self.fusion.q, pad=self.fusion.pad)
+            options.update(p=fusion.p, q=fusion.q, pad=fusion.pad)
         config["fusion_options"] = options
         return config
 
@@ -198,7 +202,7 @@ def _build_fusion(name: str, dims: list[int], n: int, options: Mapping[str, Any]
                   factory: dict[str, Any]) -> nn.Module | None:
     if name not in FUSIONS:
         raise ValueError(f"unknown fusion {name!r}; choose from {', '.join(FUSIONS)}")
-    layer = FUSIONS[name]
+    layer: Any = FUSIONS[name]  # each member's own constructor: (dims, n, **options)
     if layer is None:
         if len(set(dims)) > 1:
             raise ValueError(f"mean fusion averages the view encodings, so they need one width; "

@@ -102,7 +102,7 @@ def main(args: argparse.Namespace) -> int:
     for name, has in data.csv_headers:
         print(f"{name}: {'first row read as a header' if has else 'no header row'}",
               file=sys.stderr)
-    if data.labels is not None:
+    if data.labels is not None and data.classes is not None:
         truth = [str(data.classes[code]) for code in data.labels]
         correct = sum(str(p) == t for p, t in zip(predictions, truth))
         print(f"accuracy {correct / data.num_rows:.4f} ({correct} of {data.num_rows} rows)",

@@ -45,12 +45,12 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]],
         |---|---:|
         | hm | 3 |
     """
-    if align is None:
-        align = ["left"] + ["right"] * (len(header) - 1)
-    if len(align) != len(header):
-        raise ValueError(f"align has {len(align)} entries for {len(header)} columns")
+    aligns: Sequence[str] = (["left"] + ["right"] * (len(header) - 1) if align is None
+                             else align)
+    if len(aligns) != len(header):
+        raise ValueError(f"align has {len(aligns)} entries for {len(header)} columns")
     lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---:" if a == "right" else "---" for a in align) + "|"]
+             "|" + "|".join("---:" if a == "right" else "---" for a in aligns) + "|"]
     for number, row in enumerate(rows, start=1):
         if len(row) != len(header):
             raise ValueError(f"row {number} has {len(row)} cells for {len(header)} columns")

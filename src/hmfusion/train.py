@@ -148,6 +148,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 def _prepare_data(args: argparse.Namespace, config: TrainConfig) -> MultiViewData:
     """The training data, checked, subsampled, and proven to fit every model."""
     data = load_data(args)
+    if data.labels is None or data.classes is None:  # load_data requires labels
+        raise DataError(f"{data.name}: no labels")
     check_classes(data.labels, data.classes)
     if config.max_rows is not None:
         data = data.subset(stratified_subsample(data.labels, config.max_rows))
@@ -203,6 +205,10 @@ def main(args: argparse.Namespace) -> int:
                     output.open()
             except (UsageError, DataError, OSError) as failure:
                 problem = describe_failure(failure)
+            except Exception as failure:  # a bug: still reach the collective, or others hang
+                if not procs.distributed:
+                    raise
+                problem = f"unexpected {type(failure).__name__}: {describe_failure(failure)}"
             problem = procs.agree(problem, None if data is None else fingerprint(data))
             if problem is not None or data is None:
                 return error(str(problem), show=procs.is_main)

@@ -173,6 +173,8 @@ def fit(data: MultiViewData, fusion: str, seed: int, config: TrainConfig, procs:
         ValueError: the validation loss was never finite (the learning rate is too high).
     """
     started = time.perf_counter()
+    if data.labels is None:
+        raise ValueError(f"{data.name}: training needs labelled data")
     train_rows, val_rows, test_rows = stratified_split(
         data.labels, validation_fraction=config.validation_fraction,
         test_fraction=config.test_fraction, seed=seed,
@@ -180,7 +182,7 @@ def fit(data: MultiViewData, fusion: str, seed: int, config: TrainConfig, procs:
     torch.manual_seed(seed)
     model = MultiViewClassifier(model_config(data, fusion, config, seed))
     for standardize, view in zip(model.standardize, data.views):
-        standardize.fit_(view[train_rows])
+        standardize.fit_(view[train_rows])  # type: ignore[operator]  # a Standardize
     device = procs.device
     model.to(device)
     views = [torch.as_tensor(view, dtype=torch.float32, device=device) for view in data.views]
@@ -200,8 +202,8 @@ def fit(data: MultiViewData, fusion: str, seed: int, config: TrainConfig, procs:
                                   weight_decay=config.weight_decay)
     # The sampler splits the seed's permutation of the training rows position by position, so
     # the union of the processes' k-th local batches is the k-th batch of a single-process run.
-    sampler = torch.utils.data.DistributedSampler(
-        range(len(train_rows)), num_replicas=procs.world_size, rank=procs.rank,
+    sampler: torch.utils.data.DistributedSampler[int] = torch.utils.data.DistributedSampler(
+        range(len(train_rows)),  # type: ignore[arg-type]  # any sized sequence will do num_replicas=procs.world_size, rank=procs.rank,
         shuffle=True, seed=seed, drop_last=False,
     )
     local_batch = config.batch_size // procs.world_size
@@ -304,6 +306,8 @@ def _summarize(runs: list[Run]) -> dict[str, dict[str, Any]]:
 def results(data: MultiViewData, config: TrainConfig, runs: list[Run], procs: Processes,
             *, seconds: float, run_id: str, csv_headers: dict[str, bool]) -> dict[str, Any]:
     """The contents of ``results.json``."""
+    if data.labels is None:
+        raise ValueError(f"{data.name}: training needs labelled data")
     split = stratified_split(data.labels, validation_fraction=config.validation_fraction,
                              test_fraction=config.test_fraction, seed=0)
     return {

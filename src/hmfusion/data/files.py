@@ -104,14 +104,15 @@ def load_files(
         raise DataError(f"the views have different numbers of rows: {listing}")
     num_rows = next(iter(rows.values()))
 
-    carriers = [(path, fv.labels) for path, fv in zip(paths, file_views) if fv.labels is not None]
+    carriers: list[tuple[Path, np.ndarray | list[str]]] = [
+        (path, fv.labels) for path, fv in zip(paths, file_views) if fv.labels is not None]
     if labels_path is not None:
         if carriers:
             raise DataError(f"{carriers[0][0]} holds labels (an array named one of "
                             f"{DEFAULT_LABEL_KEYS}) and a labels file was also given "
                             f"({labels_path}); keep one source")
         labels_file = _read_labels_file(labels_path, label_column, header)
-        carriers = [(labels_path, labels_file.labels)]
+        carriers = [(labels_path, labels_file.labels or [])]
         if labels_file.header is not None:
             headers.append((labels_path.name, labels_file.header))
     elif isinstance(label_column, str) and not carriers:

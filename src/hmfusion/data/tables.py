@@ -144,12 +144,12 @@ def read_csv(path: Path, header: str, label_column: LabelColumn, labels_only: bo
 
     if header == "auto":
         decided = True if named else _header_decision(rows, label_index, not labels_only)
-        if decided is None:
+        if decided is None and label_index is not None:
             raise DataError(
                 f"{path}: cannot tell whether line {lines[0]} is a header or data (its label "
                 f"{rows[0][label_index]!r} occurs once, and other labels are rare too); pass "
                 "--csv-header yes or --csv-header no")
-        has_header = decided
+        has_header = bool(decided)
     else:
         has_header = header == "yes"
     names = rows[0] if has_header else None
@@ -164,9 +164,9 @@ def read_csv(path: Path, header: str, label_column: LabelColumn, labels_only: bo
     columns = [j for j in range(width) if j != label_index]
     if not columns:
         raise DataError(f"{path} has no feature columns besides the label")
-    cells = rows if label_index is None else [[row[j] for j in columns] for row in rows]
+    features = rows if label_index is None else [[row[j] for j in columns] for row in rows]
     try:
-        values = np.array(cells, dtype=np.float64)
+        values = np.array(features, dtype=np.float64)
     except ValueError:
         for row, line in zip(rows, lines):
             for j in columns:
