@@ -203,8 +203,9 @@ def fit(data: MultiViewData, fusion: str, seed: int, config: TrainConfig, procs:
     # The sampler splits the seed's permutation of the training rows position by position, so
     # the union of the processes' k-th local batches is the k-th batch of a single-process run.
     sampler: torch.utils.data.DistributedSampler[int] = torch.utils.data.DistributedSampler(
-        range(len(train_rows)),  # type: ignore[arg-type]  # any sized sequence will do num_replicas=procs.world_size, rank=procs.rank,
-        shuffle=True, seed=seed, drop_last=False,
+        range(len(train_rows)),  # type: ignore[arg-type]  # any sized sequence will do
+        num_replicas=procs.world_size, rank=procs.rank, shuffle=True, seed=seed,
+        drop_last=False,
     )
     local_batch = config.batch_size // procs.world_size
 

@@ -112,7 +112,8 @@ def load_files(
                             f"{DEFAULT_LABEL_KEYS}) and a labels file was also given "
                             f"({labels_path}); keep one source")
         labels_file = _read_labels_file(labels_path, label_column, header)
-        carriers = [(labels_path, labels_file.labels or [])]
+        raw = labels_file.labels
+        carriers = [(labels_path, raw if raw is not None else [])]
         if labels_file.header is not None:
             headers.append((labels_path.name, labels_file.header))
     elif isinstance(label_column, str) and not carriers:
