@@ -62,6 +62,7 @@ class Processes:
 
     @property
     def distributed(self) -> bool:
+        """More than one process (under torchrun)."""
         return self.world_size > 1
 
     def sum(self, values: Tensor) -> Tensor:

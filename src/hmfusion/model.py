@@ -88,9 +88,11 @@ class Standardize(nn.Module):
             self.scale.copy_(torch.from_numpy(std))
 
     def forward(self, x: Tensor) -> Tensor:
+        """``(x - mean) / scale``."""
         return (x - self.mean) / self.scale
 
     def extra_repr(self) -> str:
+        """The width d, as ``Standardize(d)`` prints."""
         return f"{self.mean.shape[0]}"
 
 
@@ -178,6 +180,7 @@ class MultiViewClassifier(nn.Module):
         return config
 
     def forward(self, views: Sequence[Tensor]) -> Tensor:
+        """Logits of shape ``(*, len(classes))`` for the k views (view i ``(*, widths[i])``)."""
         encoded = [enc(std(x)) for std, enc, x in zip(self.standardize, self.encoders, views)]
         if self.fusion is None:
             fused = torch.stack(encoded).mean(dim=0)

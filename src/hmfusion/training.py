@@ -115,6 +115,7 @@ class Run:
 
     @property
     def epochs(self) -> int:
+        """Epochs trained (early stopping may end the run before the maximum)."""
         return len(self.curves["train_loss"])
 
 

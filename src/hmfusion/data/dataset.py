@@ -71,6 +71,7 @@ class MultiViewData:
 
     @property
     def num_rows(self) -> int:
+        """N, the rows every view has."""
         return self.views[0].shape[0]
 
     @property

@@ -23,6 +23,8 @@ LabelColumn = int | str | None
 
 
 def resolve_index(index: int, width: int, where: str) -> int:
+    """``index`` into ``width`` columns (negative counts from the end); DataError naming
+    ``where`` when out of range."""
     resolved = index + width if index < 0 else index
     if not 0 <= resolved < width:
         raise DataError(f"{where}: label column index {index} is out of range "
