@@ -122,10 +122,9 @@ def test_discard_leaves_nothing_it_created(tmp_path):
 
 
 def test_context_manager_discards_on_error(tmp_path):
-    with pytest.raises(RuntimeError):
-        with OutputDirectory(tmp_path / "out") as staging:
-            (staging / "x").write_text("x")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), OutputDirectory(tmp_path / "out") as staging:
+        (staging / "x").write_text("x")
+        raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -186,3 +185,20 @@ def test_output_file_failing_write_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         OutputFile(tmp_path / "sub" / "p.csv").write("x\n")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_replaces_only_an_output_of_the_command(tmp_path, monkeypatch):
+    """`--out . --overwrite` must not be able to delete a project."""
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "code.py").write_text("x = 1\n")
+    with pytest.raises(UsageError, match="holds files but no results.json"):
+        OutputDirectory(project, overwrite=True, marker="results.json")
+    monkeypatch.chdir(project / "src")
+    for path in (".", "..", str(project)):
+        with pytest.raises(UsageError, match="is the working directory or holds it"):
+            OutputDirectory(path, overwrite=True)
+    (project / "run").mkdir()
+    (project / "run" / "results.json").write_text("{}")
+    OutputDirectory(project / "run", overwrite=True, marker="results.json")
+    assert (project / "src" / "code.py").is_file()

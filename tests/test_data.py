@@ -101,7 +101,7 @@ def test_label_index_in_every_file_as_in_the_mfeat_csvs(tmp_path):
 
 
 def test_npy_views_and_npy_labels(tmp_path, two_views):
-    a, b, labels = two_views
+    a, b, _ = two_views
     np.save(tmp_path / "a.npy", a)
     np.save(tmp_path / "b.npy", b[:, 0])  # a 1-D array is one feature
     np.save(tmp_path / "y.npy", np.arange(12) % 3)
@@ -428,12 +428,12 @@ def test_npz_header_claiming_terabytes_and_a_zip_bomb(tmp_path):
 
     bomb_rows = (80 << 20) // 8
     header = npy_bytes(np.zeros((1,)))[:-8].replace(b"(1,)", f"({bomb_rows},)".encode())
-    with zipfile.ZipFile(tmp_path / "b.npz", "w", zipfile.ZIP_DEFLATED) as archive:
-        with archive.open("view.npy", "w") as member:
-            member.write(header)
-            chunk = bytes(1 << 20)
-            for _ in range(80):
-                member.write(chunk)
+    with (zipfile.ZipFile(tmp_path / "b.npz", "w", zipfile.ZIP_DEFLATED) as archive,
+          archive.open("view.npy", "w") as member):
+        member.write(header)
+        chunk = bytes(1 << 20)
+        for _ in range(80):
+            member.write(chunk)
     with pytest.raises(DataError, match=r"b\.npz\['view'\] inflates from .* looks like a zip "
                                         "bomb"):
         load_files([tmp_path / "b.npz"], require_labels=False)

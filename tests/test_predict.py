@@ -60,7 +60,7 @@ def test_a_checkpoint_binds_its_weights_and_run(run):
 def test_weights_of_another_run_are_refused(run, checkpoint, capsys):
     """Killed between hm.pt and hm.json, the old in-place writer left new weights beside the
     old JSON, and predict labelled rows with the old run's classes."""
-    pt, js = checkpoint
+    pt, _ = checkpoint
     shutil.copy(run / "checkpoints" / "dense.pt", pt)
     err = predict_error(capsys, "--checkpoint", pt)
     assert "does not belong to hm.json" in err
@@ -91,8 +91,8 @@ def test_malicious_pt_is_refused_and_never_runs(checkpoint, tmp_path, capsys):
 @pytest.mark.parametrize("key, value, message", [
     ("fusion.A", float("nan"), "fusion.A holds NaN or infinite values"),
     ("head.2.weight", float("inf"), "head.2.weight holds NaN or infinite values"),
-    ("standardize.0.scale", 0.0, "standardize.0.scale (a standardization scale) is not "
-                                 "positive"),
+    ("standardize.0.scale", 0.0,
+     "standardize.0.scale (a standardization scale) is not positive"),
 ])
 def test_non_finite_or_degenerate_weights_are_refused(checkpoint, key, value, message, capsys):
     """They made predict print probability nan for every row and exit 0."""

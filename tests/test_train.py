@@ -50,7 +50,7 @@ def test_results_json_holds_the_documented_fields(tiny_run):
     results = json.loads((tiny_run / "results.json").read_text())
     assert results["dataset"] == "mfeat"
     assert list(results["fusions"]) == ["hm", "dense", "mean"]
-    for name, r in results["fusions"].items():
+    for r in results["fusions"].values():
         assert 0.0 <= r["test_accuracy_mean"] <= 1.0 and r["test_accuracy_std"] >= 0.0
         assert len(r["test_accuracies"]) == 2 and r["seeds"] == [0, 1]
         assert isinstance(r["fusion_parameters"], int) and isinstance(r["model_parameters"], int)
@@ -291,7 +291,7 @@ def torchrun(tmp_path, dump, perturb, *flags):
         [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
          "--master_addr=127.0.0.1", f"--master_port={free_port()}",
          WORKER, str(dump), perturb, "--", "train", *flags],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env, capture_output=True, text=True, timeout=300, check=False,
     )
 
 

@@ -244,7 +244,9 @@ class OutputDirectory:
     """A directory that appears at ``path`` whole, or not at all.
 
     Checked at construction (before any work): ``path`` is not a file, lies under a writable
-    directory, and is absent or empty unless ``overwrite``. :meth:`open` creates the staging
+    directory, and is absent or empty unless ``overwrite`` — which replaces only a directory
+    holding ``marker`` (a file every output of the command has, so that ``--out . --overwrite``
+    cannot delete a project), and never the working directory or one above it. :meth:`open` creates the staging
     directory ``.<name>.tmp-<random>`` beside ``path`` (proving it writable); files go into
     :attr:`staging`; :meth:`commit` renames it to ``path`` (replacing the old one whole with
     ``overwrite``); :meth:`discard` removes it. Used as a context manager it opens, and discards
@@ -252,10 +254,12 @@ class OutputDirectory:
 
     Raises:
         UsageError: ``path`` is a file, under a file, not writable, or non-empty without
-            ``overwrite``.
+            ``overwrite``; with ``overwrite``, a non-empty ``path`` without ``marker``, or the
+            working directory or one of its parents.
     """
 
-    def __init__(self, path: str | Path, *, overwrite: bool = False, flag: str = "--out") -> None:
+    def __init__(self, path: str | Path, *, overwrite: bool = False, flag: str = "--out",
+                 marker: str | None = None) -> None:
         self.path = Path(path)
         self.overwrite = overwrite
         self.flag = flag
@@ -263,10 +267,19 @@ class OutputDirectory:
         if self.path.exists() or self.path.is_symlink():
             if not self.path.is_dir():
                 raise UsageError(f"{flag} {str(self.path)!r} exists and is not a directory")
-            if any(self.path.iterdir()) and not overwrite:
-                raise UsageError(f"{flag} {str(self.path)!r} already holds files (another "
-                                 "run?); choose a new directory or pass --overwrite to replace "
-                                 "it whole")
+            cwd = Path.cwd().resolve()
+            if self.path.resolve() in (cwd, *cwd.parents):
+                raise UsageError(f"{flag} {str(self.path)!r} is the working directory or holds "
+                                 "it; choose a new directory")
+            if any(self.path.iterdir()):
+                if not overwrite:
+                    raise UsageError(f"{flag} {str(self.path)!r} already holds files (another "
+                                     "run?); choose a new directory or pass --overwrite to "
+                                     "replace it whole")
+                if marker is not None and not (self.path / marker).is_file():
+                    raise UsageError(f"{flag} {str(self.path)!r} holds files but no {marker}, "
+                                     "so it is not an output of this command; --overwrite "
+                                     "replaces only those")
         self._root = _writable_parent(self.path, flag)
 
     def open(self) -> Path:

@@ -199,7 +199,8 @@ def main(args: argparse.Namespace) -> int:
             problem, data = None, None
             try:
                 if procs.is_main:
-                    output = OutputDirectory(args.out, overwrite=args.overwrite)
+                    output = OutputDirectory(args.out, overwrite=args.overwrite,
+                                             marker="results.json")
                 data = _prepare_data(args, config)
                 if output is not None:
                     output.open()
