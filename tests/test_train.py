@@ -529,3 +529,9 @@ def test_torchrun_ranks_reading_different_data_stop_before_training(tmp_path, pe
     ours = [line for line in launched.stderr.splitlines() if line.startswith("hmfusion: ")]
     assert len(ours) == 1 and "the processes read different data (rank 0: " in ours[0], ours
     assert not (tmp_path / "out").exists()
+
+
+def test_a_loss_that_is_never_finite_is_one_line(tmp_path, capsys):
+    assert train(tmp_path / "out", "--fusion", "dense", "--lr", "1e30", *TINY) == 2
+    assert "the validation loss was never finite; lower --lr" in one_line_error(capsys)
+    assert list(tmp_path.iterdir()) == []

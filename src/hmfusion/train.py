@@ -210,11 +210,15 @@ def main(args: argparse.Namespace) -> int:
                 if not procs.distributed:
                     raise
                 problem = f"unexpected {type(failure).__name__}: {describe_failure(failure)}"
-            problem = procs.agree(problem, None if data is None else fingerprint(data))
+            shared = fingerprint(data) if procs.distributed and data is not None else None
+            problem = procs.agree(problem, shared)
             if problem is not None or data is None:
                 return error(str(problem), show=procs.is_main)
 
-            runs = train_all(data, config, procs)
+            try:  # the losses are all-reduced, so every rank fails alike
+                runs = train_all(data, config, procs)
+            except ValueError as failure:
+                return error(str(failure), show=procs.is_main)
             problem = table = None
             if output is not None and output.staging is not None:
                 summary = results(data, config, runs, procs,
