@@ -101,7 +101,7 @@ def test_label_index_in_every_file_as_in_the_mfeat_csvs(tmp_path):
 
 
 def test_npy_views_and_npy_labels(tmp_path, two_views):
-    a, b, labels = two_views
+    a, b, _ = two_views
     np.save(tmp_path / "a.npy", a)
     np.save(tmp_path / "b.npy", b[:, 0])  # a 1-D array is one feature
     np.save(tmp_path / "y.npy", np.arange(12) % 3)
@@ -132,19 +132,26 @@ def test_unlabelled_files_for_prediction(tmp_path, two_views):
 
 
 @pytest.mark.parametrize(
-    "values, expected",
+    "values, expected, decoded",
     [
-        ([3, 1, 3, 2], (1, 2, 3)),
-        (["3", "1.0", " 3 ", "2"], (1, 2, 3)),
-        (np.array([1.0, 0.0, 1.0]), (0, 1)),
-        (["1", "cat", "1"], ("1", "cat")),
-        (np.array([True, False]), (0, 1)),
+        ([3, 1, 3, 2], (1, 2, 3), [3, 1, 3, 2]),
+        (["3", "1.0", " 3 ", "2"], (1, 2, 3), [3, 1, 3, 2]),
+        (np.array([1.0, 0.0, 1.0]), (0, 1), [1, 0, 1]),
+        (["1", "cat", "1"], ("1", "cat"), ["1", "cat", "1"]),
+        (np.array([True, False]), (0, 1), [1, 0]),
+        # above 2**53 through float these two merged into one class
+        (["9007199254740993", "9007199254740992", "9007199254740993"],
+         (9007199254740992, 9007199254740993),
+         [9007199254740993, 9007199254740992, 9007199254740993]),
+        (np.array([2**62 + 1, 2**62, 2**62 + 1], dtype=np.int64), (2**62, 2**62 + 1),
+         [2**62 + 1, 2**62, 2**62 + 1]),
+        (["1_0", "10", "1_0"], ("10", "1_0"), ["1_0", "10", "1_0"]),
     ],
 )
-def test_encode_labels(values, expected):
+def test_encode_labels(values, expected, decoded):
     codes, classes = encode_labels(values, "y")
     assert classes == expected
-    assert [classes[c] for c in codes] == [classes[c] for c in encode_labels(values, "y")[0]]
+    assert [classes[c] for c in codes] == decoded  # the old check compared codes with themselves
 
 
 @pytest.mark.parametrize(
@@ -303,3 +310,143 @@ def test_stratified_subsample_keeps_proportions_and_small_classes():
     rows = stratified_subsample(labels, 31)
     assert np.bincount(labels[rows]).tolist() == [20, 10, 3]
     assert stratified_subsample(labels, 1000).size == labels.size
+
+
+# data read is data meant (issue 10) -------------------------------------------------------------
+def test_a_row_of_empty_cells_is_an_error_not_a_blank_line(tmp_path):
+    """`,,,` (what pandas writes for an all-NaN row) was skipped, misaligning the views."""
+    v = tmp_path / "v.csv"
+    v.write_text("1,2,3\n4,5,6\n,,\n7,8,9\n\n")
+    np.save(tmp_path / "y.npy", np.arange(3))
+    with pytest.raises(DataError, match=r"v\.csv line 3: every cell is empty"):
+        load_files([v], labels=tmp_path / "y.npy")
+
+
+def test_a_blank_line_inside_a_one_column_file_is_a_missing_value(tmp_path):
+    ok = write_csv(tmp_path / "ok.csv", [[1.0, 2.0]] * 4)
+    y = tmp_path / "y.csv"
+    y.write_text("a\nb\n\na\nb\n")
+    with pytest.raises(DataError, match=r"y\.csv line 3 is empty \(a missing value\)"):
+        load_files([ok], labels=y)
+    y.write_text("a\nb\na\nb\n\n\n")  # trailing blank lines are only the end of the file
+    assert load_files([ok], labels=y).num_rows == 4
+
+
+def test_undecidable_header_asks_instead_of_dropping_a_row(tmp_path):
+    """8 headerless rows whose first label occurs once: predict used to take it for a header
+    and exit 0 with 7 predictions, each shifted by one row."""
+    rows = [[i, i + 0.5, name] for i, name in enumerate("abcdefgh")]
+    v = write_csv(tmp_path / "v.csv", rows)
+    with pytest.raises(DataError, match=r"v\.csv: cannot tell whether line 1 is a header or "
+                                        r"data .* pass --csv-header yes or --csv-header no"):
+        load_files([v], label_column=-1, require_labels=False)
+    data = load_files([v], label_column=-1, header="no", require_labels=False)
+    assert data.num_rows == 8 and data.csv_headers == (("v.csv", False),)
+    assert [data.classes[c] for c in data.labels] == list("abcdefgh")
+
+
+def test_labels_file_row_count_says_a_header_was_read(tmp_path):
+    """With a separate labels file, the error said 7 rows when the file had 8."""
+    ok = write_csv(tmp_path / "ok.csv", [[1.0, 2.0]] * 9)
+    y = write_csv(tmp_path / "y.csv", [["y"]] + [[v] for v in [0, 1, 2] * 2 + [0, 1]])
+    with pytest.raises(DataError, match=r"have 8 rows after its header row but the views "
+                                        r"have 9"):
+        load_files([ok], labels=y)
+    undecidable = write_csv(tmp_path / "z.csv", [[v] for v in "abcdefgh"])
+    with pytest.raises(DataError, match="cannot tell whether line 1 is a header"):
+        load_files([ok], labels=undecidable)
+
+
+def test_header_decided_by_the_whole_file(tmp_path):
+    ok = write_csv(tmp_path / "ok.csv", [[1.0, 2.0]] * 7)
+    # a name over classes that each occur at least three times: a header
+    y = write_csv(tmp_path / "y.csv", [["species"]] + [[v] for v in "aaabbbb"])
+    data = load_files([ok], labels=y)
+    assert data.classes == ("a", "b")
+    assert data.csv_headers == (("ok.csv", False), ("y.csv", True))
+    # the first label occurs again: data
+    y2 = write_csv(tmp_path / "y2.csv", [[v] for v in "abababa"])
+    assert load_files([ok], labels=y2).csv_headers == (("ok.csv", False), ("y2.csv", False))
+
+
+def test_a_duplicated_header_name_is_an_error(tmp_path):
+    """The first match was taken silently and the real label column became a feature."""
+    v = write_csv(tmp_path / "v.csv", [[1, 0, 2, "a"], [3, 1, 4, "b"], [5, 0, 6, "a"]],
+                  header=["x", "y", "z", "y"])
+    with pytest.raises(DataError, match=r"v\.csv: the header names 'y' 2 times \(columns 2, 4\)"):
+        load_files([v], label_column="y")
+
+
+def npy_bytes(array):
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def test_npz_member_that_is_not_npy(tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "d.npz", "w") as archive:
+        archive.writestr("view.npy", npy_bytes(np.zeros((3, 2))))
+        archive.writestr("notes.txt", "hello")
+    with pytest.raises(DataError, match=r"d\.npz: member 'notes\.txt' is not a \.npy array"):
+        load_files([tmp_path / "d.npz"], require_labels=False)
+
+
+def test_truncated_npz_member_is_reported_as_truncated(tmp_path):
+    """It was reported as "holds Python objects"."""
+    import zipfile
+
+    data = npy_bytes(np.arange(40.0).reshape(10, 4))
+    with zipfile.ZipFile(tmp_path / "d.npz", "w") as archive:
+        archive.writestr("view.npy", data[:-20])
+    with pytest.raises(DataError, match=r"d\.npz\['view'\] is truncated or corrupt: its header "
+                                        r"announces 320 bytes"):
+        load_files([tmp_path / "d.npz"], require_labels=False)
+
+
+def test_npy_header_claiming_terabytes(tmp_path):
+    """A MemoryError traceback before."""
+    header = npy_bytes(np.zeros((2, 2)))
+    huge = header.replace(b"(2, 2)", b"(10**12, 2)".replace(b"10**12", b"1000000000000"))
+    (tmp_path / "v.npy").write_bytes(huge)
+    with pytest.raises(DataError, match=r"v\.npy is truncated or corrupt: its header announces "
+                                        r"16,000,000,000,000 bytes"):
+        load_files([tmp_path / "v.npy"], require_labels=False)
+
+
+def test_npz_header_claiming_terabytes_and_a_zip_bomb(tmp_path):
+    import zipfile
+
+    huge = npy_bytes(np.zeros((2, 2))).replace(b"(2, 2)", b"(1000000000000, 2)")
+    with zipfile.ZipFile(tmp_path / "d.npz", "w") as archive:
+        archive.writestr("view.npy", huge)
+    with pytest.raises(DataError, match=r"d\.npz\['view'\] is truncated or corrupt"):
+        load_files([tmp_path / "d.npz"], require_labels=False)
+
+    bomb_rows = (80 << 20) // 8
+    header = npy_bytes(np.zeros((1,)))[:-8].replace(b"(1,)", f"({bomb_rows},)".encode())
+    with (zipfile.ZipFile(tmp_path / "b.npz", "w", zipfile.ZIP_DEFLATED) as archive,
+          archive.open("view.npy", "w") as member):
+        member.write(header)
+        chunk = bytes(1 << 20)
+        for _ in range(80):
+            member.write(chunk)
+    with pytest.raises(DataError, match=r"b\.npz\['view'\] inflates from .* looks like a zip "
+                                        "bomb"):
+        load_files([tmp_path / "b.npz"], require_labels=False)
+
+
+def test_an_unreadable_file_is_one_data_error(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    v = write_csv(tmp_path / "v.csv", [[1, 2]] * 4)
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    with pytest.raises(DataError, match=r"v\.csv cannot be read: Permission denied"):
+        load_files([v], require_labels=False)

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import torch
 
 from hmfusion.cli import main as cli
 from hmfusion.data import load_mfeat
-from hmfusion.train import load_checkpoint
+from hmfusion.model import load_checkpoint
 
 TINY = ["--seeds", "1", "--epochs", "2", "--max-rows", "300", "--quiet"]
 
@@ -49,7 +50,7 @@ def test_results_json_holds_the_documented_fields(tiny_run):
     results = json.loads((tiny_run / "results.json").read_text())
     assert results["dataset"] == "mfeat"
     assert list(results["fusions"]) == ["hm", "dense", "mean"]
-    for name, r in results["fusions"].items():
+    for r in results["fusions"].values():
         assert 0.0 <= r["test_accuracy_mean"] <= 1.0 and r["test_accuracy_std"] >= 0.0
         assert len(r["test_accuracies"]) == 2 and r["seeds"] == [0, 1]
         assert isinstance(r["fusion_parameters"], int) and isinstance(r["model_parameters"], int)
@@ -278,26 +279,38 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+WORKER = str(Path(__file__).with_name("ddp_worker.py"))
+
+
+def torchrun(tmp_path, dump, perturb, *flags):
+    """`hmfusion train` in two gloo processes, through tests/ddp_worker.py."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if sys.platform.startswith("linux"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback only
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+         "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+         WORKER, str(dump), perturb, "--", "train", *flags],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+
+
 def test_torchrun_two_processes_match_one(tmp_path, monkeypatch, capsys):
     """Two gloo processes: identical parameters on both ranks, and the same model as one
     process with the same global batch up to float32 summation order (|Δw| ≤ 1e-4 after three
     epochs), the same test accuracy to within one test row, outputs written once."""
     flags = ["--fusion", "hm", "--seeds", "1", "--epochs", "3", "--max-rows", "400",
              "--batch-size", "32", "--quiet"]
-    env = {**os.environ, "HMFUSION_DUMP_STATE_DIR": str(tmp_path / "dist"),
-           "OMP_NUM_THREADS": "1"}
-    if sys.platform.startswith("linux"):
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback only
-    launched = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-         "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-         "-m", "hmfusion", "train", *flags, "--out", str(tmp_path / "two")],
-        env=env, capture_output=True, text=True, timeout=300,
-    )
+    launched = torchrun(tmp_path, tmp_path / "dist", "none", *flags,
+                        "--out", str(tmp_path / "two"))
     assert launched.returncode == 0, launched.stderr[-4000:]
     assert launched.stdout.count("| hm | ") == 1  # only rank 0 reports
 
-    monkeypatch.setenv("HMFUSION_DUMP_STATE_DIR", str(tmp_path / "single"))
+    from ddp_worker import dumping
+
+    from hmfusion import training
+
+    monkeypatch.setattr(training, "fit", dumping(training.fit, tmp_path / "single"))
     assert train(tmp_path / "one", *flags) == 0
 
     rank0, rank1 = (torch.load(tmp_path / "dist" / f"rank{r}-hm-seed0.pt", weights_only=True)
@@ -331,3 +344,194 @@ def test_default_run_meets_the_targets(tmp_path, monkeypatch):
     assert hm["test_accuracy_mean"] >= dense["test_accuracy_mean"] - 0.005
     assert hm["fusion_parameters"] <= 0.10 * dense["fusion_parameters"]
     assert seconds < 180
+
+
+# outputs appear whole: --out checked first, replaced only with --overwrite --------------------
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hmfusion: error: ") and "\n" not in err, err
+    return err
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fail the test if a model is trained (the problem had to be found before)."""
+    from hmfusion import training
+
+    def never(*args, **kwargs):
+        raise AssertionError("training started before the problem was reported")
+
+    monkeypatch.setattr(training, "fit", never)
+
+
+def test_a_non_empty_out_is_refused_unless_overwrite(tmp_path, capsys):
+    """A rerun with fewer fusions used to leave the first run's checkpoints beside its own."""
+    out = tmp_path / "out"
+    assert train(out, "--fusion", "hm,dense", *TINY) == 0
+    first = json.loads((out / "results.json").read_text())["run_id"]
+    capsys.readouterr()
+    assert train(out, "--fusion", "lphm", *TINY) == 2
+    assert "already holds files (another run?)" in one_line_error(capsys)
+    assert json.loads((out / "results.json").read_text())["run_id"] == first
+
+    assert train(out, "--fusion", "lphm", "--overwrite", *TINY) == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["lphm.json", "lphm.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging left
+
+
+@pytest.mark.parametrize("case, message", [
+    ("under a file", "is a file, not a directory"),
+    ("a file", "exists and is not a directory"),
+    ("not writable", "is not writable"),
+    ("disk full", "No space left on device"),
+])
+def test_an_unusable_out_is_one_line_before_any_training(tmp_path, case, message, capsys,
+                                                         monkeypatch, no_training):
+    (tmp_path / "f").write_text("x")
+    out = {"under a file": tmp_path / "f" / "out", "a file": tmp_path / "f"}.get(
+        case, tmp_path / "d" / "out")
+    if case == "not writable":
+        (tmp_path / "d").mkdir()
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode: (
+            False if str(path) == str(tmp_path / "d") else real(path, mode)))
+    if case == "disk full":
+        import errno
+
+        def full(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+        monkeypatch.setattr(Path, "write_bytes", full)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert train(out, "--fusion", "hm", *TINY) == 2
+    assert message in one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_disk_full_while_writing_leaves_nothing(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import hmfusion.model
+
+    def full(obj, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(hmfusion.model.torch, "save", full)
+    assert train(tmp_path / "out", "--fusion", "hm", *TINY) == 2
+    assert "hm.pt': No space left on device" in one_line_error(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    from hmfusion import training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "fit", interrupted)
+    assert train(tmp_path / "out", "--fusion", "hm", *TINY) == 130
+    assert capsys.readouterr().err == "hmfusion: error: interrupted; no output was written\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("device, message", [
+    ("tpu", "--device 'tpu' is not a device"),
+    ("meta", "--device 'meta': only cpu and cuda are supported"),
+    pytest.param("cuda", "CUDA is not available", marks=pytest.mark.skipif(
+        torch.cuda.is_available(), reason="needs a machine without CUDA")),
+])
+def test_a_bad_device_is_one_line(tmp_path, device, message, capsys, no_training):
+    assert train(tmp_path / "out", "--device", device, *TINY) == 2
+    assert message in one_line_error(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_results_say_which_csv_header_was_used(tmp_path):
+    views, labels = byo_files(tmp_path, rows=30)
+    assert train(tmp_path / "out", "--views", *map(str, views), "--labels", str(labels),
+                 "--fusion", "mean", "--hidden", "4", *TINY[:4], "--quiet") == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["data"]["csv_header"] == {"view0.csv": True, "view1.csv": False,
+                                             "view2.csv": False, "labels.csv": True}
+
+
+def kill_train_at(tmp_path, seconds: float, *flags):
+    """Start `hmfusion train` in a process and SIGKILL it after ``seconds``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    process = subprocess.Popen([sys.executable, "-m", "hmfusion", "train", *flags], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def assert_consistent_or_absent(out, capsys):
+    """Either no directory, or a complete one whose every checkpoint predict accepts and that
+    belongs to the run results.json describes."""
+    if not out.exists():
+        return None
+    results = json.loads((out / "results.json").read_text())
+    for fusion, entry in results["fusions"].items():
+        meta = json.loads((out / "checkpoints" / f"{fusion}.json").read_text())
+        assert meta["run_id"] == results["run_id"]
+        assert cli(["predict", "--checkpoint", str(out / entry["checkpoint"])]) == 0
+        capsys.readouterr()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == sorted(
+        f"{fusion}{suffix}" for fusion in results["fusions"] for suffix in (".json", ".pt"))
+    return results["run_id"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seconds", [1.0, 3.0, 5.0, 6.5, 8.0, 10.0])
+def test_sigkill_never_leaves_a_directory_predict_accepts_wrongly(tmp_path, seconds, capsys):
+    """A first run completes; a second, --overwrite with other fusions, is killed at a moment.
+    The directory is then the first run whole or the second run whole, never a mix."""
+    out = tmp_path / "out"
+    flags = ["--seeds", "1", "--epochs", "3", "--max-rows", "300", "--quiet", "--out", str(out)]
+    assert train(out, "--fusion", "hm,dense", *flags[:-2]) == 0
+    first = json.loads((out / "results.json").read_text())["run_id"]
+    kill_train_at(tmp_path, seconds, "--fusion", "lphm,mean,lowrank", "--overwrite", *flags)
+    run_id = assert_consistent_or_absent(out, capsys)
+    fusions = set(json.loads((out / "results.json").read_text())["fusions"]) if run_id else None
+    assert fusions in (None, {"hm", "dense"}, {"lphm", "mean", "lowrank"})
+    assert run_id != first or fusions == {"hm", "dense"}
+
+
+def test_sigkill_during_a_first_run_leaves_no_out(tmp_path, capsys):
+    out = tmp_path / "out"
+    kill_train_at(tmp_path, 4.0, "--fusion", "hm,dense,lphm", "--seeds", "2", "--epochs", "20",
+                  "--max-rows", "600", "--quiet", "--out", str(out))
+    assert assert_consistent_or_absent(out, capsys) is None
+    assert not out.exists()
+
+
+# distributed: the ranks agree on their data before training ----------------------------------
+def test_torchrun_a_load_error_on_rank_1_stops_all_with_its_message(tmp_path):
+    """It used to surface only as torchrun's ChildFailedError, rank 1's message suppressed."""
+    launched = torchrun(tmp_path, "-", "error", "--fusion", "hm", *TINY,
+                        "--out", str(tmp_path / "out"))
+    assert launched.returncode != 0
+    ours = [line for line in launched.stderr.splitlines() if line.startswith("hmfusion: ")]
+    assert ours == ["hmfusion: error: rank 1: views.csv line 7, column 2: 'x' is not a number"]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("perturb", ["labels", "rows"])
+def test_torchrun_ranks_reading_different_data_stop_before_training(tmp_path, perturb):
+    """Shuffled labels trained and exited 0; ten times the rows on one rank hung."""
+    launched = torchrun(tmp_path, "-", perturb, "--fusion", "hm", *TINY,
+                        "--out", str(tmp_path / "out"))
+    assert launched.returncode != 0
+    ours = [line for line in launched.stderr.splitlines() if line.startswith("hmfusion: ")]
+    assert len(ours) == 1 and "the processes read different data (rank 0: " in ours[0], ours
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_loss_that_is_never_finite_is_one_line(tmp_path, capsys):
+    assert train(tmp_path / "out", "--fusion", "dense", "--lr", "1e30", *TINY) == 2
+    assert "the validation loss was never finite; lower --lr" in one_line_error(capsys)
+    assert list(tmp_path.iterdir()) == []

@@ -2,7 +2,8 @@
 
 Each application module (``hmfusion.train``, ``hmfusion.predict``, ``hmfusion.bench``) exposes
 ``add_arguments(parser)`` and ``main(args) -> int``; this module only wires them into
-``argparse`` so that ``hmfusion <command> --help`` documents every flag.
+``argparse``, so that ``hmfusion <command> --help`` documents every flag, and runs them through
+:mod:`hmfusion.cli_common`'s one error path.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+
+from hmfusion.cli_common import run_command
 
 # name -> (module, one-line help). Only the module of the command being run is imported, so
 # `hmfusion --help` and each command stay independent of the others' imports.
@@ -40,10 +43,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and run the command; returns its exit status.
+
+    Bad arguments exit through argparse (status 2); a command's bad data, unusable output or
+    Ctrl-C end as one line on stderr (see :func:`hmfusion.cli_common.run_command`).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     args = build_parser(command if command in _COMMANDS else None).parse_args(argv)
-    return int(args._main(args) or 0)
+    return run_command(args._main, args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,10 +3,11 @@
 Reads the views like `hmfusion train` does (--views in the same order and widths as in
 training; without --views, the packaged mfeat digits), standardizes them with the statistics
 stored in the checkpoint, and writes one CSV line per row: `row,prediction,probability`
-(1-based row, predicted class, its softmax probability), to stdout or to --out. When the rows
+(1-based row, predicted class, its softmax probability), to stdout or to --out (written whole,
+beside and then renamed; an existing file is replaced only with --overwrite). When the rows
 come with labels (--labels, --label-column, or a 'labels' array in an .npz) the accuracy is
-reported on stderr. Checkpoints are read with torch.load(weights_only=True): tensors only,
-nothing is unpickled.
+reported on stderr. Checkpoints are read with torch.load(weights_only=True), tensors only,
+after checking that the .pt is the one its .json was saved with; NaN weights are refused.
 """
 
 from __future__ import annotations
@@ -15,20 +16,34 @@ import argparse
 import csv
 import io
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from hmfusion.data import DataError, MultiViewData, load_files, load_mfeat
-from hmfusion.train import UsageError, add_data_arguments, load_checkpoint
+from hmfusion.cli_common import (
+    OutputFile,
+    add_data_arguments,
+    load_data,
+    resolve_device,
+)
+from hmfusion.data import DataError, MultiViewData
+from hmfusion.model import load_checkpoint
 
 __all__ = ["add_arguments", "main", "predict"]
 
 
 def predict(model: torch.nn.Module, data: MultiViewData, *, batch_size: int = 4096
             ) -> tuple[np.ndarray, np.ndarray]:
-    """Class indices (into the model's classes) and their probabilities for every row."""
+    """Class indices (into the model's classes) and their softmax probabilities for every row.
+
+    Args:
+        model: a :class:`~hmfusion.model.MultiViewClassifier` (any device).
+        data: views of the widths the model was trained on.
+        batch_size: rows per forward pass.
+
+    Returns:
+        int64 indices and float32 probabilities, each of shape ``(data.num_rows,)``.
+    """
     device = next(model.parameters()).device
     indices, probabilities = [], []
     model.eval()
@@ -44,45 +59,32 @@ def predict(model: torch.nn.Module, data: MultiViewData, *, batch_size: int = 40
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``hmfusion predict``."""
+    """Add the flags of ``hmfusion predict`` to ``parser``."""
     parser.add_argument("--checkpoint", required=True, metavar="FILE",
                         help="a checkpoint from hmfusion train: checkpoints/<fusion>.pt (its "
                              ".json config must sit next to it)")
     add_data_arguments(parser, labels_help="optional true labels, to report the accuracy")
     parser.add_argument("--out", metavar="FILE",
                         help="write the predictions to this CSV file (default: stdout)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out file")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
 
 
-def _error(message: str) -> int:
-    print(f"hmfusion: error: {message}", file=sys.stderr)
-    return 2
-
-
 def main(args: argparse.Namespace) -> int:
-    """Run ``hmfusion predict``; returns the exit status (2 for bad data or arguments)."""
-    try:
-        if args.device.startswith("cuda") and not torch.cuda.is_available():
-            raise UsageError("--device cuda: CUDA is not available on this machine")
-        if args.out is not None and Path(args.out).is_dir():
-            raise UsageError(f"--out {args.out!r} is a directory; give a file name")
-        model, meta = load_checkpoint(args.checkpoint, device=args.device)
-        config = meta["model"]
-        if args.views:
-            data = load_files(args.views, args.labels, args.label_column,
-                              header=args.csv_header, require_labels=False)
-        elif args.labels is not None or args.label_column is not None:
-            raise UsageError("--labels and --label-column need --views")
-        else:
-            data = load_mfeat()
-        if list(data.widths) != list(config["widths"]):
-            raise DataError(
-                f"the checkpoint expects {len(config['widths'])} views of widths "
-                f"{config['widths']} ({', '.join(config['view_names'])}); got "
-                f"{len(data.widths)} of widths {list(data.widths)} ({', '.join(data.view_names)})"
-            )
-    except (DataError, UsageError) as error:
-        return _error(str(error))
+    """Run ``hmfusion predict``; returns 0. Bad arguments, data, checkpoints or --out raise
+    ``UsageError``/``DataError``, reported by the command line as one line with status 2."""
+    output = None if args.out is None else OutputFile(args.out, overwrite=args.overwrite)
+    device = resolve_device(args.device)
+    model, meta = load_checkpoint(args.checkpoint, device=device)
+    config = meta["model"]
+    data = load_data(args, require_labels=False)
+    if list(data.widths) != list(config["widths"]):
+        raise DataError(
+            f"the checkpoint expects {len(config['widths'])} views of widths "
+            f"{config['widths']} ({', '.join(config['view_names'])}); got "
+            f"{len(data.widths)} of widths {list(data.widths)} ({', '.join(data.view_names)})"
+        )
 
     indices, probabilities = predict(model, data)
     classes = config["classes"]
@@ -92,12 +94,15 @@ def main(args: argparse.Namespace) -> int:
     writer.writerow(["row", "prediction", "probability"])
     for row, (label, probability) in enumerate(zip(predictions, probabilities), start=1):
         writer.writerow([row, label, f"{probability:.4f}"])
-    if args.out is None:
+    if output is None:
         sys.stdout.write(text.getvalue())
     else:
-        Path(args.out).write_text(text.getvalue(), encoding="utf-8")
+        output.write(text.getvalue())
 
-    if data.labels is not None:
+    for name, has in data.csv_headers:
+        print(f"{name}: {'first row read as a header' if has else 'no header row'}",
+              file=sys.stderr)
+    if data.labels is not None and data.classes is not None:
         truth = [str(data.classes[code]) for code in data.labels]
         correct = sum(str(p) == t for p, t in zip(predictions, truth))
         print(f"accuracy {correct / data.num_rows:.4f} ({correct} of {data.num_rows} rows)",

@@ -3,7 +3,8 @@
 - :func:`load_mfeat`: six views of 2,000 handwritten digits (10 classes), shipped inside the
   package (``mfeat.npz``; source, licence and how it was made in ``MFEAT_README.md``).
 - :func:`load_files`: CSV/TSV, .npy and .npz files, with labels from a file or a column
-  (see :mod:`hmfusion.data.files`).
+  (see :mod:`hmfusion.data.files`; the readers are :mod:`hmfusion.data.tables` for CSV/TSV and
+  :mod:`hmfusion.data.arrays` for NumPy files).
 - :func:`stratified_split`, :func:`stratified_subsample`, :func:`check_classes`: the splits the
   training job uses (see :mod:`hmfusion.data.split`).
 

@@ -33,6 +33,8 @@ class MultiViewData:
         view_names: a unique name per view.
         labels: int64 codes of shape (N,), indices into ``classes``; None when unlabelled.
         classes: the sorted distinct class labels (ints, or strings); None when unlabelled.
+        csv_headers: per CSV/TSV file read, its name and whether its first row was read as a
+            header (what ``header="auto"`` decided, so that reports can say it).
     """
 
     name: str
@@ -40,6 +42,7 @@ class MultiViewData:
     view_names: tuple[str, ...]
     labels: np.ndarray | None = None
     classes: tuple[ClassName, ...] | None = None
+    csv_headers: tuple[tuple[str, bool], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.views:
@@ -68,6 +71,7 @@ class MultiViewData:
 
     @property
     def num_rows(self) -> int:
+        """N, the rows every view has."""
         return self.views[0].shape[0]
 
     @property
@@ -83,6 +87,7 @@ class MultiViewData:
             self.view_names,
             None if self.labels is None else self.labels[rows],
             self.classes,
+            self.csv_headers,
         )
 
 
@@ -101,12 +106,23 @@ def check_finite(values: np.ndarray, where: str, row_names: Sequence[str] | None
                     f"({int(bad.sum())} non-finite values in all); remove or impute them")
 
 
-def _number(value: object) -> float | None:
-    """The value as a float if it is a number or numeric text, else None."""
-    if isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating)):
+def _number(value: object) -> int | float | None:
+    """The value as an exact int (integers, integer text) or a float (other numbers and numeric
+    text), or None when it is not a number. Integer text never goes through float, so labels
+    above 2**53 keep their exact values."""
+    if isinstance(value, (bool, np.bool_, int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
         return float(value)
+    text = str(value)
+    if "_" in text:  # int() and float() accept "1_000"; a label written so is a name
+        return None
     try:
-        return float(str(value))
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
     except ValueError:
         return None
 
@@ -117,6 +133,8 @@ def encode_labels(values: Sequence[object] | np.ndarray, where: str
 
     Labels that all read as integers ("3", 3.0, 3) become int classes. If any label is not a
     number, every label is a class name (a string), so ``["1", "cat"]`` gives ``("1", "cat")``.
+    Integer labels keep their exact values at any size (``"9007199254740993"`` is not
+    ``…992``).
 
     Raises:
         DataError: an empty label; among all-numeric labels, NaN, inf or a fractional number;
@@ -139,10 +157,10 @@ def encode_labels(values: Sequence[object] | np.ndarray, where: str
     names: list[ClassName]
     if all(number is not None for number in numbers):
         for row, number in enumerate(numbers):
-            if not math.isfinite(number) or number != int(number):
+            if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
                 raise DataError(f"{where}, row {row + 1}: label {raw[row]!r} is not an "
                                 "integer; labels must be integers or class names")
-        names = [int(number) for number in numbers]
+        names = [int(number) for number in numbers]  # type: ignore[arg-type]
     else:
         names = [str(value) for value in raw]
     classes = tuple(sorted(set(names)))

@@ -10,31 +10,36 @@ Labels come from one of:
   that each end with the label;
 - neither: an .npz array named ``labels``, ``label``, ``y`` or ``target``.
 
-CSV headers are optional. With ``header="auto"`` the first row is a header when one of its
-feature cells is text, when it reads 0, 1, 2, … (column indices, as pandas writes them; one cell
-may differ), or when its label cell is text that never occurs again in the label column (a class
-name occurs at least three times in any data set that can be split). ``"yes"``/``"no"`` decide
-it outright.
+CSV headers are optional. With ``header="auto"`` the whole file decides: the first row is a
+header when one of its feature cells is text, when it reads 0, 1, 2, … (column indices, as
+pandas writes them; one cell may differ), or when its label cell is text above a column of
+numbers, or text that never occurs again while every other label occurs at least three times
+(as every class of a data set that can be split does). A first label that occurs once among
+labels that are not all that frequent is undecidable: the file is refused and ``"yes"``/``"no"``
+(``--csv-header``) decide it outright. What was used is recorded in
+:attr:`MultiViewData.csv_headers`.
 
 Everything is checked before anything is used, and every problem raises :class:`DataError`
-naming the file, line or row, and column: a missing file, an unsupported type, ragged rows,
-non-numeric or empty cells, NaN or infinite values, views with different numbers of rows,
+naming the file, line or row, and column: a missing or unreadable file, an unsupported type,
+ragged rows, non-numeric or empty cells (a row of empty cells too, as pandas writes an all-NaN
+row), NaN or infinite values, a duplicated header name, views with different numbers of rows,
 labels that disagree between files. ``.npy``/``.npz`` files are read with
-``allow_pickle=False``: nothing is ever unpickled.
+``allow_pickle=False`` (nothing is ever unpickled), and only after their headers were checked
+against the bytes present: a truncated file, a header claiming more data than the file holds, a
+member that is not an ``.npy`` array or one that inflates like a zip bomb is refused.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from hmfusion.data.arrays import load_npy, load_npz
 from hmfusion.data.dataset import DataError, MultiViewData, check_finite, encode_labels
+from hmfusion.data.tables import LabelColumn, read_csv, resolve_index
 
 __all__ = ["DEFAULT_LABEL_KEYS", "load_files"]
 
@@ -43,8 +48,6 @@ DEFAULT_LABEL_KEYS = ("labels", "label", "y", "target")
 _SUFFIXES = (".csv", ".tsv", ".npy", ".npz")
 _HEADER_MODES = ("auto", "yes", "no")
 
-LabelColumn = int | str | None
-
 
 @dataclass
 class _FileViews:
@@ -52,6 +55,7 @@ class _FileViews:
 
     views: list[tuple[str, np.ndarray]]
     labels: np.ndarray | list[str] | None
+    header: bool | None = None  # CSV: whether the first row was a header
 
 
 def load_files(
@@ -90,6 +94,8 @@ def load_files(
 
     view_column = label_column if labels_path is None else None
     file_views = [_read_views_file(path, view_column, header) for path in paths]
+    headers = [(path.name, fv.header) for path, fv in zip(paths, file_views)
+               if fv.header is not None]
 
     rows = {name: values.shape[0] for path, fv in zip(paths, file_views)
             for name, values in _described(path, fv)}
@@ -98,13 +104,18 @@ def load_files(
         raise DataError(f"the views have different numbers of rows: {listing}")
     num_rows = next(iter(rows.values()))
 
-    carriers = [(path, fv.labels) for path, fv in zip(paths, file_views) if fv.labels is not None]
+    carriers: list[tuple[Path, np.ndarray | list[str]]] = [
+        (path, fv.labels) for path, fv in zip(paths, file_views) if fv.labels is not None]
     if labels_path is not None:
         if carriers:
             raise DataError(f"{carriers[0][0]} holds labels (an array named one of "
                             f"{DEFAULT_LABEL_KEYS}) and a labels file was also given "
                             f"({labels_path}); keep one source")
-        carriers = [(labels_path, _read_labels_file(labels_path, label_column, header))]
+        labels_file = _read_labels_file(labels_path, label_column, header)
+        raw = labels_file.labels
+        carriers = [(labels_path, raw if raw is not None else [])]
+        if labels_file.header is not None:
+            headers.append((labels_path.name, labels_file.header))
     elif isinstance(label_column, str) and not carriers:
         raise DataError(f"no views file has a column (or .npz array) named {label_column!r}")
 
@@ -113,8 +124,9 @@ def load_files(
         first_path, first_raw = carriers[0]
         codes, classes = encode_labels(first_raw, str(first_path))
         if codes.shape[0] != num_rows:
-            raise DataError(f"the labels ({first_path}) have {codes.shape[0]} rows but the "
-                            f"views have {num_rows}")
+            after = " after its header row" if dict(headers).get(first_path.name) else ""
+            raise DataError(f"the labels ({first_path}) have {codes.shape[0]} rows{after} but "
+                            f"the views have {num_rows}")
         for path, raw in carriers[1:]:
             other_codes, other_classes = encode_labels(raw, str(path))
             decoded = [classes[c] for c in codes]
@@ -138,6 +150,7 @@ def load_files(
         view_names=_unique_names([name for name, _ in views]),
         labels=codes,
         classes=classes,
+        csv_headers=tuple((name, bool(has)) for name, has in headers),
     )
 
 
@@ -156,6 +169,10 @@ def _checked_path(path: str | Path, role: str) -> Path:
     return path
 
 
+def _unreadable(path: Path, failure: OSError) -> DataError:
+    return DataError(f"{path} cannot be read: {failure.strerror or failure}")
+
+
 def _described(path: Path, file_views: _FileViews) -> list[tuple[str, np.ndarray]]:
     """The views of one file named for messages: ``a.csv``, or ``b.npz['fou']`` for archives."""
     if path.suffix.lower() != ".npz":
@@ -164,20 +181,29 @@ def _described(path: Path, file_views: _FileViews) -> list[tuple[str, np.ndarray
 
 
 def _read_views_file(path: Path, label_column: LabelColumn, header: str) -> _FileViews:
+    try:
+        return _read_views(path, label_column, header)
+    except OSError as failure:
+        raise _unreadable(path, failure) from None
+    except MemoryError:
+        raise DataError(f"{path} holds more data than fits in memory") from None
+
+
+def _read_views(path: Path, label_column: LabelColumn, header: str) -> _FileViews:
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        table = _read_csv(path, header, label_column)
-        return _FileViews([(path.stem, table.values)], table.labels)
+        table = read_csv(path, header, label_column)
+        return _FileViews([(path.stem, table.values)], table.labels, table.header)
     if suffix == ".npy":
-        array = _load_npy(path)
+        array = load_npy(path)
         labels = None
         if isinstance(label_column, int):
             array = _numeric_2d(array, str(path))
-            index = _resolve_index(label_column, array.shape[1], str(path))
+            index = resolve_index(label_column, array.shape[1], str(path))
             labels = array[:, index]
             array = np.delete(array, index, axis=1)
         return _FileViews([(path.stem, _view_values(array, str(path)))], labels)
-    arrays = _load_npz(path)
+    arrays = load_npz(path)
     key = _npz_label_key(arrays, label_column, path)
     labels = None if key is None else arrays.pop(key)
     if not arrays:
@@ -186,19 +212,30 @@ def _read_views_file(path: Path, label_column: LabelColumn, header: str) -> _Fil
     return _FileViews(views, labels)
 
 
-def _read_labels_file(path: Path, label_column: LabelColumn, header: str) -> np.ndarray | list[str]:
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv"):
-        return _read_csv(path, header, label_column, labels_only=True).labels or []
-    if suffix == ".npy":
-        array = _load_npy(path)
+def _read_labels_file(path: Path, label_column: LabelColumn, header: str) -> _FileViews:
+    """The raw labels of a labels file (and, for a CSV, whether it had a header)."""
+    try:
+        suffix = path.suffix.lower()
+        if suffix in (".csv", ".tsv"):
+            table = read_csv(path, header, label_column, labels_only=True)
+            return _FileViews([], table.labels or [], table.header)
+        return _FileViews([], _read_labels_array(path, label_column))
+    except OSError as failure:
+        raise _unreadable(path, failure) from None
+    except MemoryError:
+        raise DataError(f"{path} holds more data than fits in memory") from None
+
+
+def _read_labels_array(path: Path, label_column: LabelColumn) -> np.ndarray:
+    if path.suffix.lower() == ".npy":
+        array = load_npy(path)
         if array.ndim == 2 and array.shape[1] > 1:
             if not isinstance(label_column, int):
                 raise DataError(f"{path} has {array.shape[1]} columns; choose the label column "
                                 "with --label-column INDEX")
-            array = array[:, _resolve_index(label_column, array.shape[1], str(path))]
+            array = array[:, resolve_index(label_column, array.shape[1], str(path))]
         return array
-    arrays = _load_npz(path)
+    arrays = load_npz(path)
     key = _npz_label_key(arrays, label_column, path)
     if key is None:
         if len(arrays) != 1:
@@ -214,45 +251,8 @@ def _npz_label_key(arrays: dict[str, np.ndarray], label_column: LabelColumn, pat
     if isinstance(label_column, str):
         return label_column if label_column in arrays else None
     if isinstance(label_column, int):
-        return names[_resolve_index(label_column, len(names), f"{path} (arrays)")]
+        return names[resolve_index(label_column, len(names), f"{path} (arrays)")]
     return next((key for key in DEFAULT_LABEL_KEYS if key in arrays), None)
-
-
-def _load_npy(path: Path) -> np.ndarray:
-    with open(path, "rb") as handle:
-        try:
-            np.lib.format.read_magic(handle)
-        except ValueError:
-            raise DataError(f"{path} is not a NumPy .npy file") from None
-        handle.seek(0)
-        try:
-            return np.lib.format.read_array(handle, allow_pickle=False)
-        except ValueError as error:
-            if "allow_pickle" in str(error):
-                raise DataError(f"{path} holds Python objects; hmfusion never unpickles data, "
-                                "so save plain numbers (or strings, for labels)") from None
-            raise DataError(f"{path} is truncated or corrupt: {error}") from None
-        except (OSError, EOFError) as error:
-            raise DataError(f"{path} is truncated or corrupt: {error}") from None
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    if not zipfile.is_zipfile(path):
-        raise DataError(f"{path} is not a NumPy .npz (zip) file")
-    arrays: dict[str, np.ndarray] = {}
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            for key in archive.files:
-                try:
-                    arrays[key] = archive[key]
-                except ValueError:
-                    raise DataError(f"{path}[{key!r}] holds Python objects; hmfusion never "
-                                    "unpickles data, so save plain numbers") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as error:
-        raise DataError(f"{path} is truncated or corrupt: {error}") from None
-    if not arrays:
-        raise DataError(f"{path} holds no arrays")
-    return arrays
 
 
 def _numeric_2d(array: np.ndarray, where: str) -> np.ndarray:
@@ -275,14 +275,6 @@ def _view_values(array: np.ndarray, where: str) -> np.ndarray:
     return values
 
 
-def _resolve_index(index: int, width: int, where: str) -> int:
-    resolved = index + width if index < 0 else index
-    if not 0 <= resolved < width:
-        raise DataError(f"{where}: label column index {index} is out of range "
-                        f"({width} columns)")
-    return resolved
-
-
 def _unique_names(names: list[str]) -> tuple[str, ...]:
     seen: dict[str, int] = {}
     unique = []
@@ -290,111 +282,3 @@ def _unique_names(names: list[str]) -> tuple[str, ...]:
         seen[name] = seen.get(name, 0) + 1
         unique.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
     return tuple(unique)
-
-
-# CSV -----------------------------------------------------------------------------------------
-@dataclass
-class _Table:
-    values: np.ndarray  # (rows, features) float64; (rows, 0) with labels_only
-    labels: list[str] | None
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_column_index_row(cells: list[str]) -> bool:
-    """0, 1, 2, … as pandas writes integer column names (one cell may differ, e.g. a label)."""
-    if len(cells) < 3 or not all(cell.isdigit() for cell in cells):
-        return False
-    return sum(int(cell) == j for j, cell in enumerate(cells)) >= len(cells) - 1
-
-
-def _looks_like_header(rows: list[list[str]], label_index: int | None, features: bool) -> bool:
-    first = rows[0]
-    feature_cells = [cell for j, cell in enumerate(first) if j != label_index] if features else []
-    if any(cell != "" and not _is_number(cell) for cell in feature_cells):
-        return True
-    if features and _is_column_index_row(first):
-        return True
-    if label_index is not None and first[label_index] and not _is_number(first[label_index]):
-        below = {row[label_index] for row in rows[1:]}
-        return first[label_index] not in below or all(_is_number(cell) for cell in below)
-    return False
-
-
-def _read_csv(path: Path, header: str, label_column: LabelColumn, labels_only: bool = False
-              ) -> _Table:
-    """Read a CSV/TSV file: features as float64, and the label column's cells if selected."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path} is not UTF-8 text ({error.reason} at byte "
-                        f"{error.start})") from None
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-    rows: list[list[str]] = []
-    lines: list[int] = []
-    try:
-        for row in reader:
-            cells = [cell.strip() for cell in row]
-            if any(cells):
-                rows.append(cells)
-                lines.append(reader.line_num)
-    except csv.Error as error:
-        raise DataError(f"{path} line {reader.line_num}: {error}") from None
-    if not rows:
-        raise DataError(f"{path} is empty")
-    width = len(rows[0])
-    for cells, line in zip(rows, lines):
-        if len(cells) != width:
-            raise DataError(f"{path} line {line} has {len(cells)} cells; the first row has {width}")
-
-    label_index: int | None = None
-    named = False
-    if isinstance(label_column, int):
-        label_index = _resolve_index(label_column, width, str(path))
-    elif isinstance(label_column, str):
-        if header != "no" and label_column in rows[0]:
-            label_index, named = rows[0].index(label_column), True
-        elif labels_only:
-            raise DataError(f"{path} has no column named {label_column!r} in its header")
-    if labels_only and label_index is None:
-        if width != 1:
-            raise DataError(f"{path} has {width} columns; choose the label column with "
-                            "--label-column NAME|INDEX")
-        label_index = 0
-
-    if header == "auto":
-        has_header = named or _looks_like_header(rows, label_index, features=not labels_only)
-    else:
-        has_header = header == "yes"
-    names = rows[0] if has_header else None
-    if has_header:
-        rows, lines = rows[1:], lines[1:]
-    if not rows:
-        raise DataError(f"{path} has a header row but no data rows")
-
-    labels = None if label_index is None else [row[label_index] for row in rows]
-    if labels_only:
-        return _Table(np.empty((len(rows), 0)), labels)
-    columns = [j for j in range(width) if j != label_index]
-    if not columns:
-        raise DataError(f"{path} has no feature columns besides the label")
-    cells = rows if label_index is None else [[row[j] for j in columns] for row in rows]
-    try:
-        values = np.array(cells, dtype=np.float64)
-    except ValueError:
-        for row, line in zip(rows, lines):
-            for j in columns:
-                if not _is_number(row[j]):
-                    column = f"column {j + 1}" + (f" ({names[j]!r})" if names else "")
-                    problem = "empty cell" if row[j] == "" else f"{row[j]!r} is not a number"
-                    raise DataError(f"{path} line {line}, {column}: {problem}") from None
-        raise  # pragma: no cover - numpy and float() disagree on a cell
-    check_finite(values, str(path), [f"line {line}" for line in lines])
-    return _Table(values, labels)
