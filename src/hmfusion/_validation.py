@@ -161,9 +161,7 @@ def _block_size(name: str, value: object) -> int | Literal["auto"]:
 
 def check_kronecker_arguments(
     p: object, q: object, terms: object, rank_a: object, rank_b: object, pad: object
-) -> tuple[
-    int | Literal["auto"], int | Literal["auto"] | None, int, int | None, int | None, bool
-]:
+) -> tuple[int | Literal["auto"], int | Literal["auto"] | None, int, int | None, int | None, bool]:
     """The hyper-parameters of a Kronecker member, each checked (ranks are named ``r``)."""
     checked = (
         _block_size("p", p),
@@ -225,11 +223,16 @@ def check_divides(name: str, value: int, total_name: str, total: int, hint: str 
     if total % value != 0:
         valid = blocksizes.divisors(total)
         half = _LISTED_DIVISORS // 2
-        listed = str(valid) if len(valid) <= _LISTED_DIVISORS else (
-            f"the {len(valid)} divisors {str(valid[:half])[:-1]}, …, {str(valid[-half:])[1:]}"
+        listed = (
+            str(valid)
+            if len(valid) <= _LISTED_DIVISORS
+            else (
+                f"the {len(valid)} divisors {str(valid[:half])[:-1]}, …, {str(valid[-half:])[1:]}"
+            )
         )
-        raise ValueError(f"{name}={value} must divide {total_name}={total}; valid choices are "
-                         f"{listed}{hint}")
+        raise ValueError(
+            f"{name}={value} must divide {total_name}={total}; valid choices are {listed}{hint}"
+        )
 
 
 def check_flat_vector(w: object, length: int, *, what: str = "w") -> Tensor:

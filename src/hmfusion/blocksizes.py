@@ -126,7 +126,12 @@ def divisors(value: int) -> list[int]:
 
 
 def num_parameters(
-    n: int, D: int, p: int, q: int, terms: int = 1, rank_a: int | None = None,
+    n: int,
+    D: int,
+    p: int,
+    q: int,
+    terms: int = 1,
+    rank_a: int | None = None,
     rank_b: int | None = None,
 ) -> int:
     """l of a Kronecker member: ``terms·(a + b)`` with s = ⌈n/p⌉, t = ⌈D/q⌉ and a = p·q
@@ -178,8 +183,9 @@ def _padded_candidates(size: int, cap: int) -> np.ndarray:
     return np.unique(np.concatenate([small, large[large <= cap]]))
 
 
-def _l_float(n: int, D: int, p: np.ndarray, q: np.ndarray, terms: int,
-             rank_a: int | None, rank_b: int | None) -> np.ndarray:
+def _l_float(
+    n: int, D: int, p: np.ndarray, q: np.ndarray, terms: int, rank_a: int | None, rank_b: int | None
+) -> np.ndarray:
     """:func:`num_parameters` elementwise in float64 (exact below 2⁵³; used to shortlist)."""
     s, t = np.ceil(n / p), np.ceil(D / q)
     a = p * q if rank_a is None else rank_a * (p + q)
@@ -246,8 +252,13 @@ def choose_block_sizes(
 
 
 def _padded_shortlist(
-    n: int, D: int, p: int | str, q: int | str | None, terms: int,
-    rank_a: int | None, rank_b: int | None,
+    n: int,
+    D: int,
+    p: int | str,
+    q: int | str | None,
+    terms: int,
+    rank_a: int | None,
+    rank_b: int | None,
 ) -> list[tuple[int, int]]:
     """The (p, q) pairs whose l is within float rounding of the least, with ``pad=True``."""
     cap_p = min(n, D) if q is None else n

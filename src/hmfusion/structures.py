@@ -59,6 +59,7 @@ __all__ = [
 
 Factors = Mapping[str, Tensor]
 
+
 def linear_weight_variance(D: int) -> float:
     """Variance of ``nn.Linear``'s default weight for fan-in D: U(-1/√D, 1/√D) has 1/(3D)."""
     return 1.0 / (3.0 * D)
@@ -274,8 +275,16 @@ class KroneckerStructure(Structure):
 
     @classmethod
     def create(
-        cls, n: int, D: int, p: object, q: object, *, terms: object = 1,
-        rank_a: object = None, rank_b: object = None, pad: object = False,
+        cls,
+        n: int,
+        D: int,
+        p: object,
+        q: object,
+        *,
+        terms: object = 1,
+        rank_a: object = None,
+        rank_b: object = None,
+        pad: object = False,
     ) -> KroneckerStructure:
         """Validate the block sizes against n and D and build the structure.
 
@@ -288,7 +297,8 @@ class KroneckerStructure(Structure):
         """
         n, D = V.check_size("n", n), V.check_size("D", D)
         p, q, terms, rank_a, rank_b, pad = V.check_kronecker_arguments(
-            p, q, terms, rank_a, rank_b, pad)
+            p, q, terms, rank_a, rank_b, pad
+        )
         p_val, q_val = blocksizes.choose_block_sizes(
             n, D, p, q, pad=pad, terms=terms, rank_a=rank_a, rank_b=rank_b
         )
@@ -300,20 +310,32 @@ class KroneckerStructure(Structure):
     def factor_specs(self) -> tuple[FactorSpec, ...]:
         lead = () if self.terms == 1 else (self.terms,)
         a, b = self.rank_a, self.rank_b
-        left = (FactorSpec("A", (*lead, self.p, self.q)),) if a is None else (
-            FactorSpec("P", (self.p, a)), FactorSpec("Q", (self.q, a)))
-        right = (FactorSpec("B", (*lead, self.s, self.t)),) if b is None else (
-            FactorSpec("S", (self.s, b)), FactorSpec("T", (self.t, b)))
+        left = (
+            (FactorSpec("A", (*lead, self.p, self.q)),)
+            if a is None
+            else (FactorSpec("P", (self.p, a)), FactorSpec("Q", (self.q, a)))
+        )
+        right = (
+            (FactorSpec("B", (*lead, self.s, self.t)),)
+            if b is None
+            else (FactorSpec("S", (self.s, b)), FactorSpec("T", (self.t, b)))
+        )
         return left + right
 
     @property
     def flat_layout(self) -> tuple[FlatPiece, ...]:
         if self.terms > 1:
             return tuple(FlatPiece(name, j) for j in range(self.terms) for name in ("A", "B"))
-        left = (FlatPiece("A"),) if self.rank_a is None else (
-            FlatPiece("P"), FlatPiece("Q", transposed=True))
-        right = (FlatPiece("B"),) if self.rank_b is None else (
-            FlatPiece("S"), FlatPiece("T", transposed=True))
+        left = (
+            (FlatPiece("A"),)
+            if self.rank_a is None
+            else (FlatPiece("P"), FlatPiece("Q", transposed=True))
+        )
+        right = (
+            (FlatPiece("B"),)
+            if self.rank_b is None
+            else (FlatPiece("S"), FlatPiece("T", transposed=True))
+        )
         return left + right
 
     def _pair(self, f: Factors) -> tuple[kernels.Factor, kernels.Factor]:
@@ -331,8 +353,13 @@ class KroneckerStructure(Structure):
         return kernels.kron_weight(*self.dense_factors(f))[: self.n, : self.D]
 
     def plan(
-        self, m: int, dims: Sequence[int] | None = None, *, dtype: torch.dtype = torch.float32,
-        device: torch.device | str = "cpu", requires_grad: bool = True,
+        self,
+        m: int,
+        dims: Sequence[int] | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        requires_grad: bool = True,
     ) -> planner.Plan:
         """How :meth:`apply_concat` computes m rows of inputs of widths ``dims`` (default: one
         input of width D): materialize, fused or composite, order, input handling, row chunk.
@@ -375,10 +402,12 @@ class KroneckerStructure(Structure):
 
     def describe(self) -> str:
         rank = self.rank_b if self.rank_b is not None else self.rank_a
-        return ", ".join([f"p={self.p}", f"q={self.q}", f"s={self.s}", f"t={self.t}"]
-                         + [f"terms={self.terms}"] * (self.terms > 1)
-                         + [f"r={rank}"] * (rank is not None)
-                         + [f"pad=True (n'={self.p * self.s}, D'={self.q * self.t})"] * self.pad)
+        return ", ".join(
+            [f"p={self.p}", f"q={self.q}", f"s={self.s}", f"t={self.t}"]
+            + [f"terms={self.terms}"] * (self.terms > 1)
+            + [f"r={rank}"] * (rank is not None)
+            + [f"pad=True (n'={self.p * self.s}, D'={self.q * self.t})"] * self.pad
+        )
 
 
 # random-matrix adaptation --------------------------------------------------------------------

@@ -172,8 +172,11 @@ class ConcatFusion(nn.Module):
         """An ``nn.Linear(D, n)`` holding the materialized W (and the bias), for export."""
         param = next(iter(self.factors().values()))
         linear = nn.Linear(
-            self.in_features, self.n, bias=self.bias is not None,
-            device=param.device, dtype=param.dtype,
+            self.in_features,
+            self.n,
+            bias=self.bias is not None,
+            device=param.device,
+            dtype=param.dtype,
         )
         with torch.no_grad():
             linear.weight.copy_(self.weight)
@@ -213,8 +216,13 @@ class ConcatFusion(nn.Module):
         if linear.bias is not None:
             V.check_finite("linear.bias", linear.bias.detach())
         module = cls(  # a member's signature: (dims, n, its own arguments…)
-            dims_checked, n, *args, bias=linear.bias is not None,  # type: ignore[arg-type]
-            device=weight.device, dtype=weight.dtype, **kwargs,
+            dims_checked,
+            n,
+            *args,
+            bias=linear.bias is not None,  # type: ignore[arg-type]
+            device=weight.device,
+            dtype=weight.dtype,
+            **kwargs,
         )
         with torch.no_grad():
             for name, value in module.structure.fit(weight.detach()).items():

@@ -205,8 +205,11 @@ class _KroneckerFusion(ConcatFusion):
         """
         m = V.check_row_count("m", m)
         param = next(iter(self.factors().values()))
-        grad = param.requires_grad if requires_grad is None else V.check_bool(
-            "requires_grad", requires_grad)
+        grad = (
+            param.requires_grad
+            if requires_grad is None
+            else V.check_bool("requires_grad", requires_grad)
+        )
         return self.structure.plan(
             m, self.dims, dtype=param.dtype, device=param.device, requires_grad=grad
         )
@@ -273,8 +276,7 @@ class HMConcatFusion(_KroneckerFusion):
         device: Device = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(dims, n, p, q, terms=terms, pad=pad, bias=bias,
-                         device=device, dtype=dtype)
+        super().__init__(dims, n, p, q, terms=terms, pad=pad, bias=bias, device=device, dtype=dtype)
 
     @property
     def terms(self) -> int:
@@ -395,8 +397,9 @@ class DualLPHMConcatFusion(_KroneckerFusion):
         device: Device = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(dims, n, p, q, rank_a=r, rank_b=r, pad=pad, bias=bias,
-                         device=device, dtype=dtype)
+        super().__init__(
+            dims, n, p, q, rank_a=r, rank_b=r, pad=pad, bias=bias, device=device, dtype=dtype
+        )
 
     @property
     def r(self) -> int:

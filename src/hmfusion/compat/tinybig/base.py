@@ -119,10 +119,18 @@ class fusion(nn.Module):
             checked = V.check_dims(dims)
             self.dims = checked if isinstance(dims, tuple) else list(checked)
         factory = {"device": torch.device(self._device)}
-        super().__setattr__("preprocess_functions", P.processing_modules(
-            "preprocess", preprocess_functions, preprocess_function_configs, factory))
-        super().__setattr__("postprocess_functions", P.processing_modules(
-            "postprocess", postprocess_functions, postprocess_function_configs, factory))
+        super().__setattr__(
+            "preprocess_functions",
+            P.processing_modules(
+                "preprocess", preprocess_functions, preprocess_function_configs, factory
+            ),
+        )
+        super().__setattr__(
+            "postprocess_functions",
+            P.processing_modules(
+                "postprocess", postprocess_functions, postprocess_function_configs, factory
+            ),
+        )
 
     def __setattr__(self, name: str, value: Any) -> None:
         what = _PROCESSING_ATTRIBUTES.get(name)
@@ -277,8 +285,10 @@ class fusion(nn.Module):
         single = not isinstance(functions, (list, tuple, nn.ModuleList))
         modules = P.processing_modules("postprocess", [functions] if single else list(functions))
         configs = P.processing_configs("functions", modules) or []
-        renamed = [{class_name: c["function_class"], parameter_name: c["function_parameters"]}
-                   for c in configs]
+        renamed = [
+            {class_name: c["function_class"], parameter_name: c["function_parameters"]}
+            for c in configs
+        ]
         return renamed[0] if single else renamed
 
     @staticmethod
@@ -329,10 +339,16 @@ class fusion(nn.Module):
         }
 
 
-_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-           ast.Div: operator.truediv, ast.Pow: operator.pow}
-_FUNCTIONS = {name: getattr(np, name)
-              for name in ("exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "abs")}
+_BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Pow: operator.pow,
+}
+_FUNCTIONS = {
+    name: getattr(np, name) for name in ("exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "abs")
+}
 
 
 def _formula(formula: object, variable: object) -> Callable[[Any], Any]:
@@ -353,8 +369,13 @@ def _formula(formula: object, variable: object) -> Callable[[Any], Any]:
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
             operand = evaluate(node.operand, value)
             return -operand if isinstance(node.op, ast.USub) else operand
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                and node.func.id in _FUNCTIONS and len(node.args) == 1 and not node.keywords):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _FUNCTIONS
+            and len(node.args) == 1
+            and not node.keywords
+        ):
             return _FUNCTIONS[node.func.id](evaluate(node.args[0], value))
         raise ValueError(
             f"formula {formula!r} may use only numbers, {variable!r}, + - * / **, and "

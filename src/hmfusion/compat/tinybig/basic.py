@@ -97,9 +97,14 @@ class weighted_summation_fusion(fusion):
         tensor([[3., 3.]])
     """
 
-    def __init__(self, dims: Sequence[int] | None = None, weights: Any = None,
-                 name: str = "weighted_summation_fusion", require_parameters: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        dims: Sequence[int] | None = None,
+        weights: Any = None,
+        name: str = "weighted_summation_fusion",
+        require_parameters: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(dims=dims, name=name, require_parameters=require_parameters, **kwargs)
         if weights is not None and not isinstance(weights, Tensor):
             try:
@@ -118,8 +123,9 @@ class weighted_summation_fusion(fusion):
         """k with ``require_parameters`` (the weights are w), else 0."""
         return self.get_num() if self.require_parameters else 0
 
-    def forward(self, x: Sequence[Tensor], w: Tensor | None = None,
-                device: str | torch.device | None = None) -> Tensor:
+    def forward(
+        self, x: Sequence[Tensor], w: Tensor | None = None, device: str | torch.device | None = None
+    ) -> Tensor:
         """``post(Σ_i α_i · pre(x_i))`` with α the weights (or w).
 
         Raises:
@@ -159,8 +165,13 @@ class summation_fusion(weighted_summation_fusion):
     #: divide the sum by k (average_fusion)
     _average = False
 
-    def __init__(self, dims: Sequence[int], name: str = "summation_fusion",
-                 require_parameters: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        dims: Sequence[int],
+        name: str = "summation_fusion",
+        require_parameters: bool = False,
+        **kwargs: Any,
+    ) -> None:
         k = len(V.check_dims(dims))
         weights = torch.ones(k, dtype=torch.float64)  # exact in every dtype
         weights = weights / k if self._average else weights
@@ -182,8 +193,13 @@ class average_fusion(summation_fusion):
 
     _average = True
 
-    def __init__(self, dims: Sequence[int], name: str = "average_fusion",
-                 require_parameters: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        dims: Sequence[int],
+        name: str = "average_fusion",
+        require_parameters: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(dims=dims, name=name, **kwargs)
 
 
@@ -196,9 +212,13 @@ class parameterized_weighted_summation_fusion(weighted_summation_fusion):
         tensor([[2.5000, 2.5000]])
     """
 
-    def __init__(self, dims: Sequence[int] | None = None,
-                 name: str = "parameterized_weighted_summation_fusion",
-                 require_parameters: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        dims: Sequence[int] | None = None,
+        name: str = "parameterized_weighted_summation_fusion",
+        require_parameters: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(dims=dims, weights=None, name=name, require_parameters=True, **kwargs)
 
     def _config_parameters(self) -> dict[str, Any]:
@@ -215,8 +235,13 @@ class concatenation_fusion(fusion):
         torch.Size([3, 3])
     """
 
-    def __init__(self, dims: Sequence[int] | None = None, name: str = "concatenation_fusion",
-                 require_parameters: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        dims: Sequence[int] | None = None,
+        name: str = "concatenation_fusion",
+        require_parameters: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(dims=dims, name=name, require_parameters=False, **kwargs)
 
     def calculate_n(self, dims: Sequence[int] | None = None, *args: Any, **kwargs: Any) -> int:
@@ -234,8 +259,9 @@ class concatenation_fusion(fusion):
         """0: concatenation has no parameters."""
         return 0
 
-    def forward(self, x: Sequence[Tensor], w: Tensor | None = None,
-                device: str | torch.device | None = None) -> Tensor:
+    def forward(
+        self, x: Sequence[Tensor], w: Tensor | None = None, device: str | torch.device | None = None
+    ) -> Tensor:
         """``post(cat(pre(x_1), …, pre(x_k), dim=-1))``.
 
         Raises:

@@ -30,11 +30,23 @@ PARAMETERIZED_CLASSES: tuple[type[fusion], ...] = (
 
 #: every class a config may name, by its tinybig submodule
 _BY_SUBMODULE: dict[str, tuple[type[fusion], ...]] = {
-    "basic_fusion": (basic.weighted_summation_fusion, basic.summation_fusion,
-                     basic.average_fusion, basic.parameterized_weighted_summation_fusion),
-    "metric_fusion": (metric.metric_fusion, metric.max_fusion, metric.min_fusion,
-                      metric.sum_fusion, metric.mean_fusion, metric.prod_fusion,
-                      metric.median_fusion, metric.l1_norm_fusion, metric.l2_norm_fusion),
+    "basic_fusion": (
+        basic.weighted_summation_fusion,
+        basic.summation_fusion,
+        basic.average_fusion,
+        basic.parameterized_weighted_summation_fusion,
+    ),
+    "metric_fusion": (
+        metric.metric_fusion,
+        metric.max_fusion,
+        metric.min_fusion,
+        metric.sum_fusion,
+        metric.mean_fusion,
+        metric.prod_fusion,
+        metric.median_fusion,
+        metric.l1_norm_fusion,
+        metric.l2_norm_fusion,
+    ),
     "concatenation_fusion": (basic.concatenation_fusion,),
     "parameterized_concatenation_fusion": PARAMETERIZED_CLASSES,
 }
@@ -45,9 +57,12 @@ CLASSES: tuple[type[fusion], ...] = tuple(c for group in _BY_SUBMODULE.values() 
 _NAMES: dict[str, type[fusion]] = {}
 for _submodule, _classes in _BY_SUBMODULE.items():
     for _cls in _classes:
-        for _alias in (_cls.__name__, f"{CONFIG_PREFIX}.{_cls.__name__}",
-                       f"tinybig.fusion.{_cls.__name__}",
-                       f"tinybig.fusion.{_submodule}.{_cls.__name__}"):
+        for _alias in (
+            _cls.__name__,
+            f"{CONFIG_PREFIX}.{_cls.__name__}",
+            f"tinybig.fusion.{_cls.__name__}",
+            f"tinybig.fusion.{_submodule}.{_cls.__name__}",
+        ):
             _NAMES[_alias] = _cls
 _NAMES["tinybig.fusion.mean_fusion"] = metric.mean_fusion  # tinybig's namespace: metric's one
 

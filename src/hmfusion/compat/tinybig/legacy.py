@@ -80,8 +80,12 @@ class TinybigLegacyKronecker(nn.Module):
         elif not dual:
             pieces = {"A": (self.p, self.q), "S": (s, self.r), "T": (self.r, t)}
         else:
-            pieces = {"P": (self.p, self.r), "Q": (self.r, self.q),
-                      "S": (s, self.r), "T": (self.r, t)}
+            pieces = {
+                "P": (self.p, self.r),
+                "Q": (self.r, self.q),
+                "S": (s, self.r),
+                "T": (self.r, t),
+            }
         self.pieces = pieces
         dtype = V.check_factory_dtype(dtype)
         for name, shape in pieces.items():
@@ -106,8 +110,10 @@ class TinybigLegacyKronecker(nn.Module):
     def factors_from_flat(self, w: Tensor) -> dict[str, Tensor]:
         """The factors held in w (shape (l,)), as views of w (differentiable in w)."""
         sizes = [math.prod(shape) for shape in self.pieces.values()]
-        return {name: piece.reshape(shape)
-                for (name, shape), piece in zip(self.pieces.items(), w.split(sizes), strict=True)}
+        return {
+            name: piece.reshape(shape)
+            for (name, shape), piece in zip(self.pieces.items(), w.split(sizes), strict=True)
+        }
 
     def materialize(self, f: dict[str, Tensor]) -> Tensor:
         """tinybig's W (n×D) from the factors: outer(vec(A), vec(B)) reshaped row-major."""
@@ -148,13 +154,16 @@ class TinybigLegacyKronecker(nn.Module):
             for value in self.factors().values():
                 value.uniform_(-bound, bound)
 
-    def _fuse(self, inputs: Sequence[Tensor], lead: tuple[int, ...],
-              factors: dict[str, Tensor]) -> Tensor:
+    def _fuse(
+        self, inputs: Sequence[Tensor], lead: tuple[int, ...], factors: dict[str, Tensor]
+    ) -> Tensor:
         """``cat(inputs) Wᵀ`` on inputs already checked (their common ``lead`` shape)."""
         rows = torch.cat([x.reshape(-1, x.shape[-1]) for x in inputs], dim=-1)
         return F.linear(rows, self.materialize(factors)).reshape(*lead, self.n)
 
     def extra_repr(self) -> str:
         rank = "" if self.r is None else f", r={self.r}"
-        return (f"dims={list(self.dims)}, n={self.n}, p={self.p}, q={self.q}{rank}, "
-                f"layout='tinybig-0.2.1'")
+        return (
+            f"dims={list(self.dims)}, n={self.n}, p={self.p}, q={self.q}{rank}, "
+            f"layout='tinybig-0.2.1'"
+        )

@@ -73,8 +73,16 @@ def batch_l2_norm(x: Tensor) -> Tensor:
 #: the metrics a config may name, by the names tinybig's functions have
 METRICS: dict[str, Callable[[Tensor], Tensor]] = {
     function.__name__: function
-    for function in (batch_max, batch_min, batch_sum, batch_mean, batch_prod, batch_median,
-                     batch_l1_norm, batch_l2_norm)
+    for function in (
+        batch_max,
+        batch_min,
+        batch_sum,
+        batch_mean,
+        batch_prod,
+        batch_median,
+        batch_l1_norm,
+        batch_l2_norm,
+    )
 }
 
 
@@ -98,8 +106,13 @@ class metric_fusion(fusion):
         tensor([[3., 5.]])
     """
 
-    def __init__(self, dims: Sequence[int], metric: Callable[[Tensor], Tensor] | str,
-                 name: str = "metric_fusion", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        dims: Sequence[int],
+        metric: Callable[[Tensor], Tensor] | str,
+        name: str = "metric_fusion",
+        **kwargs: Any,
+    ) -> None:
         kwargs.pop("require_parameters", None)  # tinybig forces False
         super().__init__(dims=dims, name=name, require_parameters=False, **kwargs)
         if isinstance(metric, str):
@@ -119,8 +132,9 @@ class metric_fusion(fusion):
         """0: metric fusions have no parameters."""
         return 0
 
-    def forward(self, x: Sequence[Tensor], w: Tensor | None = None,
-                device: str | torch.device | None = None) -> Tensor:
+    def forward(
+        self, x: Sequence[Tensor], w: Tensor | None = None, device: str | torch.device | None = None
+    ) -> Tensor:
         """``post(metric(pre(x_1), …, pre(x_k)))`` elementwise.
 
         Raises:

@@ -100,7 +100,9 @@ class parameterized_concatenation_fusion(fusion):
                 "(hmfusion builds W's structure at construction)"
             )
         super().__init__(
-            dims=dims, name=name, require_parameters=require_parameters,
+            dims=dims,
+            name=name,
+            require_parameters=require_parameters,
             preprocess_functions=preprocess_functions,
             postprocess_functions=postprocess_functions,
             preprocess_function_configs=preprocess_function_configs,
@@ -127,7 +129,8 @@ class parameterized_concatenation_fusion(fusion):
         if self.own_parameters:
             #: the hmfusion module holding W's factors (only with own_parameters=True)
             self.fusion: Family | None = self._family(
-                dims, {"device": torch.device(self._device), "dtype": dtype})
+                dims, {"device": torch.device(self._device), "dtype": dtype}
+            )
             applier = self.fusion
         else:  # computes with the w given to forward; no tensors of its own, no RNG drawn
             self.fusion = None
@@ -174,7 +177,10 @@ class parameterized_concatenation_fusion(fusion):
         return applier.num_parameters
 
     def parameter_fabrication(
-        self, w: Tensor, n: int | None = None, D: int | None = None,
+        self,
+        w: Tensor,
+        n: int | None = None,
+        D: int | None = None,
         device: str | torch.device | None = None,
     ) -> Tensor:
         """tinybig's ψ: the matrix W (n×D) that w stands for, materialized (for inspection;
@@ -240,7 +246,10 @@ class parameterized_concatenation_fusion(fusion):
         owner = "the parameters" if w is None else "the flat vector w"
         reference = next(iter(factors.values()))
         inputs, lead = V.check_inputs(
-            x, tuple(self.get_dims() or ()), dtype=reference.dtype, device=reference.device,
+            x,
+            tuple(self.get_dims() or ()),
+            dtype=reference.dtype,
+            device=reference.device,
             owner=owner,
         )
         processed = [self.pre_process(value) for value in inputs]
@@ -261,9 +270,11 @@ class parameterized_concatenation_fusion(fusion):
         return parameters
 
     def extra_repr(self) -> str:
-        return (f"name={self.name!r}, n={self.n}, dims={list(self.get_dims() or ())}, "
-                f"l={self.calculate_l()}, layout={self.layout!r}, "
-                f"own_parameters={self.own_parameters}")
+        return (
+            f"name={self.name!r}, n={self.n}, dims={list(self.get_dims() or ())}, "
+            f"l={self.calculate_l()}, layout={self.layout!r}, "
+            f"own_parameters={self.own_parameters}"
+        )
 
 
 _SHARED = [

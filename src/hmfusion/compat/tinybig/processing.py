@@ -150,10 +150,13 @@ _PROCESSING_NAMES = _processing_names()
 # torch functions tinybig users pass as callables, mapped onto the allowlisted modules (so that
 # they serialize, and F.dropout stops dropping in eval mode).
 _PROCESSING_CALLABLES: dict[Callable, type] = {
-    F.relu: nn.ReLU, torch.relu: nn.ReLU,
+    F.relu: nn.ReLU,
+    torch.relu: nn.ReLU,
     F.gelu: nn.GELU,
-    F.sigmoid: nn.Sigmoid, torch.sigmoid: nn.Sigmoid,
-    F.tanh: nn.Tanh, torch.tanh: nn.Tanh,
+    F.sigmoid: nn.Sigmoid,
+    torch.sigmoid: nn.Sigmoid,
+    F.tanh: nn.Tanh,
+    torch.tanh: nn.Tanh,
     F.softplus: nn.Softplus,
     F.silu: nn.SiLU,
     F.leaky_relu: nn.LeakyReLU,
@@ -272,8 +275,7 @@ def processing_modules(
         else:
             items = [functions]
         modules = [
-            _from_function(f"{what}_functions[{i}]", item, factory)
-            for i, item in enumerate(items)
+            _from_function(f"{what}_functions[{i}]", item, factory) for i, item in enumerate(items)
         ]
         label = f"{what}_functions"
     elif configs is not None:

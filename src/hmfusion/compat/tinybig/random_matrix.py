@@ -46,10 +46,16 @@ class random_matrix_adaption_parameterized_concatenation_fusion(parameterized_co
 
     _own_arguments = ("r", "seed")
 
-    def __init__(self, r: int = 2,
-                 name: str = "random_matrix_adaption_parameterized_concatenation_fusion",
-                 n: int | None = None, dims: Sequence[int] | None = None, *,
-                 seed: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        r: int = 2,
+        name: str = "random_matrix_adaption_parameterized_concatenation_fusion",
+        n: int | None = None,
+        dims: Sequence[int] | None = None,
+        *,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.r = V.check_positive_int("r", r)
         self.seed = secrets.randbits(63) if seed is None else V.check_int("seed", seed)
         super().__init__(n, dims, name, **kwargs)
@@ -60,8 +66,9 @@ class random_matrix_adaption_parameterized_concatenation_fusion(parameterized_co
     def _attach(self, dtype: torch.dtype | None) -> None:
         super()._attach(dtype)
         if self.fusion is None:  # the matrices are the module's even when w is external
-            drawn = self._family(tuple(self.get_dims() or ()),
-                                 {"device": torch.device(self._device), "dtype": dtype})
+            drawn = self._family(
+                tuple(self.get_dims() or ()), {"device": torch.device(self._device), "dtype": dtype}
+            )
             self.register_buffer("R1", drawn.get_buffer("R1").detach().clone())
             self.register_buffer("R2", drawn.get_buffer("R2").detach().clone())
 

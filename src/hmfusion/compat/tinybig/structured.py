@@ -35,14 +35,20 @@ __all__ = [
 ]
 
 
-_KroneckerFamily = (
-    HMConcatFusion | LPHMConcatFusion | DualLPHMConcatFusion | TinybigLegacyKronecker
-)
+_KroneckerFamily = HMConcatFusion | LPHMConcatFusion | DualLPHMConcatFusion | TinybigLegacyKronecker
 
 
 def _kronecker_family(
-    cls: Callable[..., _KroneckerFamily], layout: str, dims: tuple[int, ...], n: int,
-    factory: dict, *, p: int, q: int | None, pad: bool, r: int | None = None,
+    cls: Callable[..., _KroneckerFamily],
+    layout: str,
+    dims: tuple[int, ...],
+    n: int,
+    factory: dict,
+    *,
+    p: int,
+    q: int | None,
+    pad: bool,
+    r: int | None = None,
     dual: bool = False,
 ) -> _KroneckerFamily:
     """An HM / LPHM / dual-LPHM family module, or its tinybig-0.2.1-layout twin."""
@@ -72,8 +78,14 @@ class lowrank_parameterized_concatenation_fusion(parameterized_concatenation_fus
 
     _own_arguments = ("r",)
 
-    def __init__(self, r: int = 2, name: str = "lowrank_parameterized_concatenation_fusion",
-                 n: int | None = None, dims: Sequence[int] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        r: int = 2,
+        name: str = "lowrank_parameterized_concatenation_fusion",
+        n: int | None = None,
+        dims: Sequence[int] | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.r = V.check_positive_int("r", r)
         super().__init__(n, dims, name, **kwargs)
 
@@ -92,8 +104,18 @@ class _KroneckerAdapter(parameterized_concatenation_fusion):
         self.p, self.q, self.pad, self.r = p, q, V.check_bool("pad", pad), r
 
     def _family(self, dims: tuple[int, ...], factory: dict) -> Family:
-        family = _kronecker_family(self._family_class, self.layout, dims, self.n, factory,
-                                   p=self.p, q=self.q, pad=self.pad, r=self.r, dual=self._dual)
+        family = _kronecker_family(
+            self._family_class,
+            self.layout,
+            dims,
+            self.n,
+            factory,
+            p=self.p,
+            q=self.q,
+            pad=self.pad,
+            r=self.r,
+            dual=self._dual,
+        )
         self.p, self.q = family.p, family.q  # resolved (q defaults to p)
         return family
 
@@ -121,10 +143,17 @@ class hm_parameterized_concatenation_fusion(_KroneckerAdapter):
         8
     """
 
-    def __init__(self, p: int, q: int | None = None,
-                 name: str = "hm_parameterized_concatenation_fusion", n: int | None = None,
-                 dims: Sequence[int] | None = None, *, pad: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        p: int,
+        q: int | None = None,
+        name: str = "hm_parameterized_concatenation_fusion",
+        n: int | None = None,
+        dims: Sequence[int] | None = None,
+        *,
+        pad: bool = False,
+        **kwargs: Any,
+    ) -> None:
         self._set_blocks(p, q, pad)
         super().__init__(n, dims, name, **kwargs)
 
@@ -149,10 +178,18 @@ class lphm_parameterized_concatenation_fusion(_KroneckerAdapter):
     _own_arguments = ("r", "p", "q", "pad")
     _family_class = LPHMConcatFusion
 
-    def __init__(self, r: int, p: int, q: int | None = None,
-                 name: str = "lphm_parameterized_concatenation_fusion", n: int | None = None,
-                 dims: Sequence[int] | None = None, *, pad: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        r: int,
+        p: int,
+        q: int | None = None,
+        name: str = "lphm_parameterized_concatenation_fusion",
+        n: int | None = None,
+        dims: Sequence[int] | None = None,
+        *,
+        pad: bool = False,
+        **kwargs: Any,
+    ) -> None:
         self._set_blocks(p, q, pad, r)
         super().__init__(n, dims, name, **kwargs)
 
@@ -178,9 +215,17 @@ class dual_lphm_parameterized_concatenation_fusion(_KroneckerAdapter):
     _family_class = DualLPHMConcatFusion
     _dual = True
 
-    def __init__(self, r: int, p: int, q: int | None = None,
-                 name: str = "dual_lphm_parameterized_concatenation_fusion",
-                 n: int | None = None, dims: Sequence[int] | None = None, *,
-                 pad: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        r: int,
+        p: int,
+        q: int | None = None,
+        name: str = "dual_lphm_parameterized_concatenation_fusion",
+        n: int | None = None,
+        dims: Sequence[int] | None = None,
+        *,
+        pad: bool = False,
+        **kwargs: Any,
+    ) -> None:
         self._set_blocks(p, q, pad, r)
         super().__init__(n, dims, name, **kwargs)
