@@ -263,8 +263,8 @@ class KroneckerStructure(Structure):
     spec: planner.KronSpec
     pad: bool = False
 
-    n = _spec_property("n", "Output width.")  # type: ignore[assignment]
-    D = _spec_property("D", "Input width Σ n_i.")  # type: ignore[assignment]
+    n = _spec_property("n", "Output width.")
+    D = _spec_property("D", "Input width Σ n_i.")
     p = _spec_property("p", "Rows of A.")
     q = _spec_property("q", "Columns of A.")
     s = _spec_property("s", "Rows of B, n'/p = ⌈n/p⌉.")

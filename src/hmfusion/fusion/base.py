@@ -217,9 +217,9 @@ class ConcatFusion(nn.Module):
             V.check_finite("linear.bias", linear.bias.detach())
         module = cls(  # a member's signature: (dims, n, its own arguments…)
             dims_checked,
-            n,
+            n,  # type: ignore[arg-type]  # members take (dims, n, …), not a Structure
             *args,
-            bias=linear.bias is not None,  # type: ignore[arg-type]
+            bias=linear.bias is not None,
             device=weight.device,
             dtype=weight.dtype,
             **kwargs,

@@ -342,7 +342,7 @@ class LPHMConcatFusion(_KroneckerFusion):
     @property
     def r(self) -> int:
         """The rank of the right factor S Tᵀ."""
-        return self.structure.rank_b  # type: ignore[return-value]
+        return self.structure.rank_b
 
 
 class DualLPHMConcatFusion(_KroneckerFusion):
@@ -404,7 +404,7 @@ class DualLPHMConcatFusion(_KroneckerFusion):
     @property
     def r(self) -> int:
         """The rank of both Kronecker factors."""
-        return self.structure.rank_b  # type: ignore[return-value]
+        return self.structure.rank_b
 
 
 class RandomMatrixConcatFusion(ConcatFusion):
