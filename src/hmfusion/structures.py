@@ -1,36 +1,34 @@
 """Structures of the fusion weight W: how W is fabricated from its factors, and how Wᵀ is applied.
 
-Conventions (used throughout hmfusion)
---------------------------------------
-A fusion maps k inputs x_i of shape (*lead, n_i) to ``Y = cat(x_1, …, x_k) Wᵀ`` of shape
-(*lead, n); D = Σ n_i. **W is n×D**, like ``torch.nn.Linear.weight``. The reference
-documentation (tinybig's RPN 2 papers and code) writes the same operator as ``X W`` with a D×n
+**Conventions** (used throughout hmfusion).
+A fusion maps k inputs x_i of shape (*lead, n_i) to `Y = cat(x_1, …, x_k) Wᵀ` of shape
+(*lead, n); D = Σ n_i. **W is n×D**, like `torch.nn.Linear.weight`. The reference
+documentation (tinybig's RPN 2 papers and code) writes the same operator as `X W` with a D×n
 matrix: its W is our Wᵀ. All matrices are flattened row-major.
 
-The family (each factor initialised so that W has the variance of ``nn.Linear``'s default
+The family (each factor initialised so that W has the variance of `nn.Linear`'s default
 weight, 1/(3D), split evenly between the factors; the uniform distribution is used throughout):
 
-=================  ======================================  =========================================
-member             W (n×D)                                 l (number of trained values)
-=================  ======================================  =========================================
-dense              W                                       n·D
-low-rank (r)       U Vᵀ,  U: n×r, V: D×r                   r·(n + D)
-HM (p, q)          A ⊗ B, A: p×q, B: s×t                   p·q + s·t  (= p·q + n·D/(p·q))
-sum of Kronecker   Σ_{j<terms} A_j ⊗ B_j                   terms·(p·q + s·t)
-LPHM (p, q, r)     A ⊗ (S Tᵀ), S: s×r, T: t×r              p·q + r·(s + t)
-dual-LPHM          (P Qᵀ) ⊗ (S Tᵀ), P: p×r, Q: q×r         r·(p + q + s + t)
-random-matrix (r)  diag(λ₁) R₁ diag(λ₂) R₂ᵀ                n + r  (R₁: n×r, R₂: D×r fixed random)
-=================  ======================================  =========================================
+| member | W (n×D) | l (number of trained values) |
+| --- | --- | --- |
+| dense | W | n·D |
+| low-rank (r) | U Vᵀ, U: n×r, V: D×r | r·(n + D) |
+| HM (p, q) | A ⊗ B, A: p×q, B: s×t | p·q + s·t (= p·q + n·D/(p·q)) |
+| sum of Kronecker | Σ_{j<terms} A_j ⊗ B_j | terms·(p·q + s·t) |
+| LPHM (p, q, r) | A ⊗ (S Tᵀ), S: s×r, T: t×r | p·q + r·(s + t) |
+| dual-LPHM | (P Qᵀ) ⊗ (S Tᵀ), P: p×r, Q: q×r | r·(p + q + s + t) |
+| random-matrix (r) | diag(λ₁) R₁ diag(λ₂) R₂ᵀ | n + r (R₁: n×r, R₂: D×r fixed random) |
 
-with s = n/p and t = D/q. Block sizes must divide: p | n and q | D. With ``pad=True`` any n and
+with s = n/p and t = D/q. Block sizes must divide: p | n and q | D. With `pad=True` any n and
 D work: n is rounded up to n' = p·⌈n/p⌉ and D to D' = q·⌈D/q⌉, s = n'/p, t = D'/q, and W is the
 top-left n×D block of the n'×D' Kronecker product (equivalently: X is zero-padded to D' columns
 and the first n outputs are kept). Padding costs (n'·D' − n·D)/(p·q) extra entries of B.
 
-The Kronecker members apply Wᵀ without forming W (see :mod:`hmfusion.kernels`): per row the
-cost is min(q·s·(t + p), p·t·(q + s)) multiply-adds instead of n·D. The planner forms W only
-for small layers where one dense GEMM is cheaper (its ``materialize`` plan; ``plan(m)`` tells).
-Block sizes are chosen in :mod:`hmfusion.blocksizes`, factors fitted in :mod:`hmfusion.fitting`.
+The Kronecker members apply Wᵀ without forming W (see [`hmfusion.kernels`][hmfusion.kernels]): per
+row the cost is min(q·s·(t + p), p·t·(q + s)) multiply-adds instead of n·D. The planner forms W only
+for small layers where one dense GEMM is cheaper (its `materialize` plan; `plan(m)` tells). Block
+sizes are chosen in [`hmfusion.blocksizes`][hmfusion.blocksizes], factors fitted in
+[`hmfusion.fitting`][hmfusion.fitting].
 """
 
 from __future__ import annotations
@@ -61,7 +59,7 @@ Factors = Mapping[str, Tensor]
 
 
 def linear_weight_variance(D: int) -> float:
-    """Variance of ``nn.Linear``'s default weight for fan-in D: U(-1/√D, 1/√D) has 1/(3D)."""
+    """Variance of `nn.Linear`'s default weight for fan-in D: U(-1/√D, 1/√D) has 1/(3D)."""
     return 1.0 / (3.0 * D)
 
 
@@ -75,8 +73,8 @@ def _uniform_(tensor: Tensor, variance: float, generator: torch.Generator | None
 class FactorSpec:
     """One factor of a structure: its attribute name, shape and whether it is trained.
 
-    Trained factors become ``nn.Parameter``s of the fusion module; fixed ones (the random
-    matrices) become persistent buffers, saved in the ``state_dict``.
+    Trained factors become `nn.Parameter`s of the fusion module; fixed ones (the random
+    matrices) become persistent buffers, saved in the `state_dict`.
     """
 
     name: str
@@ -86,7 +84,7 @@ class FactorSpec:
 
 @dataclass(frozen=True)
 class FlatPiece:
-    """One piece of the flat vector w: ``factor[index]`` (or the whole factor), maybe transposed."""
+    """One piece of the flat vector w: `factor[index]` (or the whole factor), maybe transposed."""
 
     name: str
     index: int | None = None
@@ -97,7 +95,7 @@ class Structure(ABC):
     """The structure ψ of an n×D fusion weight W = ψ(w).
 
     A structure is a plain description (sizes and block sizes); the factor tensors belong to the
-    module and are passed in as a mapping ``{name: tensor}`` following :attr:`factor_specs`.
+    module and are passed in as a mapping `{name: tensor}` following `factor_specs`.
     """
 
     n: int
@@ -124,10 +122,10 @@ class Structure(ABC):
 
     @abstractmethod
     def apply_transposed(self, x: Tensor, f: Factors) -> Tensor:
-        """``x Wᵀ`` for x of shape (m, D); returns (m, n)."""
+        """`x Wᵀ` for x of shape (m, D); returns (m, n)."""
 
     def apply_concat(self, xs: Sequence[Tensor], f: Factors) -> Tensor:
-        """``cat(xs, -1) Wᵀ`` for xs of shapes (m, n_i); returns (m, n)."""
+        """`cat(xs, -1) Wᵀ` for xs of shapes (m, n_i); returns (m, n)."""
         return self.apply_transposed(torch.cat(list(xs), dim=-1) if len(xs) > 1 else xs[0], f)
 
     @abstractmethod
@@ -135,16 +133,16 @@ class Structure(ABC):
         """Initialise the factors in place (W gets variance 1/(3D))."""
 
     def fit(self, weight: Tensor) -> dict[str, Tensor]:
-        """Factors whose W is closest to ``weight`` (n×D) in Frobenius norm."""
+        """Factors whose W is closest to `weight` (n×D) in Frobenius norm."""
         raise TypeError(f"{type(self).__name__} cannot be fitted to a dense weight")
 
     @abstractmethod
     def describe(self) -> str:
-        """The structure's hyper-parameters, for ``extra_repr``."""
+        """The structure's hyper-parameters, for `extra_repr`."""
 
     # flat vector <-> factors (shared by every member) ------------------------------------
     def to_flat(self, f: Factors) -> Tensor:
-        """w: the trained factors cut and flattened per :attr:`flat_layout`, concatenated."""
+        """w: the trained factors cut and flattened per `flat_layout`, concatenated."""
         pieces = []
         for piece in self.flat_layout:
             value = f[piece.name] if piece.index is None else f[piece.name][piece.index]
@@ -174,7 +172,7 @@ class Structure(ABC):
 # dense ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DenseStructure(Structure):
-    """W itself (n×D): the unstructured baseline, ``nn.Linear`` on the concatenation."""
+    """W itself (n×D): the unstructured baseline, `nn.Linear` on the concatenation."""
 
     n: int
     D: int
@@ -250,14 +248,15 @@ def _spec_property(name: str, doc: str) -> property:
 class KroneckerStructure(Structure):
     """W = Σ_{j<terms} A_j ⊗ B_j (top-left n×D block), each factor dense or low-rank.
 
-    - HM: ``rank_a = rank_b = None``, terms = 1: A (p×q), B (s×t); w = [A | B].
+    - HM: `rank_a = rank_b = None`, terms = 1: A (p×q), B (s×t); w = [A | B].
     - sum of Kronecker products: terms > 1: A (terms×p×q), B (terms×s×t); w = [A₁|B₁|A₂|B₂|…].
-    - LPHM: ``rank_b = r``: A (p×q), B = S Tᵀ with S: s×r, T: t×r; w = [A | S | Tᵀ].
-    - dual-LPHM: ``rank_a = rank_b = r``: A = P Qᵀ with P: p×r, Q: q×r; w = [P | Qᵀ | S | Tᵀ].
+    - LPHM: `rank_b = r`: A (p×q), B = S Tᵀ with S: s×r, T: t×r; w = [A | S | Tᵀ].
+    - dual-LPHM: `rank_a = rank_b = r`: A = P Qᵀ with P: p×r, Q: q×r; w = [P | Qᵀ | S | Tᵀ].
 
-    The sizes live in one place, :attr:`spec` (the planner's :class:`~hmfusion.planner.KronSpec`,
-    with s = ⌈n/p⌉ and t = ⌈D/q⌉); ``n``, ``p``, ``s``… read it. Use :meth:`create` to validate
-    arguments and resolve ``"auto"`` block sizes (:func:`hmfusion.blocksizes.choose_block_sizes`).
+    The sizes live in one place, `spec` (the planner's [`KronSpec`][hmfusion.planner.KronSpec],
+    with s = ⌈n/p⌉ and t = ⌈D/q⌉); `n`, `p`, `s`… read it. Use `create` to validate
+    arguments and resolve `"auto"` block sizes
+    ([`hmfusion.blocksizes.choose_block_sizes`][hmfusion.blocksizes.choose_block_sizes]).
     """
 
     spec: planner.KronSpec
@@ -289,10 +288,10 @@ class KroneckerStructure(Structure):
         """Validate the block sizes against n and D and build the structure.
 
         Raises:
-            TypeError: p, q, terms or a rank is not an int (p, q may also be ``"auto"``);
+            TypeError: p, q, terms or a rank is not an int (p, q may also be `"auto"`);
                 pad is not a bool.
             ValueError: a value is not positive; n or D exceeds 2⁴⁸; p does not divide n or q
-                does not divide D (without ``pad``; the message lists the valid divisors);
+                does not divide D (without `pad`; the message lists the valid divisors);
                 p > n or q > D.
         """
         n, D = V.check_size("n", n), V.check_size("D", D)
@@ -361,9 +360,10 @@ class KroneckerStructure(Structure):
         device: torch.device | str = "cpu",
         requires_grad: bool = True,
     ) -> planner.Plan:
-        """How :meth:`apply_concat` computes m rows of inputs of widths ``dims`` (default: one
+        """How `apply_concat` computes m rows of inputs of widths `dims` (default: one
         input of width D): materialize, fused or composite, order, input handling, row chunk.
-        See :mod:`hmfusion.planner`; :func:`hmfusion.planner.force_plan` overrides it."""
+        See [`hmfusion.planner`][hmfusion.planner];
+        [`force_plan`][hmfusion.planner.force_plan] overrides it."""
         widths = (self.D,) if dims is None else tuple(dims)
         device_type = torch.device(device).type
         return planner.choose_plan(self.spec, m, widths, dtype, device_type, requires_grad)
@@ -388,8 +388,9 @@ class KroneckerStructure(Structure):
                     _uniform_(f[name], math.sqrt(factor_variance / rank), generator)
 
     def fit(self, weight: Tensor) -> dict[str, Tensor]:
-        """Nearest sum of Kronecker products (:func:`hmfusion.fitting.fit_kronecker`: Van Loan
-        & Pitsianis, with hard impute of the padded entries); a low-rank Kronecker factor is
+        """Nearest sum of Kronecker products
+        ([`hmfusion.fitting.fit_kronecker`][hmfusion.fitting.fit_kronecker]: Van Loan & Pitsianis,
+        with hard impute of the padded entries); a low-rank Kronecker factor is
         then truncated by SVD (not jointly optimal, but exact when W has that structure)."""
         a, b = fitting.fit_kronecker(weight, self.p, self.q, self.s, self.t, self.terms)
         out: dict[str, Tensor] = {}
@@ -415,9 +416,9 @@ class KroneckerStructure(Structure):
 class RandomMatrixStructure(Structure):
     """W = diag(λ₁) R₁ diag(λ₂) R₂ᵀ with fixed random R₁: n×r, R₂: D×r; only λ₁ (n), λ₂ (r) train.
 
-    R₁ and R₂ are drawn once from ``torch.Generator().manual_seed(seed)`` on the CPU in float64
+    R₁ and R₂ are drawn once from `torch.Generator().manual_seed(seed)` on the CPU in float64
     (so every device and dtype sees the same values) with unit-variance uniform entries. λ₁
-    starts at 1 and λ₂ at √(1/(3D·r)), which gives W the variance 1/(3D) of ``nn.Linear``.
+    starts at 1 and λ₂ at √(1/(3D·r)), which gives W the variance 1/(3D) of `nn.Linear`.
     Flat w = [λ₁ | λ₂].
     """
 

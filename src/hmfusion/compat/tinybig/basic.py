@@ -1,8 +1,8 @@
 """tinybig 0.2.1's parameter-free fusions: weighted sums, averages and plain concatenation.
 
-The same formulas, signatures and names as ``tinybig.fusion.basic_fusion`` and
-``tinybig.fusion.concatenation_fusion``; the inputs are checked with precise errors instead of
-``assert``s, and processing functions are applied to each input on its own.
+The same formulas, signatures and names as `tinybig.fusion.basic_fusion` and
+`tinybig.fusion.concatenation_fusion`; the inputs are checked with precise errors instead of
+`assert`s, and processing functions are applied to each input on its own.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def check_input_list(owner: fusion, x: object, *, same_shape: bool) -> list[Tens
     """The inputs of a parameter-free fusion as a list, checked.
 
     Raises:
-        ValueError: x empty; a count or width other than ``owner.dims`` (when given); shapes
-            that differ (``same_shape``) or leading shapes that differ.
+        ValueError: x empty; a count or width other than `owner.dims` (when given); shapes
+            that differ (`same_shape`) or leading shapes that differ.
         TypeError: x is not a list or tuple of tensors.
 
     Example:
@@ -75,18 +75,19 @@ def _common_width(label: str, dims: Sequence[int] | None) -> int:
 
 
 class weighted_summation_fusion(fusion):
-    """tinybig's weighted summation: ``y = Σ_i α_i · pre(x_i)``, inputs of one shape.
+    """tinybig's weighted summation: `y = Σ_i α_i · pre(x_i)`, inputs of one shape.
 
-    The weights are ``weights`` (fixed, not a parameter: tinybig keeps them out of the
-    ``state_dict`` too), or the w given to :meth:`forward` when ``require_parameters=True``.
+    The weights are `weights` (fixed, not a parameter: tinybig keeps them out of the
+    `state_dict` too), or the w given to `forward` when `require_parameters=True`.
 
     Args:
-        dims: the input widths (all equal), or ``None``.
+        dims: the input widths (all equal), or `None`.
         weights: k weights (tensor or sequence of numbers); required unless
-            ``require_parameters=True``.
-        name: returned by :meth:`get_name`.
-        require_parameters: take the weights from ``w`` (l = k) instead.
-        **kwargs: the processing functions and device, as in :class:`~.base.fusion`.
+            `require_parameters=True`.
+        name: returned by `get_name`.
+        require_parameters: take the weights from `w` (l = k) instead.
+        **kwargs: the processing functions and device, as in
+            [`fusion`][hmfusion.compat.tinybig.fusion].
 
     Raises:
         TypeError: weights neither a tensor nor numbers.
@@ -120,13 +121,13 @@ class weighted_summation_fusion(fusion):
         return _common_width("calculate_n", self.dims if dims is None else dims)
 
     def calculate_l(self, *args: Any, **kwargs: Any) -> int:
-        """k with ``require_parameters`` (the weights are w), else 0."""
+        """k with `require_parameters` (the weights are w), else 0."""
         return self.get_num() if self.require_parameters else 0
 
     def forward(
         self, x: Sequence[Tensor], w: Tensor | None = None, device: str | torch.device | None = None
     ) -> Tensor:
-        """``post(Σ_i α_i · pre(x_i))`` with α the weights (or w).
+        """`post(Σ_i α_i · pre(x_i))` with α the weights (or w).
 
         Raises:
             ValueError: x empty or of unequal shapes; weights (or w) missing or not holding one
@@ -155,7 +156,7 @@ class weighted_summation_fusion(fusion):
 
 
 class summation_fusion(weighted_summation_fusion):
-    """tinybig's summation: ``y = Σ_i pre(x_i)`` (all weights 1).
+    """tinybig's summation: `y = Σ_i pre(x_i)` (all weights 1).
 
     Example:
         >>> summation_fusion([2, 2])([torch.ones(1, 2), torch.ones(1, 2)])
@@ -184,7 +185,7 @@ class summation_fusion(weighted_summation_fusion):
 
 
 class average_fusion(summation_fusion):
-    """tinybig's average (also its ``mean_fusion`` in ``tinybig.fusion``): ``y = Σ_i pre(x_i) / k``.
+    """tinybig's average (also its `mean_fusion` in `tinybig.fusion`): `y = Σ_i pre(x_i) / k`.
 
     Example:
         >>> average_fusion([2, 2])([torch.ones(1, 2), 3 * torch.ones(1, 2)])
@@ -204,7 +205,7 @@ class average_fusion(summation_fusion):
 
 
 class parameterized_weighted_summation_fusion(weighted_summation_fusion):
-    """tinybig's learned weighted summation: ``y = Σ_i w_i · pre(x_i)``, w of length k.
+    """tinybig's learned weighted summation: `y = Σ_i w_i · pre(x_i)`, w of length k.
 
     Example:
         >>> f = parameterized_weighted_summation_fusion(dims=[2, 2])
@@ -228,7 +229,7 @@ class parameterized_weighted_summation_fusion(weighted_summation_fusion):
 
 
 class concatenation_fusion(fusion):
-    """tinybig's concatenation: ``y = cat(pre(x_1), …, pre(x_k))`` along the last dimension.
+    """tinybig's concatenation: `y = cat(pre(x_1), …, pre(x_k))` along the last dimension.
 
     Example:
         >>> concatenation_fusion(dims=[1, 2])([torch.zeros(3, 1), torch.ones(3, 2)]).shape
@@ -262,7 +263,7 @@ class concatenation_fusion(fusion):
     def forward(
         self, x: Sequence[Tensor], w: Tensor | None = None, device: str | torch.device | None = None
     ) -> Tensor:
-        """``post(cat(pre(x_1), …, pre(x_k), dim=-1))``.
+        """`post(cat(pre(x_1), …, pre(x_k), dim=-1))`.
 
         Raises:
             ValueError: x empty, leading shapes differ, or count/widths differ from dims.

@@ -1,8 +1,9 @@
-"""``from_config``: rebuild any fusion of :mod:`hmfusion.compat.tinybig` from its config.
+"""`from_config`: rebuild any fusion of [`hmfusion.compat.tinybig`][hmfusion.compat.tinybig] from
+its config.
 
-Accepts what this package's ``to_config()`` writes and what tinybig 0.2.1's ``to_config()``
-returns (its ``torch.nn.Module`` bookkeeping and derived attributes are dropped, see
-:mod:`.configkeys`); every other unknown key raises. Class names are looked up in a fixed
+Accepts what this package's `to_config()` writes and what tinybig 0.2.1's `to_config()`
+returns (its `torch.nn.Module` bookkeeping and derived attributes are dropped, see
+`configkeys`); every other unknown key raises. Class names are looked up in a fixed
 table: nothing is ever imported or instantiated from a config besides these classes and the
 allowlisted processing functions.
 """
@@ -76,7 +77,7 @@ _DERIVED: dict[type[fusion], frozenset[str]] = {
 
 
 def _accepted(cls: type[fusion]) -> list[str]:
-    """The keyword arguments ``cls`` accepts (with ``**kwargs``: those of the base class)."""
+    """The keyword arguments `cls` accepts (with `**kwargs`: those of the base class)."""
     parameters = inspect.signature(cls).parameters.values()
     names = [p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     if any(p.kind is p.VAR_KEYWORD for p in parameters):
@@ -85,19 +86,19 @@ def _accepted(cls: type[fusion]) -> list[str]:
 
 
 def from_config(config: Mapping) -> fusion:
-    """Rebuild a fusion from ``{"function_class": ..., "function_parameters": {...}}``.
+    """Rebuild a fusion from `{"function_class": ..., "function_parameters": {...}}`.
 
-    ``function_class`` names one of the classes of :mod:`hmfusion.compat.tinybig` (also spelled
-    ``tinybig.fusion.<class>`` or ``tinybig.fusion.<submodule>.<class>``); processing configs
-    inside must name allowlisted functions. The keys tinybig's ``to_config()`` adds that are
-    not constructor arguments (``training``, ``_parameters``, ``_modules``, … and
-    ``parameter_fabrication``) are dropped.
+    `function_class` names one of the classes of
+    [`hmfusion.compat.tinybig`][hmfusion.compat.tinybig] (also spelled `tinybig.fusion.<class>` or
+    `tinybig.fusion.<submodule>.<class>`); processing configs inside must name allowlisted
+    functions. The keys tinybig's `to_config()` adds that are not constructor arguments (`training`,
+    `_parameters`, `_modules`, … and `parameter_fabrication`) are dropped.
 
     Args:
-        config: the dict, e.g. from ``to_config()``, JSON or ``yaml.safe_load``.
+        config: the dict, e.g. from `to_config()`, JSON or `yaml.safe_load`.
 
     Returns:
-        The fusion module (its weights travel separately, in a ``state_dict``).
+        The fusion module (its weights travel separately, in a `state_dict`).
 
     Raises:
         TypeError: config or its parameters are not dicts, or a parameter has the wrong type.

@@ -24,19 +24,25 @@ __all__ = ["random_matrix_adaption_parameterized_concatenation_fusion"]
 class random_matrix_adaption_parameterized_concatenation_fusion(parameterized_concatenation_fusion):
     """tinybig's random-matrix adaptation: W = diag(λ₁) R₁ diag(λ₂) R₂ᵀ; w = [λ₁ (n) | λ₂ (r)].
 
-    R₁ (n×r) and R₂ (D×r) are fixed, drawn at construction from ``seed`` with a private
+    R₁ (n×r) and R₂ (D×r) are fixed, drawn at construction from `seed` with a private
     generator (the global RNG is untouched) and kept as persistent buffers (saved in the
-    ``state_dict``: ``R1``, ``R2``; ``fusion.R1``, ``fusion.R2`` with own parameters). They take
-    the module's dtype (``dtype=``, ``.double()``): build a float64 module to reproduce a
+    `state_dict`: `R1`, `R2`; `fusion.R1`, `fusion.R2` with own parameters). They take
+    the module's dtype (`dtype=`, `.double()`): build a float64 module to reproduce a
     float64 tinybig model exactly. l = n + r.
 
     Args:
         r: inner dimension (default 2).
-        name, n, dims, and the keyword arguments: as in
-            :class:`parameterized_concatenation_fusion`.
-        seed: (hmfusion) seed of R₁ and R₂; ``None`` (default) draws a fresh seed from the
-            operating system, so every fusion gets independent matrices; ``self.seed`` and
-            :meth:`to_config` hold the seed used.
+        name: returned by `get_name`.
+        n: output width, as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+        dims: the input widths, as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+        seed: (hmfusion) seed of R₁ and R₂; `None` (default) draws a fresh seed from the
+            operating system, so every fusion gets independent matrices; `self.seed` and
+            `to_config` hold the seed used.
+        **kwargs: the shared keyword arguments (`layout`, `dtype`, `own_parameters`, the
+            processing functions, `device`, …), as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
 
     Example:
         >>> f = random_matrix_adaption_parameterized_concatenation_fusion(r=2, n=3, dims=[4])
@@ -77,11 +83,11 @@ class random_matrix_adaption_parameterized_concatenation_fusion(parameterized_co
         return {"R1": holder.get_buffer("R1"), "R2": holder.get_buffer("R2")}
 
     def set_random_matrices(self, R1: Tensor, R2: Tensor) -> None:
-        """Set the fixed matrices R₁ (n×r) and R₂ (D×r) (tinybig's ``A`` and ``B``).
+        """Set the fixed matrices R₁ (n×r) and R₂ (D×r) (tinybig's `A` and `B`).
 
         They are copied into the module's buffers, in the module's dtype and device, and saved
-        with its ``state_dict``; to keep float64 values exactly, build the module with
-        ``dtype=torch.float64`` (or call ``.double()``).
+        with its `state_dict`; to keep float64 values exactly, build the module with
+        `dtype=torch.float64` (or call `.double()`).
 
         Raises:
             TypeError: R1 or R2 is not a floating tensor.

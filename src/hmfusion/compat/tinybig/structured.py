@@ -1,9 +1,10 @@
 """tinybig 0.2.1's low-rank, HM, LPHM and dual-LPHM fusions over the hmfusion family.
 
-Each keeps tinybig's signature (its own arguments first, then ``name, n, dims``) and takes the
-shared keyword arguments of :class:`~.parameterized.parameterized_concatenation_fusion`. The
-Kronecker classes compute the documented W = A ⊗ B (LPHM: A ⊗ (S Tᵀ), dual-LPHM:
-(P Qᵀ) ⊗ (S Tᵀ)) without forming it, or tinybig's own W with ``layout="tinybig-0.2.1"``.
+Each keeps tinybig's signature (its own arguments first, then `name, n, dims`) and takes the
+shared keyword arguments of
+[`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+The Kronecker classes compute the documented W = A ⊗ B (LPHM: A ⊗ (S Tᵀ), dual-LPHM:
+(P Qᵀ) ⊗ (S Tᵀ)) without forming it, or tinybig's own W with `layout="tinybig-0.2.1"`.
 """
 
 from __future__ import annotations
@@ -68,8 +69,14 @@ class lowrank_parameterized_concatenation_fusion(parameterized_concatenation_fus
 
     Args:
         r: the rank (default 2).
-        name, n, dims, and the keyword arguments: as in
-            :class:`parameterized_concatenation_fusion`.
+        name: returned by `get_name`.
+        n: output width, as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+        dims: the input widths, as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+        **kwargs: the shared keyword arguments (`layout`, `dtype`, `own_parameters`, the
+            processing functions, `device`, …), as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
 
     Example:
         >>> lowrank_parameterized_concatenation_fusion(r=1, n=2, dims=[3]).calculate_l()
@@ -124,15 +131,21 @@ class _KroneckerAdapter(parameterized_concatenation_fusion):
 class hm_parameterized_concatenation_fusion(_KroneckerAdapter):
     """tinybig's HM fusion: W = A ⊗ B, A: p×q, B: (n/p)×(D/q); w = [A | B], l = p·q + n·D/(p·q).
 
-    Applied without forming W (:class:`hmfusion.HMConcatFusion`). With
-    ``layout="tinybig-0.2.1"``, W is tinybig 0.2.1's vec(A) ⊗ vec(B) reshaped to n×D instead.
+    Applied without forming W ([`hmfusion.HMConcatFusion`][hmfusion.fusion.HMConcatFusion]). With
+    `layout="tinybig-0.2.1"`, W is tinybig 0.2.1's vec(A) ⊗ vec(B) reshaped to n×D instead.
 
     Args:
-        p: rows of A; must divide n.
-        q: columns of A; must divide D; defaults to p.
-        name, n, dims, and the keyword arguments: as in
-            :class:`parameterized_concatenation_fusion`.
-        pad: (hmfusion, ``layout="kronecker"`` only) allow p ∤ n or q ∤ D by zero-padding.
+        p: rows of A; must divide n unless `pad`.
+        q: columns of A; must divide D unless `pad`; defaults to p.
+        name: returned by `get_name`.
+        n: output width, as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+        dims: the input widths, as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+        pad: (hmfusion, `layout="kronecker"` only) allow p ∤ n or q ∤ D by zero-padding.
+        **kwargs: the shared keyword arguments (`layout`, `dtype`, `own_parameters`, the
+            processing functions, `device`, …), as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
 
     Raises:
         ValueError: p does not divide n or q does not divide D (the message lists the valid
@@ -166,9 +179,20 @@ class lphm_parameterized_concatenation_fusion(_KroneckerAdapter):
 
     Args:
         r: rank of the right factor.
-        p, q, pad: as in :class:`hm_parameterized_concatenation_fusion`.
-        name, n, dims, and the keyword arguments: as in
-            :class:`parameterized_concatenation_fusion`.
+        p: rows of A, as in
+            [`hm_parameterized_concatenation_fusion`][hmfusion.compat.tinybig.hm_parameterized_concatenation_fusion].
+        q: columns of A, as in
+            [`hm_parameterized_concatenation_fusion`][hmfusion.compat.tinybig.hm_parameterized_concatenation_fusion].
+        name: returned by `get_name`.
+        n: output width, as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+        dims: the input widths, as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+        pad: zero-padding, as in
+            [`hm_parameterized_concatenation_fusion`][hmfusion.compat.tinybig.hm_parameterized_concatenation_fusion].
+        **kwargs: the shared keyword arguments (`layout`, `dtype`, `own_parameters`, the
+            processing functions, `device`, …), as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
 
     Example:
         >>> lphm_parameterized_concatenation_fusion(1, 2, n=4, dims=[4]).calculate_l()
@@ -202,9 +226,20 @@ class dual_lphm_parameterized_concatenation_fusion(_KroneckerAdapter):
 
     Args:
         r: rank of both factors.
-        p, q, pad: as in :class:`hm_parameterized_concatenation_fusion`.
-        name, n, dims, and the keyword arguments: as in
-            :class:`parameterized_concatenation_fusion`.
+        p: rows of A, as in
+            [`hm_parameterized_concatenation_fusion`][hmfusion.compat.tinybig.hm_parameterized_concatenation_fusion].
+        q: columns of A, as in
+            [`hm_parameterized_concatenation_fusion`][hmfusion.compat.tinybig.hm_parameterized_concatenation_fusion].
+        name: returned by `get_name`.
+        n: output width, as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+        dims: the input widths, as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+        pad: zero-padding, as in
+            [`hm_parameterized_concatenation_fusion`][hmfusion.compat.tinybig.hm_parameterized_concatenation_fusion].
+        **kwargs: the shared keyword arguments (`layout`, `dtype`, `own_parameters`, the
+            processing functions, `device`, …), as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
 
     Example:
         >>> dual_lphm_parameterized_concatenation_fusion(1, 2, n=4, dims=[4]).calculate_l()
