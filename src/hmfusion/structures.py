@@ -25,8 +25,12 @@ top-left n×D block of the n'×D' Kronecker product (equivalently: X is zero-pad
 and the first n outputs are kept). Padding costs (n'·D' − n·D)/(p·q) extra entries of B.
 
 The Kronecker members apply Wᵀ without forming W (see [`hmfusion.kernels`][hmfusion.kernels]): per
-row the cost is min(q·s·(t + p), p·t·(q + s)) multiply-adds instead of n·D. The planner forms W only
-for small layers where one dense GEMM is cheaper (its `materialize` plan; `plan(m)` tells). Block
+row the cost is min(q·s·(t + p), p·t·(q + s)) multiply-adds instead of n·D — except under the
+planner's `materialize` plan, which forms W and runs one dense GEMM. Its cost model picks that plan
+when forming W costs less than the factored product saves: small layers at enough rows (n = D = 64
+with p = q = 8 at 1024 rows) and block sizes that save little (p and q near 1 or near n and D,
+e.g. n = D = 64 with p = q = 1 at 32 rows). `plan(m)` tells, per number of rows m. The low-rank
+and random-matrix members never form W; the dense member's W is its parameter. Block
 sizes are chosen in [`hmfusion.blocksizes`][hmfusion.blocksizes], factors fitted in
 [`hmfusion.fitting`][hmfusion.fitting].
 """
@@ -118,7 +122,8 @@ class Structure(ABC):
 
     @abstractmethod
     def materialize(self, f: Factors) -> Tensor:
-        """The n×D weight W. For inspection, export and tests; the forward never calls it."""
+        """The n×D weight W. For inspection, export and tests; the forward never calls it (the
+        planner's `materialize` plan forms a Kronecker W in its own kernel)."""
 
     @abstractmethod
     def apply_transposed(self, x: Tensor, f: Factors) -> Tensor:

@@ -234,7 +234,10 @@ class ConcatFusion(nn.Module):
 
     # forward -------------------------------------------------------------------------------
     def forward(self, xs: Sequence[Tensor]) -> Tensor:
-        """`cat(xs, -1) Wᵀ + bias` without forming W: inputs `(*, n_i)` → output `(*, n)`.
+        """`cat(xs, -1) Wᵀ + bias`: inputs `(*, n_i)` → output `(*, n)`.
+
+        W is applied as the structure says: low-rank and random-matrix members never form it,
+        Kronecker members form it only under the planner's `materialize` plan (`plan(m)`).
 
         Raises:
             TypeError: xs is not a list/tuple of floating tensors; an input is sparse or

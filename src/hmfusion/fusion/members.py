@@ -226,8 +226,10 @@ class HMConcatFusion(_KroneckerFusion):
 
     Hierarchical-matrix fusion. A: p×q, B: s×t with s = n/p, t = D/q, so l = terms·(p·q + s·t).
     Each row of X is viewed as a q×t matrix X_r and `A X_r Bᵀ` is computed in the cheaper
-    order; W is formed only when the planner picks its `materialize` plan (small layers where
-    one dense GEMM is cheaper): `plan(m)` says which, per number of rows m.
+    order; W is formed only when the planner picks its `materialize` plan (when forming W and
+    one dense GEMM costs less: small layers at enough rows, or block sizes near 1 or near n and
+    D; see [`hmfusion.structures`][hmfusion.structures]): `plan(m)` says which, per number of
+    rows m.
     Flat w = [A | B] ([A₁ | B₁ | A₂ | B₂ | …] with terms).
 
     Args:

@@ -191,7 +191,8 @@ class parameterized_concatenation_fusion(fusion):
         device: str | torch.device | None = None,
     ) -> Tensor:
         """tinybig's ψ: the matrix W (n×D) that w stands for, materialized (for inspection;
-        `forward` never forms it except in the `"tinybig-0.2.1"` layout).
+        `forward` forms W only for the dense class, in the `"tinybig-0.2.1"` layout, and when
+        hmfusion's planner picks its `materialize` plan for a small Kronecker layer).
 
         `n` and `D` are accepted for tinybig's call `parameter_fabrication(w=w, n=n, D=D)`
         and must equal the module's; `device` moves W there.

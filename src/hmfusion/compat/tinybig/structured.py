@@ -4,7 +4,8 @@ Each keeps tinybig's signature (its own arguments first, then `name, n, dims`) a
 shared keyword arguments of
 [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
 The Kronecker classes compute the documented W = A ⊗ B (LPHM: A ⊗ (S Tᵀ), dual-LPHM:
-(P Qᵀ) ⊗ (S Tᵀ)) without forming it, or tinybig's own W with `layout="tinybig-0.2.1"`.
+(P Qᵀ) ⊗ (S Tᵀ)) through hmfusion's planner (which forms W only under its `materialize` plan,
+for small layers), or tinybig's own W, formed, with `layout="tinybig-0.2.1"`.
 """
 
 from __future__ import annotations
@@ -131,8 +132,9 @@ class _KroneckerAdapter(parameterized_concatenation_fusion):
 class hm_parameterized_concatenation_fusion(_KroneckerAdapter):
     """tinybig's HM fusion: W = A ⊗ B, A: p×q, B: (n/p)×(D/q); w = [A | B], l = p·q + n·D/(p·q).
 
-    Applied without forming W ([`hmfusion.HMConcatFusion`][hmfusion.fusion.HMConcatFusion]). With
-    `layout="tinybig-0.2.1"`, W is tinybig 0.2.1's vec(A) ⊗ vec(B) reshaped to n×D instead.
+    Applied as [`HMConcatFusion`][hmfusion.fusion.HMConcatFusion] applies it (W formed only
+    under the planner's `materialize` plan). With `layout="tinybig-0.2.1"`, W is tinybig 0.2.1's
+    vec(A) ⊗ vec(B) reshaped to n×D instead.
 
     Args:
         p: rows of A; must divide n unless `pad`.
