@@ -62,7 +62,18 @@ Factors = Mapping[str, Tensor]
 
 
 def linear_weight_variance(D: int) -> float:
-    """Variance of `nn.Linear`'s default weight for fan-in D: U(-1/√D, 1/√D) has 1/(3D)."""
+    """Variance of `nn.Linear`'s default weight for fan-in D: U(-1/√D, 1/√D) has 1/(3D).
+
+    Args:
+        D: the fan-in (input width), a positive int (not checked).
+
+    Returns:
+        1/(3D).
+
+    Example:
+        >>> linear_weight_variance(4) == 1 / 12
+        True
+    """
     return 1.0 / (3.0 * D)
 
 
@@ -78,6 +89,11 @@ class FactorSpec:
 
     Trained factors become `nn.Parameter`s of the fusion module; fixed ones (the random
     matrices) become persistent buffers, saved in the `state_dict`.
+
+    Attributes:
+        name: the attribute name on the module (`"A"`, `"U"`, `"R1"`, …).
+        shape: the factor's shape.
+        trainable: whether the factor is trained (counted in l) or fixed.
     """
 
     name: str
@@ -122,22 +138,55 @@ class Structure(ABC):
     @abstractmethod
     def materialize(self, f: Factors) -> Tensor:
         """The n×D weight W. For inspection, export and tests; the forward never calls it (the
-        planner's `materialize` plan forms a Kronecker W in its own kernel)."""
+        planner's `materialize` plan forms a Kronecker W in its own kernel).
+
+        Args:
+            f: the factor tensors by name, as `factor_specs` lists them.
+
+        Returns:
+            W, of shape (n, D), differentiable in the factors.
+        """
 
     @abstractmethod
     def apply_transposed(self, x: Tensor, f: Factors) -> Tensor:
-        """`x Wᵀ` for x of shape (m, D); returns (m, n)."""
+        """`x Wᵀ` for x of shape (m, D); returns (m, n).
+
+        Args:
+            x: the rows, shape (m, D), in the factors' dtype and device (not checked).
+            f: the factor tensors by name, as `factor_specs` lists them.
+        """
 
     def apply_concat(self, xs: Sequence[Tensor], f: Factors) -> Tensor:
-        """`cat(xs, -1) Wᵀ` for xs of shapes (m, n_i); returns (m, n)."""
+        """`cat(xs, -1) Wᵀ` for xs of shapes (m, n_i); returns (m, n).
+
+        Args:
+            xs: the inputs, shapes (m, n_i) with Σ n_i = D (not checked: the fusion module
+                validates them).
+            f: the factor tensors by name, as `factor_specs` lists them.
+        """
         return self.apply_transposed(torch.cat(list(xs), dim=-1) if len(xs) > 1 else xs[0], f)
 
     @abstractmethod
     def init_factors_(self, f: Factors, generator: torch.Generator | None = None) -> None:
-        """Initialise the factors in place (W gets variance 1/(3D))."""
+        """Initialise the factors in place (W gets variance 1/(3D), as `nn.Linear`'s weight).
+
+        Args:
+            f: the factor tensors by name; the trained ones are overwritten.
+            generator: the random generator to draw from (default: torch's global one).
+        """
 
     def fit(self, weight: Tensor) -> dict[str, Tensor]:
-        """Factors whose W is closest to `weight` (n×D) in Frobenius norm."""
+        """Factors whose W is closest to `weight` (n×D) in Frobenius norm.
+
+        Args:
+            weight: a floating tensor of shape (n, D).
+
+        Returns:
+            The factor tensors by name (the trained ones; fixed factors keep their values).
+
+        Raises:
+            TypeError: the structure cannot be fitted (the random-matrix structure).
+        """
         raise TypeError(f"{type(self).__name__} cannot be fitted to a dense weight")
 
     @abstractmethod
@@ -146,7 +195,14 @@ class Structure(ABC):
 
     # flat vector <-> factors (shared by every member) ------------------------------------
     def to_flat(self, f: Factors) -> Tensor:
-        """w: the trained factors cut and flattened per `flat_layout`, concatenated."""
+        """w: the trained factors cut and flattened per `flat_layout`, concatenated.
+
+        Args:
+            f: the factor tensors by name.
+
+        Returns:
+            w, of shape (l,).
+        """
         pieces = []
         for piece in self.flat_layout:
             value = f[piece.name] if piece.index is None else f[piece.name][piece.index]
@@ -154,7 +210,14 @@ class Structure(ABC):
         return torch.cat(pieces)
 
     def from_flat(self, w: Tensor) -> dict[str, Tensor]:
-        """The trained factors held in w (shape (l,)), as views of w (differentiable in w)."""
+        """The trained factors held in w, as views of w (differentiable in w).
+
+        Args:
+            w: the flat vector, shape (l,) (its length is not checked here).
+
+        Returns:
+            The trained factor tensors by name.
+        """
         shapes = {spec.name: spec.shape for spec in self.factor_specs}
         pieces: dict[str, list[Tensor]] = {}
         offset = 0
@@ -176,7 +239,12 @@ class Structure(ABC):
 # dense ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DenseStructure(Structure):
-    """W itself (n×D): the unstructured baseline, `nn.Linear` on the concatenation."""
+    """W itself (n×D): the unstructured baseline, `nn.Linear` on the concatenation.
+
+    Args:
+        n: output width.
+        D: input width Σ n_i.
+    """
 
     n: int
     D: int
@@ -208,7 +276,13 @@ class DenseStructure(Structure):
 # low rank ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LowRankStructure(Structure):
-    """W = U Vᵀ with U: n×r, V: D×r. Flat w = [U (n×r) | Vᵀ (r×D)]."""
+    """W = U Vᵀ with U: n×r, V: D×r. Flat w = [U (n×r) | Vᵀ (r×D)].
+
+    Args:
+        n: output width.
+        D: input width Σ n_i.
+        r: the rank.
+    """
 
     n: int
     D: int
@@ -261,6 +335,10 @@ class KroneckerStructure(Structure):
     with s = ⌈n/p⌉ and t = ⌈D/q⌉); `n`, `p`, `s`… read it. Use `create` to validate
     arguments and resolve `"auto"` block sizes
     ([`hmfusion.blocksizes.choose_block_sizes`][hmfusion.blocksizes.choose_block_sizes]).
+
+    Args:
+        spec: the sizes n, D, p, q, s, t, terms and ranks (not checked: `create` checks them).
+        pad: whether W is the top-left n×D block of a padded n'×D' product.
     """
 
     spec: planner.KronSpec
@@ -291,8 +369,21 @@ class KroneckerStructure(Structure):
     ) -> KroneckerStructure:
         """Validate the block sizes against n and D and build the structure.
 
+        Args:
+            n: output width, a positive int.
+            D: input width Σ n_i, a positive int.
+            p: rows of A: a positive int or `"auto"` (the value minimising l).
+            q: columns of A: a positive int, `"auto"`, or `None` (q = p).
+            terms: the number of Kronecker products summed, a positive int.
+            rank_a: the rank of A = P Qᵀ, or `None` for a dense A.
+            rank_b: the rank of B = S Tᵀ, or `None` for a dense B.
+            pad: allow p ∤ n or q ∤ D by zero-padding to multiples of p and q.
+
+        Returns:
+            The structure, with `"auto"` block sizes resolved.
+
         Raises:
-            TypeError: p, q, terms or a rank is not an int (p, q may also be `"auto"`);
+            TypeError: n, D, p, q, terms or a rank is not an int (p, q may also be `"auto"`);
                 pad is not a bool.
             ValueError: a value is not positive; n or D exceeds 2⁴⁸; p does not divide n or q
                 does not divide D (without `pad`; the message lists the valid divisors);
@@ -367,7 +458,15 @@ class KroneckerStructure(Structure):
         """How `apply_concat` computes m rows of inputs of widths `dims` (default: one
         input of width D): materialize, fused or composite, order, input handling, row chunk.
         See [`hmfusion.planner`][hmfusion.planner];
-        [`force_plan`][hmfusion.planner.force_plan] overrides it."""
+        [`force_plan`][hmfusion.planner.force_plan] overrides it.
+
+        Args:
+            m: the number of rows (not checked here: the fusion module's `plan` checks it).
+            dims: the input widths; default `(D,)`.
+            dtype: the dtype of the computation.
+            device: the device (only its type matters).
+            requires_grad: whether the backward is costed too.
+        """
         widths = (self.D,) if dims is None else tuple(dims)
         device_type = torch.device(device).type
         return planner.choose_plan(self.spec, m, widths, dtype, device_type, requires_grad)
@@ -424,6 +523,12 @@ class RandomMatrixStructure(Structure):
     (so every device and dtype sees the same values) with unit-variance uniform entries. λ₁
     starts at 1 and λ₂ at √(1/(3D·r)), which gives W the variance 1/(3D) of `nn.Linear`.
     Flat w = [λ₁ | λ₂].
+
+    Args:
+        n: output width.
+        D: input width Σ n_i.
+        r: the inner dimension.
+        seed: the seed of R₁ and R₂.
     """
 
     n: int

@@ -159,6 +159,9 @@ class ConcatFusion(nn.Module):
     def load_flat_parameters(self, w: Tensor) -> None:
         """Set the trained factors from w of shape (l,) or (1, l).
 
+        Args:
+            w: the flat vector, laid out as `flat_parameters()` returns it.
+
         Raises:
             TypeError: w is not a floating tensor.
             ValueError: w does not hold exactly l values.
@@ -238,6 +241,13 @@ class ConcatFusion(nn.Module):
 
         W is applied as the structure says: low-rank and random-matrix members never form it,
         Kronecker members form it only under the planner's `materialize` plan (`plan(m)`).
+
+        Args:
+            xs: the k inputs, a list or tuple of tensors of shapes `(*, n_i)` with the same
+                leading shape, in the parameters' dtype and on their device.
+
+        Returns:
+            Y, of shape `(*, n)`.
 
         Raises:
             TypeError: xs is not a list/tuple of floating tensors; an input is sparse or

@@ -165,7 +165,12 @@ class fusion(nn.Module):
 
     def to(self, *args: Any, **kwargs: Any) -> fusion:
         """`nn.Module.to`; the device moved to also becomes `device` (tinybig's
-        attribute), so a fusion without tensors of its own follows too."""
+        attribute), so a fusion without tensors of its own follows too.
+
+        Args:
+            *args: as in `nn.Module.to` (a device, a dtype, a tensor).
+            **kwargs: as in `nn.Module.to` (`device=`, `dtype=`, `non_blocking=`).
+        """
         device = torch._C._nn._parse_to(*args, **kwargs)[0]
         if device is not None:
             self._device = str(device)
@@ -187,6 +192,9 @@ class fusion(nn.Module):
     def get_dim(self, index: int) -> int | None:
         """dims[index] for 0 ≤ index < len(dims) (`None` without dims).
 
+        Args:
+            index: the input's position.
+
         Raises:
             TypeError: index is not an int.
             DimIndexError: index is out of bounds (an `IndexError` and a `ValueError`).
@@ -202,26 +210,62 @@ class fusion(nn.Module):
         return self.dims[index]
 
     def calculate_n(self, dims: Sequence[int] | None = None, *args: Any, **kwargs: Any) -> int:
-        """The output width (subclasses define it)."""
+        """The output width (subclasses define it).
+
+        Args:
+            dims: the input widths (default: the fusion's own).
+            *args: accepted for tinybig's signature.
+            **kwargs: accepted for tinybig's signature.
+
+        Raises:
+            NotImplementedError: the class does not define it.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not define calculate_n")
 
     def calculate_l(self, *args: Any, **kwargs: Any) -> int:
-        """l, the length of the flat parameter vector w (subclasses define it)."""
+        """l, the length of the flat parameter vector w (subclasses define it).
+
+        Args:
+            *args: accepted for tinybig's signature.
+            **kwargs: accepted for tinybig's signature.
+
+        Raises:
+            NotImplementedError: the class does not define it.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not define calculate_l")
 
     def forward(self, x: Any, w: Tensor | None = None, device: Any = None) -> Any:
-        """The fusion (subclasses define it)."""
+        """The fusion (subclasses define it).
+
+        Args:
+            x: the inputs, a list or tuple of tensors.
+            w: the flat parameter vector, for the classes that take one.
+            device: accepted for tinybig's signature.
+
+        Raises:
+            NotImplementedError: the class does not define it.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not define forward")
 
     # processing ---------------------------------------------------------------------------------
     def pre_process(self, x: Tensor, device: str | torch.device | None = None) -> Tensor:
-        """Apply the preprocessing functions, in order, to one input (`device` is unused)."""
+        """Apply the preprocessing functions, in order, to one input.
+
+        Args:
+            x: one input.
+            device: accepted for tinybig's signature; unused.
+        """
         for function in self.preprocess_functions:
             x = function(x)
         return x
 
     def post_process(self, x: Tensor, device: str | torch.device | None = None) -> Tensor:
-        """Apply the postprocessing functions, in order, to the output (`device` is unused)."""
+        """Apply the postprocessing functions, in order, to the output.
+
+        Args:
+            x: the fused output.
+            device: accepted for tinybig's signature; unused.
+        """
         for function in self.postprocess_functions:
             x = function(x)
         return x

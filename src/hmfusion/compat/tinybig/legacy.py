@@ -135,6 +135,9 @@ class TinybigLegacyKronecker(nn.Module):
     def load_flat_parameters(self, w: Tensor) -> None:
         """Set the factors from w of shape (l,) or (1, l).
 
+        Args:
+            w: the flat vector, in tinybig 0.2.1's layout.
+
         Raises:
             TypeError: w is not a floating tensor.
             ValueError: w does not hold exactly l values.
