@@ -129,6 +129,12 @@ class weighted_summation_fusion(fusion):
     ) -> Tensor:
         """`post(Σ_i α_i · pre(x_i))` with α the weights (or w).
 
+        Args:
+            x: a list or tuple of k tensors of the same shape.
+            w: the k weights, shape (1, k) or (k,), with `require_parameters`;
+                otherwise unused.
+            device: accepted for tinybig's signature; unused.
+
         Raises:
             ValueError: x empty or of unequal shapes; weights (or w) missing or not holding one
                 value per input.
@@ -157,6 +163,14 @@ class weighted_summation_fusion(fusion):
 
 class summation_fusion(weighted_summation_fusion):
     """tinybig's summation: `y = Σ_i pre(x_i)` (all weights 1).
+
+    Args:
+        dims: the input widths (all equal).
+        name: returned by `get_name`.
+        require_parameters: accepted for tinybig's signature; the weights are fixed, so it is
+            ignored.
+        **kwargs: the processing functions and device, as in
+            [`fusion`][hmfusion.compat.tinybig.fusion].
 
     Example:
         >>> summation_fusion([2, 2])([torch.ones(1, 2), torch.ones(1, 2)])
@@ -187,6 +201,14 @@ class summation_fusion(weighted_summation_fusion):
 class average_fusion(summation_fusion):
     """tinybig's average (also its `mean_fusion` in `tinybig.fusion`): `y = Σ_i pre(x_i) / k`.
 
+    Args:
+        dims: the input widths (all equal).
+        name: returned by `get_name`.
+        require_parameters: accepted for tinybig's signature; the weights are fixed, so it is
+            ignored.
+        **kwargs: the processing functions and device, as in
+            [`fusion`][hmfusion.compat.tinybig.fusion].
+
     Example:
         >>> average_fusion([2, 2])([torch.ones(1, 2), 3 * torch.ones(1, 2)])
         tensor([[2., 2.]])
@@ -206,6 +228,13 @@ class average_fusion(summation_fusion):
 
 class parameterized_weighted_summation_fusion(weighted_summation_fusion):
     """tinybig's learned weighted summation: `y = Σ_i w_i · pre(x_i)`, w of length k.
+
+    Args:
+        dims: the input widths (all equal).
+        name: returned by `get_name`.
+        require_parameters: accepted for tinybig's signature; the fusion always takes w.
+        **kwargs: the processing functions and device, as in
+            [`fusion`][hmfusion.compat.tinybig.fusion].
 
     Example:
         >>> f = parameterized_weighted_summation_fusion(dims=[2, 2])
@@ -230,6 +259,13 @@ class parameterized_weighted_summation_fusion(weighted_summation_fusion):
 
 class concatenation_fusion(fusion):
     """tinybig's concatenation: `y = cat(pre(x_1), …, pre(x_k))` along the last dimension.
+
+    Args:
+        dims: the input widths, or `None` (then `calculate_n` needs them).
+        name: returned by `get_name`.
+        require_parameters: accepted for tinybig's signature; the fusion has no parameters.
+        **kwargs: the processing functions and device, as in
+            [`fusion`][hmfusion.compat.tinybig.fusion].
 
     Example:
         >>> concatenation_fusion(dims=[1, 2])([torch.zeros(3, 1), torch.ones(3, 2)]).shape
@@ -264,6 +300,11 @@ class concatenation_fusion(fusion):
         self, x: Sequence[Tensor], w: Tensor | None = None, device: str | torch.device | None = None
     ) -> Tensor:
         """`post(cat(pre(x_1), …, pre(x_k), dim=-1))`.
+
+        Args:
+            x: a list or tuple of k tensors, input i of shape `(*, dims[i])`.
+            w: accepted for tinybig's signature; unused.
+            device: accepted for tinybig's signature; unused.
 
         Raises:
             ValueError: x empty, leading shapes differ, or count/widths differ from dims.

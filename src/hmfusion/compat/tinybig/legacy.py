@@ -110,7 +110,14 @@ class TinybigLegacyKronecker(nn.Module):
         return {name: getattr(self, name) for name in self.pieces}
 
     def factors_from_flat(self, w: Tensor) -> dict[str, Tensor]:
-        """The factors held in w (shape (l,)), as views of w (differentiable in w)."""
+        """The factors held in w, as views of w (differentiable in w).
+
+        Args:
+            w: the flat vector, shape (l,), in tinybig 0.2.1's layout (not checked here).
+
+        Returns:
+            The factor tensors by name.
+        """
         sizes = [math.prod(shape) for shape in self.pieces.values()]
         return {
             name: piece.reshape(shape)

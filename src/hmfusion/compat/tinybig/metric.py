@@ -138,6 +138,11 @@ class metric_fusion(fusion):
     ) -> Tensor:
         """`post(metric(pre(x_1), …, pre(x_k)))` elementwise.
 
+        Args:
+            x: a list or tuple of k tensors of the same shape.
+            w: accepted for tinybig's signature; unused.
+            device: accepted for tinybig's signature; unused.
+
         Raises:
             ValueError: x empty, of unequal shapes, or not matching dims.
         """

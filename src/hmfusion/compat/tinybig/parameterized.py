@@ -194,8 +194,15 @@ class parameterized_concatenation_fusion(fusion):
         `forward` forms W only for the dense class, in the `"tinybig-0.2.1"` layout, and when
         hmfusion's planner picks its `materialize` plan for a small Kronecker layer).
 
-        `n` and `D` are accepted for tinybig's call `parameter_fabrication(w=w, n=n, D=D)`
-        and must equal the module's; `device` moves W there.
+        Args:
+            w: the flat parameter vector, shape (1, l) or (l,).
+            n: accepted for tinybig's call `parameter_fabrication(w=w, n=n, D=D)`; if given,
+                it must equal the module's n.
+            D: likewise; if given, it must equal the module's D.
+            device: where to return W (default: where w is).
+
+        Returns:
+            W, of shape (n, D), differentiable in w.
 
         Raises:
             ValueError: n or D differ from the module's; w does not hold l values.

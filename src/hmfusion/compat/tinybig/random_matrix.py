@@ -89,6 +89,10 @@ class random_matrix_adaption_parameterized_concatenation_fusion(parameterized_co
         with its `state_dict`; to keep float64 values exactly, build the module with
         `dtype=torch.float64` (or call `.double()`).
 
+        Args:
+            R1: the n×r matrix (tinybig's `A`).
+            R2: the D×r matrix (tinybig's `B`).
+
         Raises:
             TypeError: R1 or R2 is not a floating tensor.
             ValueError: a shape is not (n, r) / (D, r).
