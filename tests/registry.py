@@ -67,8 +67,20 @@ class MemberInfo:
     kronecker: bool = False  # takes p, q, pad
     fits: bool = True  # from_linear is supported
 
-    def build(self, dims, n, p=None, q=None, r=None, terms=1, *, pad=False, bias=False,
-              dtype=F64, device=None) -> ConcatFusion:
+    def build(
+        self,
+        dims,
+        n,
+        p=None,
+        q=None,
+        r=None,
+        terms=1,
+        *,
+        pad=False,
+        bias=False,
+        dtype=F64,
+        device=None,
+    ) -> ConcatFusion:
         """The member with these hyper-parameters (those it does not take are ignored)."""
         common = dict(bias=bias, dtype=dtype, device=device)
         if self.kind == "dense":
@@ -85,31 +97,62 @@ class MemberInfo:
 MEMBERS: dict[str, MemberInfo] = {
     info.kind: info
     for info in (
-        MemberInfo("dense", hmfusion.DenseConcatFusion, _dense,
-                   lambda n, D, p, q, r, terms, s, t: n * D,
-                   samples=(dict(dims=[6, 10], n=8),)),
-        MemberInfo("lowrank", hmfusion.LowRankConcatFusion, _low_rank,
-                   lambda n, D, p, q, r, terms, s, t: r * (n + D),
-                   samples=(dict(dims=[6, 10], n=8, r=3),)),
-        MemberInfo("hm", hmfusion.HMConcatFusion, _hm,
-                   lambda n, D, p, q, r, terms, s, t: terms * (p * q + s * t),
-                   samples=(dict(dims=[6, 10], n=8, p=2, q=4),
-                            dict(dims=[6, 10], n=8, p=2, q=4, terms=3),
-                            dict(dims=[5, 6], n=7, p=2, q=3, pad=True)),
-                   kronecker=True),
-        MemberInfo("lphm", hmfusion.LPHMConcatFusion, _lphm,
-                   lambda n, D, p, q, r, terms, s, t: p * q + r * (s + t),
-                   samples=(dict(dims=[6, 10], n=8, p=2, q=4, r=2),
-                            dict(dims=[5, 6], n=7, p=2, q=3, r=2, pad=True)),
-                   kronecker=True),
-        MemberInfo("dual_lphm", hmfusion.DualLPHMConcatFusion, _dual_lphm,
-                   lambda n, D, p, q, r, terms, s, t: r * (p + q + s + t),
-                   samples=(dict(dims=[6, 10], n=8, p=2, q=4, r=2),
-                            dict(dims=[5, 6], n=7, p=2, q=3, r=2, pad=True)),
-                   kronecker=True),
-        MemberInfo("random", hmfusion.RandomMatrixConcatFusion, _random,
-                   lambda n, D, p, q, r, terms, s, t: n + r,
-                   samples=(dict(dims=[6, 10], n=8, r=3, seed=5),), fits=False),
+        MemberInfo(
+            "dense",
+            hmfusion.DenseConcatFusion,
+            _dense,
+            lambda n, D, p, q, r, terms, s, t: n * D,
+            samples=(dict(dims=[6, 10], n=8),),
+        ),
+        MemberInfo(
+            "lowrank",
+            hmfusion.LowRankConcatFusion,
+            _low_rank,
+            lambda n, D, p, q, r, terms, s, t: r * (n + D),
+            samples=(dict(dims=[6, 10], n=8, r=3),),
+        ),
+        MemberInfo(
+            "hm",
+            hmfusion.HMConcatFusion,
+            _hm,
+            lambda n, D, p, q, r, terms, s, t: terms * (p * q + s * t),
+            samples=(
+                dict(dims=[6, 10], n=8, p=2, q=4),
+                dict(dims=[6, 10], n=8, p=2, q=4, terms=3),
+                dict(dims=[5, 6], n=7, p=2, q=3, pad=True),
+            ),
+            kronecker=True,
+        ),
+        MemberInfo(
+            "lphm",
+            hmfusion.LPHMConcatFusion,
+            _lphm,
+            lambda n, D, p, q, r, terms, s, t: p * q + r * (s + t),
+            samples=(
+                dict(dims=[6, 10], n=8, p=2, q=4, r=2),
+                dict(dims=[5, 6], n=7, p=2, q=3, r=2, pad=True),
+            ),
+            kronecker=True,
+        ),
+        MemberInfo(
+            "dual_lphm",
+            hmfusion.DualLPHMConcatFusion,
+            _dual_lphm,
+            lambda n, D, p, q, r, terms, s, t: r * (p + q + s + t),
+            samples=(
+                dict(dims=[6, 10], n=8, p=2, q=4, r=2),
+                dict(dims=[5, 6], n=7, p=2, q=3, r=2, pad=True),
+            ),
+            kronecker=True,
+        ),
+        MemberInfo(
+            "random",
+            hmfusion.RandomMatrixConcatFusion,
+            _random,
+            lambda n, D, p, q, r, terms, s, t: n + r,
+            samples=(dict(dims=[6, 10], n=8, r=3, seed=5),),
+            fits=False,
+        ),
     )
 }
 KINDS = list(MEMBERS)

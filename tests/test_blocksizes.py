@@ -22,12 +22,15 @@ def test_divisors_are_exactly_the_divisors(value):
     assert divisors(value) == [d for d in range(1, value + 1) if value % d == 0]
 
 
-@pytest.mark.parametrize("value,count", [
-    (2**48, 49),  # a prime power
-    (281474976710597, 2),  # the largest prime below 2^48
-    (16777213 * 16777199, 4),  # two primes near 2^24: needs Pollard's rho after trial division
-    (2**4 * 3**3 * 5**2 * 7 * 11 * 13 * 17 * 19 * 23, 5 * 4 * 3 * 2**6),
-])
+@pytest.mark.parametrize(
+    "value,count",
+    [
+        (2**48, 49),  # a prime power
+        (281474976710597, 2),  # the largest prime below 2^48
+        (16777213 * 16777199, 4),  # two primes near 2^24: needs Pollard's rho after trial division
+        (2**4 * 3**3 * 5**2 * 7 * 11 * 13 * 17 * 19 * 23, 5 * 4 * 3 * 2**6),
+    ],
+)
 def test_divisors_of_large_values_are_fast_and_correct(value, count):
     start = time.perf_counter()
     found = divisors(value)
@@ -44,6 +47,7 @@ def test_divisors_refuse_sizes_out_of_range(value):
 
 def _brute(n, D, p, q, pad, terms=1, rank_a=None, rank_b=None):
     """The minimiser of (l, balance, p) over every candidate, written out plainly."""
+
     def candidates(size, value):
         if value != "auto":
             return [value]
@@ -96,15 +100,18 @@ def test_given_block_sizes_are_returned_unchanged():
     assert choose_block_sizes(12, 18, 3, 6) == (3, 6)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: HMConcatFusion([8], 10**18),  # was ≈ 35 s (divisors walked √n)
-    lambda: HMConcatFusion([8], 10**20, p=3),  # was > 60 s (to word the error)
-    lambda: HMConcatFusion([10**7], 10**7, pad=True, device="meta"),  # was > 60 s
-    lambda: HMConcatFusion([10**7], 10**7, p="auto", q="auto", pad=True, device="meta"),
-    lambda: HMConcatFusion([2**40], 2**40, pad=True, device="meta"),
-    lambda: HMConcatFusion([2**48], 2**48, pad=True, device="meta"),
-    lambda: HMConcatFusion([720720 * 16], 2**47, p="auto", q="auto", device="meta"),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: HMConcatFusion([8], 10**18),  # was ≈ 35 s (divisors walked √n)
+        lambda: HMConcatFusion([8], 10**20, p=3),  # was > 60 s (to word the error)
+        lambda: HMConcatFusion([10**7], 10**7, pad=True, device="meta"),  # was > 60 s
+        lambda: HMConcatFusion([10**7], 10**7, p="auto", q="auto", pad=True, device="meta"),
+        lambda: HMConcatFusion([2**40], 2**40, pad=True, device="meta"),
+        lambda: HMConcatFusion([2**48], 2**48, pad=True, device="meta"),
+        lambda: HMConcatFusion([720720 * 16], 2**47, p="auto", q="auto", device="meta"),
+    ],
+)
 def test_construction_builds_or_refuses_quickly(make):
     start = time.perf_counter()
     try:
@@ -115,8 +122,11 @@ def test_construction_builds_or_refuses_quickly(make):
 
 
 def test_large_sizes_are_refused_with_the_argument_named():
-    with pytest.raises(ValueError, match=r"n=1000000000000000000 is too large: sizes are at "
-                                         r"most 2\*\*48"):
+    with pytest.raises(
+        ValueError,
+        match=r"n=1000000000000000000 is too large: sizes are at "
+        r"most 2\*\*48",
+    ):
         HMConcatFusion([8], 10**18)
     with pytest.raises(ValueError, match=r"dims\[0\]=100000000000000000000 is too large"):
         HMConcatFusion([10**20], 8)

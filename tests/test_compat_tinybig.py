@@ -153,18 +153,21 @@ def test_rank_of_W(layout):
     # The issue's n = D = 1024, p = q = 32 at a size that runs fast: s·t = D, so tinybig's W is
     # a·bᵀ (rank 1) while A ⊗ B has rank rank(A)·rank(B) = 64.
     torch.manual_seed(0)
-    f = hm_parameterized_concatenation_fusion(8, 8, n=64, dims=[32, 32], layout=layout,
-                                              dtype=torch.float64, own_parameters=True)
+    f = hm_parameterized_concatenation_fusion(
+        8, 8, n=64, dims=[32, 32], layout=layout, dtype=torch.float64, own_parameters=True
+    )
     rank = torch.linalg.matrix_rank(f.fusion.weight).item()
     assert rank == (64 if layout == "kronecker" else 1)
 
 
 @pytest.mark.parametrize("kwargs", [dict(p=3, q=2, n=3), dict(p=2, q=1, n=4)])
 def test_layouts_agree_when_s_or_q_is_one(kwargs):
-    legacy = hm_parameterized_concatenation_fusion(**kwargs, dims=[2, 4], layout="tinybig-0.2.1",
-                                                   dtype=torch.float64, own_parameters=True)
-    kron = hm_parameterized_concatenation_fusion(**kwargs, dims=[2, 4], dtype=torch.float64,
-                                                 own_parameters=True)
+    legacy = hm_parameterized_concatenation_fusion(
+        **kwargs, dims=[2, 4], layout="tinybig-0.2.1", dtype=torch.float64, own_parameters=True
+    )
+    kron = hm_parameterized_concatenation_fusion(
+        **kwargs, dims=[2, 4], dtype=torch.float64, own_parameters=True
+    )
     w = torch.randn(legacy.calculate_l(), dtype=torch.float64)
     legacy.fusion.load_flat_parameters(w)
     kron.fusion.load_flat_parameters(w)
@@ -173,8 +176,11 @@ def test_layouts_agree_when_s_or_q_is_one(kwargs):
 
 @pytest.mark.parametrize("layout", ["kronecker", "tinybig-0.2.1"])
 def test_gradients_flow_into_external_w(layout):
-    case = next(c for c in CASES if c["class"] == "lphm_parameterized_concatenation_fusion"
-                and c["kwargs"]["n"] == 8)
+    case = next(
+        c
+        for c in CASES
+        if c["class"] == "lphm_parameterized_concatenation_fusion" and c["kwargs"]["n"] == 8
+    )
     f = build(case, layout)
     xs = [t64(x) for x in case["x"]]
     w = nn.Parameter(t64(case["w"]))
@@ -203,12 +209,21 @@ def test_positional_order_of_tinybigs_signatures():
         dual_lphm_parameterized_concatenation_fusion: ["r", "p", "q", "name", "n", "dims"],
         random_matrix_adaption_parameterized_concatenation_fusion: ["r", "name", "n", "dims"],
     }
-    common = {"require_parameters", "preprocess_functions", "postprocess_functions",
-              "preprocess_function_configs", "postprocess_function_configs", "device"}
+    common = {
+        "require_parameters",
+        "preprocess_functions",
+        "postprocess_functions",
+        "preprocess_function_configs",
+        "postprocess_function_configs",
+        "device",
+    }
     for cls, names in leading.items():
         parameters = inspect.signature(cls).parameters
-        positional = [name for name, p in parameters.items()
-                      if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        positional = [
+            name
+            for name, p in parameters.items()
+            if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        ]
         assert positional == names, cls.__name__
         assert common <= set(parameters), cls.__name__
 
@@ -226,8 +241,9 @@ def test_positional_order_of_tinybigs_signatures():
         hm_parameterized_concatenation_fusion(p=2, q=4, name="hm", n=4, dims=[4, 4]),
         lphm_parameterized_concatenation_fusion(r=1, p=2, q=4, name="lphm", n=4, dims=[4, 4]),
         dual_lphm_parameterized_concatenation_fusion(r=1, p=2, q=4, name="dual", n=4, dims=[4, 4]),
-        random_matrix_adaption_parameterized_concatenation_fusion(r=3, name="rm", n=4, dims=[4, 4],
-                                                                  seed=5),
+        random_matrix_adaption_parameterized_concatenation_fusion(
+            r=3, name="rm", n=4, dims=[4, 4], seed=5
+        ),
     ]
     for a, b in zip(by_position, by_keyword):
         assert a.to_config() == b.to_config()
@@ -240,8 +256,16 @@ def test_constructor_defaults():
     hm = hm_parameterized_concatenation_fusion(p=2, dims=dims)
     assert (hm.p, hm.q, hm.n) == (2, 2, 4)  # q defaults to p, n to the common width
     for cls in CLASSES:
-        f = cls(**({"p": 2} if cls.__name__.startswith("hm") else
-                   {"r": 1, "p": 2} if "lphm" in cls.__name__ else {}), dims=dims)
+        f = cls(
+            **(
+                {"p": 2}
+                if cls.__name__.startswith("hm")
+                else {"r": 1, "p": 2}
+                if "lphm" in cls.__name__
+                else {}
+            ),
+            dims=dims,
+        )
         assert f.get_name() == cls.__name__
         assert f.require_parameters is True and f.device == torch.device("cpu")
         assert f.layout == "kronecker"
@@ -260,8 +284,9 @@ def test_hmfusion_modules_hold_the_parameters():
     f = hm_parameterized_concatenation_fusion(p=2, n=4, dims=[4, 4], own_parameters=True)
     assert isinstance(f.fusion, hmfusion.HMConcatFusion)
     assert set(f.state_dict()) == {"fusion.A", "fusion.B"}
-    f = lphm_parameterized_concatenation_fusion(2, 2, n=4, dims=[4, 4], layout="tinybig-0.2.1",
-                                                own_parameters=True)
+    f = lphm_parameterized_concatenation_fusion(
+        2, 2, n=4, dims=[4, 4], layout="tinybig-0.2.1", own_parameters=True
+    )
     assert set(f.state_dict()) == {"fusion.A", "fusion.S", "fusion.T"}
 
 
@@ -320,16 +345,19 @@ def test_calculate_l_ignores_its_arguments():
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_w_none_uses_the_modules_own_parameters_and_w_shapes(cls):
-    kwargs = {"p": 2} if cls.__name__.startswith("hm") else (
-        {"r": 2, "p": 2} if "lphm" in cls.__name__ else {})
+    kwargs = (
+        {"p": 2}
+        if cls.__name__.startswith("hm")
+        else ({"r": 2, "p": 2} if "lphm" in cls.__name__ else {})
+    )
     f = cls(**kwargs, n=4, dims=[2, 6], dtype=torch.float64, own_parameters=True)
     xs = [torch.randn(3, 5, 2, dtype=torch.float64), torch.randn(3, 5, 6, dtype=torch.float64)]
     w = f.fusion.flat_parameters().detach()
     y = f(xs)
     assert y.shape == (3, 5, 4)
-    torch.testing.assert_close(f(x=xs, w=w), y, **TOL)             # (l,)
-    torch.testing.assert_close(f(x=xs, w=w[None]), y, **TOL)       # (1, l), tinybig's
-    torch.testing.assert_close(f(xs, w[None], "cpu"), y, **TOL)    # positional, with device
+    torch.testing.assert_close(f(x=xs, w=w), y, **TOL)  # (l,)
+    torch.testing.assert_close(f(x=xs, w=w[None]), y, **TOL)  # (1, l), tinybig's
+    torch.testing.assert_close(f(xs, w[None], "cpu"), y, **TOL)  # positional, with device
     with pytest.raises(ValueError, match=rf"w must have shape \({w.numel()},\)"):
         f(xs, w=w[:-1])
     with pytest.raises(TypeError, match="w must be a floating-point tensor"):
@@ -369,8 +397,10 @@ def test_random_matrices_are_seeded_persistent_buffers():
     c.load_state_dict(a.state_dict())
     xs = [torch.randn(5, 2), torch.randn(5, 2)]
     torch.testing.assert_close(c(xs), a(xs))
-    expected = torch.cat(xs, -1) @ (torch.diag(a.fusion.lambda1) @ R1
-                                    @ torch.diag(a.fusion.lambda2) @ R2.T).T
+    expected = (
+        torch.cat(xs, -1)
+        @ (torch.diag(a.fusion.lambda1) @ R1 @ torch.diag(a.fusion.lambda2) @ R2.T).T
+    )
     torch.testing.assert_close(a(xs), expected)
 
 
@@ -387,11 +417,14 @@ def test_set_random_matrices_checks_them():
 # pre/post-processing ----------------------------------------------------------------------------
 def test_named_processing_functions_are_registered_modules():
     f = parameterized_concatenation_fusion(
-        n=4, dims=[4, 4],
+        n=4,
+        dims=[4, 4],
         preprocess_functions=["layer_norm", F.relu],
         postprocess_function_configs=[
-            {"function_class": "torch.nn.LayerNorm",
-             "function_parameters": {"normalized_shape": 4}},
+            {
+                "function_class": "torch.nn.LayerNorm",
+                "function_parameters": {"normalized_shape": 4},
+            },
             {"function_class": "dropout", "function_parameters": {"p": 0.5}},
         ],
         own_parameters=True,
@@ -406,7 +439,8 @@ def test_named_processing_functions_are_registered_modules():
     f.eval()  # dropout off
     torch.testing.assert_close(f(xs), f(xs))
     manual = f.postprocess_functions[0](
-        torch.cat([F.relu(F.layer_norm(x, (4,))) for x in xs], -1) @ f.fusion.W.T)
+        torch.cat([F.relu(F.layer_norm(x, (4,))) for x in xs], -1) @ f.fusion.W.T
+    )
     torch.testing.assert_close(f(xs), manual)
     f.train()
     assert (f(xs) == 0).any()
@@ -421,8 +455,9 @@ def test_processing_is_the_same_for_equal_and_unequal_input_shapes():
 
     for dims in ([3, 3], [3, 5]):
         seen.clear()
-        f = parameterized_concatenation_fusion(n=3, dims=dims, preprocess_functions=record,
-                                               dtype=torch.float64, own_parameters=True)
+        f = parameterized_concatenation_fusion(
+            n=3, dims=dims, preprocess_functions=record, dtype=torch.float64, own_parameters=True
+        )
         xs = [torch.randn(2, d, dtype=torch.float64) for d in dims]
         assert seen == []  # construction applies nothing
         y = f(xs)
@@ -437,33 +472,48 @@ def test_processing_errors():
         parameterized_concatenation_fusion(dims=[4], preprocess_functions=["softmax"])
     with pytest.raises(ValueError, match="not both"):
         parameterized_concatenation_fusion(
-            dims=[4], preprocess_functions="relu",
-            preprocess_function_configs={"function_class": "relu"})
+            dims=[4],
+            preprocess_functions="relu",
+            preprocess_function_configs={"function_class": "relu"},
+        )
     with pytest.raises(TypeError, match="invalid function_parameters for torch.nn.ReLU"):
         parameterized_concatenation_fusion(
-            dims=[4], postprocess_function_configs={"function_class": "torch.nn.ReLU",
-                                                    "function_parameters": {"p": 1}})
+            dims=[4],
+            postprocess_function_configs={
+                "function_class": "torch.nn.ReLU",
+                "function_parameters": {"p": 1},
+            },
+        )
     with pytest.raises(TypeError, match="must be a callable"):
         parameterized_concatenation_fusion(dims=[4], preprocess_functions=[3])
-    f = parameterized_concatenation_fusion(dims=[4, 4], preprocess_functions=lambda x: x[..., :2],
-                                           own_parameters=True)
-    with pytest.raises(ValueError, match=r"preprocess_functions changed input 0 from \(2, 4\) "
-                                         r"torch.float32 to \(2, 2\) torch.float32"):
+    f = parameterized_concatenation_fusion(
+        dims=[4, 4], preprocess_functions=lambda x: x[..., :2], own_parameters=True
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"preprocess_functions changed input 0 from \(2, 4\) "
+        r"torch.float32 to \(2, 2\) torch.float32",
+    ):
         f([torch.randn(2, 4), torch.randn(2, 4)])
-    f = parameterized_concatenation_fusion(dims=[4], preprocess_functions=lambda x: x.double(),
-                                           own_parameters=True)
+    f = parameterized_concatenation_fusion(
+        dims=[4], preprocess_functions=lambda x: x.double(), own_parameters=True
+    )
     with pytest.raises(ValueError, match=r"to \(2, 4\) torch.float64; they must keep"):
         f([torch.randn(2, 4)])
     f = parameterized_concatenation_fusion(dims=[4])
-    with pytest.raises(TypeError, match="input 0 has dtype torch.float32, but the dtype of the "
-                                        "flat vector w is torch.float64"):
+    with pytest.raises(
+        TypeError,
+        match="input 0 has dtype torch.float32, but the dtype of the "
+        "flat vector w is torch.float64",
+    ):
         f([torch.randn(2, 4)], w=torch.zeros(1, 16, dtype=torch.float64))
 
 
 def test_dropout_callable_stops_dropping_in_eval():
     # tinybig applies F.dropout in training mode whatever the module's mode.
-    f = parameterized_concatenation_fusion(dims=[8], preprocess_functions=F.dropout,
-                                           own_parameters=True).eval()
+    f = parameterized_concatenation_fusion(
+        dims=[8], preprocess_functions=F.dropout, own_parameters=True
+    ).eval()
     x = [torch.ones(4, 8)]
     torch.testing.assert_close(f(x), x[0] @ f.fusion.W.T)
 
@@ -474,11 +524,13 @@ def _all_six():
     return [
         parameterized_concatenation_fusion(**common, preprocess_functions=["relu", "layer_norm"]),
         lowrank_parameterized_concatenation_fusion(r=3, **common),
-        hm_parameterized_concatenation_fusion(p=2, q=4, **common,
-                                              postprocess_functions=nn.LayerNorm(8)),
+        hm_parameterized_concatenation_fusion(
+            p=2, q=4, **common, postprocess_functions=nn.LayerNorm(8)
+        ),
         lphm_parameterized_concatenation_fusion(2, 4, **common, layout="tinybig-0.2.1"),
-        dual_lphm_parameterized_concatenation_fusion(1, 2, name="mine", **common,
-                                                     postprocess_functions=nn.Dropout(0.25)),
+        dual_lphm_parameterized_concatenation_fusion(
+            1, 2, name="mine", **common, postprocess_functions=nn.Dropout(0.25)
+        ),
         random_matrix_adaption_parameterized_concatenation_fusion(r=3, seed=5, **common),
     ]
 
@@ -504,23 +556,38 @@ def test_config_holds_only_constructor_arguments():
 
 
 def test_config_accepts_tinybigs_class_paths_and_short_names():
-    for name in ("tinybig.fusion.hm_parameterized_concatenation_fusion",
-                 "tinybig.fusion.parameterized_concatenation_fusion."
-                 "hm_parameterized_concatenation_fusion",
-                 "hm_parameterized_concatenation_fusion"):
-        processing = [{"function_class": "torch.nn.functional.relu"},
-                      {"function_class": "torch.nn.modules.activation.GELU"}]
-        f = from_config({"function_class": name,
-                         "function_parameters": {"n": 4, "dims": [4, 4], "p": 2,
-                                                 "preprocess_function_configs": processing}})
+    for name in (
+        "tinybig.fusion.hm_parameterized_concatenation_fusion",
+        "tinybig.fusion.parameterized_concatenation_fusion.hm_parameterized_concatenation_fusion",
+        "hm_parameterized_concatenation_fusion",
+    ):
+        processing = [
+            {"function_class": "torch.nn.functional.relu"},
+            {"function_class": "torch.nn.modules.activation.GELU"},
+        ]
+        f = from_config(
+            {
+                "function_class": name,
+                "function_parameters": {
+                    "n": 4,
+                    "dims": [4, 4],
+                    "p": 2,
+                    "preprocess_function_configs": processing,
+                },
+            }
+        )
         assert isinstance(f, hm_parameterized_concatenation_fusion)
         assert [type(m) for m in f.preprocess_functions] == [nn.ReLU, nn.GELU]
 
 
 def test_config_errors():
     with pytest.raises(ValueError, match="unknown function_parameters"):
-        from_config({"function_class": "parameterized_concatenation_fusion",
-                     "function_parameters": {"dims": [4], "bogus": None}})
+        from_config(
+            {
+                "function_class": "parameterized_concatenation_fusion",
+                "function_parameters": {"dims": [4], "bogus": None},
+            }
+        )
     with pytest.raises(ValueError, match="unknown keys"):
         from_config({"function_class": "parameterized_concatenation_fusion", "device": "cpu"})
     with pytest.raises(TypeError, match="config must be a dict"):
@@ -551,16 +618,31 @@ def test_config_naming_other_code_raises_and_imports_nothing(booby_trapped_modul
     name, marker = booby_trapped_module
     configs = [
         {"function_class": f"{name}.Fusion", "function_parameters": {"dims": [4]}},
-        {"function_class": "subprocess.run",
-         "function_parameters": {"args": ["touch", str(marker)]}},
-        {"function_class": "parameterized_concatenation_fusion",
-         "function_parameters": {"dims": [4], "preprocess_function_configs": [
-             {"function_class": f"{name}.relu"}]}},
-        {"function_class": "parameterized_concatenation_fusion",
-         "function_parameters": {"dims": [4], "postprocess_function_configs": {
-             "function_class": "os.system", "function_parameters": {"command": "true"}}}},
-        {"function_class": "parameterized_concatenation_fusion",
-         "function_parameters": {"dims": [4], "preprocess_functions": [f"{name}.relu"]}},
+        {
+            "function_class": "subprocess.run",
+            "function_parameters": {"args": ["touch", str(marker)]},
+        },
+        {
+            "function_class": "parameterized_concatenation_fusion",
+            "function_parameters": {
+                "dims": [4],
+                "preprocess_function_configs": [{"function_class": f"{name}.relu"}],
+            },
+        },
+        {
+            "function_class": "parameterized_concatenation_fusion",
+            "function_parameters": {
+                "dims": [4],
+                "postprocess_function_configs": {
+                    "function_class": "os.system",
+                    "function_parameters": {"command": "true"},
+                },
+            },
+        },
+        {
+            "function_class": "parameterized_concatenation_fusion",
+            "function_parameters": {"dims": [4], "preprocess_functions": [f"{name}.relu"]},
+        },
     ]
     for config in configs:
         with pytest.raises(ValueError, match="not allowed|not an allowed"):
@@ -605,14 +687,17 @@ def test_documented_examples_run():
 
 
 def test_config_with_a_list_as_function_parameters_is_refused():
-    with pytest.raises(TypeError,
-                       match=r"config\['function_parameters'\] must be a dict, got list"):
-        from_config({"function_class": "hm_parameterized_concatenation_fusion",
-                     "function_parameters": []})
+    with pytest.raises(
+        TypeError, match=r"config\['function_parameters'\] must be a dict, got list"
+    ):
+        from_config(
+            {"function_class": "hm_parameterized_concatenation_fusion", "function_parameters": []}
+        )
     with pytest.raises(TypeError, match=r"function_parameters'\] must be a dict"):
         parameterized_concatenation_fusion(
-            dims=[4], preprocess_function_configs={"function_class": "relu",
-                                                   "function_parameters": []})
+            dims=[4],
+            preprocess_function_configs={"function_class": "relu", "function_parameters": []},
+        )
 
 
 def test_device_follows_the_parameters():

@@ -27,13 +27,25 @@ RECORDED = json.loads((ROOT / "tests" / "data" / "tinybig-0.2.1-namespace.json")
 TOL = {"atol": 1e-12, "rtol": 0.0}
 
 TINYBIG_FUSION_NAMESPACE = [  # dir(tinybig.fusion) 0.2.1, minus its submodule basic_fusion
-    "average_fusion", "concatenation_fusion", "dual_lphm_parameterized_concatenation_fusion",
-    "fusion", "hm_parameterized_concatenation_fusion", "lowrank_parameterized_concatenation_fusion",
-    "lphm_parameterized_concatenation_fusion", "max_fusion", "mean_fusion", "median_fusion",
-    "metric_fusion", "min_fusion", "parameterized_concatenation_fusion",
-    "parameterized_weighted_summation_fusion", "prod_fusion",
-    "random_matrix_adaption_parameterized_concatenation_fusion", "sum_fusion",
-    "summation_fusion", "weighted_summation_fusion",
+    "average_fusion",
+    "concatenation_fusion",
+    "dual_lphm_parameterized_concatenation_fusion",
+    "fusion",
+    "hm_parameterized_concatenation_fusion",
+    "lowrank_parameterized_concatenation_fusion",
+    "lphm_parameterized_concatenation_fusion",
+    "max_fusion",
+    "mean_fusion",
+    "median_fusion",
+    "metric_fusion",
+    "min_fusion",
+    "parameterized_concatenation_fusion",
+    "parameterized_weighted_summation_fusion",
+    "prod_fusion",
+    "random_matrix_adaption_parameterized_concatenation_fusion",
+    "sum_fusion",
+    "summation_fusion",
+    "weighted_summation_fusion",
 ]
 SIX = fusion.config.PARAMETERIZED_CLASSES
 
@@ -62,8 +74,9 @@ def test_every_name_of_tinybig_fusion_is_here():
         assert getattr(fusion, name).__doc__, name
 
 
-@pytest.mark.parametrize("case", RECORDED["outputs"],
-                         ids=lambda c: f"{c['class']}{c['kwargs']['dims']}")
+@pytest.mark.parametrize(
+    "case", RECORDED["outputs"], ids=lambda c: f"{c['class']}{c['kwargs']['dims']}"
+)
 def test_parameter_free_fusions_reproduce_tinybig(case):
     kwargs = dict(case["kwargs"])
     if "weights" in kwargs:
@@ -79,12 +92,16 @@ def test_parameter_free_fusions_against_plain_formulas():
     xs = [torch.randn(3, 4, dtype=torch.float64) for _ in range(4)]
     stacked = torch.stack(xs)
     expected = {
-        "sum_fusion": stacked.sum(0), "summation_fusion": stacked.sum(0),
-        "mean_fusion": stacked.mean(0), "average_fusion": stacked.mean(0),
-        "max_fusion": stacked.amax(0), "min_fusion": stacked.amin(0),
+        "sum_fusion": stacked.sum(0),
+        "summation_fusion": stacked.sum(0),
+        "mean_fusion": stacked.mean(0),
+        "average_fusion": stacked.mean(0),
+        "max_fusion": stacked.amax(0),
+        "min_fusion": stacked.amin(0),
         "prod_fusion": stacked.prod(0),
         "median_fusion": stacked.sort(0).values[1],  # the lower of the two middle values
-        "l1_norm_fusion": stacked.abs().sum(0), "l2_norm_fusion": stacked.square().sum(0).sqrt(),
+        "l1_norm_fusion": stacked.abs().sum(0),
+        "l2_norm_fusion": stacked.square().sum(0).sqrt(),
         "concatenation_fusion": torch.cat(xs, -1),
     }
     for name, reference in expected.items():
@@ -98,8 +115,11 @@ def test_parameter_free_fusions_against_plain_formulas():
 
 
 def test_fixed_weights_follow_the_inputs_device():
-    for f in [fusion.summation_fusion(dims=[2, 2]), fusion.average_fusion(dims=[2, 2]),
-              fusion.weighted_summation_fusion(dims=[2, 2], weights=[1.0, 2.0])]:
+    for f in [
+        fusion.summation_fusion(dims=[2, 2]),
+        fusion.average_fusion(dims=[2, 2]),
+        fusion.weighted_summation_fusion(dims=[2, 2], weights=[1.0, 2.0]),
+    ]:
         y = f([torch.ones(3, 2, device="meta"), torch.ones(3, 2, device="meta")])
         assert y.device.type == "meta" and y.shape == (3, 2)
 
@@ -133,8 +153,9 @@ def test_with_external_w_a_fusion_owns_nothing():
 
 
 def test_own_parameters_on_request_and_gradients_into_w():
-    for external, own in zip(six_instances(dtype=torch.float64),
-                             six_instances(dtype=torch.float64, own_parameters=True)):
+    for external, own in zip(
+        six_instances(dtype=torch.float64), six_instances(dtype=torch.float64, own_parameters=True)
+    ):
         assert own.fusion is not None and len(list(own.parameters())) > 0
         if "random" in type(own).__name__:
             external.set_random_matrices(own.fusion.R1, own.fusion.R2)
@@ -153,11 +174,13 @@ class Head(nn.Module):
         self.linear = nn.Linear(6, 6, dtype=torch.float64)
         self.channel_fusion = fusion_module
         self.w_channel_fusion = nn.Parameter(
-            torch.zeros(1, fusion_module.calculate_l(), dtype=torch.float64))
+            torch.zeros(1, fusion_module.calculate_l(), dtype=torch.float64)
+        )
 
     def forward(self, x):
-        return self.channel_fusion(x=[self.linear(x[0]), x[1]], w=self.w_channel_fusion,
-                                   device="cpu")
+        return self.channel_fusion(
+            x=[self.linear(x[0]), x[1]], w=self.w_channel_fusion, device="cpu"
+        )
 
 
 def _state(recorded):
@@ -191,8 +214,9 @@ def test_tinybig_checkpoint_trains_and_loads_strictly_with_the_import_swapped():
 
 
 def test_legacy_layout_is_a_module_of_its_own():
-    f = fusion.hm_parameterized_concatenation_fusion(2, 3, n=4, dims=[6, 6],
-                                                      layout="tinybig-0.2.1", own_parameters=True)
+    f = fusion.hm_parameterized_concatenation_fusion(
+        2, 3, n=4, dims=[6, 6], layout="tinybig-0.2.1", own_parameters=True
+    )
     assert isinstance(f.fusion, fusion.TinybigLegacyKronecker)
     w = torch.randn(f.calculate_l(), dtype=torch.float64)
     a, b = w.split([6, 8])  # tinybig: einsum('pq,st->psqt') of the flat rows, viewed n×D
@@ -201,8 +225,11 @@ def test_legacy_layout_is_a_module_of_its_own():
 
 
 # configs ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("record", RECORDED["configs"],
-                         ids=lambda r: f"{r['class']}{len(r['to_config']['function_parameters'])}")
+@pytest.mark.parametrize(
+    "record",
+    RECORDED["configs"],
+    ids=lambda r: f"{r['class']}{len(r['to_config']['function_parameters'])}",
+)
 def test_tinybigs_to_config_output_loads(record):
     config = record["to_config"]
     assert config["function_class"].startswith("tinybig.fusion.")
@@ -211,8 +238,12 @@ def test_tinybigs_to_config_output_loads(record):
     assert f.calculate_n() == record["n"] and f.calculate_l() == record["l"]
     assert f.get_dims() == config["function_parameters"]["dims"]
     # in memory, tinybig's dict holds OrderedDicts, sets and module objects: dropped as well
-    parameters = dict(config["function_parameters"], _forward_hooks=OrderedDict(),
-                      _non_persistent_buffers_set=set(), _modules={"x": nn.ReLU()})
+    parameters = dict(
+        config["function_parameters"],
+        _forward_hooks=OrderedDict(),
+        _non_persistent_buffers_set=set(),
+        _modules={"x": nn.ReLU()},
+    )
     assert type(fusion.from_config(dict(config, function_parameters=parameters))) is type(f)
     assert not any(name == "tinybig" or name.startswith("tinybig.") for name in sys.modules)
 
@@ -251,8 +282,11 @@ function_parameters:
     f = fusion.from_config(yaml.safe_load(text))
     assert isinstance(f, fusion.hm_parameterized_concatenation_fusion)
     assert [type(m) for m in f.preprocess_functions] == [nn.ReLU, nn.Dropout]
-    f = fusion.from_config(yaml.safe_load("function_class: tinybig.fusion.max_fusion\n"
-                                          "function_parameters: {dims: [2, 2]}\n"))
+    f = fusion.from_config(
+        yaml.safe_load(
+            "function_class: tinybig.fusion.max_fusion\nfunction_parameters: {dims: [2, 2]}\n"
+        )
+    )
     assert f([torch.ones(1, 2), 2 * torch.ones(1, 2)]).tolist() == [[2.0, 2.0]]
 
 
@@ -319,17 +353,23 @@ def test_in_place_preprocessing_is_refused(how):
         if how == "module":
             fusion.concatenation_fusion(dims=[2], preprocess_functions=nn.ReLU(inplace=True))
         elif how == "config":
-            fusion.from_config({"function_class": "tinybig.fusion.sum_fusion",
-                                "function_parameters": {"dims": [2],
-                                                        "preprocess_function_configs": config}})
+            fusion.from_config(
+                {
+                    "function_class": "tinybig.fusion.sum_fusion",
+                    "function_parameters": {"dims": [2], "preprocess_function_configs": config},
+                }
+            )
         else:
             fusion.sum_fusion(dims=[2]).preprocess_functions = [nn.Dropout(0.5, inplace=True)]
 
 
 def test_processing_never_mutates_the_callers_inputs():
-    for f in [fusion.sum_fusion(dims=[3, 3], preprocess_functions=["relu", "dropout"]),
-              fusion.parameterized_concatenation_fusion(n=2, dims=[3, 3],
-                                                        preprocess_functions=[nn.ReLU()])]:
+    for f in [
+        fusion.sum_fusion(dims=[3, 3], preprocess_functions=["relu", "dropout"]),
+        fusion.parameterized_concatenation_fusion(
+            n=2, dims=[3, 3], preprocess_functions=[nn.ReLU()]
+        ),
+    ]:
         xs = [torch.randn(4, 3), torch.randn(4, 3)]
         before = [x.clone() for x in xs]
         f(xs, w=torch.randn(12) if f.calculate_l() else None)
@@ -351,13 +391,18 @@ def test_base_class_helpers():
     with pytest.raises(ValueError, match="cannot be written to a config"):
         fusion.fusion.functions_to_configs(lambda t: t)
     square = fusion.fusion.string_to_function("exp(x) - x**2 / 2", "x")
-    assert square(0.0) == 1.0 and square(2.0) == pytest.approx(2.718281828459045 ** 2 - 2)
+    assert square(0.0) == 1.0 and square(2.0) == pytest.approx(2.718281828459045**2 - 2)
 
 
 def test_string_to_function_never_runs_code(tmp_path):
     marker = tmp_path / "ran"
-    for formula in [f"__import__('os').system('touch {marker}')", "x.__class__", "open('f')",
-                    "[x for x in ()]", "lambda: 1"]:
+    for formula in [
+        f"__import__('os').system('touch {marker}')",
+        "x.__class__",
+        "open('f')",
+        "[x for x in ()]",
+        "lambda: 1",
+    ]:
         with pytest.raises(ValueError, match="may use only|is not a formula"):
             fusion.fusion.string_to_function(formula, "x")
     assert not marker.exists()
@@ -424,7 +469,8 @@ def test_random_matrices_without_a_seed_are_independent_and_saved():
 def test_set_random_matrices_in_float64_is_exact():
     R1, R2 = torch.randn(4, 2, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
     f = fusion.random_matrix_adaption_parameterized_concatenation_fusion(
-        r=2, n=4, dims=[3, 3], dtype=torch.float64)
+        r=2, n=4, dims=[3, 3], dtype=torch.float64
+    )
     f.set_random_matrices(R1, R2)
     assert torch.equal(f.R1, R1) and torch.equal(f.R2, R2)
     w = torch.randn(6, dtype=torch.float64)

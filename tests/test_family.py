@@ -8,7 +8,6 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from registry import KINDS, MEMBERS, reference_forward, reference_weight, rel_err
 
 import hmfusion
 from hmfusion import (
@@ -19,6 +18,7 @@ from hmfusion import (
     LPHMConcatFusion,
     RandomMatrixConcatFusion,
 )
+from registry import KINDS, MEMBERS, reference_forward, reference_weight, rel_err
 
 F64 = torch.float64
 
@@ -44,8 +44,11 @@ def family_cases(draw):
     else:
         n, D = p * draw(st.integers(1, 4)), q * draw(st.integers(1, 4))
     k = draw(st.integers(1, min(3, D)))
-    cuts = sorted(draw(st.lists(st.integers(1, D - 1), min_size=k - 1, max_size=k - 1,
-                                unique=True))) if k > 1 else []
+    cuts = (
+        sorted(draw(st.lists(st.integers(1, D - 1), min_size=k - 1, max_size=k - 1, unique=True)))
+        if k > 1
+        else []
+    )
     dims = [b - a for a, b in zip([0] + cuts, cuts + [D])]
     r = draw(st.integers(1, 3))
     terms = draw(st.integers(1, 3)) if kind == "hm" else 1
@@ -150,23 +153,43 @@ def test_random_matrices_are_fixed_and_seeded():
 # init variance ------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "kind,kwargs",
-    [("dense", {}), ("lowrank", dict(r=8)), ("hm", dict(p=32, q=32)),
-     ("hm", dict(p=32, q=32, terms=3)), ("lphm", dict(p=32, q=32, r=8)),
-     ("dual_lphm", dict(p=32, q=32, r=8)), ("random", dict(r=16))],
+    [
+        ("dense", {}),
+        ("lowrank", dict(r=8)),
+        ("hm", dict(p=32, q=32)),
+        ("hm", dict(p=32, q=32, terms=3)),
+        ("lphm", dict(p=32, q=32, r=8)),
+        ("dual_lphm", dict(p=32, q=32, r=8)),
+        ("random", dict(r=16)),
+    ],
 )
 def test_init_variance_matches_linear_default(kind, kwargs):
     torch.manual_seed(0)
     D = n = 1024
-    module = build(kind, [512, 512], n, kwargs.get("p"), kwargs.get("q"), kwargs.get("r"),
-                   kwargs.get("terms", 1), dtype=torch.float32)
+    module = build(
+        kind,
+        [512, 512],
+        n,
+        kwargs.get("p"),
+        kwargs.get("q"),
+        kwargs.get("r"),
+        kwargs.get("terms", 1),
+        dtype=torch.float32,
+    )
     var = module.weight.detach().var().item()
     assert var == pytest.approx(1 / (3 * D), rel=0.2)
 
 
 # padding and automatic block sizes ----------------------------------------------------------
 @pytest.mark.parametrize("kind", ["hm", "lphm", "dual_lphm"])
-@pytest.mark.parametrize("dims,n,p,q", [([76, 216, 64, 240, 47, 6], 64, 8, 8),  # D = 649 = 11·59
-                                        ([5, 7], 10, 3, 4), ([649], 10, 4, None)])
+@pytest.mark.parametrize(
+    "dims,n,p,q",
+    [
+        ([76, 216, 64, 240, 47, 6], 64, 8, 8),  # D = 649 = 11·59
+        ([5, 7], 10, 3, 4),
+        ([649], 10, 4, None),
+    ],
+)
 def test_padding_matches_top_left_block(kind, dims, n, p, q):
     torch.manual_seed(0)
     module = build(kind, dims, n, p, q, 2, 1, pad=True, bias=True)
@@ -186,8 +209,11 @@ def test_padding_matches_top_left_block(kind, dims, n, p, q):
 
 
 def test_padding_is_opt_in():
-    with pytest.raises(ValueError, match=r"q \(defaulting to p\)=8 must divide D=649; valid "
-                                         r"choices are \[1, 11, 59, 649\]; or pass pad=True"):
+    with pytest.raises(
+        ValueError,
+        match=r"q \(defaulting to p\)=8 must divide D=649; valid "
+        r"choices are \[1, 11, 59, 649\]; or pass pad=True",
+    ):
         HMConcatFusion([76, 216, 64, 240, 47, 6], 64, 8)
 
 
@@ -197,7 +223,8 @@ def test_auto_block_sizes_minimise_l():
     m = HMConcatFusion([76, 216, 64, 240, 47, 6], 64, p="auto", q="auto")  # D = 649
     best = min(
         (a * b + (64 // a) * (649 // b), abs(a - b), a, b)
-        for a in (1, 2, 4, 8, 16, 32, 64) for b in (1, 11, 59, 649)
+        for a in (1, 2, 4, 8, 16, 32, 64)
+        for b in (1, 11, 59, 649)
     )
     assert m.num_parameters == best[0]
     m = HMConcatFusion([649], 64, p=8, q="auto")
@@ -240,8 +267,9 @@ def test_to_linear(kind):
 def test_from_linear_recovers_a_sum_of_kronecker_products(terms):
     torch.manual_seed(0)
     p, q, s, t = 4, 3, 5, 6
-    w = sum(torch.kron(torch.randn(p, q, dtype=F64), torch.randn(s, t, dtype=F64))
-            for _ in range(terms))
+    w = sum(
+        torch.kron(torch.randn(p, q, dtype=F64), torch.randn(s, t, dtype=F64)) for _ in range(terms)
+    )
     linear = torch.nn.Linear(q * t, p * s, dtype=F64)
     with torch.no_grad():
         linear.weight.copy_(w)
@@ -261,7 +289,7 @@ def test_from_linear_error_falls_with_terms_and_is_optimal():
     rearranged = torch.empty(p * q, s * t, dtype=F64)
     for i in range(p):
         for j in range(q):
-            rearranged[i * q + j] = w[i * s:(i + 1) * s, j * t:(j + 1) * t].reshape(-1)
+            rearranged[i * q + j] = w[i * s : (i + 1) * s, j * t : (j + 1) * t].reshape(-1)
     sigma = torch.linalg.svdvals(rearranged)
     errors = []
     for terms in range(1, 7):
@@ -331,20 +359,29 @@ def test_from_linear_errors():
         RandomMatrixConcatFusion.from_linear(linear, [12])
 
 
-@pytest.mark.parametrize("cls,kwargs,error,match", [
-    (LowRankConcatFusion, dict(r=0), ValueError, "r must be a positive int"),
-    (LPHMConcatFusion, dict(p=2, r=1.5), TypeError, "r must be a positive int"),
-    (RandomMatrixConcatFusion, dict(seed="x"), TypeError, "seed must be an int"),
-    (DualLPHMConcatFusion, dict(p=3), ValueError, "p=3 must divide n=8"),
-])
+@pytest.mark.parametrize(
+    "cls,kwargs,error,match",
+    [
+        (LowRankConcatFusion, dict(r=0), ValueError, "r must be a positive int"),
+        (LPHMConcatFusion, dict(p=2, r=1.5), TypeError, "r must be a positive int"),
+        (RandomMatrixConcatFusion, dict(seed="x"), TypeError, "seed must be an int"),
+        (DualLPHMConcatFusion, dict(p=3), ValueError, "p=3 must divide n=8"),
+    ],
+)
 def test_member_bad_arguments(cls, kwargs, error, match):
     with pytest.raises(error, match=match):
         cls([8, 8], **kwargs)
 
 
 def test_public_names():
-    for name in ["DenseConcatFusion", "LowRankConcatFusion", "HMConcatFusion", "LPHMConcatFusion",
-                 "DualLPHMConcatFusion", "RandomMatrixConcatFusion"]:
+    for name in [
+        "DenseConcatFusion",
+        "LowRankConcatFusion",
+        "HMConcatFusion",
+        "LPHMConcatFusion",
+        "DualLPHMConcatFusion",
+        "RandomMatrixConcatFusion",
+    ]:
         assert issubclass(getattr(hmfusion, name), hmfusion.ConcatFusion)
 
 
@@ -386,10 +423,13 @@ def test_validation_paths_of_the_structure():
         hmfusion.ConcatFusion([4, 5], KroneckerStructure.create(8, 8, 2, 2))
 
 
-@pytest.mark.parametrize("dtype,error,match", [
-    ("float64", TypeError, "dtype must be a torch.dtype such as torch.float32, got 'float64'"),
-    (torch.int64, ValueError, "dtype must be a floating-point torch.dtype, got torch.int64"),
-])
+@pytest.mark.parametrize(
+    "dtype,error,match",
+    [
+        ("float64", TypeError, "dtype must be a torch.dtype such as torch.float32, got 'float64'"),
+        (torch.int64, ValueError, "dtype must be a floating-point torch.dtype, got torch.int64"),
+    ],
+)
 def test_factory_dtype_is_checked(dtype, error, match):
     with pytest.raises(error, match=match):
         HMConcatFusion([8], p=2, dtype=dtype)
@@ -397,8 +437,9 @@ def test_factory_dtype_is_checked(dtype, error, match):
 
 def test_complex_flat_vector_is_refused():
     m = HMConcatFusion([4], p=2)
-    with pytest.raises(TypeError,
-                       match="w must be a floating-point tensor, got dtype torch.complex64"):
+    with pytest.raises(
+        TypeError, match="w must be a floating-point tensor, got dtype torch.complex64"
+    ):
         m.load_flat_parameters(torch.zeros(m.num_parameters, dtype=torch.complex64))
 
 
@@ -407,10 +448,13 @@ def test_autocast_accepts_the_autocast_dtype_and_names_others():
     xs16 = [torch.randn(2, 8, dtype=torch.bfloat16) for _ in range(2)]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert module(xs16).dtype == torch.bfloat16  # the output of a previous autocast layer
-        with pytest.raises(TypeError, match=r"input 0 has dtype torch.float64; under autocast the "
-                                            r"inputs must have the dtype of the parameters "
-                                            r"\(torch.float32\) or the autocast dtype "
-                                            r"\(torch.bfloat16\)"):
+        with pytest.raises(
+            TypeError,
+            match=r"input 0 has dtype torch.float64; under autocast the "
+            r"inputs must have the dtype of the parameters "
+            r"\(torch.float32\) or the autocast dtype "
+            r"\(torch.bfloat16\)",
+        ):
             module([x.double() for x in xs16])
         with pytest.raises(TypeError, match="input 1 has dtype torch.float16"):
             module([xs16[0], xs16[1].half()])

@@ -19,7 +19,7 @@ def _rearranged(w: torch.Tensor, p: int, q: int) -> torch.Tensor:
     out = torch.empty(p * q, s * t, dtype=w.dtype)
     for i in range(p):
         for j in range(q):
-            out[i * q + j] = w[i * s:(i + 1) * s, j * t:(j + 1) * t].reshape(-1)
+            out[i * q + j] = w[i * s : (i + 1) * s, j * t : (j + 1) * t].reshape(-1)
     return out
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from registry import RecordShapes, rel_err
 
 from hmfusion import HMConcatFusion
+from registry import RecordShapes, rel_err
 
 F64 = torch.float64
 
@@ -25,8 +25,11 @@ def hm_cases(draw):
     t = draw(st.integers(1, 4))
     n, D = p * s, q * t
     k = draw(st.integers(1, min(4, D)))
-    cuts = sorted(draw(st.lists(st.integers(1, D - 1), min_size=k - 1, max_size=k - 1,
-                                unique=True))) if k > 1 else []
+    cuts = (
+        sorted(draw(st.lists(st.integers(1, D - 1), min_size=k - 1, max_size=k - 1, unique=True)))
+        if k > 1
+        else []
+    )
     dims = [b - a for a, b in zip([0] + cuts, cuts + [D])]
     lead = tuple(draw(st.lists(st.integers(1, 3), max_size=3)))
     bias = draw(st.booleans())
@@ -84,9 +87,12 @@ def test_gradcheck():
     def fn(x0, x1, a, b, bias):
         return torch.func.functional_call(module, {"A": a, "B": b, "bias": bias}, ([x0, x1],))
 
-    inputs = (*xs, module.A.detach().clone().requires_grad_(),
-              module.B.detach().clone().requires_grad_(),
-              module.bias.detach().clone().requires_grad_())
+    inputs = (
+        *xs,
+        module.A.detach().clone().requires_grad_(),
+        module.B.detach().clone().requires_grad_(),
+        module.bias.detach().clone().requires_grad_(),
+    )
     assert torch.autograd.gradcheck(fn, inputs)
     assert torch.autograd.gradgradcheck(fn, inputs)
 
@@ -242,10 +248,16 @@ def test_compile_fullgraph_inductor():
 @pytest.mark.parametrize(
     "kwargs,error,match",
     [
-        (dict(dims=[8, 8], p=3), ValueError,
-         r"p=3 must divide n=8; valid choices are \[1, 2, 4, 8\]"),
-        (dict(dims=[8, 8], n=8, p=2, q=5), ValueError,
-         r"q=5 must divide D=16; valid choices are \[1, 2, 4, 8, 16\]"),
+        (
+            dict(dims=[8, 8], p=3),
+            ValueError,
+            r"p=3 must divide n=8; valid choices are \[1, 2, 4, 8\]",
+        ),
+        (
+            dict(dims=[8, 8], n=8, p=2, q=5),
+            ValueError,
+            r"q=5 must divide D=16; valid choices are \[1, 2, 4, 8, 16\]",
+        ),
         (dict(dims=[9, 9], p=2, q=3), ValueError, r"p=2 must divide n=9"),
         (dict(dims=[8, 8], p=0), ValueError, r"p must be a positive int, got 0"),
         (dict(dims=[8, 8], p=-2), ValueError, r"p must be a positive int"),
@@ -286,21 +298,42 @@ def module():
         (lambda: torch.randn(3, 10), TypeError, r"expected a list or tuple of 2 tensors"),
         (lambda: [torch.randn(3, 4)], ValueError, r"expected 2 inputs \(dims=\[4, 6\]\), got 1"),
         (lambda: [torch.randn(3, 4)] * 3, ValueError, r"expected 2 inputs"),
-        (lambda: [torch.randn(3, 4), torch.randn(3, 5)], ValueError,
-         r"input 1 has last dimension 5 \(shape \(3, 5\)\), expected dims\[1\] = 6"),
-        (lambda: [torch.randn(3, 6), torch.randn(3, 4)], ValueError,
-         r"input 0 has last dimension 6"),
-        (lambda: [torch.randn(3, 4), torch.randn(2, 6)], ValueError,
-         r"inputs must share their leading shape: input 0 has \(3,\), input 1 has \(2,\)"),
+        (
+            lambda: [torch.randn(3, 4), torch.randn(3, 5)],
+            ValueError,
+            r"input 1 has last dimension 5 \(shape \(3, 5\)\), expected dims\[1\] = 6",
+        ),
+        (
+            lambda: [torch.randn(3, 6), torch.randn(3, 4)],
+            ValueError,
+            r"input 0 has last dimension 6",
+        ),
+        (
+            lambda: [torch.randn(3, 4), torch.randn(2, 6)],
+            ValueError,
+            r"inputs must share their leading shape: input 0 has \(3,\), input 1 has \(2,\)",
+        ),
         (lambda: [torch.randn(3, 4), torch.randn(1, 6)], ValueError, r"leading shape"),
-        (lambda: [torch.ones(3, 4, dtype=torch.long), torch.randn(3, 6)], TypeError,
-         r"input 0 must be a floating-point tensor, got dtype torch.int64"),
-        (lambda: [torch.randn(3, 4), [1.0] * 6], TypeError,
-         r"input 1 must be a torch.Tensor, got list"),
-        (lambda: [torch.randn(3, 4, dtype=F64), torch.randn(3, 6, dtype=F64)], TypeError,
-         r"input 0 has dtype torch.float64, but the dtype of the parameters is torch.float32"),
-        (lambda: [torch.randn(3, 4), torch.randn(3, 6, device="meta")], ValueError,
-         r"input 1 is on device meta, but the device of the parameters is cpu"),
+        (
+            lambda: [torch.ones(3, 4, dtype=torch.long), torch.randn(3, 6)],
+            TypeError,
+            r"input 0 must be a floating-point tensor, got dtype torch.int64",
+        ),
+        (
+            lambda: [torch.randn(3, 4), [1.0] * 6],
+            TypeError,
+            r"input 1 must be a torch.Tensor, got list",
+        ),
+        (
+            lambda: [torch.randn(3, 4, dtype=F64), torch.randn(3, 6, dtype=F64)],
+            TypeError,
+            r"input 0 has dtype torch.float64, but the dtype of the parameters is torch.float32",
+        ),
+        (
+            lambda: [torch.randn(3, 4), torch.randn(3, 6, device="meta")],
+            ValueError,
+            r"input 1 is on device meta, but the device of the parameters is cpu",
+        ),
         (lambda: [torch.tensor(1.0), torch.randn(6)], ValueError, r"input 0 has a scalar"),
     ],
 )

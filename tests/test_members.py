@@ -9,12 +9,12 @@ import pydoc
 
 import pytest
 import torch
-from registry import F64, MEMBERS, RecordShapes, reference_forward, reference_weight, rel_err
-from registry import samples as registry_samples
 
 import hmfusion
 from hmfusion import _validation, blocksizes, fitting, fusion, structures
 from hmfusion.fusion import base, members
+from registry import F64, MEMBERS, RecordShapes, reference_forward, reference_weight, rel_err
+from registry import samples as registry_samples
 
 SAMPLES = registry_samples()
 IDS = [f"{kind}-{i}" for i, (kind, _) in enumerate(SAMPLES)]
@@ -91,7 +91,9 @@ def test_the_materialize_plan_is_the_one_that_forms_the_weight():
 # documentation -------------------------------------------------------------------------------
 CORE_MODULES = [hmfusion, fusion, base, members, structures, blocksizes, fitting, _validation]
 PUBLIC = sorted(  # constants are documented by their #: comment
-    (m.__name__, name) for m in CORE_MODULES for name in m.__all__
+    (m.__name__, name)
+    for m in CORE_MODULES
+    for name in m.__all__
     if not isinstance(getattr(m, name), (int, str)) and name not in ("Device", "BlockSize")
 )
 

@@ -1,8 +1,8 @@
 """Every check on user input, in one place.
 
-Constructors and ``forward`` call these helpers; each raises ``TypeError`` for a value of the wrong
-kind and ``ValueError`` for a value of the right kind that does not fit, with a message that names
-the argument and says what was expected. No ``assert`` is used for user input.
+Constructors and `forward` call these helpers; each raises `TypeError` for a value of the wrong
+kind and `ValueError` for a value of the right kind that does not fit, with a message that names
+the argument and says what was expected. No `assert` is used for user input.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 AUTO = blocksizes.AUTO
-#: Valid seeds of ``torch.Generator.manual_seed``: a signed or unsigned 64-bit integer.
+#: Valid seeds of `torch.Generator.manual_seed`: a signed or unsigned 64-bit integer.
 SEED_RANGE = (-(2**63), 2**64 - 1)
 #: Messages list at most this many valid divisors (the first and last half of them).
 _LISTED_DIVISORS = 24
@@ -50,7 +50,7 @@ def _is_int(value: object) -> TypeGuard[numbers.Integral]:
 
 
 def check_positive_int(name: str, value: object) -> int:
-    """Return ``value`` as an ``int`` if it is an integer ≥ 1."""
+    """Return `value` as an `int` if it is an integer ≥ 1."""
     if not _is_int(value):
         raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
     if value < 1:
@@ -59,7 +59,7 @@ def check_positive_int(name: str, value: object) -> int:
 
 
 def check_size(name: str, value: object) -> int:
-    """A width: a positive int of at most :data:`hmfusion.blocksizes.MAX_SIZE` (2⁴⁸)."""
+    """A width: a positive int of at most `hmfusion.blocksizes.MAX_SIZE` (2⁴⁸)."""
     value = check_positive_int(name, value)
     if value > blocksizes.MAX_SIZE:
         raise ValueError(
@@ -79,7 +79,7 @@ def check_row_count(name: str, value: object) -> int:
 
 
 def check_bool(name: str, value: object) -> bool:
-    """``value`` as a bool if it is a Python or NumPy bool (not merely truthy: ``pad=1`` is a
+    """`value` as a bool if it is a Python or NumPy bool (not merely truthy: `pad=1` is a
     mistake worth naming)."""
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(
@@ -89,7 +89,7 @@ def check_bool(name: str, value: object) -> bool:
 
 
 def check_seed(name: str, value: object) -> int:
-    """A seed for ``torch.Generator.manual_seed``: an int in [-2⁶³, 2⁶⁴ - 1]."""
+    """A seed for `torch.Generator.manual_seed`: an int in [-2⁶³, 2⁶⁴ - 1]."""
     value = check_int(name, value)
     low, high = SEED_RANGE
     if not low <= value <= high:
@@ -98,9 +98,9 @@ def check_seed(name: str, value: object) -> int:
 
 
 def check_device(value: object) -> torch.device | None:
-    """A ``device=`` factory argument: ``None``, or a device this machine has.
+    """A `device=` factory argument: `None`, or a device this machine has.
 
-    Accepts what ``torch.device`` accepts (a ``torch.device``, a string such as ``"cuda:0"``,
+    Accepts what `torch.device` accepts (a `torch.device`, a string such as `"cuda:0"`,
     an accelerator index); refuses devices whose backend is missing or has fewer devices.
     """
     if value is None:
@@ -130,13 +130,13 @@ def check_device(value: object) -> torch.device | None:
 
 
 def check_finite(name: str, tensor: Tensor) -> None:
-    """Raise if ``tensor`` holds NaN or ±inf."""
+    """Raise if `tensor` holds NaN or ±inf."""
     if not bool(torch.isfinite(tensor).all()):
         raise ValueError(f"{name} must be finite, but it holds NaN or infinite values")
 
 
 def check_int(name: str, value: object) -> int:
-    """``value`` as an ``int`` if it is an integer (of any sign; bools are refused)."""
+    """`value` as an `int` if it is an integer (of any sign; bools are refused)."""
     if not _is_int(value):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     return int(value)
@@ -145,7 +145,7 @@ def check_int(name: str, value: object) -> int:
 def check_block_size(
     name: str, value: object, *, allow_none: bool = False
 ) -> int | Literal["auto"] | None:
-    """A block size: a positive int, ``"auto"``, or (where allowed) ``None``."""
+    """A block size: a positive int, `"auto"`, or (where allowed) `None`."""
     if value is None and allow_none:
         return None
     return _block_size(name, value)
@@ -161,10 +161,8 @@ def _block_size(name: str, value: object) -> int | Literal["auto"]:
 
 def check_kronecker_arguments(
     p: object, q: object, terms: object, rank_a: object, rank_b: object, pad: object
-) -> tuple[
-    int | Literal["auto"], int | Literal["auto"] | None, int, int | None, int | None, bool
-]:
-    """The hyper-parameters of a Kronecker member, each checked (ranks are named ``r``)."""
+) -> tuple[int | Literal["auto"], int | Literal["auto"] | None, int, int | None, int | None, bool]:
+    """The hyper-parameters of a Kronecker member, each checked (ranks are named `r`)."""
     checked = (
         _block_size("p", p),
         None if q is None else _block_size("q", q),
@@ -181,7 +179,7 @@ def check_kronecker_arguments(
 def check_block_sizes_fit(n: int, D: int, p: int, q: int, *, tied: bool, pad: bool) -> None:
     """Without padding p | n and q | D (the message lists the divisors); with it p ≤ n, q ≤ D.
 
-    ``tied`` says q defaulted to p (the message then says so)."""
+    `tied` says q defaulted to p (the message then says so)."""
     q_name = "q (defaulting to p)" if tied else "q"
     if pad:
         if p > n:
@@ -209,7 +207,7 @@ def check_dims(dims: object) -> tuple[int, ...]:
 
 
 def resolve_n(dims: tuple[int, ...], n: object) -> int:
-    """The output width: ``n`` if given, else the common input width."""
+    """The output width: `n` if given, else the common input width."""
     if n is not None:
         return check_size("n", n)
     if len(set(dims)) != 1:
@@ -221,19 +219,24 @@ def resolve_n(dims: tuple[int, ...], n: object) -> int:
 
 
 def check_divides(name: str, value: int, total_name: str, total: int, hint: str = "") -> None:
-    """Raise if ``value`` does not divide ``total``; the message lists the valid choices."""
+    """Raise if `value` does not divide `total`; the message lists the valid choices."""
     if total % value != 0:
         valid = blocksizes.divisors(total)
         half = _LISTED_DIVISORS // 2
-        listed = str(valid) if len(valid) <= _LISTED_DIVISORS else (
-            f"the {len(valid)} divisors {str(valid[:half])[:-1]}, …, {str(valid[-half:])[1:]}"
+        listed = (
+            str(valid)
+            if len(valid) <= _LISTED_DIVISORS
+            else (
+                f"the {len(valid)} divisors {str(valid[:half])[:-1]}, …, {str(valid[-half:])[1:]}"
+            )
         )
-        raise ValueError(f"{name}={value} must divide {total_name}={total}; valid choices are "
-                         f"{listed}{hint}")
+        raise ValueError(
+            f"{name}={value} must divide {total_name}={total}; valid choices are {listed}{hint}"
+        )
 
 
 def check_flat_vector(w: object, length: int, *, what: str = "w") -> Tensor:
-    """A flat parameter vector of ``length`` elements, shaped (l,) or (1, l); returned as (l,)."""
+    """A flat parameter vector of `length` elements, shaped (l,) or (1, l); returned as (l,)."""
     if not isinstance(w, Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(w).__name__}")
     if not w.is_floating_point():
@@ -256,7 +259,7 @@ def _allowed_input_dtypes(device_type: str, dtype: torch.dtype) -> tuple[torch.d
 
 
 def check_factory_dtype(dtype: object) -> torch.dtype | None:
-    """A ``dtype=`` factory argument: ``None`` or a floating-point ``torch.dtype``."""
+    """A `dtype=` factory argument: `None` or a floating-point `torch.dtype`."""
     if dtype is None:
         return None
     if not isinstance(dtype, torch.dtype):
@@ -276,11 +279,11 @@ def check_inputs(
 ) -> tuple[list[Tensor], torch.Size]:
     """Validate the inputs of a fusion; return them as a list and their common leading shape.
 
-    Inputs must be a list or tuple of ``len(dims)`` dense (strided, not sparse or nested)
-    floating tensors; input ``i`` has shape ``(*lead, dims[i])`` with the same ``*lead`` for
+    Inputs must be a list or tuple of `len(dims)` dense (strided, not sparse or nested)
+    floating tensors; input `i` has shape `(*lead, dims[i])` with the same `*lead` for
     all. Their dtype must be the parameters' dtype or, where autocast is on for their device,
     the autocast dtype (the output of a previous autocast layer); they must be on the
-    parameters' device. ``owner`` names what holds the parameters in messages (e.g. "the flat
+    parameters' device. `owner` names what holds the parameters in messages (e.g. "the flat
     vector w").
     """
     if isinstance(xs, Tensor) or not isinstance(xs, (list, tuple)):

@@ -1,8 +1,8 @@
-"""Block sizes of the Kronecker members: divisors, the parameter count l, and the ``"auto"`` search.
+"""Block sizes of the Kronecker members: divisors, the parameter count l, and the `"auto"` search.
 
 Pure functions of integers, in time polynomial in the number of digits of n and D: divisors come
 from a factorisation (trial division to 2¹⁶, then Miller–Rabin and Pollard's rho), and the
-search never walks every size up to n. Sizes are at most :data:`MAX_SIZE`.
+search never walks every size up to n. Sizes are at most [`MAX_SIZE`][hmfusion.blocksizes.MAX_SIZE].
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ AUTO: Literal["auto"] = "auto"
 #: x86-64 and ARM64 processors can map.
 MAX_SIZE = 2**48
 
-#: With ``pad=True`` and untied block sizes, the search evaluates at most this many (p, q)
+#: With `pad=True` and untied block sizes, the search evaluates at most this many (p, q)
 #: candidate pairs (about 0.3 s); a larger search is refused, not truncated.
 PAD_SEARCH_BUDGET = 1 << 22
 
@@ -67,7 +67,7 @@ def _is_probable_prime(value: int) -> bool:
 
 
 def _pollard_rho(value: int) -> int:
-    """A non-trivial factor of the odd composite ``value`` (Pollard's rho, Floyd cycle finding)."""
+    """A non-trivial factor of the odd composite `value` (Pollard's rho, Floyd cycle finding)."""
     rng = random.Random(value)  # deterministic per value
     while True:
         c = rng.randrange(1, value)
@@ -83,7 +83,7 @@ def _pollard_rho(value: int) -> int:
 
 
 def _prime_factors(value: int) -> dict[int, int]:
-    """{prime: exponent} of ``value`` (1 ≤ value ≤ MAX_SIZE)."""
+    """{prime: exponent} of `value` (1 ≤ value ≤ MAX_SIZE)."""
     factors: dict[int, int] = {}
     for d in [2, 3] + list(range(5, _TRIAL_LIMIT, 2)):
         if d * d > value:
@@ -103,16 +103,16 @@ def _prime_factors(value: int) -> dict[int, int]:
 
 
 def divisors(value: int) -> list[int]:
-    """All positive divisors of ``value``, ascending.
+    """All positive divisors of `value`, ascending.
 
     Built from the prime factorisation, so the cost grows with the number of digits of
-    ``value`` and its number of divisors (at most 2·10⁴ for ``value`` ≤ 2⁴⁸), not with √value.
+    `value` and its number of divisors (at most 2·10⁴ for `value` ≤ 2⁴⁸), not with √value.
 
     Args:
-        value: an integer in [1, :data:`MAX_SIZE`].
+        value: an integer in [1, [`MAX_SIZE`][hmfusion.blocksizes.MAX_SIZE]].
 
     Raises:
-        ValueError: ``value`` is outside [1, :data:`MAX_SIZE`].
+        ValueError: `value` is outside [1, [`MAX_SIZE`][hmfusion.blocksizes.MAX_SIZE]].
 
     Example:
         >>> divisors(12)
@@ -126,11 +126,30 @@ def divisors(value: int) -> list[int]:
 
 
 def num_parameters(
-    n: int, D: int, p: int, q: int, terms: int = 1, rank_a: int | None = None,
+    n: int,
+    D: int,
+    p: int,
+    q: int,
+    terms: int = 1,
+    rank_a: int | None = None,
     rank_b: int | None = None,
 ) -> int:
-    """l of a Kronecker member: ``terms·(a + b)`` with s = ⌈n/p⌉, t = ⌈D/q⌉ and a = p·q
-    (or ``rank_a·(p + q)``), b = s·t (or ``rank_b·(s + t)``).
+    """l of a Kronecker member: `terms·(a + b)` with s = ⌈n/p⌉, t = ⌈D/q⌉ and a = p·q
+    (or `rank_a·(p + q)`), b = s·t (or `rank_b·(s + t)`).
+
+    The arguments are not validated (the callers have checked them).
+
+    Args:
+        n: output width.
+        D: input width.
+        p: rows of A.
+        q: columns of A.
+        terms: the number of Kronecker products summed.
+        rank_a: the rank of A = P Qᵀ, or `None` for a dense A.
+        rank_b: the rank of B = S Tᵀ, or `None` for a dense B.
+
+    Returns:
+        l, the number of trained values.
 
     Example:
         >>> num_parameters(64, 64, 8, 8)
@@ -150,7 +169,7 @@ def _tie_key(n: int, D: int, p: int, q: int) -> tuple[Fraction, Fraction, int]:
 
 
 def _nearest(values: list[int], target: float) -> list[int]:
-    """The elements of the ascending ``values`` just below and just above ``target``."""
+    """The elements of the ascending `values` just below and just above `target`."""
     i = bisect.bisect_left(values, target)
     return values[max(i - 1, 0) : i + 1]
 
@@ -164,7 +183,7 @@ def _real_best_q(n: int, D: int, p: int, rank_a: int | None, rank_b: int | None)
 
 
 def _padded_range(size: int, cap: int) -> tuple[int, int]:
-    """How many candidates :func:`_padded_candidates` returns at most: (small, large)."""
+    """How many candidates `_padded_candidates` returns at most: (small, large)."""
     root = math.isqrt(size) + 1
     return min(root, cap), max(0, root - max(1, size // cap) + 1)
 
@@ -178,9 +197,10 @@ def _padded_candidates(size: int, cap: int) -> np.ndarray:
     return np.unique(np.concatenate([small, large[large <= cap]]))
 
 
-def _l_float(n: int, D: int, p: np.ndarray, q: np.ndarray, terms: int,
-             rank_a: int | None, rank_b: int | None) -> np.ndarray:
-    """:func:`num_parameters` elementwise in float64 (exact below 2⁵³; used to shortlist)."""
+def _l_float(
+    n: int, D: int, p: np.ndarray, q: np.ndarray, terms: int, rank_a: int | None, rank_b: int | None
+) -> np.ndarray:
+    """`num_parameters` elementwise in float64 (exact below 2⁵³; used to shortlist)."""
     s, t = np.ceil(n / p), np.ceil(D / q)
     a = p * q if rank_a is None else rank_a * (p + q)
     b = s * t if rank_b is None else rank_b * (s + t)
@@ -198,27 +218,36 @@ def choose_block_sizes(
     rank_a: int | None = None,
     rank_b: int | None = None,
 ) -> tuple[int, int]:
-    """Resolve block sizes: ``"auto"`` picks the value(s) that minimise l.
+    """Resolve block sizes: `"auto"` picks the value(s) that minimise l.
 
-    ``q=None`` ties q to p. Candidates are the divisors of n (for p) and of D (for q); with
-    ``pad=True`` every p ≤ n and q ≤ D (q = p ≤ min(n, D) when tied). Ties in l are broken
+    `q=None` ties q to p. Candidates are the divisors of n (for p) and of D (for q); with
+    `pad=True` every p ≤ n and q ≤ D (q = p ≤ min(n, D) when tied). Ties in l are broken
     toward balanced factors (p close to q, then the sizes of the two factors close to each
     other), then toward smaller p. The result is exact and its cost bounded: without padding
     only the two divisors of D around the real optimum are tried per p (l is strictly convex
     in q); with padding only the smallest block size of each ⌈n/p⌉ (and ⌈D/q⌉), O(√n + √D)
-    of them, up to :data:`PAD_SEARCH_BUDGET` pairs.
+    of them, up to [`PAD_SEARCH_BUDGET`][hmfusion.blocksizes.PAD_SEARCH_BUDGET] pairs.
 
     Args:
-        n, D: output and input widths, in [1, :data:`MAX_SIZE`].
-        p, q: a positive int or ``"auto"``; q may be ``None`` (q = p).
-        pad, terms, rank_a, rank_b: as in :func:`num_parameters` and the Kronecker members.
+        n: output width, in [1, [`MAX_SIZE`][hmfusion.blocksizes.MAX_SIZE]].
+        D: input width, in [1, [`MAX_SIZE`][hmfusion.blocksizes.MAX_SIZE]].
+        p: rows of A: a positive int or `"auto"`.
+        q: columns of A: a positive int, `"auto"`, or `None` (q = p).
+        pad: whether n and D may be rounded up to multiples of p and q (as in the Kronecker
+            members); without it p must divide n and q must divide D.
+        terms: the number of Kronecker products, as in
+            [`num_parameters`][hmfusion.blocksizes.num_parameters].
+        rank_a: the rank of A, or `None` for a dense A.
+        rank_b: the rank of B, or `None` for a dense B.
 
     Returns:
         (p, q). Values given as ints are returned unchanged (they are checked by the caller).
 
     Raises:
-        ValueError: n or D is outside [1, :data:`MAX_SIZE`]; with ``pad=True``, the search
-            would need more than :data:`PAD_SEARCH_BUDGET` candidate pairs (give p or q).
+        ValueError: n or D is outside [1, [`MAX_SIZE`][hmfusion.blocksizes.MAX_SIZE]]; with
+            `pad=True`, the search would need more than
+            [`PAD_SEARCH_BUDGET`][hmfusion.blocksizes.PAD_SEARCH_BUDGET] candidate pairs
+            (give p or q).
 
     Example:
         >>> choose_block_sizes(64, 64, "auto", None)
@@ -246,10 +275,15 @@ def choose_block_sizes(
 
 
 def _padded_shortlist(
-    n: int, D: int, p: int | str, q: int | str | None, terms: int,
-    rank_a: int | None, rank_b: int | None,
+    n: int,
+    D: int,
+    p: int | str,
+    q: int | str | None,
+    terms: int,
+    rank_a: int | None,
+    rank_b: int | None,
 ) -> list[tuple[int, int]]:
-    """The (p, q) pairs whose l is within float rounding of the least, with ``pad=True``."""
+    """The (p, q) pairs whose l is within float rounding of the least, with `pad=True`."""
     cap_p = min(n, D) if q is None else n
     count_p = sum(_padded_range(n, cap_p)) if p == AUTO else 1
     if q is None:

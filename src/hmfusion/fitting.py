@@ -1,7 +1,7 @@
 """Fitting factors to a dense weight: truncated SVD, nearest Kronecker product, hard impute.
 
-Pure functions of tensors (no modules, no state), used by ``from_linear`` through each
-structure's ``fit``. Each is optimal in the Frobenius norm where stated.
+Pure functions of tensors (no modules, no state), used by `from_linear` through each
+structure's `fit`. Each is optimal in the Frobenius norm where stated.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ IMPUTE_MAX_ITERATIONS = 1000
 
 
 def _svd_dtype(matrix: Tensor) -> Tensor:
-    """``matrix`` in a dtype that ``torch.linalg.svd`` supports (at least float32)."""
+    """`matrix` in a dtype that `torch.linalg.svd` supports (at least float32)."""
     return matrix if matrix.dtype in (torch.float32, torch.float64) else matrix.float()
 
 
 def truncated_svd(matrix: Tensor, rank: int) -> tuple[Tensor, Tensor]:
-    """Balanced factors of the best rank-``rank`` approximation: ``matrix ≈ U Vᵀ``.
+    """Balanced factors of the best rank-`rank` approximation: `matrix ≈ U Vᵀ`.
 
-    ``U = U_r Σ_r^{1/2}`` and ``V = V_r Σ_r^{1/2}`` from the SVD (Eckart–Young: optimal in
+    `U = U_r Σ_r^{1/2}` and `V = V_r Σ_r^{1/2}` from the SVD (Eckart–Young: optimal in
     Frobenius norm). Columns beyond the matrix's rank are zero.
 
     Args:
@@ -53,7 +53,7 @@ def truncated_svd(matrix: Tensor, rank: int) -> tuple[Tensor, Tensor]:
 
 
 def nearest_kronecker(weight: Tensor, p: int, q: int, terms: int = 1) -> tuple[Tensor, Tensor]:
-    """The sum of ``terms`` Kronecker products closest to ``weight`` (Van Loan & Pitsianis).
+    """The sum of `terms` Kronecker products closest to `weight` (Van Loan & Pitsianis).
 
     Rearranging the (p·s)×(q·t) weight so that block (i, j) becomes row i·q + j gives
     R = Σ_τ vec(A_τ) vec(B_τ)ᵀ, so the best pairs are R's top singular pairs, split evenly
@@ -61,7 +61,8 @@ def nearest_kronecker(weight: Tensor, p: int, q: int, terms: int = 1) -> tuple[T
 
     Args:
         weight: a floating (p·s, q·t) tensor; 16-bit inputs are computed in float32.
-        p, q: the shape of each A_τ; they must divide weight's rows and columns.
+        p: rows of each A_τ; it must divide weight's rows.
+        q: columns of each A_τ; it must divide weight's columns.
         terms: the number of Kronecker products.
 
     Returns:
@@ -89,17 +90,21 @@ def nearest_kronecker(weight: Tensor, p: int, q: int, terms: int = 1) -> tuple[T
 def fit_kronecker(
     weight: Tensor, p: int, q: int, s: int, t: int, terms: int = 1
 ) -> tuple[Tensor, Tensor]:
-    """Nearest Σ_τ A_τ ⊗ B_τ whose top-left block is ``weight`` (hard impute when padded).
+    """Nearest Σ_τ A_τ ⊗ B_τ whose top-left block is `weight` (hard impute when padded).
 
-    When the n×D ``weight`` is smaller than p·s × q·t, the padded entries are missing: they are
-    filled with the current fit, alternating with :func:`nearest_kronecker` (the error on the
-    given block never increases), until the fit changes by less than 100 ulps of its norm or
-    after :data:`IMPUTE_MAX_ITERATIONS` rounds. Without padding this is one
-    :func:`nearest_kronecker`.
+    When the n×D `weight` is smaller than p·s × q·t, the padded entries are missing: they are
+    filled with the current fit, alternating with
+    [`nearest_kronecker`][hmfusion.fitting.nearest_kronecker] (the error on the given block never
+    increases), until the fit changes by less than 100 ulps of its norm or after
+    [`IMPUTE_MAX_ITERATIONS`][hmfusion.fitting.IMPUTE_MAX_ITERATIONS] rounds. Without padding this
+    is one [`nearest_kronecker`][hmfusion.fitting.nearest_kronecker].
 
     Args:
         weight: a floating (n, D) tensor with n ≤ p·s and D ≤ q·t.
-        p, q, s, t: the shapes of A_τ (p×q) and B_τ (s×t).
+        p: rows of each A_τ.
+        q: columns of each A_τ.
+        s: rows of each B_τ.
+        t: columns of each B_τ.
         terms: the number of Kronecker products.
 
     Returns:

@@ -1,7 +1,7 @@
-"""Concatenation-fusion modules: ``Y = cat(x_1, …, x_k, dim=-1) Wᵀ (+ bias)`` with structured W.
+"""Concatenation-fusion modules: `Y = cat(x_1, …, x_k, dim=-1) Wᵀ (+ bias)` with structured W.
 
-:mod:`hmfusion.fusion.base` holds the module contract (:class:`ConcatFusion`),
-:mod:`hmfusion.fusion.members` one class per member of the family.
+`hmfusion.fusion.base` holds the module contract ([`ConcatFusion`][hmfusion.fusion.ConcatFusion]),
+`hmfusion.fusion.members` one class per member of the family.
 """
 
 from hmfusion.fusion.base import ConcatFusion

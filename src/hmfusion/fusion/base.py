@@ -1,10 +1,10 @@
-"""The base of the fusion modules: ``Y = cat(x_1, …, x_k, dim=-1) Wᵀ (+ bias)``, W from a structure.
+"""The base of the fusion modules: `Y = cat(x_1, …, x_k, dim=-1) Wᵀ (+ bias)`, W from a structure.
 
-:class:`ConcatFusion` handles the inputs (validation, leading dimensions, bias, dtype and
-device) and the module conventions (``reset_parameters``, ``extra_repr``, ``state_dict``);
+[`ConcatFusion`][hmfusion.fusion.ConcatFusion] handles the inputs (validation, leading dimensions,
+bias, dtype and device) and the module conventions (`reset_parameters`, `extra_repr`, `state_dict`);
 the structure of W — its factors, how it is fabricated and how Wᵀ is applied — is a
-:class:`hmfusion.structures.Structure`. The math and its conventions are documented once, in
-:mod:`hmfusion.structures`.
+[`hmfusion.structures.Structure`][hmfusion.structures.Structure]. The math and its conventions are
+documented once, in [`hmfusion.structures`][hmfusion.structures].
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from hmfusion.structures import Structure
 
 __all__ = ["ConcatFusion", "Device"]
 
-#: What a ``device=`` argument may be (as for ``nn.Linear``).
+#: What a `device=` argument may be (as for `nn.Linear`).
 Device = torch.device | str | int | None
 
 
@@ -28,29 +28,30 @@ class ConcatFusion(nn.Module):
     r"""Base class: Y = cat(x_1, …, x_k) Wᵀ + b, W = ψ(w) (n×D) given by a structure ψ.
 
     Subclasses choose the structure; this class registers its factors (trained factors as
-    parameters, fixed ones as persistent buffers), validates inputs once in :meth:`forward`
+    parameters, fixed ones as persistent buffers), validates inputs once in `forward`
     and applies the structure, which forms W only where its plan says so (see each member).
 
     Args:
         dims: the input widths n_1 … n_k (D = Σ n_i).
-        structure: the structure of W; its ``n`` is the output width and its ``D`` must be
-            ``sum(dims)``.
-        bias: add a learnable bias of shape (n,). Default: ``False``.
-        device, dtype: factory arguments for the parameters, as in ``nn.Linear``.
+        structure: the structure of W; its `n` is the output width and its `D` must be
+            `sum(dims)`.
+        bias: add a learnable bias of shape (n,). Default: `False`.
+        device: where the parameters are created, as in `nn.Linear`.
+        dtype: the parameters' floating dtype, as in `nn.Linear`.
 
     Shape:
-        - Input: a list or tuple of k tensors, input i of shape ``(*, n_i)`` with the same
-          leading dimensions ``*`` (possibly none) for all.
-        - Output: ``(*, n)``.
+        - Input: a list or tuple of k tensors, input i of shape `(*, n_i)` with the same
+          leading dimensions `*` (possibly none) for all.
+        - Output: `(*, n)`.
 
     Attributes:
-        bias: shape (n,), from U(-1/√D, 1/√D) as ``nn.Linear``'s, or ``None``. The factors
-            are attributes named by ``structure.factor_specs``, initialised by the structure.
+        bias: shape (n,), from U(-1/√D, 1/√D) as `nn.Linear`'s, or `None`. The factors
+            are attributes named by `structure.factor_specs`, initialised by the structure.
 
     Raises:
         TypeError: dims is not a list or tuple of ints; bias is not a bool; dtype is not a
-            floating ``torch.dtype``; device is of the wrong kind.
-        ValueError: ``structure.D != sum(dims)``; device is not available; a factor cannot
+            floating `torch.dtype`; device is of the wrong kind.
+        ValueError: `structure.D != sum(dims)`; device is not available; a factor cannot
             be allocated.
 
     Example::
@@ -104,17 +105,17 @@ class ConcatFusion(nn.Module):
 
     @property
     def in_features(self) -> int:
-        """D = Σ n_i, the width of the concatenated input (as ``nn.Linear.in_features``)."""
+        """D = Σ n_i, the width of the concatenated input (as `nn.Linear.in_features`)."""
         return self.structure.D
 
     @property
     def out_features(self) -> int:
-        """n, the output width (as ``nn.Linear.out_features``)."""
+        """n, the output width (as `nn.Linear.out_features`)."""
         return self.structure.n
 
     @property
     def num_parameters(self) -> int:
-        """l, the number of trained values of W (the length of :meth:`flat_parameters`).
+        """l, the number of trained values of W (the length of `flat_parameters`).
 
         The bias, if any, is not counted (as in the reference operator, which has none).
         """
@@ -134,14 +135,14 @@ class ConcatFusion(nn.Module):
     def weight(self) -> Tensor:
         """W, shape (n, D), formed from the factors (differentiable), for inspection and export.
 
-        ``forward`` does not call it: the low-rank and random-matrix members never form W, and
-        the Kronecker members form it only under the planner's ``materialize`` plan (small
-        layers), which ``plan(m)`` reports."""
+        `forward` does not call it: the low-rank and random-matrix members never form W, and
+        the Kronecker members form it only under the planner's `materialize` plan (small
+        layers), which `plan(m)` reports."""
         return self.structure.materialize(self.factors())
 
     def reset_parameters(self) -> None:
-        """Re-initialise: W gets the variance of ``nn.Linear``'s default weight, 1/(3D); the bias
-        ``nn.Linear``'s default, U(-1/√D, 1/√D). See :mod:`hmfusion.structures`."""
+        """Re-initialise: W gets the variance of `nn.Linear`'s default weight, 1/(3D); the bias
+        `nn.Linear`'s default, U(-1/√D, 1/√D). See [`hmfusion.structures`][hmfusion.structures]."""
         with torch.no_grad():
             self.structure.init_factors_(self.factors())
             if self.bias is not None:
@@ -151,12 +152,15 @@ class ConcatFusion(nn.Module):
     def flat_parameters(self) -> Tensor:
         """w, shape (l,): the trained factors in tinybig 0.2.1's flat layout, each piece row-major.
 
-        Differentiable (like ``torch.nn.utils.parameters_to_vector``); ``.detach()`` it to copy.
+        Differentiable (like `torch.nn.utils.parameters_to_vector`); `.detach()` it to copy.
         """
         return self.structure.to_flat(self.factors())
 
     def load_flat_parameters(self, w: Tensor) -> None:
         """Set the trained factors from w of shape (l,) or (1, l).
+
+        Args:
+            w: the flat vector, laid out as `flat_parameters()` returns it.
 
         Raises:
             TypeError: w is not a floating tensor.
@@ -169,11 +173,14 @@ class ConcatFusion(nn.Module):
 
     # conversion ----------------------------------------------------------------------------
     def to_linear(self) -> nn.Linear:
-        """An ``nn.Linear(D, n)`` holding the materialized W (and the bias), for export."""
+        """An `nn.Linear(D, n)` holding the materialized W (and the bias), for export."""
         param = next(iter(self.factors().values()))
         linear = nn.Linear(
-            self.in_features, self.n, bias=self.bias is not None,
-            device=param.device, dtype=param.dtype,
+            self.in_features,
+            self.n,
+            bias=self.bias is not None,
+            device=param.device,
+            dtype=param.dtype,
         )
         with torch.no_grad():
             linear.weight.copy_(self.weight)
@@ -185,17 +192,17 @@ class ConcatFusion(nn.Module):
     def from_linear(
         cls, linear: nn.Linear, dims: Sequence[int], *args: object, **kwargs: object
     ) -> ConcatFusion:
-        """Compress a trained ``nn.Linear(D, n)``: the member of this class closest to its weight
-        in Frobenius norm (see each structure's ``fit``), with the same bias, device and dtype.
+        """Compress a trained `nn.Linear(D, n)`: the member of this class closest to its weight
+        in Frobenius norm (see each structure's `fit`), with the same bias, device and dtype.
 
-        ``n`` is ``linear.out_features``; further arguments are the class's own, positional
-        after ``n`` or by keyword (``p``, ``q``, ``terms``, ``r``, ``pad``…).
+        `n` is `linear.out_features`; further arguments are the class's own, positional
+        after `n` or by keyword (`p`, `q`, `terms`, `r`, `pad`…).
 
         Raises:
-            TypeError: ``linear`` is not an ``nn.Linear``, or the class cannot be fitted
+            TypeError: `linear` is not an `nn.Linear`, or the class cannot be fitted
                 (random-matrix adaptation).
-            ValueError: ``linear.in_features != sum(dims)``, an ``n`` other than
-                ``linear.out_features``, a weight or bias holding NaN or ±inf, or the class's
+            ValueError: `linear.in_features != sum(dims)`, an `n` other than
+                `linear.out_features`, a weight or bias holding NaN or ±inf, or the class's
                 own checks fail.
         """
         if not isinstance(linear, nn.Linear):
@@ -213,8 +220,13 @@ class ConcatFusion(nn.Module):
         if linear.bias is not None:
             V.check_finite("linear.bias", linear.bias.detach())
         module = cls(  # a member's signature: (dims, n, its own arguments…)
-            dims_checked, n, *args, bias=linear.bias is not None,  # type: ignore[arg-type]
-            device=weight.device, dtype=weight.dtype, **kwargs,
+            dims_checked,
+            n,  # type: ignore[arg-type]  # members take (dims, n, …), not a Structure
+            *args,
+            bias=linear.bias is not None,
+            device=weight.device,
+            dtype=weight.dtype,
+            **kwargs,
         )
         with torch.no_grad():
             for name, value in module.structure.fit(weight.detach()).items():
@@ -225,14 +237,24 @@ class ConcatFusion(nn.Module):
 
     # forward -------------------------------------------------------------------------------
     def forward(self, xs: Sequence[Tensor]) -> Tensor:
-        """``cat(xs, -1) Wᵀ + bias`` without forming W: inputs ``(*, n_i)`` → output ``(*, n)``.
+        """`cat(xs, -1) Wᵀ + bias`: inputs `(*, n_i)` → output `(*, n)`.
+
+        W is applied as the structure says: low-rank and random-matrix members never form it,
+        Kronecker members form it only under the planner's `materialize` plan (`plan(m)`).
+
+        Args:
+            xs: the k inputs, a list or tuple of tensors of shapes `(*, n_i)` with the same
+                leading shape, in the parameters' dtype and on their device.
+
+        Returns:
+            Y, of shape `(*, n)`.
 
         Raises:
             TypeError: xs is not a list/tuple of floating tensors; an input is sparse or
                 nested (not strided); an input's dtype differs from the parameters' (outside
                 autocast).
             ValueError: wrong number of inputs, an input whose last dimension is not its
-                ``dims[i]``, differing leading shapes, an input on another device.
+                `dims[i]`, differing leading shapes, an input on another device.
         """
         factors = self.factors()
         reference = next(iter(factors.values()))
@@ -242,8 +264,8 @@ class ConcatFusion(nn.Module):
     def _fuse(
         self, inputs: Sequence[Tensor], lead: tuple[int, ...], factors: dict[str, Tensor]
     ) -> Tensor:
-        """``cat(inputs) Wᵀ + bias`` on inputs already checked by ``V.check_inputs`` (its
-        ``lead`` shape), with the given factors (``{name: tensor}`` as :meth:`factors`): views
+        """`cat(inputs) Wᵀ + bias` on inputs already checked by `V.check_inputs` (its
+        `lead` shape), with the given factors (`{name: tensor}` as `factors`): views
         of an external flat vector, e.g., through which gradients then flow. No validation."""
         rows = [x.reshape(-1, x.shape[-1]) for x in inputs]
         y = self.structure.apply_concat(rows, factors)

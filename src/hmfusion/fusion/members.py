@@ -1,4 +1,7 @@
-"""The members of the fusion family, one class each (the math: :mod:`hmfusion.structures`)."""
+"""The members of the fusion family, one class each.
+
+The math is documented once, in [`hmfusion.structures`][hmfusion.structures].
+"""
 
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ __all__ = [
     "RandomMatrixConcatFusion",
 ]
 
-#: A block size: a positive int, or ``"auto"`` to minimise the number of parameters.
+#: A block size: a positive int, or `"auto"` to minimise the number of parameters.
 BlockSize = int | Literal["auto"]
 
 
@@ -40,27 +43,28 @@ def _setup(dims: object, n: object) -> tuple[tuple[int, ...], int, int]:
 class DenseConcatFusion(ConcatFusion):
     r"""Dense fusion: Y = cat(x_1, …, x_k) Wᵀ with W an unstructured n×D parameter.
 
-    Equivalent to ``nn.Linear(D, n)`` on the concatenation (D = Σ n_i); the baseline of the
+    Equivalent to `nn.Linear(D, n)` on the concatenation (D = Σ n_i); the baseline of the
     family, with l = n·D trained values. W is the parameter itself.
 
     Args:
         dims: input widths n_1 … n_k, positive ints.
         n: output width; defaults to n_1 when all dims are equal.
-        bias: add a learnable bias of shape (n,). Default: ``False``.
-        device, dtype: factory arguments for the parameters, as in ``nn.Linear``.
+        bias: add a learnable bias of shape (n,). Default: `False`.
+        device: where the parameters are created, as in `nn.Linear`.
+        dtype: the parameters' floating dtype, as in `nn.Linear`.
 
     Shape:
-        - Input: a list or tuple of k tensors, input i of shape ``(*, n_i)`` with the same
-          leading dimensions ``*`` (possibly none) for all.
-        - Output: ``(*, n)``.
+        - Input: a list or tuple of k tensors, input i of shape `(*, n_i)` with the same
+          leading dimensions `*` (possibly none) for all.
+        - Output: `(*, n)`.
 
     Attributes:
-        W: the weight, shape (n, D), initialised from U(-1/√D, 1/√D) as ``nn.Linear``'s.
-        bias: shape (n,), from U(-1/√D, 1/√D), or ``None``.
+        W: the weight, shape (n, D), initialised from U(-1/√D, 1/√D) as `nn.Linear`'s.
+        bias: shape (n,), from U(-1/√D, 1/√D), or `None`.
 
     Raises:
         TypeError: dims is not a list or tuple of ints; n is not an int; bias is not a bool;
-            dtype is not a floating ``torch.dtype``; device is of the wrong kind.
+            dtype is not a floating `torch.dtype`; device is of the wrong kind.
         ValueError: dims is empty or holds a size < 1 or > 2⁴⁸; n is missing while dims
             differ; device is not available; a factor cannot be allocated.
 
@@ -87,24 +91,25 @@ class DenseConcatFusion(ConcatFusion):
 class LowRankConcatFusion(ConcatFusion):
     r"""Low-rank fusion: Y = cat(x_1, …, x_k) Wᵀ with W = U Vᵀ (U: n×r, V: D×r).
 
-    Applied as two thin matmuls ``(X V) Uᵀ``; W is never formed. Flat w = [U | Vᵀ].
+    Applied as two thin matmuls `(X V) Uᵀ`; W is never formed. Flat w = [U | Vᵀ].
 
     Args:
         dims: input widths n_1 … n_k, positive ints.
         n: output width; defaults to n_1 when all dims are equal.
         r: the rank, a positive int. Default: 2.
-        bias: add a learnable bias of shape (n,). Default: ``False``.
-        device, dtype: factory arguments for the parameters, as in ``nn.Linear``.
+        bias: add a learnable bias of shape (n,). Default: `False`.
+        device: where the parameters are created, as in `nn.Linear`.
+        dtype: the parameters' floating dtype, as in `nn.Linear`.
 
     Shape:
-        - Input: a list or tuple of k tensors, input i of shape ``(*, n_i)`` with the same
-          leading dimensions ``*`` (possibly none) for all.
-        - Output: ``(*, n)``.
+        - Input: a list or tuple of k tensors, input i of shape `(*, n_i)` with the same
+          leading dimensions `*` (possibly none) for all.
+        - Output: `(*, n)`.
 
     Attributes:
         U: shape (n, r), V: shape (D, r), both from U(-b, b) with
-            :math:`b = \sqrt{3}\,(3 D r)^{-1/4}`, so that W has ``nn.Linear``'s variance 1/(3D).
-        bias: shape (n,), from U(-1/√D, 1/√D), or ``None``.
+            :math:`b = \sqrt{3}\,(3 D r)^{-1/4}`, so that W has `nn.Linear`'s variance 1/(3D).
+        bias: shape (n,), from U(-1/√D, 1/√D), or `None`.
 
     Raises:
         TypeError: dims, n or r is not an int (or a list of ints); bias is not a bool; dtype
@@ -169,12 +174,12 @@ class _KroneckerFusion(ConcatFusion):
 
     @property
     def p(self) -> int:
-        """Rows of the left factor A (resolved if given as ``"auto"``)."""
+        """Rows of the left factor A (resolved if given as `"auto"`)."""
         return self.structure.p
 
     @property
     def q(self) -> int:
-        """Columns of A (resolved if given as ``"auto"`` or defaulted to p)."""
+        """Columns of A (resolved if given as `"auto"` or defaulted to p)."""
         return self.structure.q
 
     @property
@@ -194,10 +199,11 @@ class _KroneckerFusion(ConcatFusion):
 
     def plan(self, m: int, *, requires_grad: bool | None = None) -> planner.Plan:
         """How a forward on m rows is computed: the planner's choice for this module's dims,
-        dtype and device (cached per shape). ``plan(m).method == "materialize"`` means that W
-        is formed for that call (small layers, where one dense GEMM is cheaper); ``"fused"``
-        and ``"composite"`` never form it. ``requires_grad`` defaults to whether the
-        parameters train. :func:`hmfusion.planner.force_plan` overrides the choice.
+        dtype and device (cached per shape). `plan(m).method == "materialize"` means that W
+        is formed for that call (small layers, where one dense GEMM is cheaper); `"fused"`
+        and `"composite"` never form it. `requires_grad` defaults to whether the
+        parameters train. [`hmfusion.planner.force_plan`][hmfusion.planner.force_plan] overrides the
+        choice.
 
         Raises:
             TypeError: m is not an int (bools included); requires_grad is not a bool.
@@ -205,8 +211,11 @@ class _KroneckerFusion(ConcatFusion):
         """
         m = V.check_row_count("m", m)
         param = next(iter(self.factors().values()))
-        grad = param.requires_grad if requires_grad is None else V.check_bool(
-            "requires_grad", requires_grad)
+        grad = (
+            param.requires_grad
+            if requires_grad is None
+            else V.check_bool("requires_grad", requires_grad)
+        )
         return self.structure.plan(
             m, self.dims, dtype=param.dtype, device=param.device, requires_grad=grad
         )
@@ -216,39 +225,42 @@ class HMConcatFusion(_KroneckerFusion):
     r"""HM fusion: Y = cat(x_1, …, x_k) Wᵀ with W = A ⊗ B (or Σ_j A_j ⊗ B_j with terms).
 
     Hierarchical-matrix fusion. A: p×q, B: s×t with s = n/p, t = D/q, so l = terms·(p·q + s·t).
-    Each row of X is viewed as a q×t matrix X_r and ``A X_r Bᵀ`` is computed in the cheaper
-    order; W is formed only when the planner picks its ``materialize`` plan (small layers where
-    one dense GEMM is cheaper): ``plan(m)`` says which, per number of rows m.
+    Each row of X is viewed as a q×t matrix X_r and `A X_r Bᵀ` is computed in the cheaper
+    order; W is formed only when the planner picks its `materialize` plan (when forming W and
+    one dense GEMM costs less: small layers at enough rows, or block sizes near 1 or near n and
+    D; see [`hmfusion.structures`][hmfusion.structures]): `plan(m)` says which, per number of
+    rows m.
     Flat w = [A | B] ([A₁ | B₁ | A₂ | B₂ | …] with terms).
 
     Args:
         dims: input widths n_1 … n_k, positive ints (D = Σ n_i).
         n: output width; defaults to n_1 when all dims are equal.
-        p: rows of A, dividing n; ``"auto"`` (default) picks the value minimising l.
-        q: columns of A, dividing D; defaults to p; ``"auto"`` picks it independently.
+        p: rows of A, dividing n; `"auto"` (default) picks the value minimising l.
+        q: columns of A, dividing D; defaults to p; `"auto"` picks it independently.
         terms: number of Kronecker products summed. Default: 1.
         pad: allow any n and D by zero-padding them to multiples of p and q (W is then the
-            top-left n×D block; see :mod:`hmfusion.structures`). Default: ``False``.
-        bias: add a learnable bias of shape (n,). Default: ``False``.
-        device, dtype: factory arguments for the parameters, as in ``nn.Linear``.
+            top-left n×D block; see [`hmfusion.structures`][hmfusion.structures]). Default: `False`.
+        bias: add a learnable bias of shape (n,). Default: `False`.
+        device: where the parameters are created, as in `nn.Linear`.
+        dtype: the parameters' floating dtype, as in `nn.Linear`.
 
     Shape:
-        - Input: a list or tuple of k tensors, input i of shape ``(*, n_i)`` with the same
-          leading dimensions ``*`` (possibly none) for all.
-        - Output: ``(*, n)``.
+        - Input: a list or tuple of k tensors, input i of shape `(*, n_i)` with the same
+          leading dimensions `*` (possibly none) for all.
+        - Output: `(*, n)`.
 
     Attributes:
         A: shape (p, q) ((terms, p, q) with terms > 1), B: shape (s, t) (likewise), both from
             U(-b, b) with :math:`b = \sqrt{3}\,(3 D \cdot terms)^{-1/4}`, so that W has
-            ``nn.Linear``'s variance 1/(3D), split evenly between A and B.
-        bias: shape (n,), from U(-1/√D, 1/√D), or ``None``.
+            `nn.Linear`'s variance 1/(3D), split evenly between A and B.
+        bias: shape (n,), from U(-1/√D, 1/√D), or `None`.
 
     Raises:
         TypeError: dims, n, p, q or terms is of the wrong kind (p and q: an int or
-            ``"auto"``); pad or bias is not a bool; dtype or device is of the wrong kind.
-        ValueError: p or q is a string other than ``"auto"`` or < 1; p does not divide n or q
-            does not divide D without ``pad`` (the message lists the valid divisors); p > n
-            or q > D with ``pad``; dims is empty or holds a size < 1 or > 2⁴⁸; n is missing
+            `"auto"`); pad or bias is not a bool; dtype or device is of the wrong kind.
+        ValueError: p or q is a string other than `"auto"` or < 1; p does not divide n or q
+            does not divide D without `pad` (the message lists the valid divisors); p > n
+            or q > D with `pad`; dims is empty or holds a size < 1 or > 2⁴⁸; n is missing
             while dims differ; device is not available; a factor cannot be allocated.
 
     Example::
@@ -273,8 +285,7 @@ class HMConcatFusion(_KroneckerFusion):
         device: Device = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(dims, n, p, q, terms=terms, pad=pad, bias=bias,
-                         device=device, dtype=dtype)
+        super().__init__(dims, n, p, q, terms=terms, pad=pad, bias=bias, device=device, dtype=dtype)
 
     @property
     def terms(self) -> int:
@@ -287,33 +298,35 @@ class LPHMConcatFusion(_KroneckerFusion):
 
     A: p×q, S: s×r, T: t×r (s = n/p, t = D/q); l = p·q + r·(s + t). Applied as a Kronecker
     contraction whose right factor is two thin matmuls; W is formed only under the planner's
-    ``materialize`` plan (small layers; ``plan(m)`` says). Flat w = [A | S | Tᵀ].
+    `materialize` plan (small layers; `plan(m)` says). Flat w = [A | S | Tᵀ].
 
     Args:
         dims: input widths n_1 … n_k, positive ints (D = Σ n_i).
         n: output width; defaults to n_1 when all dims are equal.
-        p: rows of A, dividing n; ``"auto"`` (default) picks the value minimising l.
-        q: columns of A, dividing D; defaults to p; ``"auto"`` picks it independently.
+        p: rows of A, dividing n; `"auto"` (default) picks the value minimising l.
+        q: columns of A, dividing D; defaults to p; `"auto"` picks it independently.
         r: rank of the right factor S Tᵀ. Default: 2.
-        pad: allow any n and D by zero-padding (as in :class:`HMConcatFusion`).
-        bias: add a learnable bias of shape (n,). Default: ``False``.
-        device, dtype: factory arguments for the parameters, as in ``nn.Linear``.
+        pad: allow any n and D by zero-padding (as in
+            [`HMConcatFusion`][hmfusion.fusion.HMConcatFusion]).
+        bias: add a learnable bias of shape (n,). Default: `False`.
+        device: where the parameters are created, as in `nn.Linear`.
+        dtype: the parameters' floating dtype, as in `nn.Linear`.
 
     Shape:
-        - Input: a list or tuple of k tensors, input i of shape ``(*, n_i)`` with the same
-          leading dimensions ``*`` (possibly none) for all.
-        - Output: ``(*, n)``.
+        - Input: a list or tuple of k tensors, input i of shape `(*, n_i)` with the same
+          leading dimensions `*` (possibly none) for all.
+        - Output: `(*, n)`.
 
     Attributes:
         A: shape (p, q), from U(-a, a) with :math:`a = \sqrt{3}\,(3D)^{-1/4}`.
         S: shape (s, r), T: shape (t, r), from U(-b, b) with
             :math:`b = \sqrt{3}\,(3D)^{-1/8} r^{-1/4}`; W then has variance 1/(3D).
-        bias: shape (n,), from U(-1/√D, 1/√D), or ``None``.
+        bias: shape (n,), from U(-1/√D, 1/√D), or `None`.
 
     Raises:
-        TypeError: dims, n, p, q or r is of the wrong kind (p and q: an int or ``"auto"``);
+        TypeError: dims, n, p, q or r is of the wrong kind (p and q: an int or `"auto"`);
             pad or bias is not a bool; dtype or device is of the wrong kind.
-        ValueError: as :class:`HMConcatFusion`; r < 1.
+        ValueError: as [`HMConcatFusion`][hmfusion.fusion.HMConcatFusion]; r < 1.
 
     Example::
 
@@ -340,40 +353,42 @@ class LPHMConcatFusion(_KroneckerFusion):
     @property
     def r(self) -> int:
         """The rank of the right factor S Tᵀ."""
-        return self.structure.rank_b  # type: ignore[return-value]
+        return self.structure.rank_b
 
 
 class DualLPHMConcatFusion(_KroneckerFusion):
     r"""Dual-LPHM fusion: Y = cat(x_1, …, x_k) Wᵀ with W = (P Qᵀ) ⊗ (S Tᵀ), both rank r.
 
     P: p×r, Q: q×r, S: s×r, T: t×r (s = n/p, t = D/q); l = r·(p + q + s + t). W is formed only
-    under the planner's ``materialize`` plan (small layers; ``plan(m)`` says).
+    under the planner's `materialize` plan (small layers; `plan(m)` says).
     Flat w = [P | Qᵀ | S | Tᵀ].
 
     Args:
         dims: input widths n_1 … n_k, positive ints (D = Σ n_i).
         n: output width; defaults to n_1 when all dims are equal.
-        p: rows of the left factor, dividing n; ``"auto"`` (default) minimises l.
-        q: its columns, dividing D; defaults to p; ``"auto"`` picks it independently.
+        p: rows of the left factor, dividing n; `"auto"` (default) minimises l.
+        q: its columns, dividing D; defaults to p; `"auto"` picks it independently.
         r: rank of both factors. Default: 2.
-        pad: allow any n and D by zero-padding (as in :class:`HMConcatFusion`).
-        bias: add a learnable bias of shape (n,). Default: ``False``.
-        device, dtype: factory arguments for the parameters, as in ``nn.Linear``.
+        pad: allow any n and D by zero-padding (as in
+            [`HMConcatFusion`][hmfusion.fusion.HMConcatFusion]).
+        bias: add a learnable bias of shape (n,). Default: `False`.
+        device: where the parameters are created, as in `nn.Linear`.
+        dtype: the parameters' floating dtype, as in `nn.Linear`.
 
     Shape:
-        - Input: a list or tuple of k tensors, input i of shape ``(*, n_i)`` with the same
-          leading dimensions ``*`` (possibly none) for all.
-        - Output: ``(*, n)``.
+        - Input: a list or tuple of k tensors, input i of shape `(*, n_i)` with the same
+          leading dimensions `*` (possibly none) for all.
+        - Output: `(*, n)`.
 
     Attributes:
         P, Q, S, T: shapes (p, r), (q, r), (s, r), (t, r), all from U(-b, b) with
             :math:`b = \sqrt{3}\,(3D)^{-1/8} r^{-1/4}`, so that W has variance 1/(3D).
-        bias: shape (n,), from U(-1/√D, 1/√D), or ``None``.
+        bias: shape (n,), from U(-1/√D, 1/√D), or `None`.
 
     Raises:
-        TypeError: dims, n, p, q or r is of the wrong kind (p and q: an int or ``"auto"``);
+        TypeError: dims, n, p, q or r is of the wrong kind (p and q: an int or `"auto"`);
             pad or bias is not a bool; dtype or device is of the wrong kind.
-        ValueError: as :class:`HMConcatFusion`; r < 1.
+        ValueError: as [`HMConcatFusion`][hmfusion.fusion.HMConcatFusion]; r < 1.
 
     Example::
 
@@ -395,23 +410,24 @@ class DualLPHMConcatFusion(_KroneckerFusion):
         device: Device = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(dims, n, p, q, rank_a=r, rank_b=r, pad=pad, bias=bias,
-                         device=device, dtype=dtype)
+        super().__init__(
+            dims, n, p, q, rank_a=r, rank_b=r, pad=pad, bias=bias, device=device, dtype=dtype
+        )
 
     @property
     def r(self) -> int:
         """The rank of both Kronecker factors."""
-        return self.structure.rank_b  # type: ignore[return-value]
+        return self.structure.rank_b
 
 
 class RandomMatrixConcatFusion(ConcatFusion):
     r"""Random-matrix adaptation: Y = cat(x_1, …, x_k) Wᵀ, W = diag(λ₁) R₁ diag(λ₂) R₂ᵀ.
 
     R₁: n×r and R₂: D×r are fixed random matrices; only λ₁ (n) and λ₂ (r) train, l = n + r.
-    Applied as ``((X R₂) ⊙ λ₂) R₁ᵀ ⊙ λ₁``; W is never formed. R₁ and R₂ are persistent
-    buffers, saved in the ``state_dict``, so a reloaded module computes exactly the same
-    outputs. ``seed`` is the constructor's: after ``load_state_dict`` the module holds the
-    loaded matrices, and ``reset_parameters()`` would draw this seed's again.
+    Applied as `((X R₂) ⊙ λ₂) R₁ᵀ ⊙ λ₁`; W is never formed. R₁ and R₂ are persistent
+    buffers, saved in the `state_dict`, so a reloaded module computes exactly the same
+    outputs. `seed` is the constructor's: after `load_state_dict` the module holds the
+    loaded matrices, and `reset_parameters()` would draw this seed's again.
     Flat w = [λ₁ | λ₂].
 
     Args:
@@ -419,20 +435,21 @@ class RandomMatrixConcatFusion(ConcatFusion):
         n: output width; defaults to n_1 when all dims are equal.
         r: inner dimension. Default: 2.
         seed: seed of the random matrices, a 64-bit int. Default: 0.
-        bias: add a learnable bias of shape (n,). Default: ``False``.
-        device, dtype: factory arguments for the parameters, as in ``nn.Linear``.
+        bias: add a learnable bias of shape (n,). Default: `False`.
+        device: where the parameters are created, as in `nn.Linear`.
+        dtype: the parameters' floating dtype, as in `nn.Linear`.
 
     Shape:
-        - Input: a list or tuple of k tensors, input i of shape ``(*, n_i)`` with the same
-          leading dimensions ``*`` (possibly none) for all.
-        - Output: ``(*, n)``.
+        - Input: a list or tuple of k tensors, input i of shape `(*, n_i)` with the same
+          leading dimensions `*` (possibly none) for all.
+        - Output: `(*, n)`.
 
     Attributes:
         R1, R2: shapes (n, r), (D, r), from U(-√3, √3) (unit variance) drawn in float64 on the
-            CPU by ``torch.Generator().manual_seed(seed)``, the same on every device.
+            CPU by `torch.Generator().manual_seed(seed)`, the same on every device.
         lambda1: shape (n,), all 1; lambda2: shape (r,), all :math:`1/\sqrt{3 D r}`, so that
-            W has ``nn.Linear``'s variance 1/(3D).
-        bias: shape (n,), from U(-1/√D, 1/√D), or ``None``.
+            W has `nn.Linear`'s variance 1/(3D).
+        bias: shape (n,), from U(-1/√D, 1/√D), or `None`.
 
     Raises:
         TypeError: dims, n, r or seed is of the wrong kind; bias is not a bool; dtype or

@@ -1,27 +1,27 @@
-"""tinybig 0.2.1's ``tinybig.fusion`` namespace, as a drop-in over the hmfusion family.
+"""tinybig 0.2.1's `tinybig.fusion` namespace, as a drop-in over the hmfusion family.
 
-Replace ``from tinybig import fusion`` by ``from hmfusion.compat import tinybig as fusion`` (or
-import the class names from here). All 19 names of ``tinybig.fusion`` 0.2.1 are here with
-tinybig's signatures (positional order included), methods and outputs — ``fusion`` (the base
-class), ``weighted_summation_fusion``, ``summation_fusion``, ``average_fusion``,
-``parameterized_weighted_summation_fusion``, ``metric_fusion``, ``mean_fusion``, ``prod_fusion``,
-``max_fusion``, ``min_fusion``, ``median_fusion``, ``sum_fusion``, ``concatenation_fusion`` and
-the six parameterized concatenation fusions — plus ``l1_norm_fusion`` and ``l2_norm_fusion``
-from ``tinybig.fusion.metric_fusion``.
+Replace `from tinybig import fusion` by `from hmfusion.compat import tinybig as fusion` (or
+import the class names from here). All 19 names of `tinybig.fusion` 0.2.1 are here with
+tinybig's signatures (positional order included), methods and outputs — `fusion` (the base
+class), `weighted_summation_fusion`, `summation_fusion`, `average_fusion`,
+`parameterized_weighted_summation_fusion`, `metric_fusion`, `mean_fusion`, `prod_fusion`,
+`max_fusion`, `min_fusion`, `median_fusion`, `sum_fusion`, `concatenation_fusion` and
+the six parameterized concatenation fusions — plus `l1_norm_fusion` and `l2_norm_fusion`
+from `tinybig.fusion.metric_fusion`.
 
-The parameterized concatenation fusions compute ``y = cat(x_1, …, x_k) Wᵀ`` with W (n×D) = ψ(w)
-(tinybig's docs write ``x W`` with a D×n W: its W is our Wᵀ); the math and the fast application
-of Wᵀ are the hmfusion family's (:mod:`hmfusion.fusion`), this package translates the interface.
-As in tinybig, w belongs to the layer that owns the fusion: a fusion owns no parameters unless
-built with ``own_parameters=True``. ``layout="kronecker"`` (default) gives the documented
-W = A ⊗ B; ``layout="tinybig-0.2.1"`` reproduces tinybig's own W (see :mod:`.legacy`).
+The parameterized concatenation fusions compute `y = cat(x_1, …, x_k) Wᵀ` with W (n×D) = ψ(w)
+(tinybig's docs write `x W` with a D×n W: its W is our Wᵀ); the math and the fast application
+of Wᵀ are the hmfusion family's ([`hmfusion.fusion`][hmfusion.fusion]), this package translates the
+interface. As in tinybig, w belongs to the layer that owns the fusion: a fusion owns no parameters
+unless built with `own_parameters=True`. `layout="kronecker"` (default) gives the documented
+W = A ⊗ B; `layout="tinybig-0.2.1"` reproduces tinybig's own W (see `legacy`).
 
-Modules: :mod:`.base` (the ``fusion`` base class), :mod:`.processing` (allowlisted processing
-functions), :mod:`.basic` (sums, averages, concatenation), :mod:`.metric`, :mod:`.legacy`
-(tinybig's W), :mod:`.parameterized` (the dense class and the shared arguments),
-:mod:`.structured` (low-rank, HM, LPHM, dual-LPHM), :mod:`.random_matrix`, :mod:`.config`
-(``from_config``),
-:mod:`.configkeys` (the tinybig keys a config may carry). ``docs/tinybig.md`` lists every
+Modules: `base` (the `fusion` base class), `processing` (allowlisted processing
+functions), `basic` (sums, averages, concatenation), `metric`, `legacy`
+(tinybig's W), `parameterized` (the dense class and the shared arguments),
+`structured` (low-rank, HM, LPHM, dual-LPHM), `random_matrix`, `config`
+(`from_config`),
+`configkeys` (the tinybig keys a config may carry). `docs/tinybig.md` lists every
 deliberate difference from tinybig 0.2.1.
 """
 

@@ -1,8 +1,8 @@
-"""tinybig 0.2.1's ``fusion`` base class: dims, name, device, processing functions, configs.
+"""tinybig 0.2.1's `fusion` base class: dims, name, device, processing functions, configs.
 
-The base of every class in :mod:`hmfusion.compat.tinybig`, with tinybig's constructor, accessors
-and static helpers (``func_x``, ``str_func_x``, ``functions_to_configs``,
-``string_to_function``), minus its ``assert``s and its imports of whatever a string names.
+The base of every class in [`hmfusion.compat.tinybig`][hmfusion.compat.tinybig], with tinybig's
+constructor, accessors and static helpers (`func_x`, `str_func_x`, `functions_to_configs`,
+`string_to_function`), minus its `assert`s and its imports of whatever a string names.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from hmfusion.compat.tinybig import processing as P
 
 __all__ = ["DeviceName", "DimIndexError", "fusion"]
 
-#: the package path written into ``function_class`` by ``to_config``
+#: the package path written into `function_class` by `to_config`
 CONFIG_PREFIX = "hmfusion.compat.tinybig"
 _PROCESSING_ATTRIBUTES = {
     "preprocess_functions": "preprocess",
@@ -31,7 +31,7 @@ _PROCESSING_ATTRIBUTES = {
 
 
 class DeviceName(str):
-    """A device as tinybig stores it (a string such as ``"cpu"``), also equal to a ``torch.device``.
+    """A device as tinybig stores it (a string such as `"cpu"`), also equal to a `torch.device`.
 
     Example:
         >>> DeviceName("cpu") == "cpu", DeviceName("cpu") == torch.device("cpu")
@@ -50,8 +50,8 @@ class DeviceName(str):
 
 
 class DimIndexError(IndexError, ValueError):
-    """``get_dim(index)`` out of bounds: an ``IndexError`` (as tinybig's list lookup raises)
-    that is also the ``ValueError`` tinybig documents.
+    """`get_dim(index)` out of bounds: an `IndexError` (as tinybig's list lookup raises)
+    that is also the `ValueError` tinybig documents.
 
     Example:
         >>> issubclass(DimIndexError, IndexError) and issubclass(DimIndexError, ValueError)
@@ -60,30 +60,31 @@ class DimIndexError(IndexError, ValueError):
 
 
 class fusion(nn.Module):
-    """tinybig's fusion base class: ``fusion(x_1, …, x_k)`` with pre- and post-processing.
+    """tinybig's fusion base class: `fusion(x_1, …, x_k)` with pre- and post-processing.
 
-    Subclasses define :meth:`calculate_n` (output width), :meth:`calculate_l` (length of the
-    flat parameter vector w) and :meth:`forward`. Processing functions are attributes with
-    tinybig's semantics: assign ``None``, a callable, an ``nn.Module``, an allowed name
-    (``"relu"``, ``"layer_norm"``, ``"torch.exp"``, … see :mod:`.processing`) or a list of them;
-    they are kept as an ``nn.ModuleList`` of registered submodules.
+    Subclasses define `calculate_n` (output width), `calculate_l` (length of the
+    flat parameter vector w) and `forward`. Processing functions are attributes with
+    tinybig's semantics: assign `None`, a callable, an `nn.Module`, an allowed name
+    (`"relu"`, `"layer_norm"`, `"torch.exp"`, … see `processing`) or a list of them;
+    they are kept as an `nn.ModuleList` of registered submodules.
 
     Args:
-        dims: the input widths n_1 … n_k, or ``None``; kept as given (list or tuple).
-        name: returned by :meth:`get_name`.
-        require_parameters: whether :meth:`forward` takes a flat parameter vector w.
+        dims: the input widths n_1 … n_k, or `None`; kept as given (list or tuple).
+        name: returned by `get_name`.
+        require_parameters: whether `forward` takes a flat parameter vector w.
         preprocess_functions: applied to each input (see above).
         postprocess_functions: applied to the output.
-        preprocess_function_configs, postprocess_function_configs: instead of the functions,
-            ``{"function_class": <allowed name>, "function_parameters": {...}}`` or a list.
-        device: tinybig's device string (default ``"cpu"``); where processing modules built
+        preprocess_function_configs: instead of `preprocess_functions`,
+            `{"function_class": <allowed name>, "function_parameters": {...}}` or a list.
+        postprocess_function_configs: instead of `postprocess_functions`, in the same form.
+        device: tinybig's device string (default `"cpu"`); where processing modules built
             from names are created.
 
     Raises:
         TypeError: name not a str, require_parameters not a bool, device not a str or
-            ``torch.device``, dims not a sequence of ints.
+            `torch.device`, dims not a sequence of ints.
         ValueError: a non-positive dim, a processing name not allowed, a preprocessing module
-            with ``inplace=True``, both functions and configs given.
+            with `inplace=True`, both functions and configs given.
 
     Example:
         >>> from hmfusion.compat.tinybig import concatenation_fusion  # a subclass
@@ -119,10 +120,18 @@ class fusion(nn.Module):
             checked = V.check_dims(dims)
             self.dims = checked if isinstance(dims, tuple) else list(checked)
         factory = {"device": torch.device(self._device)}
-        super().__setattr__("preprocess_functions", P.processing_modules(
-            "preprocess", preprocess_functions, preprocess_function_configs, factory))
-        super().__setattr__("postprocess_functions", P.processing_modules(
-            "postprocess", postprocess_functions, postprocess_function_configs, factory))
+        super().__setattr__(
+            "preprocess_functions",
+            P.processing_modules(
+                "preprocess", preprocess_functions, preprocess_function_configs, factory
+            ),
+        )
+        super().__setattr__(
+            "postprocess_functions",
+            P.processing_modules(
+                "postprocess", postprocess_functions, postprocess_function_configs, factory
+            ),
+        )
 
     def __setattr__(self, name: str, value: Any) -> None:
         what = _PROCESSING_ATTRIBUTES.get(name)
@@ -133,9 +142,9 @@ class fusion(nn.Module):
     # device ------------------------------------------------------------------------------------
     @property
     def device(self) -> DeviceName:
-        """The device given (``"cpu"``, ``"cuda"``, …; follows ``.to()``) as tinybig stores it,
+        """The device given (`"cpu"`, `"cuda"`, …; follows `.to()`) as tinybig stores it,
         or where the module's tensors are if they were moved elsewhere; a string that also
-        equals the ``torch.device``."""
+        equals the `torch.device`."""
         given = torch.device(self._device)
         for tensor in itertools.chain(self.parameters(), self.buffers()):
             actual = tensor.device
@@ -155,8 +164,13 @@ class fusion(nn.Module):
         self._device = str(value)
 
     def to(self, *args: Any, **kwargs: Any) -> fusion:
-        """``nn.Module.to``; the device moved to also becomes :attr:`device` (tinybig's
-        attribute), so a fusion without tensors of its own follows too."""
+        """`nn.Module.to`; the device moved to also becomes `device` (tinybig's
+        attribute), so a fusion without tensors of its own follows too.
+
+        Args:
+            *args: as in `nn.Module.to` (a device, a dtype, a tensor).
+            **kwargs: as in `nn.Module.to` (`device=`, `dtype=`, `non_blocking=`).
+        """
         device = torch._C._nn._parse_to(*args, **kwargs)[0]
         if device is not None:
             self._device = str(device)
@@ -168,7 +182,7 @@ class fusion(nn.Module):
         return self.name
 
     def get_dims(self) -> list[int] | tuple[int, ...] | None:
-        """The input widths, as given (``None`` if not given)."""
+        """The input widths, as given (`None` if not given)."""
         return self.dims
 
     def get_num(self) -> int:
@@ -176,11 +190,14 @@ class fusion(nn.Module):
         return 0 if self.dims is None else len(self.dims)
 
     def get_dim(self, index: int) -> int | None:
-        """dims[index] for 0 ≤ index < len(dims) (``None`` without dims).
+        """dims[index] for 0 ≤ index < len(dims) (`None` without dims).
+
+        Args:
+            index: the input's position.
 
         Raises:
             TypeError: index is not an int.
-            DimIndexError: index is out of bounds (an ``IndexError`` and a ``ValueError``).
+            DimIndexError: index is out of bounds (an `IndexError` and a `ValueError`).
         """
         if self.dims is None:
             return None
@@ -193,33 +210,69 @@ class fusion(nn.Module):
         return self.dims[index]
 
     def calculate_n(self, dims: Sequence[int] | None = None, *args: Any, **kwargs: Any) -> int:
-        """The output width (subclasses define it)."""
+        """The output width (subclasses define it).
+
+        Args:
+            dims: the input widths (default: the fusion's own).
+            *args: accepted for tinybig's signature.
+            **kwargs: accepted for tinybig's signature.
+
+        Raises:
+            NotImplementedError: the class does not define it.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not define calculate_n")
 
     def calculate_l(self, *args: Any, **kwargs: Any) -> int:
-        """l, the length of the flat parameter vector w (subclasses define it)."""
+        """l, the length of the flat parameter vector w (subclasses define it).
+
+        Args:
+            *args: accepted for tinybig's signature.
+            **kwargs: accepted for tinybig's signature.
+
+        Raises:
+            NotImplementedError: the class does not define it.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not define calculate_l")
 
     def forward(self, x: Any, w: Tensor | None = None, device: Any = None) -> Any:
-        """The fusion (subclasses define it)."""
+        """The fusion (subclasses define it).
+
+        Args:
+            x: the inputs, a list or tuple of tensors.
+            w: the flat parameter vector, for the classes that take one.
+            device: accepted for tinybig's signature.
+
+        Raises:
+            NotImplementedError: the class does not define it.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not define forward")
 
     # processing ---------------------------------------------------------------------------------
     def pre_process(self, x: Tensor, device: str | torch.device | None = None) -> Tensor:
-        """Apply the preprocessing functions, in order, to one input (``device`` is unused)."""
+        """Apply the preprocessing functions, in order, to one input.
+
+        Args:
+            x: one input.
+            device: accepted for tinybig's signature; unused.
+        """
         for function in self.preprocess_functions:
             x = function(x)
         return x
 
     def post_process(self, x: Tensor, device: str | torch.device | None = None) -> Tensor:
-        """Apply the postprocessing functions, in order, to the output (``device`` is unused)."""
+        """Apply the postprocessing functions, in order, to the output.
+
+        Args:
+            x: the fused output.
+            device: accepted for tinybig's signature; unused.
+        """
         for function in self.postprocess_functions:
             x = function(x)
         return x
 
     @staticmethod
     def func_x(x: Tensor, functions: Any, device: str | torch.device = "cpu") -> Tensor:
-        """tinybig's ``function.func_x``: apply ``functions`` (``None``, a callable, an allowed
+        """tinybig's `function.func_x`: apply `functions` (`None`, a callable, an allowed
         name or a list of them) to x, in order.
 
         Raises:
@@ -237,12 +290,12 @@ class fusion(nn.Module):
 
     @staticmethod
     def str_func_x(x: Tensor, func: Any, device: str | torch.device = "cpu") -> Tensor:
-        """tinybig's ``function.str_func_x``: apply one function, given as a callable or an
-        allowed name, to x (``None`` returns x).
+        """tinybig's `function.str_func_x`: apply one function, given as a callable or an
+        allowed name, to x (`None` returns x).
 
         Raises:
             ValueError: a name not in the allowlist.
-            TypeError: func is neither ``None``, a callable nor a str.
+            TypeError: func is neither `None`, a callable nor a str.
 
         Example:
             >>> fusion.str_func_x(torch.tensor([0.0]), "torch.exp")
@@ -261,9 +314,9 @@ class fusion(nn.Module):
         class_name: str = "function_class",
         parameter_name: str = "function_parameters",
     ) -> dict | list[dict] | None:
-        """tinybig's ``function.functions_to_configs``: the config(s) of processing functions.
+        """tinybig's `function.functions_to_configs`: the config(s) of processing functions.
 
-        Returns ``None`` for ``None``, one config for one function, a list for a list.
+        Returns `None` for `None`, one config for one function, a list for a list.
 
         Raises:
             ValueError: a function that is not allowlisted cannot be written to a config.
@@ -277,16 +330,18 @@ class fusion(nn.Module):
         single = not isinstance(functions, (list, tuple, nn.ModuleList))
         modules = P.processing_modules("postprocess", [functions] if single else list(functions))
         configs = P.processing_configs("functions", modules) or []
-        renamed = [{class_name: c["function_class"], parameter_name: c["function_parameters"]}
-                   for c in configs]
+        renamed = [
+            {class_name: c["function_class"], parameter_name: c["function_parameters"]}
+            for c in configs
+        ]
         return renamed[0] if single else renamed
 
     @staticmethod
     def string_to_function(formula: str, variable: str) -> Callable[[Any], Any]:
-        """tinybig's ``function.string_to_function``: a formula in one variable as a function.
+        """tinybig's `function.string_to_function`: a formula in one variable as a function.
 
-        The formula is parsed, never evaluated as code: numbers, the variable, ``+ - * / **``,
-        parentheses and the functions ``exp log sqrt sin cos tan tanh abs`` (numpy's).
+        The formula is parsed, never evaluated as code: numbers, the variable, `+ - * / **`,
+        parentheses and the functions `exp log sqrt sin cos tan tanh abs` (numpy's).
 
         Raises:
             TypeError: formula or variable is not a str.
@@ -315,10 +370,11 @@ class fusion(nn.Module):
         }
 
     def to_config(self) -> dict:
-        """``{"function_class": ..., "function_parameters": {...}}``, JSON-serializable.
+        """`{"function_class": ..., "function_parameters": {...}}`, JSON-serializable.
 
-        Only constructor arguments: rebuild with :func:`~hmfusion.compat.tinybig.from_config`,
-        then load the weights from a ``state_dict``.
+        Only constructor arguments: rebuild with
+        [`from_config`][hmfusion.compat.tinybig.from_config], then load the weights from a
+        `state_dict`.
 
         Raises:
             ValueError: a processing function is not allowlisted (a user's callable or module).
@@ -329,10 +385,16 @@ class fusion(nn.Module):
         }
 
 
-_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-           ast.Div: operator.truediv, ast.Pow: operator.pow}
-_FUNCTIONS = {name: getattr(np, name)
-              for name in ("exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "abs")}
+_BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Pow: operator.pow,
+}
+_FUNCTIONS = {
+    name: getattr(np, name) for name in ("exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "abs")
+}
 
 
 def _formula(formula: object, variable: object) -> Callable[[Any], Any]:
@@ -353,8 +415,13 @@ def _formula(formula: object, variable: object) -> Callable[[Any], Any]:
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
             operand = evaluate(node.operand, value)
             return -operand if isinstance(node.op, ast.USub) else operand
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                and node.func.id in _FUNCTIONS and len(node.args) == 1 and not node.keywords):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _FUNCTIONS
+            and len(node.args) == 1
+            and not node.keywords
+        ):
             return _FUNCTIONS[node.func.id](evaluate(node.args[0], value))
         raise ValueError(
             f"formula {formula!r} may use only numbers, {variable!r}, + - * / **, and "

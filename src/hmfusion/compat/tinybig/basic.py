@@ -1,8 +1,8 @@
 """tinybig 0.2.1's parameter-free fusions: weighted sums, averages and plain concatenation.
 
-The same formulas, signatures and names as ``tinybig.fusion.basic_fusion`` and
-``tinybig.fusion.concatenation_fusion``; the inputs are checked with precise errors instead of
-``assert``s, and processing functions are applied to each input on its own.
+The same formulas, signatures and names as `tinybig.fusion.basic_fusion` and
+`tinybig.fusion.concatenation_fusion`; the inputs are checked with precise errors instead of
+`assert`s, and processing functions are applied to each input on its own.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def check_input_list(owner: fusion, x: object, *, same_shape: bool) -> list[Tens
     """The inputs of a parameter-free fusion as a list, checked.
 
     Raises:
-        ValueError: x empty; a count or width other than ``owner.dims`` (when given); shapes
-            that differ (``same_shape``) or leading shapes that differ.
+        ValueError: x empty; a count or width other than `owner.dims` (when given); shapes
+            that differ (`same_shape`) or leading shapes that differ.
         TypeError: x is not a list or tuple of tensors.
 
     Example:
@@ -75,18 +75,19 @@ def _common_width(label: str, dims: Sequence[int] | None) -> int:
 
 
 class weighted_summation_fusion(fusion):
-    """tinybig's weighted summation: ``y = Σ_i α_i · pre(x_i)``, inputs of one shape.
+    """tinybig's weighted summation: `y = Σ_i α_i · pre(x_i)`, inputs of one shape.
 
-    The weights are ``weights`` (fixed, not a parameter: tinybig keeps them out of the
-    ``state_dict`` too), or the w given to :meth:`forward` when ``require_parameters=True``.
+    The weights are `weights` (fixed, not a parameter: tinybig keeps them out of the
+    `state_dict` too), or the w given to `forward` when `require_parameters=True`.
 
     Args:
-        dims: the input widths (all equal), or ``None``.
+        dims: the input widths (all equal), or `None`.
         weights: k weights (tensor or sequence of numbers); required unless
-            ``require_parameters=True``.
-        name: returned by :meth:`get_name`.
-        require_parameters: take the weights from ``w`` (l = k) instead.
-        **kwargs: the processing functions and device, as in :class:`~.base.fusion`.
+            `require_parameters=True`.
+        name: returned by `get_name`.
+        require_parameters: take the weights from `w` (l = k) instead.
+        **kwargs: the processing functions and device, as in
+            [`fusion`][hmfusion.compat.tinybig.fusion].
 
     Raises:
         TypeError: weights neither a tensor nor numbers.
@@ -97,9 +98,14 @@ class weighted_summation_fusion(fusion):
         tensor([[3., 3.]])
     """
 
-    def __init__(self, dims: Sequence[int] | None = None, weights: Any = None,
-                 name: str = "weighted_summation_fusion", require_parameters: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        dims: Sequence[int] | None = None,
+        weights: Any = None,
+        name: str = "weighted_summation_fusion",
+        require_parameters: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(dims=dims, name=name, require_parameters=require_parameters, **kwargs)
         if weights is not None and not isinstance(weights, Tensor):
             try:
@@ -115,12 +121,19 @@ class weighted_summation_fusion(fusion):
         return _common_width("calculate_n", self.dims if dims is None else dims)
 
     def calculate_l(self, *args: Any, **kwargs: Any) -> int:
-        """k with ``require_parameters`` (the weights are w), else 0."""
+        """k with `require_parameters` (the weights are w), else 0."""
         return self.get_num() if self.require_parameters else 0
 
-    def forward(self, x: Sequence[Tensor], w: Tensor | None = None,
-                device: str | torch.device | None = None) -> Tensor:
-        """``post(Σ_i α_i · pre(x_i))`` with α the weights (or w).
+    def forward(
+        self, x: Sequence[Tensor], w: Tensor | None = None, device: str | torch.device | None = None
+    ) -> Tensor:
+        """`post(Σ_i α_i · pre(x_i))` with α the weights (or w).
+
+        Args:
+            x: a list or tuple of k tensors of the same shape.
+            w: the k weights, shape (1, k) or (k,), with `require_parameters`;
+                otherwise unused.
+            device: accepted for tinybig's signature; unused.
 
         Raises:
             ValueError: x empty or of unequal shapes; weights (or w) missing or not holding one
@@ -149,7 +162,15 @@ class weighted_summation_fusion(fusion):
 
 
 class summation_fusion(weighted_summation_fusion):
-    """tinybig's summation: ``y = Σ_i pre(x_i)`` (all weights 1).
+    """tinybig's summation: `y = Σ_i pre(x_i)` (all weights 1).
+
+    Args:
+        dims: the input widths (all equal).
+        name: returned by `get_name`.
+        require_parameters: accepted for tinybig's signature; the weights are fixed, so it is
+            ignored.
+        **kwargs: the processing functions and device, as in
+            [`fusion`][hmfusion.compat.tinybig.fusion].
 
     Example:
         >>> summation_fusion([2, 2])([torch.ones(1, 2), torch.ones(1, 2)])
@@ -159,8 +180,13 @@ class summation_fusion(weighted_summation_fusion):
     #: divide the sum by k (average_fusion)
     _average = False
 
-    def __init__(self, dims: Sequence[int], name: str = "summation_fusion",
-                 require_parameters: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        dims: Sequence[int],
+        name: str = "summation_fusion",
+        require_parameters: bool = False,
+        **kwargs: Any,
+    ) -> None:
         k = len(V.check_dims(dims))
         weights = torch.ones(k, dtype=torch.float64)  # exact in every dtype
         weights = weights / k if self._average else weights
@@ -173,7 +199,15 @@ class summation_fusion(weighted_summation_fusion):
 
 
 class average_fusion(summation_fusion):
-    """tinybig's average (also its ``mean_fusion`` in ``tinybig.fusion``): ``y = Σ_i pre(x_i) / k``.
+    """tinybig's average (also its `mean_fusion` in `tinybig.fusion`): `y = Σ_i pre(x_i) / k`.
+
+    Args:
+        dims: the input widths (all equal).
+        name: returned by `get_name`.
+        require_parameters: accepted for tinybig's signature; the weights are fixed, so it is
+            ignored.
+        **kwargs: the processing functions and device, as in
+            [`fusion`][hmfusion.compat.tinybig.fusion].
 
     Example:
         >>> average_fusion([2, 2])([torch.ones(1, 2), 3 * torch.ones(1, 2)])
@@ -182,13 +216,25 @@ class average_fusion(summation_fusion):
 
     _average = True
 
-    def __init__(self, dims: Sequence[int], name: str = "average_fusion",
-                 require_parameters: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        dims: Sequence[int],
+        name: str = "average_fusion",
+        require_parameters: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(dims=dims, name=name, **kwargs)
 
 
 class parameterized_weighted_summation_fusion(weighted_summation_fusion):
-    """tinybig's learned weighted summation: ``y = Σ_i w_i · pre(x_i)``, w of length k.
+    """tinybig's learned weighted summation: `y = Σ_i w_i · pre(x_i)`, w of length k.
+
+    Args:
+        dims: the input widths (all equal).
+        name: returned by `get_name`.
+        require_parameters: accepted for tinybig's signature; the fusion always takes w.
+        **kwargs: the processing functions and device, as in
+            [`fusion`][hmfusion.compat.tinybig.fusion].
 
     Example:
         >>> f = parameterized_weighted_summation_fusion(dims=[2, 2])
@@ -196,9 +242,13 @@ class parameterized_weighted_summation_fusion(weighted_summation_fusion):
         tensor([[2.5000, 2.5000]])
     """
 
-    def __init__(self, dims: Sequence[int] | None = None,
-                 name: str = "parameterized_weighted_summation_fusion",
-                 require_parameters: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        dims: Sequence[int] | None = None,
+        name: str = "parameterized_weighted_summation_fusion",
+        require_parameters: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(dims=dims, weights=None, name=name, require_parameters=True, **kwargs)
 
     def _config_parameters(self) -> dict[str, Any]:
@@ -208,15 +258,27 @@ class parameterized_weighted_summation_fusion(weighted_summation_fusion):
 
 
 class concatenation_fusion(fusion):
-    """tinybig's concatenation: ``y = cat(pre(x_1), …, pre(x_k))`` along the last dimension.
+    """tinybig's concatenation: `y = cat(pre(x_1), …, pre(x_k))` along the last dimension.
+
+    Args:
+        dims: the input widths, or `None` (then `calculate_n` needs them).
+        name: returned by `get_name`.
+        require_parameters: accepted for tinybig's signature; the fusion has no parameters.
+        **kwargs: the processing functions and device, as in
+            [`fusion`][hmfusion.compat.tinybig.fusion].
 
     Example:
         >>> concatenation_fusion(dims=[1, 2])([torch.zeros(3, 1), torch.ones(3, 2)]).shape
         torch.Size([3, 3])
     """
 
-    def __init__(self, dims: Sequence[int] | None = None, name: str = "concatenation_fusion",
-                 require_parameters: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        dims: Sequence[int] | None = None,
+        name: str = "concatenation_fusion",
+        require_parameters: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(dims=dims, name=name, require_parameters=False, **kwargs)
 
     def calculate_n(self, dims: Sequence[int] | None = None, *args: Any, **kwargs: Any) -> int:
@@ -234,9 +296,15 @@ class concatenation_fusion(fusion):
         """0: concatenation has no parameters."""
         return 0
 
-    def forward(self, x: Sequence[Tensor], w: Tensor | None = None,
-                device: str | torch.device | None = None) -> Tensor:
-        """``post(cat(pre(x_1), …, pre(x_k), dim=-1))``.
+    def forward(
+        self, x: Sequence[Tensor], w: Tensor | None = None, device: str | torch.device | None = None
+    ) -> Tensor:
+        """`post(cat(pre(x_1), …, pre(x_k), dim=-1))`.
+
+        Args:
+            x: a list or tuple of k tensors, input i of shape `(*, dims[i])`.
+            w: accepted for tinybig's signature; unused.
+            device: accepted for tinybig's signature; unused.
 
         Raises:
             ValueError: x empty, leading shapes differ, or count/widths differ from dims.

@@ -1,8 +1,9 @@
-"""``from_config``: rebuild any fusion of :mod:`hmfusion.compat.tinybig` from its config.
+"""`from_config`: rebuild any fusion of [`hmfusion.compat.tinybig`][hmfusion.compat.tinybig] from
+its config.
 
-Accepts what this package's ``to_config()`` writes and what tinybig 0.2.1's ``to_config()``
-returns (its ``torch.nn.Module`` bookkeeping and derived attributes are dropped, see
-:mod:`.configkeys`); every other unknown key raises. Class names are looked up in a fixed
+Accepts what this package's `to_config()` writes and what tinybig 0.2.1's `to_config()`
+returns (its `torch.nn.Module` bookkeeping and derived attributes are dropped, see
+`configkeys`); every other unknown key raises. Class names are looked up in a fixed
 table: nothing is ever imported or instantiated from a config besides these classes and the
 allowlisted processing functions.
 """
@@ -30,11 +31,23 @@ PARAMETERIZED_CLASSES: tuple[type[fusion], ...] = (
 
 #: every class a config may name, by its tinybig submodule
 _BY_SUBMODULE: dict[str, tuple[type[fusion], ...]] = {
-    "basic_fusion": (basic.weighted_summation_fusion, basic.summation_fusion,
-                     basic.average_fusion, basic.parameterized_weighted_summation_fusion),
-    "metric_fusion": (metric.metric_fusion, metric.max_fusion, metric.min_fusion,
-                      metric.sum_fusion, metric.mean_fusion, metric.prod_fusion,
-                      metric.median_fusion, metric.l1_norm_fusion, metric.l2_norm_fusion),
+    "basic_fusion": (
+        basic.weighted_summation_fusion,
+        basic.summation_fusion,
+        basic.average_fusion,
+        basic.parameterized_weighted_summation_fusion,
+    ),
+    "metric_fusion": (
+        metric.metric_fusion,
+        metric.max_fusion,
+        metric.min_fusion,
+        metric.sum_fusion,
+        metric.mean_fusion,
+        metric.prod_fusion,
+        metric.median_fusion,
+        metric.l1_norm_fusion,
+        metric.l2_norm_fusion,
+    ),
     "concatenation_fusion": (basic.concatenation_fusion,),
     "parameterized_concatenation_fusion": PARAMETERIZED_CLASSES,
 }
@@ -45,9 +58,12 @@ CLASSES: tuple[type[fusion], ...] = tuple(c for group in _BY_SUBMODULE.values() 
 _NAMES: dict[str, type[fusion]] = {}
 for _submodule, _classes in _BY_SUBMODULE.items():
     for _cls in _classes:
-        for _alias in (_cls.__name__, f"{CONFIG_PREFIX}.{_cls.__name__}",
-                       f"tinybig.fusion.{_cls.__name__}",
-                       f"tinybig.fusion.{_submodule}.{_cls.__name__}"):
+        for _alias in (
+            _cls.__name__,
+            f"{CONFIG_PREFIX}.{_cls.__name__}",
+            f"tinybig.fusion.{_cls.__name__}",
+            f"tinybig.fusion.{_submodule}.{_cls.__name__}",
+        ):
             _NAMES[_alias] = _cls
 _NAMES["tinybig.fusion.mean_fusion"] = metric.mean_fusion  # tinybig's namespace: metric's one
 
@@ -61,7 +77,7 @@ _DERIVED: dict[type[fusion], frozenset[str]] = {
 
 
 def _accepted(cls: type[fusion]) -> list[str]:
-    """The keyword arguments ``cls`` accepts (with ``**kwargs``: those of the base class)."""
+    """The keyword arguments `cls` accepts (with `**kwargs`: those of the base class)."""
     parameters = inspect.signature(cls).parameters.values()
     names = [p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     if any(p.kind is p.VAR_KEYWORD for p in parameters):
@@ -70,19 +86,19 @@ def _accepted(cls: type[fusion]) -> list[str]:
 
 
 def from_config(config: Mapping) -> fusion:
-    """Rebuild a fusion from ``{"function_class": ..., "function_parameters": {...}}``.
+    """Rebuild a fusion from `{"function_class": ..., "function_parameters": {...}}`.
 
-    ``function_class`` names one of the classes of :mod:`hmfusion.compat.tinybig` (also spelled
-    ``tinybig.fusion.<class>`` or ``tinybig.fusion.<submodule>.<class>``); processing configs
-    inside must name allowlisted functions. The keys tinybig's ``to_config()`` adds that are
-    not constructor arguments (``training``, ``_parameters``, ``_modules``, … and
-    ``parameter_fabrication``) are dropped.
+    `function_class` names one of the classes of
+    [`hmfusion.compat.tinybig`][hmfusion.compat.tinybig] (also spelled `tinybig.fusion.<class>` or
+    `tinybig.fusion.<submodule>.<class>`); processing configs inside must name allowlisted
+    functions. The keys tinybig's `to_config()` adds that are not constructor arguments (`training`,
+    `_parameters`, `_modules`, … and `parameter_fabrication`) are dropped.
 
     Args:
-        config: the dict, e.g. from ``to_config()``, JSON or ``yaml.safe_load``.
+        config: the dict, e.g. from `to_config()`, JSON or `yaml.safe_load`.
 
     Returns:
-        The fusion module (its weights travel separately, in a ``state_dict``).
+        The fusion module (its weights travel separately, in a `state_dict`).
 
     Raises:
         TypeError: config or its parameters are not dicts, or a parameter has the wrong type.

@@ -1,9 +1,10 @@
-"""The keys tinybig 0.2.1's ``to_config()`` writes that are not constructor arguments.
+"""The keys tinybig 0.2.1's `to_config()` writes that are not constructor arguments.
 
-tinybig's ``to_config()`` dumps ``self.__dict__`` of the module: ``torch.nn.Module``'s own
-bookkeeping (``training``, ``_parameters``, ``_backward_hooks``, …) and attributes its
-constructors set (``parameter_fabrication``). :func:`hmfusion.compat.tinybig.from_config` drops
-exactly these keys, whatever their values, and still refuses every other unknown key.
+tinybig's `to_config()` dumps `self.__dict__` of the module: `torch.nn.Module`'s own
+bookkeeping (`training`, `_parameters`, `_backward_hooks`, …) and attributes its
+constructors set (`parameter_fabrication`).
+[`hmfusion.compat.tinybig.from_config`][hmfusion.compat.tinybig.from_config] drops exactly these
+keys, whatever their values, and still refuses every other unknown key.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from torch import nn
 
 __all__ = ["MODULE_STATE_KEYS", "TINYBIG_ATTRIBUTE_KEYS", "drop_module_state"]
 
-#: ``torch.nn.Module``'s instance attributes (torch 2.x; those of this torch are added).
+#: `torch.nn.Module`'s instance attributes (torch 2.x; those of this torch are added).
 MODULE_STATE_KEYS: frozenset[str] = frozenset(
     {
         "training",
@@ -43,7 +44,7 @@ TINYBIG_ATTRIBUTE_KEYS: frozenset[str] = frozenset({"parameter_fabrication"})
 
 
 def drop_module_state(parameters: Mapping) -> dict:
-    """``parameters`` without ``torch.nn.Module``'s bookkeeping keys (:data:`MODULE_STATE_KEYS`).
+    """`parameters` without `torch.nn.Module`'s bookkeeping keys (`MODULE_STATE_KEYS`).
 
     Example:
         >>> drop_module_state({"training": True, "_modules": {}, "p": 0.5})

@@ -1,4 +1,4 @@
-"""tinybig 0.2.1's own W for HM, LPHM and dual-LPHM (``layout="tinybig-0.2.1"``).
+"""tinybig 0.2.1's own W for HM, LPHM and dual-LPHM (`layout="tinybig-0.2.1"`).
 
 tinybig 0.2.1 does not compute the Kronecker product its documentation describes: it takes the
 outer product of the *flattened* factors and reshapes it row-major to n×D,
@@ -6,8 +6,9 @@ outer product of the *flattened* factors and reshapes it row-major to n×D,
     W[i, j] = a[(i·D + j) div (s·t)] · b[(i·D + j) mod (s·t)],   a = vec(A), b = vec(B),
 
 i.e. vec(W) = a ⊗ b (B = S Tᵀ for LPHM; also A = P Qᵀ for dual-LPHM). That equals A ⊗ B only
-when s = 1 or q = 1. :class:`TinybigLegacyKronecker` reproduces it exactly so that a model
-trained with tinybig keeps its outputs; it materializes W and applies it with ``F.linear``.
+when s = 1 or q = 1. [`TinybigLegacyKronecker`][hmfusion.compat.tinybig.TinybigLegacyKronecker]
+reproduces it exactly so that a model trained with tinybig keeps its outputs; it materializes W and
+applies it with `F.linear`.
 """
 
 from __future__ import annotations
@@ -28,24 +29,25 @@ class TinybigLegacyKronecker(nn.Module):
     """tinybig 0.2.1's fabrication of the Kronecker family: vec(W) = vec(A) ⊗ vec(B).
 
     The factors are parameters named and shaped as the pieces of tinybig's flat vector w, in
-    its order: HM ``A (p×q), B (s×t)``; LPHM ``A (p×q), S (s×r), T (r×t)`` (T holds Tᵀ);
-    dual-LPHM ``P (p×r), Q (r×q), S (s×r), T (r×t)`` (Q holds Qᵀ), with s = n/p, t = D/q.
+    its order: HM `A (p×q), B (s×t)`; LPHM `A (p×q), S (s×r), T (r×t)` (T holds Tᵀ);
+    dual-LPHM `P (p×r), Q (r×q), S (s×r), T (r×t)` (Q holds Qᵀ), with s = n/p, t = D/q.
 
     Args:
         dims: the input widths (D = Σ dims).
         n: the output width.
         p: rows of A; must divide n.
         q: columns of A; must divide D; defaults to p.
-        r: rank of B = S Tᵀ (LPHM, dual-LPHM); ``None`` for HM.
+        r: rank of B = S Tᵀ (LPHM, dual-LPHM); `None` for HM.
         dual: A = P Qᵀ of rank r too (dual-LPHM).
-        device, dtype: factory arguments of the parameters.
+        device: where the parameters are created.
+        dtype: the parameters' floating dtype.
 
     Raises:
         TypeError: p, q or r is not a positive int.
         ValueError: p does not divide n or q does not divide D (the valid choices listed).
 
     Shape:
-        - Input of :meth:`forward`: k tensors ``(*, dims[i])``; Output: ``(*, n)``.
+        - Input of `forward`: k tensors `(*, dims[i])`; Output: `(*, n)`.
 
     Example:
         >>> m = TinybigLegacyKronecker([4], 4, p=2, q=2)
@@ -80,8 +82,12 @@ class TinybigLegacyKronecker(nn.Module):
         elif not dual:
             pieces = {"A": (self.p, self.q), "S": (s, self.r), "T": (self.r, t)}
         else:
-            pieces = {"P": (self.p, self.r), "Q": (self.r, self.q),
-                      "S": (s, self.r), "T": (self.r, t)}
+            pieces = {
+                "P": (self.p, self.r),
+                "Q": (self.r, self.q),
+                "S": (s, self.r),
+                "T": (self.r, t),
+            }
         self.pieces = pieces
         dtype = V.check_factory_dtype(dtype)
         for name, shape in pieces.items():
@@ -91,7 +97,7 @@ class TinybigLegacyKronecker(nn.Module):
 
     @property
     def pad(self) -> bool:
-        """Always ``False``: tinybig requires p | n and q | D."""
+        """Always `False`: tinybig requires p | n and q | D."""
         return False
 
     @property
@@ -104,10 +110,19 @@ class TinybigLegacyKronecker(nn.Module):
         return {name: getattr(self, name) for name in self.pieces}
 
     def factors_from_flat(self, w: Tensor) -> dict[str, Tensor]:
-        """The factors held in w (shape (l,)), as views of w (differentiable in w)."""
+        """The factors held in w, as views of w (differentiable in w).
+
+        Args:
+            w: the flat vector, shape (l,), in tinybig 0.2.1's layout (not checked here).
+
+        Returns:
+            The factor tensors by name.
+        """
         sizes = [math.prod(shape) for shape in self.pieces.values()]
-        return {name: piece.reshape(shape)
-                for (name, shape), piece in zip(self.pieces.items(), w.split(sizes), strict=True)}
+        return {
+            name: piece.reshape(shape)
+            for (name, shape), piece in zip(self.pieces.items(), w.split(sizes), strict=True)
+        }
 
     def materialize(self, f: dict[str, Tensor]) -> Tensor:
         """tinybig's W (n×D) from the factors: outer(vec(A), vec(B)) reshaped row-major."""
@@ -127,6 +142,9 @@ class TinybigLegacyKronecker(nn.Module):
     def load_flat_parameters(self, w: Tensor) -> None:
         """Set the factors from w of shape (l,) or (1, l).
 
+        Args:
+            w: the flat vector, in tinybig 0.2.1's layout.
+
         Raises:
             TypeError: w is not a floating tensor.
             ValueError: w does not hold exactly l values.
@@ -137,7 +155,7 @@ class TinybigLegacyKronecker(nn.Module):
                 getattr(self, name).copy_(value)
 
     def reset_parameters(self) -> None:
-        """Initialise every factor uniformly so that W has ``nn.Linear``'s variance 1/(3D).
+        """Initialise every factor uniformly so that W has `nn.Linear`'s variance 1/(3D).
 
         Var(W) = r^c · v^f for f factors of variance v and c low-rank products of rank r.
         """
@@ -148,13 +166,16 @@ class TinybigLegacyKronecker(nn.Module):
             for value in self.factors().values():
                 value.uniform_(-bound, bound)
 
-    def _fuse(self, inputs: Sequence[Tensor], lead: tuple[int, ...],
-              factors: dict[str, Tensor]) -> Tensor:
-        """``cat(inputs) Wᵀ`` on inputs already checked (their common ``lead`` shape)."""
+    def _fuse(
+        self, inputs: Sequence[Tensor], lead: tuple[int, ...], factors: dict[str, Tensor]
+    ) -> Tensor:
+        """`cat(inputs) Wᵀ` on inputs already checked (their common `lead` shape)."""
         rows = torch.cat([x.reshape(-1, x.shape[-1]) for x in inputs], dim=-1)
         return F.linear(rows, self.materialize(factors)).reshape(*lead, self.n)
 
     def extra_repr(self) -> str:
         rank = "" if self.r is None else f", r={self.r}"
-        return (f"dims={list(self.dims)}, n={self.n}, p={self.p}, q={self.q}{rank}, "
-                f"layout='tinybig-0.2.1'")
+        return (
+            f"dims={list(self.dims)}, n={self.n}, p={self.p}, q={self.q}{rank}, "
+            f"layout='tinybig-0.2.1'"
+        )

@@ -1,8 +1,8 @@
 """tinybig 0.2.1's metric fusions: an elementwise statistic across the k inputs.
 
-``y[..., j] = metric(pre(x_1)[..., j], …, pre(x_k)[..., j])`` for inputs of one shape: max,
-min, sum, mean, product, median (the lower one for even k, as ``torch.median``), L1 and L2
-norm. The same names and signatures as ``tinybig.fusion.metric_fusion``.
+`y[..., j] = metric(pre(x_1)[..., j], …, pre(x_k)[..., j])` for inputs of one shape: max,
+min, sum, mean, product, median (the lower one for even k, as `torch.median`), L1 and L2
+norm. The same names and signatures as `tinybig.fusion.metric_fusion`.
 """
 
 from __future__ import annotations
@@ -31,66 +31,75 @@ __all__ = [
 
 
 def batch_max(x: Tensor) -> Tensor:
-    """Row-wise maximum of a (rows × k) tensor (tinybig's ``batch_max``)."""
+    """Row-wise maximum of a (rows × k) tensor (tinybig's `batch_max`)."""
     return torch.max(x, dim=1).values
 
 
 def batch_min(x: Tensor) -> Tensor:
-    """Row-wise minimum of a (rows × k) tensor (tinybig's ``batch_min``)."""
+    """Row-wise minimum of a (rows × k) tensor (tinybig's `batch_min`)."""
     return torch.min(x, dim=1).values
 
 
 def batch_sum(x: Tensor) -> Tensor:
-    """Row-wise sum of a (rows × k) tensor (tinybig's ``batch_sum``)."""
+    """Row-wise sum of a (rows × k) tensor (tinybig's `batch_sum`)."""
     return torch.sum(x, dim=1)
 
 
 def batch_mean(x: Tensor) -> Tensor:
-    """Row-wise mean of a (rows × k) tensor (tinybig's ``batch_mean``)."""
+    """Row-wise mean of a (rows × k) tensor (tinybig's `batch_mean`)."""
     return torch.mean(x, dim=1)
 
 
 def batch_prod(x: Tensor) -> Tensor:
-    """Row-wise product of a (rows × k) tensor (tinybig's ``batch_prod``)."""
+    """Row-wise product of a (rows × k) tensor (tinybig's `batch_prod`)."""
     return torch.prod(x, dim=1)
 
 
 def batch_median(x: Tensor) -> Tensor:
-    """Row-wise median of a (rows × k) tensor, the lower one for even k (``torch.median``)."""
+    """Row-wise median of a (rows × k) tensor, the lower one for even k (`torch.median`)."""
     return torch.median(x, dim=1).values
 
 
 def batch_l1_norm(x: Tensor) -> Tensor:
-    """Row-wise L1 norm of a (rows × k) tensor (tinybig's ``batch_l1_norm``)."""
+    """Row-wise L1 norm of a (rows × k) tensor (tinybig's `batch_l1_norm`)."""
     return torch.linalg.vector_norm(x, ord=1, dim=1)
 
 
 def batch_l2_norm(x: Tensor) -> Tensor:
-    """Row-wise L2 norm of a (rows × k) tensor (tinybig's ``batch_l2_norm``)."""
+    """Row-wise L2 norm of a (rows × k) tensor (tinybig's `batch_l2_norm`)."""
     return torch.linalg.vector_norm(x, ord=2, dim=1)
 
 
 #: the metrics a config may name, by the names tinybig's functions have
 METRICS: dict[str, Callable[[Tensor], Tensor]] = {
     function.__name__: function
-    for function in (batch_max, batch_min, batch_sum, batch_mean, batch_prod, batch_median,
-                     batch_l1_norm, batch_l2_norm)
+    for function in (
+        batch_max,
+        batch_min,
+        batch_sum,
+        batch_mean,
+        batch_prod,
+        batch_median,
+        batch_l1_norm,
+        batch_l2_norm,
+    )
 }
 
 
 class metric_fusion(fusion):
-    """tinybig's metric fusion: ``y = metric`` of the k inputs, elementwise.
+    """tinybig's metric fusion: `y = metric` of the k inputs, elementwise.
 
     Args:
         dims: the input widths (all equal).
         metric: a function from a (rows × k) tensor to its (rows,) statistic, or the name of
-            one in :data:`METRICS` (``"batch_max"``, … also as ``tinybig.koala...batch_max``).
-        name: returned by :meth:`get_name`.
-        **kwargs: the processing functions and device, as in :class:`~.base.fusion`.
+            one in `METRICS` (`"batch_max"`, … also as `tinybig.koala...batch_max`).
+        name: returned by `get_name`.
+        **kwargs: the processing functions and device, as in
+            [`fusion`][hmfusion.compat.tinybig.fusion].
 
     Raises:
         TypeError: metric is neither callable nor a str.
-        ValueError: a metric name not in :data:`METRICS`.
+        ValueError: a metric name not in `METRICS`.
 
     Example:
         >>> f = metric_fusion(dims=[2, 2], metric=batch_max)
@@ -98,8 +107,13 @@ class metric_fusion(fusion):
         tensor([[3., 5.]])
     """
 
-    def __init__(self, dims: Sequence[int], metric: Callable[[Tensor], Tensor] | str,
-                 name: str = "metric_fusion", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        dims: Sequence[int],
+        metric: Callable[[Tensor], Tensor] | str,
+        name: str = "metric_fusion",
+        **kwargs: Any,
+    ) -> None:
         kwargs.pop("require_parameters", None)  # tinybig forces False
         super().__init__(dims=dims, name=name, require_parameters=False, **kwargs)
         if isinstance(metric, str):
@@ -119,9 +133,15 @@ class metric_fusion(fusion):
         """0: metric fusions have no parameters."""
         return 0
 
-    def forward(self, x: Sequence[Tensor], w: Tensor | None = None,
-                device: str | torch.device | None = None) -> Tensor:
-        """``post(metric(pre(x_1), …, pre(x_k)))`` elementwise.
+    def forward(
+        self, x: Sequence[Tensor], w: Tensor | None = None, device: str | torch.device | None = None
+    ) -> Tensor:
+        """`post(metric(pre(x_1), …, pre(x_k)))` elementwise.
+
+        Args:
+            x: a list or tuple of k tensors of the same shape.
+            w: accepted for tinybig's signature; unused.
+            device: accepted for tinybig's signature; unused.
 
         Raises:
             ValueError: x empty, of unequal shapes, or not matching dims.
@@ -143,7 +163,7 @@ class metric_fusion(fusion):
 
 
 class _NamedMetricFusion(metric_fusion):
-    """A metric fusion whose class fixes the metric (tinybig's ``max_fusion``, …)."""
+    """A metric fusion whose class fixes the metric (tinybig's `max_fusion`, …)."""
 
     _metric: Callable[[Tensor], Tensor]
 
@@ -157,8 +177,12 @@ class max_fusion(_NamedMetricFusion):
     """tinybig's max_fusion: the elementwise maximum.
 
     Args:
-        name: returned by :meth:`get_name` (default ``"max_fusion"``).
-        dims and the keyword arguments: as in :class:`metric_fusion`.
+        name: returned by `get_name` (default `"max_fusion"`).
+        *args: `metric_fusion`'s positional arguments after `name` (`dims` first), as in
+            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion]; its `metric` is fixed by the
+            class.
+        **kwargs: `dims`, the processing functions and `device`, as in
+            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion].
 
     Example:
         >>> max_fusion(dims=[1, 1])([torch.tensor([[1.0]]), torch.tensor([[2.0]])])
@@ -175,8 +199,12 @@ class min_fusion(_NamedMetricFusion):
     """tinybig's min_fusion: the elementwise minimum.
 
     Args:
-        name: returned by :meth:`get_name` (default ``"min_fusion"``).
-        dims and the keyword arguments: as in :class:`metric_fusion`.
+        name: returned by `get_name` (default `"min_fusion"`).
+        *args: `metric_fusion`'s positional arguments after `name` (`dims` first), as in
+            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion]; its `metric` is fixed by the
+            class.
+        **kwargs: `dims`, the processing functions and `device`, as in
+            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion].
 
     Example:
         >>> min_fusion(dims=[1, 1])([torch.tensor([[1.0]]), torch.tensor([[2.0]])])
@@ -193,8 +221,12 @@ class sum_fusion(_NamedMetricFusion):
     """tinybig's sum_fusion: the elementwise sum.
 
     Args:
-        name: returned by :meth:`get_name` (default ``"sum_fusion"``).
-        dims and the keyword arguments: as in :class:`metric_fusion`.
+        name: returned by `get_name` (default `"sum_fusion"`).
+        *args: `metric_fusion`'s positional arguments after `name` (`dims` first), as in
+            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion]; its `metric` is fixed by the
+            class.
+        **kwargs: `dims`, the processing functions and `device`, as in
+            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion].
 
     Example:
         >>> sum_fusion(dims=[1, 1])([torch.tensor([[1.0]]), torch.tensor([[2.0]])])
@@ -211,8 +243,12 @@ class mean_fusion(_NamedMetricFusion):
     """tinybig's mean_fusion: the elementwise mean.
 
     Args:
-        name: returned by :meth:`get_name` (default ``"mean_fusion"``).
-        dims and the keyword arguments: as in :class:`metric_fusion`.
+        name: returned by `get_name` (default `"mean_fusion"`).
+        *args: `metric_fusion`'s positional arguments after `name` (`dims` first), as in
+            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion]; its `metric` is fixed by the
+            class.
+        **kwargs: `dims`, the processing functions and `device`, as in
+            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion].
 
     Example:
         >>> mean_fusion(dims=[1, 1])([torch.tensor([[1.0]]), torch.tensor([[2.0]])])
@@ -229,8 +265,12 @@ class prod_fusion(_NamedMetricFusion):
     """tinybig's prod_fusion: the elementwise product.
 
     Args:
-        name: returned by :meth:`get_name` (default ``"prod_fusion"``).
-        dims and the keyword arguments: as in :class:`metric_fusion`.
+        name: returned by `get_name` (default `"prod_fusion"`).
+        *args: `metric_fusion`'s positional arguments after `name` (`dims` first), as in
+            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion]; its `metric` is fixed by the
+            class.
+        **kwargs: `dims`, the processing functions and `device`, as in
+            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion].
 
     Example:
         >>> prod_fusion(dims=[1, 1])([torch.tensor([[3.0]]), torch.tensor([[2.0]])])
@@ -247,8 +287,12 @@ class median_fusion(_NamedMetricFusion):
     """tinybig's median_fusion: the elementwise median (the lower one for even k).
 
     Args:
-        name: returned by :meth:`get_name` (default ``"median_fusion"``).
-        dims and the keyword arguments: as in :class:`metric_fusion`.
+        name: returned by `get_name` (default `"median_fusion"`).
+        *args: `metric_fusion`'s positional arguments after `name` (`dims` first), as in
+            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion]; its `metric` is fixed by the
+            class.
+        **kwargs: `dims`, the processing functions and `device`, as in
+            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion].
 
     Example:
         >>> median_fusion(dims=[1, 1])([torch.tensor([[3.0]]), torch.tensor([[2.0]])])
@@ -265,8 +309,12 @@ class l1_norm_fusion(_NamedMetricFusion):
     """tinybig's l1_norm_fusion: Σ_i |x_i| elementwise.
 
     Args:
-        name: returned by :meth:`get_name` (default ``"l1_norm_fusion"``).
-        dims and the keyword arguments: as in :class:`metric_fusion`.
+        name: returned by `get_name` (default `"l1_norm_fusion"`).
+        *args: `metric_fusion`'s positional arguments after `name` (`dims` first), as in
+            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion]; its `metric` is fixed by the
+            class.
+        **kwargs: `dims`, the processing functions and `device`, as in
+            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion].
 
     Example:
         >>> l1_norm_fusion(dims=[1, 1])([torch.tensor([[-3.0]]), torch.tensor([[2.0]])])
@@ -283,8 +331,12 @@ class l2_norm_fusion(_NamedMetricFusion):
     """tinybig's l2_norm_fusion: (Σ_i x_i²)^½ elementwise.
 
     Args:
-        name: returned by :meth:`get_name` (default ``"l2_norm_fusion"``).
-        dims and the keyword arguments: as in :class:`metric_fusion`.
+        name: returned by `get_name` (default `"l2_norm_fusion"`).
+        *args: `metric_fusion`'s positional arguments after `name` (`dims` first), as in
+            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion]; its `metric` is fixed by the
+            class.
+        **kwargs: `dims`, the processing functions and `device`, as in
+            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion].
 
     Example:
         >>> l2_norm_fusion(dims=[1, 1])([torch.tensor([[3.0]]), torch.tensor([[4.0]])])

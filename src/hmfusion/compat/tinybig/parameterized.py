@@ -1,10 +1,10 @@
 """tinybig 0.2.1's six parameterized concatenation fusions over the hmfusion family.
 
-``y = post(cat(pre(x_1), …, pre(x_k)) Wᵀ)`` with W (n×D) = ψ(w). As in tinybig, the flat
-vector w belongs to the layer that owns the fusion and is passed to :meth:`forward`: by default
-a fusion owns no parameters and adds nothing to its owner's ``state_dict``. With
-``own_parameters=True`` it holds them in ``self.fusion`` (the hmfusion module, state_dict keys
-``fusion.<factor>``) and ``f(x)`` without ``w`` uses them.
+`y = post(cat(pre(x_1), …, pre(x_k)) Wᵀ)` with W (n×D) = ψ(w). As in tinybig, the flat
+vector w belongs to the layer that owns the fusion and is passed to `forward`: by default
+a fusion owns no parameters and adds nothing to its owner's `state_dict`. With
+`own_parameters=True` it holds them in `self.fusion` (the hmfusion module, state_dict keys
+`fusion.<factor>`) and `f(x)` without `w` uses them.
 """
 
 from __future__ import annotations
@@ -41,24 +41,31 @@ Family = ConcatFusion | TinybigLegacyKronecker
 
 
 class parameterized_concatenation_fusion(fusion):
-    """tinybig's dense parameterized concatenation fusion: ``y = cat(x_1, …, x_k) Wᵀ``, W: n×D.
+    """tinybig's dense parameterized concatenation fusion: `y = cat(x_1, …, x_k) Wᵀ`, W: n×D.
 
     l = n·D; w is W flattened row-major. The base class of the five structured members, which
     share its keyword arguments (declared here once) and methods.
 
     Args:
-        n: output width; ``None`` means all dims are equal and n = dims[0].
+        n: output width; `None` means all dims are equal and n = dims[0].
         dims: the input widths n_1 … n_k (required; D = Σ n_i); kept as given.
-        name: returned by :meth:`get_name`.
+        name: returned by `get_name`.
         require_parameters: accepted for tinybig's signature; like tinybig, the fusion always
-            requires parameters (the ``w`` given to :meth:`forward`, or its own).
-        preprocess_functions, postprocess_functions, preprocess_function_configs,
-            postprocess_function_configs, device: as in :class:`~.base.fusion`.
-        layout: ``"kronecker"`` (default) or ``"tinybig-0.2.1"`` (tinybig's W for HM, LPHM,
+            requires parameters (the `w` given to `forward`, or its own).
+        preprocess_functions: applied to each input, as in
+            [`fusion`][hmfusion.compat.tinybig.fusion].
+        postprocess_functions: applied to the output, as in
+            [`fusion`][hmfusion.compat.tinybig.fusion].
+        preprocess_function_configs: instead of `preprocess_functions`, as in
+            [`fusion`][hmfusion.compat.tinybig.fusion].
+        postprocess_function_configs: instead of `postprocess_functions`, as in
+            [`fusion`][hmfusion.compat.tinybig.fusion].
+        device: tinybig's device string, as in [`fusion`][hmfusion.compat.tinybig.fusion].
+        layout: `"kronecker"` (default) or `"tinybig-0.2.1"` (tinybig's W for HM, LPHM,
             dual-LPHM; the same for the other classes).
         dtype: dtype of owned parameters and fixed matrices (default: torch's default dtype).
-        own_parameters: hold the factors of W as parameters (``self.fusion``) so that
-            ``f(x)`` works without ``w``; default ``False``, as tinybig: the owner passes w.
+        own_parameters: hold the factors of W as parameters (`self.fusion`) so that
+            `f(x)` works without `w`; default `False`, as tinybig: the owner passes w.
 
     Raises:
         TypeError: an argument of the wrong type (name not a str, dims not a sequence of ints…).
@@ -66,8 +73,8 @@ class parameterized_concatenation_fusion(fusion):
             processing name, both a function list and its configs given.
 
     Shape:
-        - Input: k tensors, input i of shape ``(*, dims[i])``; w of shape (1, l) or (l,).
-        - Output: ``(*, n)``.
+        - Input: k tensors, input i of shape `(*, dims[i])`; w of shape (1, l) or (l,).
+        - Output: `(*, n)`.
 
     Example:
         >>> f = parameterized_concatenation_fusion(n=2, dims=[3, 1])
@@ -100,7 +107,9 @@ class parameterized_concatenation_fusion(fusion):
                 "(hmfusion builds W's structure at construction)"
             )
         super().__init__(
-            dims=dims, name=name, require_parameters=require_parameters,
+            dims=dims,
+            name=name,
+            require_parameters=require_parameters,
             preprocess_functions=preprocess_functions,
             postprocess_functions=postprocess_functions,
             preprocess_function_configs=preprocess_function_configs,
@@ -127,7 +136,8 @@ class parameterized_concatenation_fusion(fusion):
         if self.own_parameters:
             #: the hmfusion module holding W's factors (only with own_parameters=True)
             self.fusion: Family | None = self._family(
-                dims, {"device": torch.device(self._device), "dtype": dtype})
+                dims, {"device": torch.device(self._device), "dtype": dtype}
+            )
             applier = self.fusion
         else:  # computes with the w given to forward; no tensors of its own, no RNG drawn
             self.fusion = None
@@ -165,7 +175,7 @@ class parameterized_concatenation_fusion(fusion):
 
     # tinybig's methods ------------------------------------------------------------------------
     def calculate_n(self, dims: Sequence[int] | None = None, *args: Any, **kwargs: Any) -> int:
-        """The output width n (``dims`` is accepted for tinybig's signature; n is fixed)."""
+        """The output width n (`dims` is accepted for tinybig's signature; n is fixed)."""
         return self.n
 
     def calculate_l(self, *args: Any, **kwargs: Any) -> int:
@@ -174,14 +184,25 @@ class parameterized_concatenation_fusion(fusion):
         return applier.num_parameters
 
     def parameter_fabrication(
-        self, w: Tensor, n: int | None = None, D: int | None = None,
+        self,
+        w: Tensor,
+        n: int | None = None,
+        D: int | None = None,
         device: str | torch.device | None = None,
     ) -> Tensor:
         """tinybig's ψ: the matrix W (n×D) that w stands for, materialized (for inspection;
-        :meth:`forward` never forms it except in the ``"tinybig-0.2.1"`` layout).
+        `forward` forms W only for the dense class, in the `"tinybig-0.2.1"` layout, and when
+        hmfusion's planner picks its `materialize` plan for a small Kronecker layer).
 
-        ``n`` and ``D`` are accepted for tinybig's call ``parameter_fabrication(w=w, n=n, D=D)``
-        and must equal the module's; ``device`` moves W there.
+        Args:
+            w: the flat parameter vector, shape (1, l) or (l,).
+            n: accepted for tinybig's call `parameter_fabrication(w=w, n=n, D=D)`; if given,
+                it must equal the module's n.
+            D: likewise; if given, it must equal the module's D.
+            device: where to return W (default: where w is).
+
+        Returns:
+            W, of shape (n, D), differentiable in w.
 
         Raises:
             ValueError: n or D differ from the module's; w does not hold l values.
@@ -206,18 +227,18 @@ class parameterized_concatenation_fusion(fusion):
         w: Tensor | None = None,
         device: str | torch.device | None = None,
     ) -> Tensor:
-        """``post_process(cat(pre_process(x_1), …, pre_process(x_k)) Wᵀ)`` with W = ψ(w).
+        """`post_process(cat(pre_process(x_1), …, pre_process(x_k)) Wᵀ)` with W = ψ(w).
 
         Args:
-            x: a list or tuple of k tensors, input i of shape ``(*, dims[i])``, the same
-                leading dimensions ``*`` for all.
+            x: a list or tuple of k tensors, input i of shape `(*, dims[i])`, the same
+                leading dimensions `*` for all.
             w: the flat parameter vector, shape (1, l) or (l,) (gradients flow into it); if
-                ``None``, the module's own parameters (``own_parameters=True``).
-            device: as tinybig, W is moved there (the inputs must be there too); ``None``
+                `None`, the module's own parameters (`own_parameters=True`).
+            device: as tinybig, W is moved there (the inputs must be there too); `None`
                 (default): where w or the parameters are.
 
         Returns:
-            Tensor of shape ``(*, n)``.
+            Tensor of shape `(*, n)`.
 
         Raises:
             ValueError: x is empty; wrong number of inputs; an input's width is not its
@@ -240,7 +261,10 @@ class parameterized_concatenation_fusion(fusion):
         owner = "the parameters" if w is None else "the flat vector w"
         reference = next(iter(factors.values()))
         inputs, lead = V.check_inputs(
-            x, tuple(self.get_dims() or ()), dtype=reference.dtype, device=reference.device,
+            x,
+            tuple(self.get_dims() or ()),
+            dtype=reference.dtype,
+            device=reference.device,
             owner=owner,
         )
         processed = [self.pre_process(value) for value in inputs]
@@ -261,9 +285,11 @@ class parameterized_concatenation_fusion(fusion):
         return parameters
 
     def extra_repr(self) -> str:
-        return (f"name={self.name!r}, n={self.n}, dims={list(self.get_dims() or ())}, "
-                f"l={self.calculate_l()}, layout={self.layout!r}, "
-                f"own_parameters={self.own_parameters}")
+        return (
+            f"name={self.name!r}, n={self.n}, dims={list(self.get_dims() or ())}, "
+            f"l={self.calculate_l()}, layout={self.layout!r}, "
+            f"own_parameters={self.own_parameters}"
+        )
 
 
 _SHARED = [
@@ -274,8 +300,8 @@ _SHARED = [
 
 
 def shared_signature(cls: type) -> type:
-    """Show the shared keyword arguments in ``cls``'s signature (it takes them as ``**kwargs``
-    and passes them to :class:`parameterized_concatenation_fusion`, which declares them)."""
+    """Show the shared keyword arguments in `cls`'s signature (it takes them as `**kwargs`
+    and passes them to `parameterized_concatenation_fusion`, which declares them)."""
     init = cls.__dict__["__init__"]
     own = list(inspect.signature(init).parameters.values())
     own = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]

@@ -1,11 +1,11 @@
 """Pre/post-processing functions: tinybig's names, callables and configs as allowlisted modules.
 
-tinybig 0.2.1 accepts, wherever a fusion takes processing functions, ``None``, a callable, a
+tinybig 0.2.1 accepts, wherever a fusion takes processing functions, `None`, a callable, a
 string or a list of those, and instantiates configs by importing whatever dotted path they name.
-Here every one of them becomes an ``nn.Module`` (registered as a submodule, so ``eval()`` turns
+Here every one of them becomes an `nn.Module` (registered as a submodule, so `eval()` turns
 dropout off and a norm's parameters train), names are looked up in fixed tables (nothing is
 ever imported), and a preprocessing module that would write into the caller's tensors
-(``inplace=True``) is refused.
+(`inplace=True`) is refused.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ __all__ = [
 class LastDimLayerNorm(nn.Module):
     """Layer norm over the last dimension, whatever its width, without affine parameters.
 
-    tinybig's ``"layer_norm"``: ``F.layer_norm(x, [x.size(-1)])``. For a norm whose weight and
-    bias train, use ``torch.nn.LayerNorm`` (by name ``"torch.nn.LayerNorm"`` in a config).
+    tinybig's `"layer_norm"`: `F.layer_norm(x, [x.size(-1)])`. For a norm whose weight and
+    bias train, use `torch.nn.LayerNorm` (by name `"torch.nn.LayerNorm"` in a config).
 
     Args:
         eps: added to the variance (default 1e-5).
 
     Shape:
-        - Input: ``(*, d)``; Output: ``(*, d)``.
+        - Input: `(*, d)`; Output: `(*, d)`.
 
     Example:
         >>> LastDimLayerNorm()(torch.tensor([[1.0, 3.0]]))
@@ -56,7 +56,7 @@ class LastDimLayerNorm(nn.Module):
 
 
 class Exp(nn.Module):
-    """The elementwise exponential, ``torch.exp`` as a module (tinybig's ``"torch.exp"``).
+    """The elementwise exponential, `torch.exp` as a module (tinybig's `"torch.exp"`).
 
     Shape:
         - Input: any; Output: the same shape.
@@ -150,10 +150,13 @@ _PROCESSING_NAMES = _processing_names()
 # torch functions tinybig users pass as callables, mapped onto the allowlisted modules (so that
 # they serialize, and F.dropout stops dropping in eval mode).
 _PROCESSING_CALLABLES: dict[Callable, type] = {
-    F.relu: nn.ReLU, torch.relu: nn.ReLU,
+    F.relu: nn.ReLU,
+    torch.relu: nn.ReLU,
     F.gelu: nn.GELU,
-    F.sigmoid: nn.Sigmoid, torch.sigmoid: nn.Sigmoid,
-    F.tanh: nn.Tanh, torch.tanh: nn.Tanh,
+    F.sigmoid: nn.Sigmoid,
+    torch.sigmoid: nn.Sigmoid,
+    F.tanh: nn.Tanh,
+    torch.tanh: nn.Tanh,
     F.softplus: nn.Softplus,
     F.silu: nn.SiLU,
     F.leaky_relu: nn.LeakyReLU,
@@ -166,7 +169,7 @@ _PROCESSING_CALLABLES: dict[Callable, type] = {
 
 
 def _processing_class(label: str, name: str) -> type:
-    """The allowlisted class ``name`` stands for: a dictionary lookup, never an import."""
+    """The allowlisted class `name` stands for: a dictionary lookup, never an import."""
     cls = _PROCESSING_NAMES.get(name if "." in name else name.lower())
     if cls is None:
         raise ValueError(
@@ -237,23 +240,23 @@ def processing_modules(
     configs: object = None,
     factory: dict | None = None,
 ) -> nn.ModuleList:
-    """tinybig's ``<what>_functions`` / ``<what>_function_configs`` as a list of modules.
+    """tinybig's `<what>_functions` / `<what>_function_configs` as a list of modules.
 
     Args:
-        what: ``"preprocess"`` or ``"postprocess"`` (names the argument in messages; a
-            preprocessing module with ``inplace=True`` is refused).
-        functions: ``None``, a callable, an ``nn.Module``, an allowed name or a list/tuple of
-            them (tinybig's ``func_x`` semantics, in order).
-        configs: instead, ``{"function_class": name, "function_parameters": {...}}`` or a list
+        what: `"preprocess"` or `"postprocess"` (names the argument in messages; a
+            preprocessing module with `inplace=True` is refused).
+        functions: `None`, a callable, an `nn.Module`, an allowed name or a list/tuple of
+            them (tinybig's `func_x` semantics, in order).
+        configs: instead, `{"function_class": name, "function_parameters": {...}}` or a list
             of those.
-        factory: ``device``/``dtype`` for modules built from names and configs.
+        factory: `device`/`dtype` for modules built from names and configs.
 
     Returns:
-        An ``nn.ModuleList`` (empty for ``None``).
+        An `nn.ModuleList` (empty for `None`).
 
     Raises:
         ValueError: both given, a name not in the allowlist, an unknown config key, a
-            preprocessing module with ``inplace=True``.
+            preprocessing module with `inplace=True`.
         TypeError: an item that is neither callable nor a name, a config of the wrong shape.
 
     Example:
@@ -272,8 +275,7 @@ def processing_modules(
         else:
             items = [functions]
         modules = [
-            _from_function(f"{what}_functions[{i}]", item, factory)
-            for i, item in enumerate(items)
+            _from_function(f"{what}_functions[{i}]", item, factory) for i, item in enumerate(items)
         ]
         label = f"{what}_functions"
     elif configs is not None:
@@ -298,7 +300,7 @@ def processing_modules(
 
 
 def processing_configs(what: str, modules: nn.ModuleList) -> list[dict] | None:
-    """The configs :func:`processing_modules` rebuilds ``modules`` from (``None`` if empty).
+    """The configs `processing_modules` rebuilds `modules` from (`None` if empty).
 
     Raises:
         ValueError: a module is not allowlisted (a user's callable or module).

@@ -24,19 +24,25 @@ __all__ = ["random_matrix_adaption_parameterized_concatenation_fusion"]
 class random_matrix_adaption_parameterized_concatenation_fusion(parameterized_concatenation_fusion):
     """tinybig's random-matrix adaptation: W = diag(λ₁) R₁ diag(λ₂) R₂ᵀ; w = [λ₁ (n) | λ₂ (r)].
 
-    R₁ (n×r) and R₂ (D×r) are fixed, drawn at construction from ``seed`` with a private
+    R₁ (n×r) and R₂ (D×r) are fixed, drawn at construction from `seed` with a private
     generator (the global RNG is untouched) and kept as persistent buffers (saved in the
-    ``state_dict``: ``R1``, ``R2``; ``fusion.R1``, ``fusion.R2`` with own parameters). They take
-    the module's dtype (``dtype=``, ``.double()``): build a float64 module to reproduce a
+    `state_dict`: `R1`, `R2`; `fusion.R1`, `fusion.R2` with own parameters). They take
+    the module's dtype (`dtype=`, `.double()`): build a float64 module to reproduce a
     float64 tinybig model exactly. l = n + r.
 
     Args:
         r: inner dimension (default 2).
-        name, n, dims, and the keyword arguments: as in
-            :class:`parameterized_concatenation_fusion`.
-        seed: (hmfusion) seed of R₁ and R₂; ``None`` (default) draws a fresh seed from the
-            operating system, so every fusion gets independent matrices; ``self.seed`` and
-            :meth:`to_config` hold the seed used.
+        name: returned by `get_name`.
+        n: output width, as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+        dims: the input widths, as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+        seed: (hmfusion) seed of R₁ and R₂; `None` (default) draws a fresh seed from the
+            operating system, so every fusion gets independent matrices; `self.seed` and
+            `to_config` hold the seed used.
+        **kwargs: the shared keyword arguments (`layout`, `dtype`, `own_parameters`, the
+            processing functions, `device`, …), as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
 
     Example:
         >>> f = random_matrix_adaption_parameterized_concatenation_fusion(r=2, n=3, dims=[4])
@@ -46,10 +52,16 @@ class random_matrix_adaption_parameterized_concatenation_fusion(parameterized_co
 
     _own_arguments = ("r", "seed")
 
-    def __init__(self, r: int = 2,
-                 name: str = "random_matrix_adaption_parameterized_concatenation_fusion",
-                 n: int | None = None, dims: Sequence[int] | None = None, *,
-                 seed: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        r: int = 2,
+        name: str = "random_matrix_adaption_parameterized_concatenation_fusion",
+        n: int | None = None,
+        dims: Sequence[int] | None = None,
+        *,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.r = V.check_positive_int("r", r)
         self.seed = secrets.randbits(63) if seed is None else V.check_int("seed", seed)
         super().__init__(n, dims, name, **kwargs)
@@ -60,8 +72,9 @@ class random_matrix_adaption_parameterized_concatenation_fusion(parameterized_co
     def _attach(self, dtype: torch.dtype | None) -> None:
         super()._attach(dtype)
         if self.fusion is None:  # the matrices are the module's even when w is external
-            drawn = self._family(tuple(self.get_dims() or ()),
-                                 {"device": torch.device(self._device), "dtype": dtype})
+            drawn = self._family(
+                tuple(self.get_dims() or ()), {"device": torch.device(self._device), "dtype": dtype}
+            )
             self.register_buffer("R1", drawn.get_buffer("R1").detach().clone())
             self.register_buffer("R2", drawn.get_buffer("R2").detach().clone())
 
@@ -70,11 +83,15 @@ class random_matrix_adaption_parameterized_concatenation_fusion(parameterized_co
         return {"R1": holder.get_buffer("R1"), "R2": holder.get_buffer("R2")}
 
     def set_random_matrices(self, R1: Tensor, R2: Tensor) -> None:
-        """Set the fixed matrices R₁ (n×r) and R₂ (D×r) (tinybig's ``A`` and ``B``).
+        """Set the fixed matrices R₁ (n×r) and R₂ (D×r) (tinybig's `A` and `B`).
 
         They are copied into the module's buffers, in the module's dtype and device, and saved
-        with its ``state_dict``; to keep float64 values exactly, build the module with
-        ``dtype=torch.float64`` (or call ``.double()``).
+        with its `state_dict`; to keep float64 values exactly, build the module with
+        `dtype=torch.float64` (or call `.double()`).
+
+        Args:
+            R1: the n×r matrix (tinybig's `A`).
+            R2: the D×r matrix (tinybig's `B`).
 
         Raises:
             TypeError: R1 or R2 is not a floating tensor.

@@ -1,9 +1,11 @@
 """tinybig 0.2.1's low-rank, HM, LPHM and dual-LPHM fusions over the hmfusion family.
 
-Each keeps tinybig's signature (its own arguments first, then ``name, n, dims``) and takes the
-shared keyword arguments of :class:`~.parameterized.parameterized_concatenation_fusion`. The
-Kronecker classes compute the documented W = A ⊗ B (LPHM: A ⊗ (S Tᵀ), dual-LPHM:
-(P Qᵀ) ⊗ (S Tᵀ)) without forming it, or tinybig's own W with ``layout="tinybig-0.2.1"``.
+Each keeps tinybig's signature (its own arguments first, then `name, n, dims`) and takes the
+shared keyword arguments of
+[`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+The Kronecker classes compute the documented W = A ⊗ B (LPHM: A ⊗ (S Tᵀ), dual-LPHM:
+(P Qᵀ) ⊗ (S Tᵀ)) through hmfusion's planner (which forms W only under its `materialize` plan,
+for small layers), or tinybig's own W, formed, with `layout="tinybig-0.2.1"`.
 """
 
 from __future__ import annotations
@@ -35,14 +37,20 @@ __all__ = [
 ]
 
 
-_KroneckerFamily = (
-    HMConcatFusion | LPHMConcatFusion | DualLPHMConcatFusion | TinybigLegacyKronecker
-)
+_KroneckerFamily = HMConcatFusion | LPHMConcatFusion | DualLPHMConcatFusion | TinybigLegacyKronecker
 
 
 def _kronecker_family(
-    cls: Callable[..., _KroneckerFamily], layout: str, dims: tuple[int, ...], n: int,
-    factory: dict, *, p: int, q: int | None, pad: bool, r: int | None = None,
+    cls: Callable[..., _KroneckerFamily],
+    layout: str,
+    dims: tuple[int, ...],
+    n: int,
+    factory: dict,
+    *,
+    p: int,
+    q: int | None,
+    pad: bool,
+    r: int | None = None,
     dual: bool = False,
 ) -> _KroneckerFamily:
     """An HM / LPHM / dual-LPHM family module, or its tinybig-0.2.1-layout twin."""
@@ -62,8 +70,14 @@ class lowrank_parameterized_concatenation_fusion(parameterized_concatenation_fus
 
     Args:
         r: the rank (default 2).
-        name, n, dims, and the keyword arguments: as in
-            :class:`parameterized_concatenation_fusion`.
+        name: returned by `get_name`.
+        n: output width, as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+        dims: the input widths, as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+        **kwargs: the shared keyword arguments (`layout`, `dtype`, `own_parameters`, the
+            processing functions, `device`, …), as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
 
     Example:
         >>> lowrank_parameterized_concatenation_fusion(r=1, n=2, dims=[3]).calculate_l()
@@ -72,8 +86,14 @@ class lowrank_parameterized_concatenation_fusion(parameterized_concatenation_fus
 
     _own_arguments = ("r",)
 
-    def __init__(self, r: int = 2, name: str = "lowrank_parameterized_concatenation_fusion",
-                 n: int | None = None, dims: Sequence[int] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        r: int = 2,
+        name: str = "lowrank_parameterized_concatenation_fusion",
+        n: int | None = None,
+        dims: Sequence[int] | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.r = V.check_positive_int("r", r)
         super().__init__(n, dims, name, **kwargs)
 
@@ -92,8 +112,18 @@ class _KroneckerAdapter(parameterized_concatenation_fusion):
         self.p, self.q, self.pad, self.r = p, q, V.check_bool("pad", pad), r
 
     def _family(self, dims: tuple[int, ...], factory: dict) -> Family:
-        family = _kronecker_family(self._family_class, self.layout, dims, self.n, factory,
-                                   p=self.p, q=self.q, pad=self.pad, r=self.r, dual=self._dual)
+        family = _kronecker_family(
+            self._family_class,
+            self.layout,
+            dims,
+            self.n,
+            factory,
+            p=self.p,
+            q=self.q,
+            pad=self.pad,
+            r=self.r,
+            dual=self._dual,
+        )
         self.p, self.q = family.p, family.q  # resolved (q defaults to p)
         return family
 
@@ -102,15 +132,22 @@ class _KroneckerAdapter(parameterized_concatenation_fusion):
 class hm_parameterized_concatenation_fusion(_KroneckerAdapter):
     """tinybig's HM fusion: W = A ⊗ B, A: p×q, B: (n/p)×(D/q); w = [A | B], l = p·q + n·D/(p·q).
 
-    Applied without forming W (:class:`hmfusion.HMConcatFusion`). With
-    ``layout="tinybig-0.2.1"``, W is tinybig 0.2.1's vec(A) ⊗ vec(B) reshaped to n×D instead.
+    Applied as [`HMConcatFusion`][hmfusion.fusion.HMConcatFusion] applies it (W formed only
+    under the planner's `materialize` plan). With `layout="tinybig-0.2.1"`, W is tinybig 0.2.1's
+    vec(A) ⊗ vec(B) reshaped to n×D instead.
 
     Args:
-        p: rows of A; must divide n.
-        q: columns of A; must divide D; defaults to p.
-        name, n, dims, and the keyword arguments: as in
-            :class:`parameterized_concatenation_fusion`.
-        pad: (hmfusion, ``layout="kronecker"`` only) allow p ∤ n or q ∤ D by zero-padding.
+        p: rows of A; must divide n unless `pad`.
+        q: columns of A; must divide D unless `pad`; defaults to p.
+        name: returned by `get_name`.
+        n: output width, as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+        dims: the input widths, as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+        pad: (hmfusion, `layout="kronecker"` only) allow p ∤ n or q ∤ D by zero-padding.
+        **kwargs: the shared keyword arguments (`layout`, `dtype`, `own_parameters`, the
+            processing functions, `device`, …), as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
 
     Raises:
         ValueError: p does not divide n or q does not divide D (the message lists the valid
@@ -121,10 +158,17 @@ class hm_parameterized_concatenation_fusion(_KroneckerAdapter):
         8
     """
 
-    def __init__(self, p: int, q: int | None = None,
-                 name: str = "hm_parameterized_concatenation_fusion", n: int | None = None,
-                 dims: Sequence[int] | None = None, *, pad: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        p: int,
+        q: int | None = None,
+        name: str = "hm_parameterized_concatenation_fusion",
+        n: int | None = None,
+        dims: Sequence[int] | None = None,
+        *,
+        pad: bool = False,
+        **kwargs: Any,
+    ) -> None:
         self._set_blocks(p, q, pad)
         super().__init__(n, dims, name, **kwargs)
 
@@ -137,9 +181,20 @@ class lphm_parameterized_concatenation_fusion(_KroneckerAdapter):
 
     Args:
         r: rank of the right factor.
-        p, q, pad: as in :class:`hm_parameterized_concatenation_fusion`.
-        name, n, dims, and the keyword arguments: as in
-            :class:`parameterized_concatenation_fusion`.
+        p: rows of A, as in
+            [`hm_parameterized_concatenation_fusion`][hmfusion.compat.tinybig.hm_parameterized_concatenation_fusion].
+        q: columns of A, as in
+            [`hm_parameterized_concatenation_fusion`][hmfusion.compat.tinybig.hm_parameterized_concatenation_fusion].
+        name: returned by `get_name`.
+        n: output width, as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+        dims: the input widths, as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+        pad: zero-padding, as in
+            [`hm_parameterized_concatenation_fusion`][hmfusion.compat.tinybig.hm_parameterized_concatenation_fusion].
+        **kwargs: the shared keyword arguments (`layout`, `dtype`, `own_parameters`, the
+            processing functions, `device`, …), as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
 
     Example:
         >>> lphm_parameterized_concatenation_fusion(1, 2, n=4, dims=[4]).calculate_l()
@@ -149,10 +204,18 @@ class lphm_parameterized_concatenation_fusion(_KroneckerAdapter):
     _own_arguments = ("r", "p", "q", "pad")
     _family_class = LPHMConcatFusion
 
-    def __init__(self, r: int, p: int, q: int | None = None,
-                 name: str = "lphm_parameterized_concatenation_fusion", n: int | None = None,
-                 dims: Sequence[int] | None = None, *, pad: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        r: int,
+        p: int,
+        q: int | None = None,
+        name: str = "lphm_parameterized_concatenation_fusion",
+        n: int | None = None,
+        dims: Sequence[int] | None = None,
+        *,
+        pad: bool = False,
+        **kwargs: Any,
+    ) -> None:
         self._set_blocks(p, q, pad, r)
         super().__init__(n, dims, name, **kwargs)
 
@@ -165,9 +228,20 @@ class dual_lphm_parameterized_concatenation_fusion(_KroneckerAdapter):
 
     Args:
         r: rank of both factors.
-        p, q, pad: as in :class:`hm_parameterized_concatenation_fusion`.
-        name, n, dims, and the keyword arguments: as in
-            :class:`parameterized_concatenation_fusion`.
+        p: rows of A, as in
+            [`hm_parameterized_concatenation_fusion`][hmfusion.compat.tinybig.hm_parameterized_concatenation_fusion].
+        q: columns of A, as in
+            [`hm_parameterized_concatenation_fusion`][hmfusion.compat.tinybig.hm_parameterized_concatenation_fusion].
+        name: returned by `get_name`.
+        n: output width, as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+        dims: the input widths, as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+        pad: zero-padding, as in
+            [`hm_parameterized_concatenation_fusion`][hmfusion.compat.tinybig.hm_parameterized_concatenation_fusion].
+        **kwargs: the shared keyword arguments (`layout`, `dtype`, `own_parameters`, the
+            processing functions, `device`, …), as in
+            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
 
     Example:
         >>> dual_lphm_parameterized_concatenation_fusion(1, 2, n=4, dims=[4]).calculate_l()
@@ -178,9 +252,17 @@ class dual_lphm_parameterized_concatenation_fusion(_KroneckerAdapter):
     _family_class = DualLPHMConcatFusion
     _dual = True
 
-    def __init__(self, r: int, p: int, q: int | None = None,
-                 name: str = "dual_lphm_parameterized_concatenation_fusion",
-                 n: int | None = None, dims: Sequence[int] | None = None, *,
-                 pad: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        r: int,
+        p: int,
+        q: int | None = None,
+        name: str = "dual_lphm_parameterized_concatenation_fusion",
+        n: int | None = None,
+        dims: Sequence[int] | None = None,
+        *,
+        pad: bool = False,
+        **kwargs: Any,
+    ) -> None:
         self._set_blocks(p, q, pad, r)
         super().__init__(n, dims, name, **kwargs)
