@@ -45,6 +45,7 @@ FUSIONS: dict[str, type[hmfusion.ConcatFusion] | None] = {
 }
 #: The fusions with Kronecker factors, whose `p`, `q` and `pad` a checkpoint records.
 KRONECKER_FUSIONS = ("hm", "lphm", "dual_lphm")
+#: The `"format"` field of every checkpoint JSON; `load_checkpoint` refuses any other value.
 CHECKPOINT_FORMAT = "hmfusion-multiview-classifier"
 #: 2: the JSON binds its `.pt` by SHA-256 and run id.
 CHECKPOINT_VERSION = 2

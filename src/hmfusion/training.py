@@ -32,6 +32,7 @@ from hmfusion.reporting import plot_accuracy_vs_params, plot_training_curves, re
 __all__ = ["DEFAULT_FUSIONS", "Run", "TrainConfig", "fit", "model_config", "results",
            "train_all", "write_outputs"]
 
+#: What `hmfusion train` compares without --fusion: every fusion but `"random"`.
 DEFAULT_FUSIONS = ("hm", "dense", "lowrank", "lphm", "dual_lphm", "mean")
 BlockSize = int | Literal["auto"]
 
