@@ -8,11 +8,11 @@ stratified train/validation/test split picked by the seed (the same for every fu
 stopping on validation loss, and test accuracy at the best epoch.
 
 Writes to --out: results.json (per fusion: test accuracy mean and sample std over seeds as
-fractions, fusion-layer and whole-model parameter counts, training seconds), a Markdown table
-(also printed), accuracy_vs_params.png, training_curves.png, and per fusion a checkpoint
-(checkpoints/<fusion>.pt, tensors only, plus checkpoints/<fusion>.json) for `hmfusion predict`.
-The directory appears whole when the run completes (it is written beside --out and renamed), and
-a non-empty --out is replaced only with --overwrite.
+fractions, fusion-layer and whole-model parameter counts, training seconds), a Markdown table (also
+printed), accuracy_vs_params.png, training_curves.png, and per fusion a checkpoint
+(`checkpoints/<fusion>.pt`, tensors only, plus `checkpoints/<fusion>.json`) for `hmfusion predict`.
+The directory appears whole when the run completes (it is written beside --out and renamed), and a
+non-empty --out is replaced only with --overwrite.
 
 Your own data: --views a.csv b.npy ... (or one .npz with the views and a 'labels' array) with
 --labels y.csv or --label-column NAME|INDEX. Bad data stops with a one-line error and writes
