@@ -46,10 +46,11 @@ class TrainConfig:
         hidden: width of every view's encoder; 0 fuses the standardized views directly.
         fused_width: output width n of the fusion layer; None means `hidden` (or 64).
         rank: rank r of lowrank, lphm, dual_lphm and random.
-        p: the Kronecker factor A's rows (`"auto"`: chosen per layer).
+        p: the Kronecker factor A's rows (`"auto"`: the fusion layer chooses).
         q: the Kronecker factor A's columns (`"auto"`; None means p).
         terms: Kronecker products summed by hm.
-        pad: zero-pad the Kronecker fusions (also on when p or q divide nothing).
+        pad: zero-pad the Kronecker fusions (also on when an explicit p does not divide n or an
+            explicit q does not divide D).
         dropout: after the encoders and the fusion.
         seeds: runs per fusion, seeds 0..seeds-1 (the seed picks split and initialization).
         epochs: the most epochs a run trains.
