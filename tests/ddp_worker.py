@@ -56,6 +56,7 @@ if __name__ == "__main__":
 
     if dump != "-":
         training.fit = dumping(training.fit, Path(dump))
-    hmfusion.train.load_data = perturbing(hmfusion.train.load_data, mode,
-                                          int(os.environ.get("RANK", "0")))
+    hmfusion.train.load_data = perturbing(
+        hmfusion.train.load_data, mode, int(os.environ.get("RANK", "0"))
+    )
     sys.exit(main(argv))

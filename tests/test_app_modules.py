@@ -8,8 +8,20 @@ from pathlib import Path
 
 import pytest
 
-APP_MODULES = ["cli_common", "model", "training", "distributed", "reporting", "train",
-               "predict", "cli", "data.files", "data.tables", "data.arrays", "data.dataset"]
+APP_MODULES = [
+    "cli_common",
+    "model",
+    "training",
+    "distributed",
+    "reporting",
+    "train",
+    "predict",
+    "cli",
+    "data.files",
+    "data.tables",
+    "data.arrays",
+    "data.dataset",
+]
 
 
 @pytest.mark.parametrize("name", APP_MODULES)
@@ -28,6 +40,10 @@ def test_module_is_well_under_500_lines(name):
 def test_train_and_predict_keep_only_arguments_and_main():
     for name in ("train", "predict"):
         module = importlib.import_module(f"hmfusion.{name}")
-        public = {n for n in vars(module) if not n.startswith("_")
-                  and getattr(vars(module)[n], "__module__", None) == module.__name__}
+        public = {
+            n
+            for n in vars(module)
+            if not n.startswith("_")
+            and getattr(vars(module)[n], "__module__", None) == module.__name__
+        }
         assert public <= {"add_arguments", "main", "predict"}, public

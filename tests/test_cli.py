@@ -24,12 +24,15 @@ def test_command_help(command, capsys):
     assert f"hmfusion {command}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command,absent", [("train", "hmfusion.bench"),
-                                             ("bench", "hmfusion.train"),
-                                             (None, "hmfusion.train")])
+@pytest.mark.parametrize(
+    "command,absent",
+    [("train", "hmfusion.bench"), ("bench", "hmfusion.train"), (None, "hmfusion.train")],
+)
 def test_a_command_imports_only_what_it_needs(command, absent):
-    code = (f"import sys; from hmfusion import cli; cli.build_parser({command!r}); "
-            f"print({absent!r} in sys.modules)")
+    code = (
+        f"import sys; from hmfusion import cli; cli.build_parser({command!r}); "
+        f"print({absent!r} in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -32,12 +32,18 @@ def test_error_prints_one_line_even_for_a_multiline_message(capsys):
     assert one_line(capsys.readouterr().err) == "hmfusion: error: first second"
 
 
-@pytest.mark.parametrize("failure, status, text", [
-    (KeyboardInterrupt(), EXIT_INTERRUPTED, "interrupted; no output was written"),
-    (UsageError("--x is bad"), 2, "--x is bad"),
-    (OSError(errno.ENOSPC, "No space left on device", "out/hm.pt"), 2,
-     "'out/hm.pt': No space left on device"),
-])
+@pytest.mark.parametrize(
+    "failure, status, text",
+    [
+        (KeyboardInterrupt(), EXIT_INTERRUPTED, "interrupted; no output was written"),
+        (UsageError("--x is bad"), 2, "--x is bad"),
+        (
+            OSError(errno.ENOSPC, "No space left on device", "out/hm.pt"),
+            2,
+            "'out/hm.pt': No space left on device",
+        ),
+    ],
+)
 def test_run_command_ends_failures_in_one_line(failure, status, text, capsys):
     def main(args):
         raise failure
@@ -60,12 +66,15 @@ def test_positive_int_refuses(text):
         positive_int(text)
 
 
-@pytest.mark.parametrize("name, message", [
-    ("tpu", "--device 'tpu' is not a device"),
-    ("meta", "--device 'meta': only cpu and cuda are supported"),
-    ("mps", "--device 'mps': only cpu and cuda are supported"),
-    ("", "--device '' is not a device"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("tpu", "--device 'tpu' is not a device"),
+        ("meta", "--device 'meta': only cpu and cuda are supported"),
+        ("mps", "--device 'mps': only cpu and cuda are supported"),
+        ("", "--device '' is not a device"),
+    ],
+)
 def test_resolve_device_refuses(name, message):
     with pytest.raises(UsageError, match=message):
         resolve_device(name)
@@ -131,15 +140,24 @@ def test_context_manager_discards_on_error(tmp_path):
 @pytest.mark.parametrize("case", ["a file", "under a file", "not writable"])
 def test_unusable_output_directory(tmp_path, case, monkeypatch):
     (tmp_path / "f").write_text("x")
-    target = {"a file": tmp_path / "f", "under a file": tmp_path / "f" / "out",
-              "not writable": tmp_path / "ro" / "out"}[case]
+    target = {
+        "a file": tmp_path / "f",
+        "under a file": tmp_path / "f" / "out",
+        "not writable": tmp_path / "ro" / "out",
+    }[case]
     if case == "not writable":
         (tmp_path / "ro").mkdir()
         real = os.access
-        monkeypatch.setattr(os, "access", lambda path, mode: (
-            False if str(path) == str(tmp_path / "ro") else real(path, mode)))
-    message = {"a file": "exists and is not a directory", "under a file": "is a file, not a "
-               "directory", "not writable": "is not writable"}[case]
+        monkeypatch.setattr(
+            os,
+            "access",
+            lambda path, mode: False if str(path) == str(tmp_path / "ro") else real(path, mode),
+        )
+    message = {
+        "a file": "exists and is not a directory",
+        "under a file": "is a file, not a directory",
+        "not writable": "is not writable",
+    }[case]
     with pytest.raises(UsageError, match=message):
         OutputDirectory(target)
 
@@ -168,8 +186,9 @@ def test_output_file_replaces_only_with_overwrite(tmp_path):
     assert target.read_text() == "two\n" and [p.name for p in tmp_path.iterdir()] == ["p.csv"]
 
 
-@pytest.mark.parametrize("case, message", [("dir", "is a directory"),
-                                           ("under a file", "is a file, not a directory")])
+@pytest.mark.parametrize(
+    "case, message", [("dir", "is a directory"), ("under a file", "is a file, not a directory")]
+)
 def test_unusable_output_file(tmp_path, case, message):
     (tmp_path / "f").write_text("x")
     target = tmp_path if case == "dir" else tmp_path / "f" / "p.csv"

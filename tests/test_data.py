@@ -57,8 +57,11 @@ def test_mfeat_matches_a_value_of_the_source_csv():
 # reading files ----------------------------------------------------------------------------------
 def test_csv_with_header_and_named_label_column(tmp_path, two_views):
     a, b, labels = two_views
-    va = write_csv(tmp_path / "a.csv", [[*row, y] for row, y in zip(a, labels)],
-                   header=["f1", "f2", "f3", "species"])
+    va = write_csv(
+        tmp_path / "a.csv",
+        [[*row, y] for row, y in zip(a, labels)],
+        header=["f1", "f2", "f3", "species"],
+    )
     vb = write_csv(tmp_path / "b.csv", b.tolist())  # no header
     data = load_files([va, vb], label_column="species")
     assert data.view_names == ("a", "b") and data.widths == (3, 2)
@@ -94,8 +97,9 @@ def test_label_index_in_every_file_as_in_the_mfeat_csvs(tmp_path):
     rows = [[0.5, 1.5, 2.5, 7], [1.0, 2.0, 3.0, 7], [4.0, 5.0, 6.0, 8]] * 2
     header = ["0", "1", "2", "0"]
     va = write_csv(tmp_path / "fou.csv", rows, header=header)
-    vb = write_csv(tmp_path / "mor.csv", [[r[0] * 2, 1, r[3]] for r in rows],
-                   header=["0", "1", "0"])
+    vb = write_csv(
+        tmp_path / "mor.csv", [[r[0] * 2, 1, r[3]] for r in rows], header=["0", "1", "0"]
+    )
     data = load_files([va, vb], label_column=-1)
     assert data.widths == (3, 2) and data.num_rows == 6 and data.classes == (7, 8)
 
@@ -140,11 +144,16 @@ def test_unlabelled_files_for_prediction(tmp_path, two_views):
         (["1", "cat", "1"], ("1", "cat"), ["1", "cat", "1"]),
         (np.array([True, False]), (0, 1), [1, 0]),
         # above 2**53 through float these two merged into one class
-        (["9007199254740993", "9007199254740992", "9007199254740993"],
-         (9007199254740992, 9007199254740993),
-         [9007199254740993, 9007199254740992, 9007199254740993]),
-        (np.array([2**62 + 1, 2**62, 2**62 + 1], dtype=np.int64), (2**62, 2**62 + 1),
-         [2**62 + 1, 2**62, 2**62 + 1]),
+        (
+            ["9007199254740993", "9007199254740992", "9007199254740993"],
+            (9007199254740992, 9007199254740993),
+            [9007199254740993, 9007199254740992, 9007199254740993],
+        ),
+        (
+            np.array([2**62 + 1, 2**62, 2**62 + 1], dtype=np.int64),
+            (2**62, 2**62 + 1),
+            [2**62 + 1, 2**62, 2**62 + 1],
+        ),
         (["1_0", "10", "1_0"], ("10", "1_0"), ["1_0", "10", "1_0"]),
     ],
 )
@@ -218,10 +227,12 @@ def bad_case(tmp_path, case):
     if case == "labels disagree":
         other = write_csv(tmp_path / "w.csv", [[1, 1], [2, 0], [3, 1], [4, 0]])
         return [write_csv(tmp_path / "v.csv", [[1, 0], [2, 1], [3, 0], [4, 1]]), other], {
-            "label_column": -1}
+            "label_column": -1
+        }
     if case == "only the label":
         return [write_csv(tmp_path / "v.csv", [[0], [1], [0], [1]], header=["y"])], {
-            "label_column": "y"}
+            "label_column": "y"
+        }
     raise AssertionError(case)
 
 
@@ -281,8 +292,11 @@ def test_a_single_class_is_refused():
 
 def test_fewer_rows_than_split_parts_is_refused():
     labels = np.array([0, 0, 0, 1, 1])
-    with pytest.raises(DataError, match=r"every class needs at least 3 rows; classes with "
-                                        r"fewer: 'b' \(2\)"):
+    with pytest.raises(
+        DataError,
+        match=r"every class needs at least 3 rows; classes with "
+        r"fewer: 'b' \(2\)",
+    ):
         check_classes(labels, ("a", "b"))
 
 
@@ -337,8 +351,11 @@ def test_undecidable_header_asks_instead_of_dropping_a_row(tmp_path):
     and exit 0 with 7 predictions, each shifted by one row."""
     rows = [[i, i + 0.5, name] for i, name in enumerate("abcdefgh")]
     v = write_csv(tmp_path / "v.csv", rows)
-    with pytest.raises(DataError, match=r"v\.csv: cannot tell whether line 1 is a header or "
-                                        r"data .* pass --csv-header yes or --csv-header no"):
+    with pytest.raises(
+        DataError,
+        match=r"v\.csv: cannot tell whether line 1 is a header or "
+        r"data .* pass --csv-header yes or --csv-header no",
+    ):
         load_files([v], label_column=-1, require_labels=False)
     data = load_files([v], label_column=-1, header="no", require_labels=False)
     assert data.num_rows == 8 and data.csv_headers == (("v.csv", False),)
@@ -349,8 +366,11 @@ def test_labels_file_row_count_says_a_header_was_read(tmp_path):
     """With a separate labels file, the error said 7 rows when the file had 8."""
     ok = write_csv(tmp_path / "ok.csv", [[1.0, 2.0]] * 9)
     y = write_csv(tmp_path / "y.csv", [["y"]] + [[v] for v in [0, 1, 2] * 2 + [0, 1]])
-    with pytest.raises(DataError, match=r"have 8 rows after its header row but the views "
-                                        r"have 9"):
+    with pytest.raises(
+        DataError,
+        match=r"have 8 rows after its header row but the views "
+        r"have 9",
+    ):
         load_files([ok], labels=y)
     undecidable = write_csv(tmp_path / "z.csv", [[v] for v in "abcdefgh"])
     with pytest.raises(DataError, match="cannot tell whether line 1 is a header"):
@@ -371,8 +391,11 @@ def test_header_decided_by_the_whole_file(tmp_path):
 
 def test_a_duplicated_header_name_is_an_error(tmp_path):
     """The first match was taken silently and the real label column became a feature."""
-    v = write_csv(tmp_path / "v.csv", [[1, 0, 2, "a"], [3, 1, 4, "b"], [5, 0, 6, "a"]],
-                  header=["x", "y", "z", "y"])
+    v = write_csv(
+        tmp_path / "v.csv",
+        [[1, 0, 2, "a"], [3, 1, 4, "b"], [5, 0, 6, "a"]],
+        header=["x", "y", "z", "y"],
+    )
     with pytest.raises(DataError, match=r"v\.csv: the header names 'y' 2 times \(columns 2, 4\)"):
         load_files([v], label_column="y")
 
@@ -402,8 +425,11 @@ def test_truncated_npz_member_is_reported_as_truncated(tmp_path):
     data = npy_bytes(np.arange(40.0).reshape(10, 4))
     with zipfile.ZipFile(tmp_path / "d.npz", "w") as archive:
         archive.writestr("view.npy", data[:-20])
-    with pytest.raises(DataError, match=r"d\.npz\['view'\] is truncated or corrupt: its header "
-                                        r"announces 320 bytes"):
+    with pytest.raises(
+        DataError,
+        match=r"d\.npz\['view'\] is truncated or corrupt: its header "
+        r"announces 320 bytes",
+    ):
         load_files([tmp_path / "d.npz"], require_labels=False)
 
 
@@ -412,8 +438,11 @@ def test_npy_header_claiming_terabytes(tmp_path):
     header = npy_bytes(np.zeros((2, 2)))
     huge = header.replace(b"(2, 2)", b"(10**12, 2)".replace(b"10**12", b"1000000000000"))
     (tmp_path / "v.npy").write_bytes(huge)
-    with pytest.raises(DataError, match=r"v\.npy is truncated or corrupt: its header announces "
-                                        r"16,000,000,000,000 bytes"):
+    with pytest.raises(
+        DataError,
+        match=r"v\.npy is truncated or corrupt: its header announces "
+        r"16,000,000,000,000 bytes",
+    ):
         load_files([tmp_path / "v.npy"], require_labels=False)
 
 
@@ -428,14 +457,19 @@ def test_npz_header_claiming_terabytes_and_a_zip_bomb(tmp_path):
 
     bomb_rows = (80 << 20) // 8
     header = npy_bytes(np.zeros((1,)))[:-8].replace(b"(1,)", f"({bomb_rows},)".encode())
-    with (zipfile.ZipFile(tmp_path / "b.npz", "w", zipfile.ZIP_DEFLATED) as archive,
-          archive.open("view.npy", "w") as member):
+    with (
+        zipfile.ZipFile(tmp_path / "b.npz", "w", zipfile.ZIP_DEFLATED) as archive,
+        archive.open("view.npy", "w") as member,
+    ):
         member.write(header)
         chunk = bytes(1 << 20)
         for _ in range(80):
             member.write(chunk)
-    with pytest.raises(DataError, match=r"b\.npz\['view'\] inflates from .* looks like a zip "
-                                        "bomb"):
+    with pytest.raises(
+        DataError,
+        match=r"b\.npz\['view'\] inflates from .* looks like a zip "
+        "bomb",
+    ):
         load_files([tmp_path / "b.npz"], require_labels=False)
 
 

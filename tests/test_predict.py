@@ -20,8 +20,25 @@ from hmfusion.model import load_checkpoint
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("predict") / "run"
-    assert cli(["train", "--out", str(out), "--fusion", "hm,dense", "--seeds", "1",
-                "--epochs", "2", "--max-rows", "300", "--quiet"]) == 0
+    assert (
+        cli(
+            [
+                "train",
+                "--out",
+                str(out),
+                "--fusion",
+                "hm,dense",
+                "--seeds",
+                "1",
+                "--epochs",
+                "2",
+                "--max-rows",
+                "300",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -88,12 +105,18 @@ def test_malicious_pt_is_refused_and_never_runs(checkpoint, tmp_path, capsys):
     assert "is not a readable tensor checkpoint" in err and not marker.exists()
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("fusion.A", float("nan"), "fusion.A holds NaN or infinite values"),
-    ("head.2.weight", float("inf"), "head.2.weight holds NaN or infinite values"),
-    ("standardize.0.scale", 0.0,
-     "standardize.0.scale (a standardization scale) is not positive"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("fusion.A", float("nan"), "fusion.A holds NaN or infinite values"),
+        ("head.2.weight", float("inf"), "head.2.weight holds NaN or infinite values"),
+        (
+            "standardize.0.scale",
+            0.0,
+            "standardize.0.scale (a standardization scale) is not positive",
+        ),
+    ],
+)
 def test_non_finite_or_degenerate_weights_are_refused(checkpoint, key, value, message, capsys):
     """They made predict print probability nan for every row and exit 0."""
     pt, js = checkpoint
@@ -104,28 +127,35 @@ def test_non_finite_or_degenerate_weights_are_refused(checkpoint, key, value, me
     assert message in predict_error(capsys, "--checkpoint", pt)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
-    ('{"model": ' * 50_000 + "1" + "}" * 50_000, "nested too deeply"),
-    ("{not json", "is not valid JSON"),
-    ('{"model": {"format": "hmfusion-multiview-classifier", "version": 1}}',
-     "checkpoint version 1 is not supported"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"model": ' * 50_000 + "1" + "}" * 50_000, "nested too deeply"),
+        ("{not json", "is not valid JSON"),
+        (
+            '{"model": {"format": "hmfusion-multiview-classifier", "version": 1}}',
+            "checkpoint version 1 is not supported",
+        ),
+    ],
+)
 def test_hostile_json_is_one_line(checkpoint, text, message, capsys):
     pt, js = checkpoint
     js.write_text(text)
     assert message in predict_error(capsys, "--checkpoint", pt)
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("widths", [10**12] * 6, "tensors differ at"),
-    ("widths", "wide", "'widths' must be a non-empty list"),
-    ("classes", [1, 1], "'classes' holds a class twice"),
-    ("fusion", "evil", "'fusion' must be one of"),
-    ("fusion_options", {"__class__": 1}, "'fusion_options' must be a dict with keys among"),
-])
-def test_config_that_does_not_fit_the_weights_is_refused(checkpoint, field, value, message,
-                                                         capsys):
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("widths", [10**12] * 6, "tensors differ at"),
+        ("widths", "wide", "'widths' must be a non-empty list"),
+        ("classes", [1, 1], "'classes' holds a class twice"),
+        ("fusion", "evil", "'fusion' must be one of"),
+        ("fusion_options", {"__class__": 1}, "'fusion_options' must be a dict with keys among"),
+    ],
+)
+def test_config_that_does_not_fit_the_weights_is_refused(checkpoint, field, value, message, capsys):
     pt, js = checkpoint
     meta = json.loads(js.read_text())
     meta["model"][field] = value
@@ -140,10 +170,13 @@ def test_load_checkpoint_raises_data_error(checkpoint):
         load_checkpoint(pt)
 
 
-@pytest.mark.parametrize("device, message", [
-    ("tpu", "--device 'tpu' is not a device"),
-    ("meta", "only cpu and cuda are supported"),
-])
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("tpu", "--device 'tpu' is not a device"),
+        ("meta", "only cpu and cuda are supported"),
+    ],
+)
 def test_predict_bad_device_is_one_line(run, device, message, capsys):
     err = predict_error(capsys, "--checkpoint", run / "checkpoints" / "hm.pt", "--device", device)
     assert message in err
@@ -163,9 +196,11 @@ def test_predict_out_is_checked_before_any_work(run, tmp_path, capsys, monkeypat
 
     monkeypatch.setattr(hmfusion.predict, "load_checkpoint", never)
     (tmp_path / "f").write_text("x")
-    for out, message in [(tmp_path / "f" / "p.csv", "is a file, not a directory"),
-                         (tmp_path, "is a directory; give a file name"),
-                         (tmp_path / "f", "already exists; pass --overwrite")]:
+    for out, message in [
+        (tmp_path / "f" / "p.csv", "is a file, not a directory"),
+        (tmp_path, "is a directory; give a file name"),
+        (tmp_path / "f", "already exists; pass --overwrite"),
+    ]:
         err = predict_error(capsys, "--checkpoint", run / "checkpoints" / "hm.pt", "--out", out)
         assert message in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
@@ -178,8 +213,9 @@ def test_predict_out_is_written_whole_or_not_at_all(run, tmp_path, capsys, monke
         raise OSError(errno.ENOSPC, "No space left on device", str(destination))
 
     monkeypatch.setattr(os, "replace", full)
-    err = predict_error(capsys, "--checkpoint", run / "checkpoints" / "hm.pt",
-                        "--out", tmp_path / "p.csv")
+    err = predict_error(
+        capsys, "--checkpoint", run / "checkpoints" / "hm.pt", "--out", tmp_path / "p.csv"
+    )
     assert "No space left on device" in err and list(tmp_path.iterdir()) == []
 
 
@@ -190,8 +226,15 @@ def test_predict_ctrl_c_is_one_line_and_writes_nothing(run, tmp_path, capsys, mo
         raise KeyboardInterrupt
 
     monkeypatch.setattr(hmfusion.predict, "predict", interrupted)
-    code = cli(["predict", "--checkpoint", str(run / "checkpoints" / "hm.pt"),
-                "--out", str(tmp_path / "p.csv")])
+    code = cli(
+        [
+            "predict",
+            "--checkpoint",
+            str(run / "checkpoints" / "hm.pt"),
+            "--out",
+            str(tmp_path / "p.csv"),
+        ]
+    )
     assert code == 130
     assert capsys.readouterr().err == "hmfusion: error: interrupted; no output was written\n"
     assert list(tmp_path.iterdir()) == []
@@ -207,8 +250,18 @@ def test_predict_says_which_csv_header_was_used(run, tmp_path, capsys):
         header = [",".join(f"{name}{j}" for j in range(view.shape[1]))] if name == "fou" else []
         rows = [",".join(str(float(v)) for v in row) for row in view[:5]]
         files[-1].write_text("\n".join(header + rows) + "\n")
-    assert cli(["predict", "--checkpoint", str(run / "checkpoints" / "hm.pt"),
-                "--views", *map(str, files)]) == 0
+    assert (
+        cli(
+            [
+                "predict",
+                "--checkpoint",
+                str(run / "checkpoints" / "hm.pt"),
+                "--views",
+                *map(str, files),
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert len(captured.out.splitlines()) == 6
     assert "fou.csv: first row read as a header" in captured.err

@@ -30,8 +30,18 @@ def train(out, *flags):
 def tiny_run(tmp_path_factory):
     """Three fusions, two seeds, three epochs on 300 mfeat rows."""
     out = tmp_path_factory.mktemp("tiny") / "out"
-    code = train(out, "--fusion", "hm,dense,mean", "--seeds", "2", "--epochs", "3",
-                 "--max-rows", "300", "--quiet")
+    code = train(
+        out,
+        "--fusion",
+        "hm,dense,mean",
+        "--seeds",
+        "2",
+        "--epochs",
+        "3",
+        "--max-rows",
+        "300",
+        "--quiet",
+    )
     assert code == 0
     return out
 
@@ -97,10 +107,13 @@ def test_same_seed_same_result(tmp_path):
     for run in ("a", "b"):
         assert train(tmp_path / run, "--fusion", "lphm", *TINY) == 0
     results = [json.loads((tmp_path / run / "results.json").read_text()) for run in "ab"]
-    assert (results[0]["fusions"]["lphm"]["test_accuracies"]
-            == results[1]["fusions"]["lphm"]["test_accuracies"])
-    states = [torch.load(tmp_path / run / "checkpoints" / "lphm.pt", weights_only=True)
-              for run in "ab"]
+    assert (
+        results[0]["fusions"]["lphm"]["test_accuracies"]
+        == results[1]["fusions"]["lphm"]["test_accuracies"]
+    )
+    states = [
+        torch.load(tmp_path / run / "checkpoints" / "lphm.pt", weights_only=True) for run in "ab"
+    ]
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
@@ -109,8 +122,17 @@ def test_help_documents_the_interface(capsys):
         cli(["train", "--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--fusion", "--seeds", "--epochs", "--out", "--quiet", "--views", "--labels",
-                 "--label-column", "--device"):
+    for flag in (
+        "--fusion",
+        "--seeds",
+        "--epochs",
+        "--out",
+        "--quiet",
+        "--views",
+        "--labels",
+        "--label-column",
+        "--device",
+    ):
         assert flag in text
 
 
@@ -118,8 +140,18 @@ def test_help_documents_the_interface(capsys):
 def test_predict_prints_one_line_per_row_and_the_accuracy(tiny_run, tmp_path, capsys):
     rows = np.arange(0, 2000, 97)
     views = mfeat_rows_npz(tmp_path / "new.npz", rows)
-    assert cli(["predict", "--checkpoint", str(tiny_run / "checkpoints" / "hm.pt"),
-                "--views", str(views)]) == 0
+    assert (
+        cli(
+            [
+                "predict",
+                "--checkpoint",
+                str(tiny_run / "checkpoints" / "hm.pt"),
+                "--views",
+                str(views),
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
     assert lines[0] == "row,prediction,probability" and len(lines) == 1 + rows.size
@@ -129,16 +161,35 @@ def test_predict_prints_one_line_per_row_and_the_accuracy(tiny_run, tmp_path, ca
 
     out = tmp_path / "predictions.csv"
     unlabelled = mfeat_rows_npz(tmp_path / "u.npz", rows, labels=False)
-    assert cli(["predict", "--checkpoint", str(tiny_run / "checkpoints" / "hm.pt"),
-                "--views", str(unlabelled), "--out", str(out)]) == 0
+    assert (
+        cli(
+            [
+                "predict",
+                "--checkpoint",
+                str(tiny_run / "checkpoints" / "hm.pt"),
+                "--views",
+                str(unlabelled),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert out.read_text().splitlines() == lines
     assert capsys.readouterr().err == ""
 
 
 def test_predict_refuses_views_of_other_widths(tiny_run, tmp_path, capsys):
     np.save(tmp_path / "v.npy", np.zeros((4, 3)))
-    code = cli(["predict", "--checkpoint", str(tiny_run / "checkpoints" / "hm.pt"),
-                "--views", str(tmp_path / "v.npy")])
+    code = cli(
+        [
+            "predict",
+            "--checkpoint",
+            str(tiny_run / "checkpoints" / "hm.pt"),
+            "--views",
+            str(tmp_path / "v.npy"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "checkpoint expects 6 views of widths [76, 216, 64, 240, 47, 6]" in err
@@ -170,16 +221,32 @@ def byo_files(tmp_path, rows=60):
     return paths, labels
 
 
-@pytest.mark.parametrize("model_flags", [
-    ["--fusion", "hm,mean", "--hidden", "8"],
-    # no encoders: hm on D = 15 with n = 10 and p = 4, which divides neither: zero padding
-    ["--fusion", "hm,dense", "--hidden", "0", "--fused-width", "10", "--p", "4"],
-])
+@pytest.mark.parametrize(
+    "model_flags",
+    [
+        ["--fusion", "hm,mean", "--hidden", "8"],
+        # no encoders: hm on D = 15 with n = 10 and p = 4, which divides neither: zero padding
+        ["--fusion", "hm,dense", "--hidden", "0", "--fused-width", "10", "--p", "4"],
+    ],
+)
 def test_your_own_csv_views_with_odd_widths_and_class_names(tmp_path, model_flags, capsys):
     views, labels = byo_files(tmp_path)
     out = tmp_path / "out"
-    code = train(out, "--views", *map(str, views), "--labels", str(labels), "--seeds", "1",
-                 "--epochs", "40", "--batch-size", "8", "--quiet", *model_flags)
+    code = train(
+        out,
+        "--views",
+        *map(str, views),
+        "--labels",
+        str(labels),
+        "--seeds",
+        "1",
+        "--epochs",
+        "40",
+        "--batch-size",
+        "8",
+        "--quiet",
+        *model_flags,
+    )
     assert code == 0, capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
     assert results["dataset"] == "view0.csv, view1.csv, view2.csv"
@@ -190,8 +257,18 @@ def test_your_own_csv_views_with_odd_widths_and_class_names(tmp_path, model_flag
     if "--p" in model_flags:
         assert meta["model"]["fusion_options"]["pad"] is True
     capsys.readouterr()
-    assert cli(["predict", "--checkpoint", str(out / "checkpoints" / "hm.pt"),
-                "--views", *map(str, views)]) == 0
+    assert (
+        cli(
+            [
+                "predict",
+                "--checkpoint",
+                str(out / "checkpoints" / "hm.pt"),
+                "--views",
+                *map(str, views),
+            ]
+        )
+        == 0
+    )
     predictions = {line.split(",")[1] for line in capsys.readouterr().out.splitlines()[1:]}
     assert predictions <= {"ash", "birch", "cedar"}
 
@@ -200,10 +277,22 @@ def test_your_own_data_with_the_label_column_in_a_view(tmp_path):
     views, labels = byo_files(tmp_path, rows=30)
     names = labels.read_text().splitlines()[1:]
     lines = views[0].read_text().splitlines()
-    views[0].write_text("\n".join([lines[0] + ",tree"]
-                                  + [f"{row},{name}" for row, name in zip(lines[1:], names)]))
-    code = train(tmp_path / "out", "--views", *map(str, views), "--label-column", "tree",
-                 "--fusion", "hm", "--hidden", "8", *TINY[:4], "--quiet")
+    views[0].write_text(
+        "\n".join([lines[0] + ",tree"] + [f"{row},{name}" for row, name in zip(lines[1:], names)])
+    )
+    code = train(
+        tmp_path / "out",
+        "--views",
+        *map(str, views),
+        "--label-column",
+        "tree",
+        "--fusion",
+        "hm",
+        "--hidden",
+        "8",
+        *TINY[:4],
+        "--quiet",
+    )
     assert code == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["data"]["view_widths"] == [5, 7, 3]
@@ -240,8 +329,17 @@ def bad_data(tmp_path, case):
         return ["--views", a, "--labels", y, "--fusion", "hm,fancy"]
     if case == "mean of unequal raw widths":
         np.save(tmp_path / "b.npy", good[:, :2])
-        return ["--views", a, str(tmp_path / "b.npy"), "--labels", y, "--fusion", "mean",
-                "--hidden", "0"]
+        return [
+            "--views",
+            a,
+            str(tmp_path / "b.npy"),
+            "--labels",
+            y,
+            "--fusion",
+            "mean",
+            "--hidden",
+            "0",
+        ]
     raise AssertionError(case)
 
 
@@ -288,10 +386,26 @@ def torchrun(tmp_path, dump, perturb, *flags):
     if sys.platform.startswith("linux"):
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback only
     return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-         "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-         WORKER, str(dump), perturb, "--", "train", *flags],
-        env=env, capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=1",
+            "--nproc_per_node=2",
+            "--master_addr=127.0.0.1",
+            f"--master_port={free_port()}",
+            WORKER,
+            str(dump),
+            perturb,
+            "--",
+            "train",
+            *flags,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
 
 
@@ -299,22 +413,32 @@ def test_torchrun_two_processes_match_one(tmp_path, monkeypatch, capsys):
     """Two gloo processes: identical parameters on both ranks, and the same model as one
     process with the same global batch up to float32 summation order (|Δw| ≤ 1e-4 after three
     epochs), the same test accuracy to within one test row, outputs written once."""
-    flags = ["--fusion", "hm", "--seeds", "1", "--epochs", "3", "--max-rows", "400",
-             "--batch-size", "32", "--quiet"]
-    launched = torchrun(tmp_path, tmp_path / "dist", "none", *flags,
-                        "--out", str(tmp_path / "two"))
+    flags = [
+        "--fusion",
+        "hm",
+        "--seeds",
+        "1",
+        "--epochs",
+        "3",
+        "--max-rows",
+        "400",
+        "--batch-size",
+        "32",
+        "--quiet",
+    ]
+    launched = torchrun(tmp_path, tmp_path / "dist", "none", *flags, "--out", str(tmp_path / "two"))
     assert launched.returncode == 0, launched.stderr[-4000:]
     assert launched.stdout.count("| hm | ") == 1  # only rank 0 reports
 
     from ddp_worker import dumping
-
     from hmfusion import training
 
     monkeypatch.setattr(training, "fit", dumping(training.fit, tmp_path / "single"))
     assert train(tmp_path / "one", *flags) == 0
 
-    rank0, rank1 = (torch.load(tmp_path / "dist" / f"rank{r}-hm-seed0.pt", weights_only=True)
-                    for r in (0, 1))
+    rank0, rank1 = (
+        torch.load(tmp_path / "dist" / f"rank{r}-hm-seed0.pt", weights_only=True) for r in (0, 1)
+    )
     single = torch.load(tmp_path / "single" / "rank0-hm-seed0.pt", weights_only=True)
     assert rank0.keys() == rank1.keys() == single.keys()
     for name in rank0:
@@ -323,8 +447,10 @@ def test_torchrun_two_processes_match_one(tmp_path, monkeypatch, capsys):
     two, one = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("two", "one"))
     assert two["config"]["world_size"] == 2 and one["config"]["world_size"] == 1
     test_rows = one["data"]["split_rows"]["test"]
-    assert abs(two["fusions"]["hm"]["test_accuracy_mean"]
-               - one["fusions"]["hm"]["test_accuracy_mean"]) <= 1 / test_rows + 1e-9
+    assert (
+        abs(two["fusions"]["hm"]["test_accuracy_mean"] - one["fusions"]["hm"]["test_accuracy_mean"])
+        <= 1 / test_rows + 1e-9
+    )
 
 
 # the main job ---------------------------------------------------------------------------------
@@ -379,22 +505,30 @@ def test_a_non_empty_out_is_refused_unless_overwrite(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging left
 
 
-@pytest.mark.parametrize("case, message", [
-    ("under a file", "is a file, not a directory"),
-    ("a file", "exists and is not a directory"),
-    ("not writable", "is not writable"),
-    ("disk full", "No space left on device"),
-])
-def test_an_unusable_out_is_one_line_before_any_training(tmp_path, case, message, capsys,
-                                                         monkeypatch, no_training):
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("under a file", "is a file, not a directory"),
+        ("a file", "exists and is not a directory"),
+        ("not writable", "is not writable"),
+        ("disk full", "No space left on device"),
+    ],
+)
+def test_an_unusable_out_is_one_line_before_any_training(
+    tmp_path, case, message, capsys, monkeypatch, no_training
+):
     (tmp_path / "f").write_text("x")
     out = {"under a file": tmp_path / "f" / "out", "a file": tmp_path / "f"}.get(
-        case, tmp_path / "d" / "out")
+        case, tmp_path / "d" / "out"
+    )
     if case == "not writable":
         (tmp_path / "d").mkdir()
         real = os.access
-        monkeypatch.setattr(os, "access", lambda path, mode: (
-            False if str(path) == str(tmp_path / "d") else real(path, mode)))
+        monkeypatch.setattr(
+            os,
+            "access",
+            lambda path, mode: False if str(path) == str(tmp_path / "d") else real(path, mode),
+        )
     if case == "disk full":
         import errno
 
@@ -434,12 +568,20 @@ def test_ctrl_c_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("device, message", [
-    ("tpu", "--device 'tpu' is not a device"),
-    ("meta", "--device 'meta': only cpu and cuda are supported"),
-    pytest.param("cuda", "CUDA is not available", marks=pytest.mark.skipif(
-        torch.cuda.is_available(), reason="needs a machine without CUDA")),
-])
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("tpu", "--device 'tpu' is not a device"),
+        ("meta", "--device 'meta': only cpu and cuda are supported"),
+        pytest.param(
+            "cuda",
+            "CUDA is not available",
+            marks=pytest.mark.skipif(
+                torch.cuda.is_available(), reason="needs a machine without CUDA"
+            ),
+        ),
+    ],
+)
 def test_a_bad_device_is_one_line(tmp_path, device, message, capsys, no_training):
     assert train(tmp_path / "out", "--device", device, *TINY) == 2
     assert message in one_line_error(capsys)
@@ -448,19 +590,44 @@ def test_a_bad_device_is_one_line(tmp_path, device, message, capsys, no_training
 
 def test_results_say_which_csv_header_was_used(tmp_path):
     views, labels = byo_files(tmp_path, rows=30)
-    assert train(tmp_path / "out", "--views", *map(str, views), "--labels", str(labels),
-                 "--fusion", "mean", "--hidden", "4", *TINY[:4], "--quiet") == 0
+    assert (
+        train(
+            tmp_path / "out",
+            "--views",
+            *map(str, views),
+            "--labels",
+            str(labels),
+            "--fusion",
+            "mean",
+            "--hidden",
+            "4",
+            *TINY[:4],
+            "--quiet",
+        )
+        == 0
+    )
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert results["data"]["csv_header"] == {"view0.csv": True, "view1.csv": False,
-                                             "view2.csv": False, "labels.csv": True}
+    assert results["data"]["csv_header"] == {
+        "view0.csv": True,
+        "view1.csv": False,
+        "view2.csv": False,
+        "labels.csv": True,
+    }
 
 
 def kill_train_at(tmp_path, seconds: float, *flags):
     """Start `hmfusion train` in a process and SIGKILL it after ``seconds``."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    process = subprocess.Popen([sys.executable, "-m", "hmfusion", "train", *flags], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hmfusion", "train", *flags],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         process.wait(timeout=seconds)
     except subprocess.TimeoutExpired:
@@ -480,7 +647,8 @@ def assert_consistent_or_absent(out, capsys):
         assert cli(["predict", "--checkpoint", str(out / entry["checkpoint"])]) == 0
         capsys.readouterr()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == sorted(
-        f"{fusion}{suffix}" for fusion in results["fusions"] for suffix in (".json", ".pt"))
+        f"{fusion}{suffix}" for fusion in results["fusions"] for suffix in (".json", ".pt")
+    )
     return results["run_id"]
 
 
@@ -502,8 +670,21 @@ def test_sigkill_never_leaves_a_directory_predict_accepts_wrongly(tmp_path, seco
 
 def test_sigkill_during_a_first_run_leaves_no_out(tmp_path, capsys):
     out = tmp_path / "out"
-    kill_train_at(tmp_path, 4.0, "--fusion", "hm,dense,lphm", "--seeds", "2", "--epochs", "20",
-                  "--max-rows", "600", "--quiet", "--out", str(out))
+    kill_train_at(
+        tmp_path,
+        4.0,
+        "--fusion",
+        "hm,dense,lphm",
+        "--seeds",
+        "2",
+        "--epochs",
+        "20",
+        "--max-rows",
+        "600",
+        "--quiet",
+        "--out",
+        str(out),
+    )
     assert assert_consistent_or_absent(out, capsys) is None
     assert not out.exists()
 
@@ -511,8 +692,9 @@ def test_sigkill_during_a_first_run_leaves_no_out(tmp_path, capsys):
 # distributed: the ranks agree on their data before training ----------------------------------
 def test_torchrun_a_load_error_on_rank_1_stops_all_with_its_message(tmp_path):
     """It used to surface only as torchrun's ChildFailedError, rank 1's message suppressed."""
-    launched = torchrun(tmp_path, "-", "error", "--fusion", "hm", *TINY,
-                        "--out", str(tmp_path / "out"))
+    launched = torchrun(
+        tmp_path, "-", "error", "--fusion", "hm", *TINY, "--out", str(tmp_path / "out")
+    )
     assert launched.returncode != 0
     ours = [line for line in launched.stderr.splitlines() if line.startswith("hmfusion: ")]
     assert ours == ["hmfusion: error: rank 1: views.csv line 7, column 2: 'x' is not a number"]
@@ -523,8 +705,9 @@ def test_torchrun_a_load_error_on_rank_1_stops_all_with_its_message(tmp_path):
 @pytest.mark.parametrize("perturb", ["labels", "rows"])
 def test_torchrun_ranks_reading_different_data_stop_before_training(tmp_path, perturb):
     """Shuffled labels trained and exited 0; ten times the rows on one rank hung."""
-    launched = torchrun(tmp_path, "-", perturb, "--fusion", "hm", *TINY,
-                        "--out", str(tmp_path / "out"))
+    launched = torchrun(
+        tmp_path, "-", perturb, "--fusion", "hm", *TINY, "--out", str(tmp_path / "out")
+    )
     assert launched.returncode != 0
     ours = [line for line in launched.stderr.splitlines() if line.startswith("hmfusion: ")]
     assert len(ours) == 1 and "the processes read different data (rank 0: " in ours[0], ours

@@ -1,4 +1,4 @@
-"""``python -m hmfusion …`` (also what ``torchrun -m hmfusion train …`` runs)."""
+"""`python -m hmfusion …` (also what `torchrun -m hmfusion train …` runs)."""
 
 import sys
 

@@ -1,9 +1,9 @@
-"""The ``hmfusion`` command line: one sub-command per application module.
+"""The `hmfusion` command line: one sub-command per application module.
 
-Each application module (``hmfusion.train``, ``hmfusion.predict``, ``hmfusion.bench``) exposes
-``add_arguments(parser)`` and ``main(args) -> int``; this module only wires them into
-``argparse``, so that ``hmfusion <command> --help`` documents every flag, and runs them through
-:mod:`hmfusion.cli_common`'s one error path.
+Each application module (`hmfusion.train`, `hmfusion.predict`, `hmfusion.bench`) exposes
+`add_arguments(parser)` and `main(args) -> int`; this module only wires them into
+`argparse`, so that `hmfusion <command> --help` documents every flag, and runs them through
+[`hmfusion.cli_common`][hmfusion.cli_common]'s one error path.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; the arguments of ``command`` (if given) are added from its module."""
+    """The parser; the arguments of `command` (if given) are added from its module."""
     parser = argparse.ArgumentParser(
         prog="hmfusion",
         description="Structured concatenation fusion for PyTorch: training, prediction, benchmark.",
@@ -43,10 +43,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` (default: ``sys.argv[1:]``) and run the command; returns its exit status.
+    """Parse `argv` (default: `sys.argv[1:]`) and run the command; returns its exit status.
 
     Bad arguments exit through argparse (status 2); a command's bad data, unusable output or
-    Ctrl-C end as one line on stderr (see :func:`hmfusion.cli_common.run_command`).
+    Ctrl-C end as one line on stderr (see
+    [`run_command`][hmfusion.cli_common.run_command]).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((arg for arg in argv if not arg.startswith("-")), None)

@@ -1,7 +1,7 @@
-"""What every ``hmfusion`` command shares: argument types, the data arguments, the device, the one
+"""What every `hmfusion` command shares: argument types, the data arguments, the device, the one
 error path (one line on stderr, exit status 2) and outputs that appear whole or not at all.
 
-An output is first written beside its destination (``.<name>.tmp-<random>``) and renamed into
+An output is first written beside its destination (`.<name>.tmp-<random>`) and renamed into
 place once complete, so an interrupted or failed command never leaves a half-written file or
 directory where the user asked for one.
 """
@@ -51,14 +51,14 @@ EXIT_INTERRUPTED = 130
 
 class UsageError(ValueError):
     """Arguments, an environment or an output location that cannot work (bad data is a
-    :class:`hmfusion.data.DataError`)."""
+    [`hmfusion.data.DataError`][hmfusion.data.DataError])."""
 
 
 # the one error path ---------------------------------------------------------------------------
 def error(message: str, *, show: bool = True, status: int = EXIT_USAGE) -> int:
-    """Print ``hmfusion: error: <message>`` as one line on stderr (if ``show``); return ``status``.
+    """Print `hmfusion: error: <message>` as one line on stderr (if `show`); return `status`.
 
-    Newlines in ``message`` are folded into spaces so that the report is always one line.
+    Newlines in `message` are folded into spaces so that the report is always one line.
 
     Example:
         >>> error("--device 'tpu' is not a device", show=False)
@@ -71,12 +71,15 @@ def error(message: str, *, show: bool = True, status: int = EXIT_USAGE) -> int:
 
 
 def run_command(main: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a command's ``main``; a :class:`UsageError`, :class:`~hmfusion.data.DataError` or
-    ``OSError`` it lets through, or Ctrl-C, ends as one line on stderr.
+    """Run a command's `main`; a [`UsageError`][hmfusion.cli_common.UsageError],
+    [`DataError`][hmfusion.data.DataError] or `OSError` it lets through, or Ctrl-C, ends as one
+    line on stderr.
 
-    Returns ``main``'s status, :data:`EXIT_USAGE` after an error, :data:`EXIT_INTERRUPTED` after
-    Ctrl-C. Outputs are atomic (:class:`OutputDirectory`, :class:`OutputFile`), so nothing is
-    half-written when this reports.
+    Returns `main`'s status, [`EXIT_USAGE`][hmfusion.cli_common.EXIT_USAGE] after an error,
+    [`EXIT_INTERRUPTED`][hmfusion.cli_common.EXIT_INTERRUPTED] after Ctrl-C. Outputs are atomic
+    ([`OutputDirectory`][hmfusion.cli_common.OutputDirectory],
+    [`OutputFile`][hmfusion.cli_common.OutputFile]), so nothing is half-written when this
+    reports.
     """
     try:
         return int(main(args) or 0)
@@ -87,8 +90,8 @@ def run_command(main: Callable[[argparse.Namespace], int], args: argparse.Namesp
 
 
 def describe_failure(failure: BaseException) -> str:
-    """A failure as the text of a one-line report: an ``OSError`` as ``'<file>': <reason>``
-    (``No space left on device``, ``Permission denied``, …), anything else as its message."""
+    """A failure as the text of a one-line report: an `OSError` as `'<file>': <reason>`
+    (`No space left on device`, `Permission denied`, …), anything else as its message."""
     if isinstance(failure, OSError) and failure.strerror:
         where = f"{str(failure.filename)!r}: " if failure.filename else ""
         return f"{where}{failure.strerror}"
@@ -115,7 +118,7 @@ def _number(text: str) -> float:
 
 
 def positive_int(text: str) -> int:
-    """An integer ≥ 1 (argparse ``type=``)."""
+    """An integer ≥ 1 (argparse `type=`)."""
     value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
@@ -123,7 +126,7 @@ def positive_int(text: str) -> int:
 
 
 def nonnegative_int(text: str) -> int:
-    """An integer ≥ 0 (argparse ``type=``)."""
+    """An integer ≥ 0 (argparse `type=`)."""
     value = _integer(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
@@ -131,12 +134,12 @@ def nonnegative_int(text: str) -> int:
 
 
 def block_size(text: str) -> int | Literal["auto"]:
-    """``auto`` or a positive integer (argparse ``type=`` of ``--p``/``--q``)."""
+    """`auto` or a positive integer (argparse `type=` of `--p`/`--q`)."""
     return "auto" if text == "auto" else positive_int(text)
 
 
 def fraction(text: str) -> float:
-    """A number strictly between 0 and 1 (argparse ``type=``)."""
+    """A number strictly between 0 and 1 (argparse `type=`)."""
     value = _number(text)
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
@@ -144,7 +147,7 @@ def fraction(text: str) -> float:
 
 
 def probability(text: str) -> float:
-    """A number in [0, 1) (argparse ``type=``)."""
+    """A number in [0, 1) (argparse `type=`)."""
     value = _number(text)
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
@@ -152,7 +155,7 @@ def probability(text: str) -> float:
 
 
 def nonnegative_float(text: str) -> float:
-    """A finite number ≥ 0 (argparse ``type=``)."""
+    """A finite number ≥ 0 (argparse `type=`)."""
     value = _number(text)
     if value < 0.0:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
@@ -160,7 +163,7 @@ def nonnegative_float(text: str) -> float:
 
 
 def label_column(text: str) -> int | str:
-    """``--label-column``: an int (a column index; negative counts from the end) or a name."""
+    """`--label-column`: an int (a column index; negative counts from the end) or a name."""
     try:
         return int(text)
     except ValueError:
@@ -170,7 +173,7 @@ def label_column(text: str) -> int | str:
 # data -----------------------------------------------------------------------------------------
 def add_data_arguments(parser: argparse.ArgumentParser, *, labels_help: str
                        ) -> argparse._ArgumentGroup:
-    """Add the data flags shared by ``train`` and ``predict``; returns their group."""
+    """Add the data flags shared by `train` and `predict`; returns their group."""
     group = parser.add_argument_group("data (default: the packaged UCI mfeat digits)")
     group.add_argument("--views", nargs="+", metavar="FILE",
                        help="views files, rows aligned: .csv/.tsv (header optional), .npy, or one "
@@ -187,10 +190,10 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, labels_help: str
 
 
 def load_data(args: argparse.Namespace, *, require_labels: bool = True) -> MultiViewData:
-    """The data the data flags name: ``--views`` files, or the packaged mfeat digits.
+    """The data the data flags name: `--views` files, or the packaged mfeat digits.
 
     Raises:
-        UsageError: ``--labels``/``--label-column`` without ``--views``.
+        UsageError: `--labels`/`--label-column` without `--views`.
         DataError: a problem with the files.
     """
     if args.views:
@@ -204,7 +207,7 @@ def load_data(args: argparse.Namespace, *, require_labels: bool = True) -> Multi
 
 # device ---------------------------------------------------------------------------------------
 def resolve_device(name: str, *, local_rank: int = 0, distributed: bool = False) -> torch.device:
-    """The ``torch.device`` of ``--device``: ``cpu``, or ``cuda``/``cuda:N`` on a CUDA build with
+    """The `torch.device` of `--device`: `cpu`, or `cuda`/`cuda:N` on a CUDA build with
     a GPU (under torchrun, each process's local GPU).
 
     Raises:
@@ -229,7 +232,7 @@ def resolve_device(name: str, *, local_rank: int = 0, distributed: bool = False)
 
 # atomic outputs -------------------------------------------------------------------------------
 def _writable_parent(path: Path, flag: str) -> Path:
-    """The deepest existing ancestor of ``path``, checked to be a writable directory."""
+    """The deepest existing ancestor of `path`, checked to be a writable directory."""
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
@@ -241,20 +244,22 @@ def _writable_parent(path: Path, flag: str) -> Path:
 
 
 class OutputDirectory:
-    """A directory that appears at ``path`` whole, or not at all.
+    """A directory that appears at `path` whole, or not at all.
 
-    Checked at construction (before any work): ``path`` is not a file, lies under a writable
-    directory, and is absent or empty unless ``overwrite`` — which replaces only a directory
-    holding ``marker`` (a file every output of the command has, so that ``--out . --overwrite``
-    cannot delete a project), and never the working directory or one above it. :meth:`open` creates the staging
-    directory ``.<name>.tmp-<random>`` beside ``path`` (proving it writable); files go into
-    :attr:`staging`; :meth:`commit` renames it to ``path`` (replacing the old one whole with
-    ``overwrite``); :meth:`discard` removes it. Used as a context manager it opens, and discards
-    on any exception. A kill leaves at most a ``.tmp-`` directory, never a mixed ``path``.
+    Checked at construction (before any work): `path` is not a file, lies under a writable
+    directory, and is absent or empty unless `overwrite` — which replaces only a directory
+    holding `marker` (a file every output of the command has, so that `--out . --overwrite`
+    cannot delete a project), and never the working directory or one above it.
+    [`open`][hmfusion.cli_common.OutputDirectory.open] creates the staging directory
+    `.<name>.tmp-<random>` beside `path` (proving it writable); files go into `staging`;
+    [`commit`][hmfusion.cli_common.OutputDirectory.commit] renames it to `path` (replacing the
+    old one whole with `overwrite`); [`discard`][hmfusion.cli_common.OutputDirectory.discard]
+    removes it. Used as a context manager it opens, and discards on any exception. A kill
+    leaves at most a `.tmp-` directory, never a mixed `path`.
 
     Raises:
-        UsageError: ``path`` is a file, under a file, not writable, or non-empty without
-            ``overwrite``; with ``overwrite``, a non-empty ``path`` without ``marker``, or the
+        UsageError: `path` is a file, under a file, not writable, or non-empty without
+            `overwrite`; with `overwrite`, a non-empty `path` without `marker`, or the
             working directory or one of its parents.
     """
 
@@ -283,7 +288,7 @@ class OutputDirectory:
         self._root = _writable_parent(self.path, flag)
 
     def open(self) -> Path:
-        """Create and return the staging directory (and any missing parents of ``path``)."""
+        """Create and return the staging directory (and any missing parents of `path`)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-",
                                              dir=self.path.parent))
@@ -297,7 +302,7 @@ class OutputDirectory:
         return self.staging
 
     def commit(self) -> Path:
-        """Move the staged files to ``path`` in one rename (the old ``path`` removed after)."""
+        """Move the staged files to `path` in one rename (the old `path` removed after)."""
         if self.staging is None:
             raise RuntimeError("OutputDirectory.commit() before open()")
         old = None
@@ -311,7 +316,8 @@ class OutputDirectory:
         return self.path
 
     def discard(self) -> None:
-        """Remove the staging directory and the parents :meth:`open` created."""
+        """Remove the staging directory and the parents
+        [`open`][hmfusion.cli_common.OutputDirectory.open] created."""
         if self.staging is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
             self.staging = None
@@ -326,15 +332,15 @@ class OutputDirectory:
 
 
 class OutputFile:
-    """A file that appears at ``path`` whole, or not at all (write, then rename into place).
+    """A file that appears at `path` whole, or not at all (write, then rename into place).
 
-    Checked at construction: ``path`` is not a directory, lies under a writable directory, and
-    does not exist unless ``overwrite``. :meth:`write` stages the text beside ``path`` and
-    renames it over ``path``.
+    Checked at construction: `path` is not a directory, lies under a writable directory, and
+    does not exist unless `overwrite`. [`write`][hmfusion.cli_common.OutputFile.write] stages
+    the text beside `path` and renames it over `path`.
 
     Raises:
-        UsageError: ``path`` is a directory, under a file, not writable, or exists without
-            ``overwrite``.
+        UsageError: `path` is a directory, under a file, not writable, or exists without
+            `overwrite`.
     """
 
     def __init__(self, path: str | Path, *, overwrite: bool = False, flag: str = "--out") -> None:
@@ -347,7 +353,7 @@ class OutputFile:
         self._root = _writable_parent(self.path, flag)
 
     def write(self, text: str) -> None:
-        """Write ``text`` (UTF-8) to a staging file, then rename it to ``path``."""
+        """Write `text` (UTF-8) to a staging file, then rename it to `path`."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle, staging = tempfile.mkstemp(prefix=f".{self.path.name}.tmp-",
                                            dir=self.path.parent)
@@ -362,7 +368,7 @@ class OutputFile:
 
 
 def _remove_empty_between(directory: Path, root: Path) -> None:
-    """Remove empty directories from ``directory`` up to (not including) ``root``."""
+    """Remove empty directories from `directory` up to (not including) `root`."""
     while directory != root and directory.is_dir() and root in directory.parents:
         try:
             directory.rmdir()

@@ -1,9 +1,10 @@
 """The processes of a training run: torchrun's environment, the process group, and agreement.
 
-Outside torchrun a run is one process and every collective is a no-op. Under torchrun, ranks
-must agree before training: :meth:`Processes.agree` is a collective that every rank reaches
-whatever happened to it (a load error is passed in, not raised), so a failure on one rank stops
-all of them with that rank's message instead of leaving the others waiting in a collective.
+Outside torchrun a run is one process and every collective is a no-op. Under torchrun, ranks must
+agree before training: [`Processes.agree`][hmfusion.distributed.Processes.agree] is a collective
+that every rank reaches whatever happened to it (a load error is passed in, not raised), so a
+failure on one rank stops all of them with that rank's message instead of leaving the others waiting
+in a collective.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def environment() -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) outside it.
 
     Raises:
-        UsageError: a malformed ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``.
+        UsageError: a malformed `RANK`/`WORLD_SIZE`/`LOCAL_RANK`.
     """
     try:
         world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -46,7 +47,9 @@ class Processes:
     """This process's place in a (possibly single-process) run.
 
     Attributes:
-        rank, world_size, local_rank: as torchrun sets them (0, 1, 0 outside torchrun).
+        rank: this process's global rank, as torchrun sets `RANK` (0 outside torchrun).
+        world_size: the number of processes, torchrun's `WORLD_SIZE` (1 outside torchrun).
+        local_rank: the rank on this machine, torchrun's `LOCAL_RANK` (0 outside torchrun).
         device: this process's device (each process's local GPU under torchrun with CUDA).
     """
 
@@ -79,9 +82,9 @@ class Processes:
     def agree(self, problem: str | None, data_fingerprint: str | None) -> str | None:
         """The first problem of any rank, or None when every rank is fine and holds the same data.
 
-        A collective that every rank must reach exactly once per call, with its own
-        ``problem`` (a one-line message, or None) and the :func:`fingerprint` of its data
-        (None when it has none). Every rank gets the same answer, so all stop or all go on.
+        A collective that every rank must reach exactly once per call, with its own `problem` (a
+        one-line message, or None) and the [`fingerprint`][hmfusion.distributed.fingerprint] of its
+        data (None when it has none). Every rank gets the same answer, so all stop or all go on.
         """
         if not self.distributed:
             return problem
@@ -93,13 +96,15 @@ class Processes:
         prints = [print_ for _, print_ in reports]
         if len(set(prints)) > 1:
             listing = "; ".join(f"rank {rank}: {print_}" for rank, print_ in enumerate(prints))
-            return (f"the processes read different data ({listing}); every process must read "
-                    "the same files")
+            return (
+                f"the processes read different data ({listing}); every process must read "
+                "the same files"
+            )
         return None
 
 
 def fingerprint(data: MultiViewData) -> str:
-    """A short description and content hash of ``data``: rows, view widths, classes, and the
+    """A short description and content hash of `data`: rows, view widths, classes, and the
     SHA-256 of every value and label. Equal data gives equal fingerprints.
 
     Example:
@@ -115,21 +120,25 @@ def fingerprint(data: MultiViewData) -> str:
         digest.update(np.ascontiguousarray(data.labels).tobytes())
     digest.update(repr(data.classes).encode())
     classes = "unlabelled" if data.classes is None else f"{len(data.classes)} classes"
-    return (f"{data.num_rows} rows, widths {list(data.widths)}, {classes}, "
-            f"sha256 {digest.hexdigest()[:16]}")
+    return (
+        f"{data.num_rows} rows, widths {list(data.widths)}, {classes}, "
+        f"sha256 {digest.hexdigest()[:16]}"
+    )
 
 
 @contextmanager
-def processes(device: torch.device, rank: int, world_size: int, local_rank: int
-              ) -> Iterator[Processes]:
-    """The run's :class:`Processes`; under torchrun (``world_size > 1``) the process group is
-    set up on entry (gloo on CPU, nccl on CUDA) and torn down on exit."""
+def processes(
+    device: torch.device, rank: int, world_size: int, local_rank: int
+) -> Iterator[Processes]:
+    """The run's [`Processes`][hmfusion.distributed.Processes]; under torchrun (`world_size > 1`)
+    the process group is set up on entry (gloo on CPU, nccl on CUDA) and torn down on exit."""
     procs = Processes(rank, world_size, local_rank, device)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL's collectives use the current device
     if procs.distributed:
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                             rank=rank, world_size=world_size)
+        torch.distributed.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size
+        )
     try:
         yield procs
     finally:

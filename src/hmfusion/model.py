@@ -1,10 +1,10 @@
-"""The multi-view classifier that ``hmfusion train`` fits, and its checkpoint format.
+"""The multi-view classifier that `hmfusion train` fits, and its checkpoint format.
 
-A checkpoint is two files of one name: ``<name>.pt`` (the ``state_dict``, tensors only, read with
-``torch.load(weights_only=True)``) and ``<name>.json`` (the model config and the run's metadata).
-The JSON records the SHA-256 of the ``.pt`` bytes and the run id, so :func:`load_checkpoint`
-refuses weights that do not belong to the config (another run, a partial write), as well as
-non-finite weights and a degenerate standardization.
+A checkpoint is two files of one name: `<name>.pt` (the `state_dict`, tensors only, read with
+`torch.load(weights_only=True)`) and `<name>.json` (the model config and the run's metadata).
+The JSON records the SHA-256 of the `.pt` bytes and the run id, so
+[`load_checkpoint`][hmfusion.model.load_checkpoint] refuses weights that do not belong to the config
+(another run, a partial write), as well as non-finite weights and a degenerate standardization.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ __all__ = [
     "save_checkpoint",
 ]
 
-#: Fusion names and their layers; ``"mean"`` (the average of the view encodings) has none.
+#: Fusion names and their layers; `"mean"` (the average of the view encodings) has none.
 FUSIONS: dict[str, type[hmfusion.ConcatFusion] | None] = {
     "hm": hmfusion.HMConcatFusion,
     "dense": hmfusion.DenseConcatFusion,
@@ -43,23 +43,24 @@ FUSIONS: dict[str, type[hmfusion.ConcatFusion] | None] = {
     "random": hmfusion.RandomMatrixConcatFusion,
     "mean": None,
 }
-#: The fusions with Kronecker factors, whose ``p``, ``q`` and ``pad`` a checkpoint records.
+#: The fusions with Kronecker factors, whose `p`, `q` and `pad` a checkpoint records.
 KRONECKER_FUSIONS = ("hm", "lphm", "dual_lphm")
+#: The `"format"` field of every checkpoint JSON; `load_checkpoint` refuses any other value.
 CHECKPOINT_FORMAT = "hmfusion-multiview-classifier"
-#: 2: the JSON binds its ``.pt`` by SHA-256 and run id.
+#: 2: the JSON binds its `.pt` by SHA-256 and run id.
 CHECKPOINT_VERSION = 2
 _MAX_JSON_BYTES = 1 << 20
 _OPTION_KEYS = frozenset({"p", "q", "pad", "terms", "r", "seed"})
 
 
 class Standardize(nn.Module):
-    """``(x - mean) / scale`` per feature, with mean and scale fitted on the training rows.
+    """`(x - mean) / scale` per feature, with mean and scale fitted on the training rows.
 
     Args:
         width: the number of features d.
 
     Shape:
-        ``(*, d) -> (*, d)``. Both are persistent buffers, so a checkpoint standardizes new rows
+        `(*, d) -> (*, d)`. Both are persistent buffers, so a checkpoint standardizes new rows
         exactly as in training.
 
     Example:
@@ -79,7 +80,7 @@ class Standardize(nn.Module):
         self.register_buffer("scale", torch.ones(width, device=device, dtype=dtype))
 
     def fit_(self, values: np.ndarray) -> None:
-        """Set mean and scale from rows ``values`` (N, d); constant features get scale 1."""
+        """Set mean and scale from rows `values` (N, d); constant features get scale 1."""
         mean = values.mean(axis=0)
         std = values.std(axis=0)
         std = np.where(std > 1e-8 * (1.0 + np.abs(mean)), std, 1.0)
@@ -88,33 +89,35 @@ class Standardize(nn.Module):
             self.scale.copy_(torch.from_numpy(std))
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(x - mean) / scale``."""
+        """`(x - mean) / scale`."""
         return (x - self.mean) / self.scale
 
     def extra_repr(self) -> str:
-        """The width d, as ``Standardize(d)`` prints."""
+        """The width d, as `Standardize(d)` prints."""
         return f"{self.mean.shape[0]}"
 
 
 class MultiViewClassifier(nn.Module):
     """Standardize -> encode -> fuse -> classify k views of the same rows.
 
-    ``z_i = GELU(Linear_i((x_i - μ_i) / σ_i))`` of width ``hidden`` (or the standardized view
-    itself when ``hidden == 0``); ``f = fusion([z_1, …, z_k])`` of width ``fused_width`` (the
-    mean of the z_i for ``"mean"``); ``logits = Linear(Dropout(GELU(f)))``.
+    `z_i = Dropout(GELU(Linear_i((x_i - μ_i) / σ_i)))` of width `hidden` (or the standardized
+    view itself when `hidden == 0`); `f = fusion([z_1, …, z_k])` of width `fused_width` (the
+    mean of the z_i for `"mean"`); `logits = Linear(Dropout(GELU(f)))`.
 
     Args:
-        config: a JSON-compatible dict (see :meth:`make_config`); it is all that is needed to
-            rebuild the model, so checkpoints store it next to the ``state_dict``.
-        device, dtype: where and in which dtype to create the parameters.
+        config: a JSON-compatible dict (see
+            [`make_config`][hmfusion.model.MultiViewClassifier.make_config]); it is all that is
+            needed to rebuild the model, so checkpoints store it next to the `state_dict`.
+        device: where to create the parameters (None: the default device).
+        dtype: the parameters' dtype (None: the default dtype).
 
     Shape:
-        - Input: a list of k tensors, view i of shape ``(*, widths[i])``.
-        - Output: ``(*, len(classes))`` logits.
+        - Input: a list of k tensors, view i of shape `(*, widths[i])`.
+        - Output: `(*, len(classes))` logits.
 
     Raises:
-        ValueError: an unknown fusion; ``"mean"`` fusion with views of different widths (use
-            ``hidden > 0``); the fusion layer's own checks (see :mod:`hmfusion.fusion`).
+        ValueError: an unknown fusion; `"mean"` fusion with views of different widths (use
+            `hidden > 0`); the fusion layer's own checks (see [`hmfusion.fusion`][hmfusion.fusion]).
 
     Example:
         >>> from hmfusion.data import load_mfeat
@@ -149,7 +152,7 @@ class MultiViewClassifier(nn.Module):
     @staticmethod
     def make_config(data: MultiViewData, fusion: str, *, hidden: int, fused_width: int | None,
                     fusion_options: Mapping[str, Any], dropout: float) -> dict[str, Any]:
-        """The model config for ``data``; ``fused_width`` None means ``hidden`` (or 64 without
+        """The model config for `data`; `fused_width` None means `hidden` (or 64 without
         encoders). The mean fusion's width is that of the encodings."""
         if fusion == "mean":
             fused_width = hidden if hidden > 0 else data.widths[0]
@@ -170,7 +173,7 @@ class MultiViewClassifier(nn.Module):
 
     def resolved_config(self) -> dict[str, Any]:
         """The config with the fusion's automatic choices (p, q, pad) written out, so that a
-        checkpoint rebuilds exactly this layer whatever future versions pick for ``"auto"``."""
+        checkpoint rebuilds exactly this layer whatever future versions pick for `"auto"`."""
         config = dict(self.config)
         options = dict(config["fusion_options"])
         fusion: Any = self.fusion
@@ -180,7 +183,7 @@ class MultiViewClassifier(nn.Module):
         return config
 
     def forward(self, views: Sequence[Tensor]) -> Tensor:
-        """Logits of shape ``(*, len(classes))`` for the k views (view i ``(*, widths[i])``)."""
+        """Logits of shape `(*, len(classes))` for the k views (view i `(*, widths[i])`)."""
         encoded = [enc(std(x)) for std, enc, x in zip(self.standardize, self.encoders, views)]
         if self.fusion is None:
             fused = torch.stack(encoded).mean(dim=0)
@@ -190,7 +193,7 @@ class MultiViewClassifier(nn.Module):
 
     @property
     def fusion_parameters(self) -> int:
-        """Trained values of the fusion layer, its bias included (0 for ``"mean"``)."""
+        """Trained values of the fusion layer, its bias included (0 for `"mean"`)."""
         if self.fusion is None:
             return 0
         return sum(p.numel() for p in self.fusion.parameters() if p.requires_grad)
@@ -217,11 +220,12 @@ def _build_fusion(name: str, dims: list[int], n: int, options: Mapping[str, Any]
 # checkpoints ----------------------------------------------------------------------------------
 def save_checkpoint(directory: Path, name: str, state: Mapping[str, Tensor],
                     meta: Mapping[str, Any]) -> Path:
-    """Write ``<name>.pt`` (``state``) and ``<name>.json`` (``meta`` plus the SHA-256 of the
-    ``.pt`` bytes) into ``directory``; returns the ``.pt`` path.
+    """Write `<name>.pt` (`state`) and `<name>.json` (`meta` plus the SHA-256 of the
+    `.pt` bytes) into `directory`; returns the `.pt` path.
 
-    ``meta`` must hold ``"model"`` (the config) and ``"run_id"``; write into a staging directory
-    (:class:`hmfusion.cli_common.OutputDirectory`) so that the pair appears together.
+    `meta` must hold `"model"` (the config) and `"run_id"`; write into a staging directory
+    ([`OutputDirectory`][hmfusion.cli_common.OutputDirectory]) so that the pair appears
+    together.
     """
     weights = directory / f"{name}.pt"
     torch.save(dict(state), weights)
@@ -241,19 +245,19 @@ def _sha256(path: Path) -> str:
 
 def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu"
                     ) -> tuple[MultiViewClassifier, dict[str, Any]]:
-    """Rebuild a model saved by ``hmfusion train`` from ``<name>.pt`` and ``<name>.json``.
+    """Rebuild a model saved by `hmfusion train` from `<name>.pt` and `<name>.json`.
 
-    ``path`` may name either file. The ``.pt`` is read with ``torch.load(weights_only=True)``
+    `path` may name either file. The `.pt` is read with `torch.load(weights_only=True)`
     (nothing is unpickled beyond tensors) only after its SHA-256 matched the one in the JSON.
 
     Returns:
-        The model (in eval mode, on ``device``) and the JSON metadata.
+        The model (in eval mode, on `device`) and the JSON metadata.
 
     Raises:
         DataError: a missing or unreadable file; a JSON file that is not an hmfusion checkpoint
             config (malformed, nested too deep, a wrong format or version, fields of the wrong
             type); weights that belong to another run or were partly written; weights that are
-            not a tensor ``state_dict`` or do not fit the config; NaN or infinite weights; a
+            not a tensor `state_dict` or do not fit the config; NaN or infinite weights; a
             standardization scale that is not positive.
 
     Example:
@@ -358,7 +362,7 @@ def _check_weights(state: Mapping[str, Tensor], weights: Path) -> None:
 
 def _build_checked(config: Mapping[str, Any], state: Mapping[str, Tensor], weights: Path,
                    config_path: Path) -> MultiViewClassifier:
-    """The model of ``config`` with ``state`` loaded; built on the meta device first, so a
+    """The model of `config` with `state` loaded; built on the meta device first, so a
     config whose sizes the weights do not have never allocates them."""
     try:
         skeleton = MultiViewClassifier(config, device="meta").state_dict()

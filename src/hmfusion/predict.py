@@ -32,25 +32,30 @@ from hmfusion.model import load_checkpoint
 __all__ = ["add_arguments", "main", "predict"]
 
 
-def predict(model: torch.nn.Module, data: MultiViewData, *, batch_size: int = 4096
-            ) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: torch.nn.Module, data: MultiViewData, *, batch_size: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
     """Class indices (into the model's classes) and their softmax probabilities for every row.
 
     Args:
-        model: a :class:`~hmfusion.model.MultiViewClassifier` (any device).
+        model: a [`MultiViewClassifier`][hmfusion.model.MultiViewClassifier] (any device).
         data: views of the widths the model was trained on.
         batch_size: rows per forward pass.
 
     Returns:
-        int64 indices and float32 probabilities, each of shape ``(data.num_rows,)``.
+        int64 indices and float32 probabilities, each of shape `(data.num_rows,)`.
     """
     device = next(model.parameters()).device
     indices, probabilities = [], []
     model.eval()
     with torch.no_grad():
         for start in range(0, data.num_rows, batch_size):
-            views = [torch.as_tensor(view[start:start + batch_size], dtype=torch.float32,
-                                     device=device) for view in data.views]
+            views = [
+                torch.as_tensor(
+                    view[start : start + batch_size], dtype=torch.float32, device=device
+                )
+                for view in data.views
+            ]
             probs = torch.softmax(model(views), dim=-1)
             best = probs.max(dim=-1)
             indices.append(best.indices.cpu().numpy())
@@ -59,21 +64,25 @@ def predict(model: torch.nn.Module, data: MultiViewData, *, batch_size: int = 40
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the flags of ``hmfusion predict`` to ``parser``."""
-    parser.add_argument("--checkpoint", required=True, metavar="FILE",
-                        help="a checkpoint from hmfusion train: checkpoints/<fusion>.pt (its "
-                             ".json config must sit next to it)")
+    """Add the flags of `hmfusion predict` to `parser`."""
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="FILE",
+        help="a checkpoint from hmfusion train: checkpoints/<fusion>.pt (its "
+        ".json config must sit next to it)",
+    )
     add_data_arguments(parser, labels_help="optional true labels, to report the accuracy")
-    parser.add_argument("--out", metavar="FILE",
-                        help="write the predictions to this CSV file (default: stdout)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing --out file")
+    parser.add_argument(
+        "--out", metavar="FILE", help="write the predictions to this CSV file (default: stdout)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``hmfusion predict``; returns 0. Bad arguments, data, checkpoints or --out raise
-    ``UsageError``/``DataError``, reported by the command line as one line with status 2."""
+    """Run `hmfusion predict`; returns 0. Bad arguments, data, checkpoints or --out raise
+    `UsageError`/`DataError`, reported by the command line as one line with status 2."""
     output = None if args.out is None else OutputFile(args.out, overwrite=args.overwrite)
     device = resolve_device(args.device)
     model, meta = load_checkpoint(args.checkpoint, device=device)
@@ -100,11 +109,14 @@ def main(args: argparse.Namespace) -> int:
         output.write(text.getvalue())
 
     for name, has in data.csv_headers:
-        print(f"{name}: {'first row read as a header' if has else 'no header row'}",
-              file=sys.stderr)
+        print(
+            f"{name}: {'first row read as a header' if has else 'no header row'}", file=sys.stderr
+        )
     if data.labels is not None and data.classes is not None:
         truth = [str(data.classes[code]) for code in data.labels]
         correct = sum(str(p) == t for p, t in zip(predictions, truth))
-        print(f"accuracy {correct / data.num_rows:.4f} ({correct} of {data.num_rows} rows)",
-              file=sys.stderr)
+        print(
+            f"accuracy {correct / data.num_rows:.4f} ({correct} of {data.num_rows} rows)",
+            file=sys.stderr,
+        )
     return 0

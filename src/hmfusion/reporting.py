@@ -1,8 +1,11 @@
-"""Markdown tables and figures for the command reports (``train``'s results; ``bench`` too).
+"""Markdown tables and figures for the command reports (`train`'s results; `bench` too).
 
-The generic helpers — :func:`markdown_table`, :func:`pyplot`, :func:`save_figure` — know nothing
-of training; :func:`results_table`, :func:`plot_accuracy_vs_params` and
-:func:`plot_training_curves` draw ``hmfusion train``'s results from plain dicts.
+The generic helpers — [`markdown_table`][hmfusion.reporting.markdown_table],
+[`pyplot`][hmfusion.reporting.pyplot], [`save_figure`][hmfusion.reporting.save_figure] — know
+nothing of training; [`results_table`][hmfusion.reporting.results_table],
+[`plot_accuracy_vs_params`][hmfusion.reporting.plot_accuracy_vs_params] and
+[`plot_training_curves`][hmfusion.reporting.plot_training_curves] draw `hmfusion train`'s
+results from plain dicts.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ __all__ = [
 Align = Literal["left", "right"]
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]],
-                   align: Sequence[Align] | None = None) -> str:
-    """A GitHub Markdown table: ``| a | b |`` lines, cells formatted with ``str``.
+def markdown_table(
+    header: Sequence[str], rows: Sequence[Sequence[object]], align: Sequence[Align] | None = None
+) -> str:
+    """A GitHub Markdown table: `| a | b |` lines, cells formatted with `str`.
 
     Args:
         header: the column titles.
@@ -37,7 +41,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]],
         align: per column; default left for the first column and right for the others.
 
     Raises:
-        ValueError: a row or ``align`` whose length differs from ``header``'s.
+        ValueError: a row or `align` whose length differs from `header`'s.
 
     Example:
         >>> print(markdown_table(["name", "n"], [["hm", 3]]))
@@ -45,12 +49,13 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]],
         |---|---:|
         | hm | 3 |
     """
-    aligns: Sequence[str] = (["left"] + ["right"] * (len(header) - 1) if align is None
-                             else align)
+    aligns: Sequence[str] = ["left"] + ["right"] * (len(header) - 1) if align is None else align
     if len(aligns) != len(header):
         raise ValueError(f"align has {len(aligns)} entries for {len(header)} columns")
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---:" if a == "right" else "---" for a in aligns) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---:" if a == "right" else "---" for a in aligns) + "|",
+    ]
     for number, row in enumerate(rows, start=1):
         if len(row) != len(header):
             raise ValueError(f"row {number} has {len(row)} cells for {len(header)} columns")
@@ -59,7 +64,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]],
 
 
 def pyplot() -> Any:
-    """``matplotlib.pyplot`` on the non-interactive Agg backend (imported on first use)."""
+    """`matplotlib.pyplot` on the non-interactive Agg backend (imported on first use)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,11 +74,12 @@ def pyplot() -> Any:
 
 
 def save_figure(fig: Any, path: str | Path) -> None:
-    """Save a matplotlib figure to ``path`` whole or not at all (write beside, then rename), and
-    close it. The format follows ``path``'s suffix."""
+    """Save a matplotlib figure to `path` whole or not at all (write beside, then rename), and
+    close it. The format follows `path`'s suffix."""
     path = Path(path)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix,
-                                       dir=path.parent)
+    handle, staging = tempfile.mkstemp(
+        prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent
+    )
     os.close(handle)
     try:
         fig.savefig(staging)
@@ -87,9 +93,9 @@ def save_figure(fig: Any, path: str | Path) -> None:
 
 # hmfusion train -------------------------------------------------------------------------------
 def results_table(fusions: Mapping[str, Mapping[str, Any]]) -> str:
-    """``hmfusion train``'s table: accuracy in percent (mean ± sample std over seeds), fusion
+    """`hmfusion train`'s table: accuracy in percent (mean ± sample std over seeds), fusion
     parameters (and their share of dense's, when dense ran), model parameters, mean epochs and
-    training seconds, one row per fusion of ``results.json``'s ``"fusions"``."""
+    training seconds, one row per fusion of `results.json`'s `"fusions"`."""
     dense = fusions.get("dense", {}).get("fusion_parameters")
     header = ["fusion", "test accuracy (%)", "fusion params"]
     if dense:
@@ -97,18 +103,25 @@ def results_table(fusions: Mapping[str, Mapping[str, Any]]) -> str:
     header += ["model params", "epochs", "train time (s)"]
     rows = []
     for name, r in fusions.items():
-        cells = [name, f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_std']:.2f}",
-                 f"{r['fusion_parameters']:,}"]
+        cells = [
+            name,
+            f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_std']:.2f}",
+            f"{r['fusion_parameters']:,}",
+        ]
         if dense:
             cells.append(f"{100 * r['fusion_parameters'] / dense:.1f}")
-        cells += [f"{r['model_parameters']:,}", f"{np.mean(r['epochs']):.0f}",
-                  f"{r['train_seconds']:.1f}"]
+        cells += [
+            f"{r['model_parameters']:,}",
+            f"{np.mean(r['epochs']):.0f}",
+            f"{r['train_seconds']:.1f}",
+        ]
         rows.append(cells)
     return markdown_table(header, rows)
 
 
-def plot_accuracy_vs_params(fusions: Mapping[str, Mapping[str, Any]], path: str | Path,
-                            title: str) -> None:
+def plot_accuracy_vs_params(
+    fusions: Mapping[str, Mapping[str, Any]], path: str | Path, title: str
+) -> None:
     """Test accuracy (mean ± std) against fusion parameters (log scale), one point per fusion;
     a parameter-free fusion is a dashed line with its band."""
     plt = pyplot()
@@ -118,14 +131,32 @@ def plot_accuracy_vs_params(fusions: Mapping[str, Mapping[str, Any]], path: str 
         mean, std = 100 * r["test_accuracy_mean"], 100 * r["test_accuracy_std"]
         color = colors[i % len(colors)]
         if r["fusion_parameters"] == 0:
-            ax.axhline(mean, color=color, linestyle="--", linewidth=1.2,
-                       label=f"{name} (no fusion parameters)")
+            ax.axhline(
+                mean,
+                color=color,
+                linestyle="--",
+                linewidth=1.2,
+                label=f"{name} (no fusion parameters)",
+            )
             ax.axhspan(mean - std, mean + std, color=color, alpha=0.12)
             continue
-        ax.errorbar(r["fusion_parameters"], mean, yerr=std, fmt="o", color=color, capsize=4,
-                    markersize=7, label=name)
-        ax.annotate(name, (r["fusion_parameters"], mean), textcoords="offset points",
-                    xytext=(7, 5), fontsize=9)
+        ax.errorbar(
+            r["fusion_parameters"],
+            mean,
+            yerr=std,
+            fmt="o",
+            color=color,
+            capsize=4,
+            markersize=7,
+            label=name,
+        )
+        ax.annotate(
+            name,
+            (r["fusion_parameters"], mean),
+            textcoords="offset points",
+            xytext=(7, 5),
+            fontsize=9,
+        )
     ax.set_xscale("log")
     ax.margins(x=0.12)  # room for the labels of the outermost points
     ax.set_xlabel("fusion-layer parameters (log scale)")
@@ -141,13 +172,20 @@ def plot_training_curves(runs: Sequence[Mapping[str, Any]], path: str | Path) ->
     """Small multiples, one column per fusion: losses (top) and validation accuracy (bottom)
     against the epoch, one line per seed; the dot marks the best epoch, whose weights are kept.
 
-    Each run is a dict with ``fusion``, ``seed``, ``best_epoch`` (1-based) and the per-epoch
-    lists ``train_loss``, ``validation_loss``, ``validation_accuracy``.
+    Each run is a dict with `fusion`, `seed`, `best_epoch` (1-based) and the per-epoch
+    lists `train_loss`, `validation_loss`, `validation_accuracy`.
     """
     plt = pyplot()
     names = list(dict.fromkeys(run["fusion"] for run in runs))
-    fig, axes = plt.subplots(2, len(names), figsize=(2.9 * len(names) + 0.6, 5.6), dpi=110,
-                             sharex="col", sharey="row", squeeze=False)
+    fig, axes = plt.subplots(
+        2,
+        len(names),
+        figsize=(2.9 * len(names) + 0.6, 5.6),
+        dpi=110,
+        sharex="col",
+        sharey="row",
+        squeeze=False,
+    )
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     seeds = sorted({run["seed"] for run in runs})
     for column, name in enumerate(names):
@@ -156,12 +194,24 @@ def plot_training_curves(runs: Sequence[Mapping[str, Any]], path: str | Path) ->
             color = colors[seeds.index(run["seed"]) % len(colors)]
             epochs = np.arange(1, len(run["train_loss"]) + 1)
             best = run["best_epoch"] - 1
-            loss_ax.plot(epochs, run["train_loss"], color=color, linewidth=1,
-                         label=f"seed {run['seed']} train")
-            loss_ax.plot(epochs, run["validation_loss"], color=color, linewidth=1,
-                         linestyle="--", label=f"seed {run['seed']} validation")
-            loss_ax.plot(run["best_epoch"], run["validation_loss"][best], "o", color=color,
-                         markersize=4)
+            loss_ax.plot(
+                epochs,
+                run["train_loss"],
+                color=color,
+                linewidth=1,
+                label=f"seed {run['seed']} train",
+            )
+            loss_ax.plot(
+                epochs,
+                run["validation_loss"],
+                color=color,
+                linewidth=1,
+                linestyle="--",
+                label=f"seed {run['seed']} validation",
+            )
+            loss_ax.plot(
+                run["best_epoch"], run["validation_loss"][best], "o", color=color, markersize=4
+            )
             accuracy = 100 * np.asarray(run["validation_accuracy"])
             acc_ax.plot(epochs, accuracy, color=color, linewidth=1)
             acc_ax.plot(run["best_epoch"], accuracy[best], "o", color=color, markersize=4)
@@ -175,9 +225,9 @@ def plot_training_curves(runs: Sequence[Mapping[str, Any]], path: str | Path) ->
     low = min(np.percentile(run["validation_accuracy"], 10) for run in runs)
     axes[1, 0].set_ylim(max(0.0, 100 * low - 2), 100.5)
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=min(6, len(labels)), fontsize=8,
-               frameon=False)
-    fig.suptitle("dot: best validation loss, the epoch whose weights are kept", y=0.03,
-                 fontsize=9)
+    fig.legend(
+        handles, labels, loc="upper center", ncol=min(6, len(labels)), fontsize=8, frameon=False
+    )
+    fig.suptitle("dot: best validation loss, the epoch whose weights are kept", y=0.03, fontsize=9)
     fig.tight_layout(rect=(0, 0.04, 1, 0.93))
     save_figure(fig, path)

@@ -1,9 +1,10 @@
-"""The training loop of ``hmfusion train``, driven by a frozen :class:`TrainConfig`.
+"""The training loop of `hmfusion train`, driven by a frozen
+[`TrainConfig`][hmfusion.training.TrainConfig].
 
 For every fusion and seed: a stratified train/validation/test split picked by the seed (the same
 for every fusion), AdamW, early stopping on the validation loss, and the test accuracy at the
 best epoch. Under torchrun the model is wrapped in DistributedDataParallel and the global batch
-is split over the processes (see :mod:`hmfusion.distributed`).
+is split over the processes (see [`hmfusion.distributed`][hmfusion.distributed]).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from hmfusion.reporting import plot_accuracy_vs_params, plot_training_curves, re
 __all__ = ["DEFAULT_FUSIONS", "Run", "TrainConfig", "fit", "model_config", "results",
            "train_all", "write_outputs"]
 
+#: What `hmfusion train` compares without --fusion: every fusion but `"random"`.
 DEFAULT_FUSIONS = ("hm", "dense", "lowrank", "lphm", "dual_lphm", "mean")
 BlockSize = int | Literal["auto"]
 
@@ -40,21 +42,25 @@ class TrainConfig:
     """Everything a training run is asked to do, fixed before it starts.
 
     Attributes:
-        fusions: the fusions to compare, names of :data:`hmfusion.model.FUSIONS`.
+        fusions: the fusions to compare, names of [`FUSIONS`][hmfusion.model.FUSIONS].
         hidden: width of every view's encoder; 0 fuses the standardized views directly.
-        fused_width: output width n of the fusion layer; None means ``hidden`` (or 64).
+        fused_width: output width n of the fusion layer; None means `hidden` (or 64).
         rank: rank r of lowrank, lphm, dual_lphm and random.
-        p, q: the Kronecker factor A's rows and columns (``"auto"``; q None means p).
+        p: the Kronecker factor A's rows (`"auto"`: the fusion layer chooses).
+        q: the Kronecker factor A's columns (`"auto"`; None means p).
         terms: Kronecker products summed by hm.
-        pad: zero-pad the Kronecker fusions (also on when p or q divide nothing).
+        pad: zero-pad the Kronecker fusions (also on when an explicit p does not divide n or an
+            explicit q does not divide D).
         dropout: after the encoders and the fusion.
         seeds: runs per fusion, seeds 0..seeds-1 (the seed picks split and initialization).
-        epochs, patience: at most ``epochs``; stop after ``patience`` without a better
-            validation loss.
+        epochs: the most epochs a run trains.
+        patience: stop after this many epochs without a better validation loss.
         batch_size: the global batch, split over the processes.
-        lr, weight_decay: AdamW's.
+        lr: AdamW's learning rate.
+        weight_decay: AdamW's weight decay.
         label_smoothing: of the training loss.
-        validation_fraction, test_fraction: each class's share held out.
+        validation_fraction: each class's share held out for validation.
+        test_fraction: each class's share held out for testing.
         max_rows: train on a stratified subsample of about this many rows (None: all).
         threads: torch CPU threads per process.
         quiet: no progress bars or messages.
@@ -137,8 +143,8 @@ def _fusion_options(name: str, config: TrainConfig, seed: int) -> dict[str, Any]
 
 def model_config(data: MultiViewData, fusion: str, config: TrainConfig, seed: int
                  ) -> dict[str, Any]:
-    """The :class:`~hmfusion.model.MultiViewClassifier` config of one run; an explicit p or q
-    that does not divide n or D turns on zero padding."""
+    """The [`MultiViewClassifier`][hmfusion.model.MultiViewClassifier] config of one run; an
+    explicit p or q that does not divide n or D turns on zero padding."""
     options = _fusion_options(fusion, config, seed)
     model = MultiViewClassifier.make_config(
         data, fusion, hidden=config.hidden, fused_width=config.fused_width,
@@ -154,7 +160,7 @@ def model_config(data: MultiViewData, fusion: str, config: TrainConfig, seed: in
 
 def _evaluate(model: nn.Module, views: list[Tensor], labels: Tensor, rows: Tensor,
               procs: Processes) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy on ``rows``, each process taking every world_size-th."""
+    """Mean cross-entropy and accuracy on `rows`, each process taking every world_size-th."""
     mine = rows[procs.rank::procs.world_size]
     model.eval()
     with torch.no_grad():
@@ -168,7 +174,7 @@ def _evaluate(model: nn.Module, views: list[Tensor], labels: Tensor, rows: Tenso
 
 def fit(data: MultiViewData, fusion: str, seed: int, config: TrainConfig, procs: Processes,
         *, progress: bool = False) -> Run:
-    """Train one model: split by ``seed``, train with early stopping, test at the best epoch.
+    """Train one model: split by `seed`, train with early stopping, test at the best epoch.
 
     Raises:
         ValueError: the validation loss was never finite (the learning rate is too high).
@@ -260,8 +266,8 @@ def fit(data: MultiViewData, fusion: str, seed: int, config: TrainConfig, procs:
 
 def train_all(data: MultiViewData, config: TrainConfig, procs: Processes,
               on_run: Callable[[Run], None] | None = None) -> list[Run]:
-    """:func:`fit` every fusion with every seed, in that order; ``on_run`` (if given) sees each
-    :class:`Run` as it finishes (on every process)."""
+    """[`fit`][hmfusion.training.fit] every fusion with every seed, in that order; `on_run`
+    (if given) sees each [`Run`][hmfusion.training.Run] as it finishes (on every process)."""
     show = procs.is_main and not config.quiet
     runs = []
     with tqdm(total=len(config.fusions) * config.seeds, desc="train", unit="run",
@@ -307,7 +313,7 @@ def _summarize(runs: list[Run]) -> dict[str, dict[str, Any]]:
 
 def results(data: MultiViewData, config: TrainConfig, runs: list[Run], procs: Processes,
             *, seconds: float, run_id: str, csv_headers: dict[str, bool]) -> dict[str, Any]:
-    """The contents of ``results.json``."""
+    """The contents of `results.json`."""
     if data.labels is None:
         raise ValueError(f"{data.name}: training needs labelled data")
     split = stratified_split(data.labels, validation_fraction=config.validation_fraction,
@@ -351,9 +357,9 @@ def results(data: MultiViewData, config: TrainConfig, runs: list[Run], procs: Pr
 
 
 def write_outputs(directory: Path, summary: dict[str, Any], runs: list[Run]) -> str:
-    """Write a run's files into ``directory`` (a staging directory): ``results.json``,
-    ``results.md``, the two figures, and per fusion the checkpoint of its best seed, bound to
-    this run by ``summary["run_id"]``. Returns the Markdown table."""
+    """Write a run's files into `directory` (a staging directory): `results.json`,
+    `results.md`, the two figures, and per fusion the checkpoint of its best seed, bound to
+    this run by `summary["run_id"]`. Returns the Markdown table."""
     checkpoints = directory / "checkpoints"
     checkpoints.mkdir()
     for fusion, entry in summary["fusions"].items():

@@ -1,15 +1,18 @@
 """Multi-view data for hmfusion: the packaged UCI mfeat data set and loaders for your own files.
 
-- :func:`load_mfeat`: six views of 2,000 handwritten digits (10 classes), shipped inside the
-  package (``mfeat.npz``; source, licence and how it was made in ``MFEAT_README.md``).
-- :func:`load_files`: CSV/TSV, .npy and .npz files, with labels from a file or a column
-  (see :mod:`hmfusion.data.files`; the readers are :mod:`hmfusion.data.tables` for CSV/TSV and
-  :mod:`hmfusion.data.arrays` for NumPy files).
-- :func:`stratified_split`, :func:`stratified_subsample`, :func:`check_classes`: the splits the
-  training job uses (see :mod:`hmfusion.data.split`).
+- [`load_mfeat`][hmfusion.data.load_mfeat]: six views of 2,000 handwritten digits
+  (10 classes), shipped inside the package (`mfeat.npz`; source, licence and how it was made
+  in `MFEAT_README.md`).
+- [`load_files`][hmfusion.data.load_files]: CSV/TSV, .npy and .npz files, with labels from a
+  file or a column (see `hmfusion.data.files`; the readers are `hmfusion.data.tables` for
+  CSV/TSV and `hmfusion.data.arrays` for NumPy files).
+- [`stratified_split`][hmfusion.data.stratified_split],
+  [`stratified_subsample`][hmfusion.data.stratified_subsample],
+  [`check_classes`][hmfusion.data.check_classes]: the splits the training job uses (see
+  `hmfusion.data.split`).
 
-Every source ends in a checked :class:`MultiViewData`; problems raise :class:`DataError` (a
-``ValueError``) naming the file and what is wrong.
+Every source ends in a checked [`MultiViewData`][hmfusion.data.MultiViewData]; problems raise
+[`DataError`][hmfusion.data.DataError] (a `ValueError`) naming the file and what is wrong.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ __all__ = [
     "stratified_subsample",
 ]
 
-#: The packaged data set: arrays ``fou, fac, kar, pix, zer, mor`` (float64) and ``labels`` (int64).
+#: The packaged data set: arrays `fou, fac, kar, pix, zer, mor` (float64) and `labels` (int64).
 MFEAT_PATH = Path(__file__).with_name("mfeat.npz")
 _MFEAT_VIEWS = ("fou", "fac", "kar", "pix", "zer", "mor")
 

@@ -1,9 +1,9 @@
-"""Reading NumPy ``.npy`` and ``.npz`` files without trusting them.
+"""Reading NumPy `.npy` and `.npz` files without trusting them.
 
-``allow_pickle=False`` always (nothing is ever unpickled), and every header is checked against
+`allow_pickle=False` always (nothing is ever unpickled), and every header is checked against
 the bytes present before an array is allocated: a truncated file, a header announcing more data
-than the file (or archive member) holds, a member that is not ``.npy`` or one that inflates like
-a zip bomb is a :class:`~hmfusion.data.DataError`, never a ``MemoryError`` or a traceback.
+than the file (or archive member) holds, a member that is not `.npy` or one that inflates like
+a zip bomb is a [`DataError`][hmfusion.data.DataError], never a `MemoryError` or a traceback.
 """
 
 from __future__ import annotations
@@ -35,13 +35,15 @@ def _read_npy_header(stream: IO[bytes], where: str) -> tuple[int, np.dtype]:
     except (ValueError, EOFError) as failure:
         raise DataError(f"{where} is not a NumPy .npy array ({failure})") from None
     if dtype.hasobject:
-        raise DataError(f"{where} holds Python objects; hmfusion never unpickles data, so save "
-                        "plain numbers (or strings, for labels)")
+        raise DataError(
+            f"{where} holds Python objects; hmfusion never unpickles data, so save "
+            "plain numbers (or strings, for labels)"
+        )
     return math.prod(shape) * dtype.itemsize, dtype
 
 
 def load_npy(path: Path) -> np.ndarray:
-    """The array of an ``.npy`` file, its header checked against the file's size first.
+    """The array of an `.npy` file, its header checked against the file's size first.
 
     Raises:
         DataError: not an .npy file, Python objects, or truncated/corrupt.
@@ -55,8 +57,10 @@ def load_npy(path: Path) -> np.ndarray:
         claimed, _ = _read_npy_header(handle, str(path))
         present = path.stat().st_size - handle.tell()
         if claimed > present:
-            raise DataError(f"{path} is truncated or corrupt: its header announces {claimed:,} "
-                            f"bytes of data and the file holds {present:,}")
+            raise DataError(
+                f"{path} is truncated or corrupt: its header announces {claimed:,} "
+                f"bytes of data and the file holds {present:,}"
+            )
         handle.seek(0)
         try:
             return np.lib.format.read_array(handle, allow_pickle=False)
@@ -87,24 +91,27 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
 
 def _npz_key(path: Path, info: zipfile.ZipInfo) -> str:
     if not info.filename.endswith(".npy"):
-        raise DataError(f"{path}: member {info.filename!r} is not a .npy array (an .npz holds "
-                        "only .npy arrays)")
-    return info.filename[:-len(".npy")]
+        raise DataError(
+            f"{path}: member {info.filename!r} is not a .npy array (an .npz holds only .npy arrays)"
+        )
+    return info.filename[: -len(".npy")]
 
 
-def _read_npz_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo
-                     ) -> np.ndarray:
+def _read_npz_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
     where = f"{path}[{info.filename[:-4]!r}]"
-    if info.file_size > (64 << 20) and info.file_size > _MAX_INFLATION * max(info.compress_size,
-                                                                                1):
-        raise DataError(f"{where} inflates from {info.compress_size:,} to {info.file_size:,} "
-                        "bytes; refusing what looks like a zip bomb")
+    if info.file_size > (64 << 20) and info.file_size > _MAX_INFLATION * max(info.compress_size, 1):
+        raise DataError(
+            f"{where} inflates from {info.compress_size:,} to {info.file_size:,} "
+            "bytes; refusing what looks like a zip bomb"
+        )
     with archive.open(info) as member:
         claimed, _ = _read_npy_header(member, where)
         present = info.file_size - member.tell()
     if claimed > present:
-        raise DataError(f"{where} is truncated or corrupt: its header announces {claimed:,} "
-                        f"bytes of data and the member holds {present:,}")
+        raise DataError(
+            f"{where} is truncated or corrupt: its header announces {claimed:,} "
+            f"bytes of data and the member holds {present:,}"
+        )
     with archive.open(info) as member:
         try:
             return np.lib.format.read_array(member, allow_pickle=False)

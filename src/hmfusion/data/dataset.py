@@ -2,7 +2,7 @@
 
 A data set is k views of the same N rows — view i a float64 array of shape (N, d_i) with finite
 values — and, for training, one class label per row. Labels are kept as int64 codes into
-``classes``, the sorted distinct labels as the user wrote them (ints, or strings for class
+`classes`, the sorted distinct labels as the user wrote them (ints, or strings for class
 names), so predictions can be reported in the user's own terms.
 """
 
@@ -28,13 +28,13 @@ class MultiViewData:
     """k views of the same N rows, with optional class labels.
 
     Attributes:
-        name: where the data came from (``"mfeat"`` or the file names), for reports.
+        name: where the data came from (`"mfeat"` or the file names), for reports.
         views: k float64 arrays, view i of shape (N, d_i), finite values.
         view_names: a unique name per view.
-        labels: int64 codes of shape (N,), indices into ``classes``; None when unlabelled.
+        labels: int64 codes of shape (N,), indices into `classes`; None when unlabelled.
         classes: the sorted distinct class labels (ints, or strings); None when unlabelled.
         csv_headers: per CSV/TSV file read, its name and whether its first row was read as a
-            header (what ``header="auto"`` decided, so that reports can say it).
+            header (what `header="auto"` decided, so that reports can say it).
     """
 
     name: str
@@ -48,8 +48,9 @@ class MultiViewData:
         if not self.views:
             raise DataError(f"{self.name}: no views")
         if len(self.view_names) != len(self.views):
-            raise DataError(f"{self.name}: {len(self.views)} views but "
-                            f"{len(self.view_names)} names")
+            raise DataError(
+                f"{self.name}: {len(self.views)} views but {len(self.view_names)} names"
+            )
         if len(set(self.view_names)) != len(self.view_names):
             raise DataError(f"{self.name}: view names are not unique: {list(self.view_names)}")
         rows = {name: view.shape[0] for name, view in zip(self.view_names, self.views)}
@@ -58,8 +59,9 @@ class MultiViewData:
             raise DataError(f"the views have different numbers of rows: {listing}")
         for name, view in zip(self.view_names, self.views):
             if view.ndim != 2 or view.dtype != np.float64:
-                raise DataError(f"view {name}: expected a 2-D float64 array, got "
-                                f"{view.ndim}-D {view.dtype}")
+                raise DataError(
+                    f"view {name}: expected a 2-D float64 array, got {view.ndim}-D {view.dtype}"
+                )
             if view.shape[1] == 0:
                 raise DataError(f"view {name} has no feature columns")
         if self.num_rows == 0:
@@ -80,7 +82,7 @@ class MultiViewData:
         return tuple(view.shape[1] for view in self.views)
 
     def subset(self, rows: np.ndarray) -> MultiViewData:
-        """The same data set restricted to ``rows`` (an index array)."""
+        """The same data set restricted to `rows` (an index array)."""
         return MultiViewData(
             self.name,
             tuple(view[rows] for view in self.views),
@@ -92,9 +94,10 @@ class MultiViewData:
 
 
 def check_finite(values: np.ndarray, where: str, row_names: Sequence[str] | None = None) -> None:
-    """Raise :class:`DataError` at the first NaN or infinite value of a 2-D array.
+    """Raise [`DataError`][hmfusion.data.DataError] at the first NaN or infinite value of a
+    2-D array.
 
-    ``row_names`` (one per row, e.g. ``"line 7"``) replaces the 1-based row number in the message.
+    `row_names` (one per row, e.g. `"line 7"`) replaces the 1-based row number in the message.
     """
     bad = ~np.isfinite(values)
     if not bad.any():
@@ -102,8 +105,10 @@ def check_finite(values: np.ndarray, where: str, row_names: Sequence[str] | None
     row, col = (int(i) for i in np.argwhere(bad)[0])
     row_name = row_names[row] if row_names is not None else f"row {row + 1}"
     kind = "NaN" if math.isnan(values[row, col]) else "an infinite value"
-    raise DataError(f"{where}, {row_name}, column {col + 1}: {kind} "
-                    f"({int(bad.sum())} non-finite values in all); remove or impute them")
+    raise DataError(
+        f"{where}, {row_name}, column {col + 1}: {kind} "
+        f"({int(bad.sum())} non-finite values in all); remove or impute them"
+    )
 
 
 def _number(value: object) -> int | float | None:
@@ -127,18 +132,19 @@ def _number(value: object) -> int | float | None:
         return None
 
 
-def encode_labels(values: Sequence[object] | np.ndarray, where: str
-                  ) -> tuple[np.ndarray, tuple[ClassName, ...]]:
+def encode_labels(
+    values: Sequence[object] | np.ndarray, where: str
+) -> tuple[np.ndarray, tuple[ClassName, ...]]:
     """Codes (int64, shape (N,)) and sorted classes for raw labels.
 
     Labels that all read as integers ("3", 3.0, 3) become int classes. If any label is not a
-    number, every label is a class name (a string), so ``["1", "cat"]`` gives ``("1", "cat")``.
-    Integer labels keep their exact values at any size (``"9007199254740993"`` is not
-    ``…992``).
+    number, every label is a class name (a string), so `["1", "cat"]` gives `("1", "cat")`.
+    Integer labels keep their exact values at any size (`"9007199254740993"` is not
+    `…992`).
 
     Raises:
         DataError: an empty label; among all-numeric labels, NaN, inf or a fractional number;
-            a label array that is not one column. The message names ``where`` and the row.
+            a label array that is not one column. The message names `where` and the row.
     """
     array = np.asarray(values)
     if array.ndim == 2 and array.shape[1] == 1:
@@ -147,8 +153,10 @@ def encode_labels(values: Sequence[object] | np.ndarray, where: str
         raise DataError(f"{where}: labels must be one column, got shape {array.shape}")
     if array.dtype.kind not in "biufUSO":
         raise DataError(f"{where}: labels of dtype {array.dtype} are neither numbers nor names")
-    raw = [value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
-           for value in array.tolist()]
+    raw = [
+        value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+        for value in array.tolist()
+    ]
     raw = [value.strip() if isinstance(value, str) else value for value in raw]
     for row, value in enumerate(raw):
         if value == "":
@@ -158,8 +166,10 @@ def encode_labels(values: Sequence[object] | np.ndarray, where: str
     if all(number is not None for number in numbers):
         for row, number in enumerate(numbers):
             if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
-                raise DataError(f"{where}, row {row + 1}: label {raw[row]!r} is not an "
-                                "integer; labels must be integers or class names")
+                raise DataError(
+                    f"{where}, row {row + 1}: label {raw[row]!r} is not an "
+                    "integer; labels must be integers or class names"
+                )
         names = [int(number) for number in numbers]  # type: ignore[arg-type]
     else:
         names = [str(value) for value in raw]

@@ -1,32 +1,32 @@
 """Reading your own multi-view data: CSV/TSV, .npy and .npz files, with the labels.
 
-Each views file gives one view (``.csv``, ``.tsv``, ``.npy``) or one view per array (``.npz``).
+Each views file gives one view (`.csv`, `.tsv`, `.npy`) or one view per array (`.npz`).
 Labels come from one of:
 
-- ``labels=`` a file of its own (one column; with several, ``label_column`` picks one);
-- ``label_column=`` without a labels file: a column the views files carry. A *name* takes that
+- `labels=` a file of its own (one column; with several, `label_column` picks one);
+- `label_column=` without a labels file: a column the views files carry. A *name* takes that
   column from every CSV whose header has it (and the array of that name from an .npz); an
   *index* (negative counts from the end) takes that column from every views file, as in files
   that each end with the label;
-- neither: an .npz array named ``labels``, ``label``, ``y`` or ``target``.
+- neither: an .npz array named `labels`, `label`, `y` or `target`.
 
-CSV headers are optional. With ``header="auto"`` the whole file decides: the first row is a
+CSV headers are optional. With `header="auto"` the whole file decides: the first row is a
 header when one of its feature cells is text, when it reads 0, 1, 2, … (column indices, as
 pandas writes them; one cell may differ), or when its label cell is text above a column of
 numbers, or text that never occurs again while every other label occurs at least three times
 (as every class of a data set that can be split does). A first label that occurs once among
-labels that are not all that frequent is undecidable: the file is refused and ``"yes"``/``"no"``
-(``--csv-header``) decide it outright. What was used is recorded in
-:attr:`MultiViewData.csv_headers`.
+labels that are not all that frequent is undecidable: the file is refused and `"yes"`/`"no"`
+(`--csv-header`) decide it outright. What was used is recorded in
+the `csv_headers` of [`MultiViewData`][hmfusion.data.MultiViewData].
 
-Everything is checked before anything is used, and every problem raises :class:`DataError`
-naming the file, line or row, and column: a missing or unreadable file, an unsupported type,
-ragged rows, non-numeric or empty cells (a row of empty cells too, as pandas writes an all-NaN
-row), NaN or infinite values, a duplicated header name, views with different numbers of rows,
-labels that disagree between files. ``.npy``/``.npz`` files are read with
-``allow_pickle=False`` (nothing is ever unpickled), and only after their headers were checked
-against the bytes present: a truncated file, a header claiming more data than the file holds, a
-member that is not an ``.npy`` array or one that inflates like a zip bomb is refused.
+Everything is checked before anything is used, and every problem raises
+[`DataError`][hmfusion.data.DataError] naming the file, line or row, and column: a missing or
+unreadable file, an unsupported type, ragged rows, non-numeric or empty cells (a row of empty cells
+too, as pandas writes an all-NaN row), NaN or infinite values, a duplicated header name, views with
+different numbers of rows, labels that disagree between files. `.npy`/`.npz` files are read with
+`allow_pickle=False` (nothing is ever unpickled), and only after their headers were checked against
+the bytes present: a truncated file, a header claiming more data than the file holds, a member that
+is not an `.npy` array or one that inflates like a zip bomb is refused.
 """
 
 from __future__ import annotations
@@ -66,14 +66,15 @@ def load_files(
     header: str = "auto",
     require_labels: bool = True,
 ) -> MultiViewData:
-    """Read views (and labels) from files into a checked :class:`MultiViewData`.
+    """Read views (and labels) from files into a checked
+    [`MultiViewData`][hmfusion.data.MultiViewData].
 
     Args:
-        view_paths: one or more ``.csv``/``.tsv``/``.npy``/``.npz`` files, rows aligned.
-        labels: a file holding the labels (``.csv``/``.tsv``/``.npy``/``.npz``), or None.
-        label_column: with ``labels``, the column of that file; without, the column the views
+        view_paths: one or more `.csv`/`.tsv`/`.npy`/`.npz` files, rows aligned.
+        labels: a file holding the labels (`.csv`/`.tsv`/`.npy`/`.npz`), or None.
+        label_column: with `labels`, the column of that file; without, the column the views
             files carry (a name, or an int index; see the module docstring).
-        header: CSV header detection, ``"auto"``, ``"yes"`` or ``"no"``.
+        header: CSV header detection, `"auto"`, `"yes"` or `"no"`.
         require_labels: raise when no labels are found (training); prediction passes False.
 
     Raises:
@@ -86,31 +87,39 @@ def load_files(
         raise DataError("no views files given")
     if header not in _HEADER_MODES:
         raise ValueError(f"header must be one of {_HEADER_MODES}, got {header!r}")
-    if label_column is not None and (isinstance(label_column, bool)
-                                     or not isinstance(label_column, (int, str))):
+    if label_column is not None and (
+        isinstance(label_column, bool) or not isinstance(label_column, (int, str))
+    ):
         raise TypeError(f"label_column must be a column name or index, got {label_column!r}")
     paths = [_checked_path(path, "views file") for path in view_paths]
     labels_path = None if labels is None else _checked_path(labels, "labels file")
 
     view_column = label_column if labels_path is None else None
     file_views = [_read_views_file(path, view_column, header) for path in paths]
-    headers = [(path.name, fv.header) for path, fv in zip(paths, file_views)
-               if fv.header is not None]
+    headers = [
+        (path.name, fv.header) for path, fv in zip(paths, file_views) if fv.header is not None
+    ]
 
-    rows = {name: values.shape[0] for path, fv in zip(paths, file_views)
-            for name, values in _described(path, fv)}
+    rows = {
+        name: values.shape[0]
+        for path, fv in zip(paths, file_views)
+        for name, values in _described(path, fv)
+    }
     if len(set(rows.values())) > 1:
         listing = ", ".join(f"{name} {count}" for name, count in rows.items())
         raise DataError(f"the views have different numbers of rows: {listing}")
     num_rows = next(iter(rows.values()))
 
     carriers: list[tuple[Path, np.ndarray | list[str]]] = [
-        (path, fv.labels) for path, fv in zip(paths, file_views) if fv.labels is not None]
+        (path, fv.labels) for path, fv in zip(paths, file_views) if fv.labels is not None
+    ]
     if labels_path is not None:
         if carriers:
-            raise DataError(f"{carriers[0][0]} holds labels (an array named one of "
-                            f"{DEFAULT_LABEL_KEYS}) and a labels file was also given "
-                            f"({labels_path}); keep one source")
+            raise DataError(
+                f"{carriers[0][0]} holds labels (an array named one of "
+                f"{DEFAULT_LABEL_KEYS}) and a labels file was also given "
+                f"({labels_path}); keep one source"
+            )
         labels_file = _read_labels_file(labels_path, label_column, header)
         raw = labels_file.labels
         carriers = [(labels_path, raw if raw is not None else [])]
@@ -125,8 +134,10 @@ def load_files(
         codes, classes = encode_labels(first_raw, str(first_path))
         if codes.shape[0] != num_rows:
             after = " after its header row" if dict(headers).get(first_path.name) else ""
-            raise DataError(f"the labels ({first_path}) have {codes.shape[0]} rows{after} but "
-                            f"the views have {num_rows}")
+            raise DataError(
+                f"the labels ({first_path}) have {codes.shape[0]} rows{after} but "
+                f"the views have {num_rows}"
+            )
         for path, raw in carriers[1:]:
             other_codes, other_classes = encode_labels(raw, str(path))
             decoded = [classes[c] for c in codes]
@@ -139,9 +150,11 @@ def load_files(
                     "file must carry the label there: name the column or pass --labels instead"
                 )
     elif require_labels:
-        raise DataError("no labels: pass a labels file (--labels FILE), name the column that "
-                        "holds them (--label-column NAME|INDEX), or give an .npz of views an "
-                        "array named 'labels'")
+        raise DataError(
+            "no labels: pass a labels file (--labels FILE), name the column that "
+            "holds them (--label-column NAME|INDEX), or give an .npz of views an "
+            "array named 'labels'"
+        )
 
     views = [view for fv in file_views for view in fv.views]
     return MultiViewData(
@@ -164,8 +177,10 @@ def _checked_path(path: str | Path, role: str) -> Path:
     if not path.is_file():
         raise DataError(f"{role} {str(path)!r} is not a file")
     if path.suffix.lower() not in _SUFFIXES:
-        raise DataError(f"{role} {str(path)!r}: unsupported type {path.suffix or '(none)'!r}; "
-                        f"use one of {', '.join(_SUFFIXES)}")
+        raise DataError(
+            f"{role} {str(path)!r}: unsupported type {path.suffix or '(none)'!r}; "
+            f"use one of {', '.join(_SUFFIXES)}"
+        )
     return path
 
 
@@ -174,7 +189,7 @@ def _unreadable(path: Path, failure: OSError) -> DataError:
 
 
 def _described(path: Path, file_views: _FileViews) -> list[tuple[str, np.ndarray]]:
-    """The views of one file named for messages: ``a.csv``, or ``b.npz['fou']`` for archives."""
+    """The views of one file named for messages: `a.csv`, or `b.npz['fou']` for archives."""
     if path.suffix.lower() != ".npz":
         return [(path.name, values) for _, values in file_views.views]
     return [(f"{path.name}[{name!r}]", values) for name, values in file_views.views]
@@ -231,22 +246,27 @@ def _read_labels_array(path: Path, label_column: LabelColumn) -> np.ndarray:
         array = load_npy(path)
         if array.ndim == 2 and array.shape[1] > 1:
             if not isinstance(label_column, int):
-                raise DataError(f"{path} has {array.shape[1]} columns; choose the label column "
-                                "with --label-column INDEX")
+                raise DataError(
+                    f"{path} has {array.shape[1]} columns; choose the label column "
+                    "with --label-column INDEX"
+                )
             array = array[:, resolve_index(label_column, array.shape[1], str(path))]
         return array
     arrays = load_npz(path)
     key = _npz_label_key(arrays, label_column, path)
     if key is None:
         if len(arrays) != 1:
-            raise DataError(f"{path} holds {len(arrays)} arrays ({', '.join(arrays)}); name the "
-                            "labels with --label-column NAME")
+            raise DataError(
+                f"{path} holds {len(arrays)} arrays ({', '.join(arrays)}); name the "
+                "labels with --label-column NAME"
+            )
         key = next(iter(arrays))
     return arrays[key]
 
 
-def _npz_label_key(arrays: dict[str, np.ndarray], label_column: LabelColumn, path: Path
-                   ) -> str | None:
+def _npz_label_key(
+    arrays: dict[str, np.ndarray], label_column: LabelColumn, path: Path
+) -> str | None:
     names = list(arrays)
     if isinstance(label_column, str):
         return label_column if label_column in arrays else None

@@ -1,8 +1,8 @@
 """Reading CSV/TSV files: cells checked one by one, and whether the first row is a header.
 
-With ``header="auto"`` the whole file decides (see :func:`hmfusion.data.load_files`); a file it
-cannot decide is refused with a request for ``--csv-header yes|no`` rather than guessed, so a
-data row is never dropped silently.
+With `header="auto"` the whole file decides (see [`load_files`][hmfusion.data.load_files]); a file
+it cannot decide is refused with a request for `--csv-header yes|no` rather than guessed, so a data
+row is never dropped silently.
 """
 
 from __future__ import annotations
@@ -23,12 +23,11 @@ LabelColumn = int | str | None
 
 
 def resolve_index(index: int, width: int, where: str) -> int:
-    """``index`` into ``width`` columns (negative counts from the end); DataError naming
-    ``where`` when out of range."""
+    """`index` into `width` columns (negative counts from the end); DataError naming
+    `where` when out of range."""
     resolved = index + width if index < 0 else index
     if not 0 <= resolved < width:
-        raise DataError(f"{where}: label column index {index} is out of range "
-                        f"({width} columns)")
+        raise DataError(f"{where}: label column index {index} is out of range ({width} columns)")
     return resolved
 
 
@@ -56,8 +55,7 @@ def _is_column_index_row(cells: list[str]) -> bool:
     return sum(int(cell) == j for j, cell in enumerate(cells)) >= len(cells) - 1
 
 
-def _header_decision(rows: list[list[str]], label_index: int | None, features: bool
-                     ) -> bool | None:
+def _header_decision(rows: list[list[str]], label_index: int | None, features: bool) -> bool | None:
     """Whether the first row is a header, judged from the whole file; None when undecidable."""
     first = rows[0]
     feature_cells = [cell for j, cell in enumerate(first) if j != label_index] if features else []
@@ -85,8 +83,9 @@ def _csv_rows(path: Path) -> tuple[list[list[str]], list[int]]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as failure:
-        raise DataError(f"{path} is not UTF-8 text ({failure.reason} at byte "
-                        f"{failure.start})") from None
+        raise DataError(
+            f"{path} is not UTF-8 text ({failure.reason} at byte {failure.start})"
+        ) from None
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     rows: list[list[str]] = []
@@ -99,8 +98,10 @@ def _csv_rows(path: Path) -> tuple[list[list[str]], list[int]]:
                 rows.append(cells)
                 lines.append(reader.line_num)
             elif len(cells) > 1:  # ",,," is a row of missing values, not a blank line
-                raise DataError(f"{path} line {reader.line_num}: every cell is empty (a row of "
-                                "missing values); remove or impute the row")
+                raise DataError(
+                    f"{path} line {reader.line_num}: every cell is empty (a row of "
+                    "missing values); remove or impute the row"
+                )
             else:
                 blank.append(reader.line_num)
     except csv.Error as failure:
@@ -108,13 +109,15 @@ def _csv_rows(path: Path) -> tuple[list[list[str]], list[int]]:
     if rows and len(rows[0]) == 1:  # one column: a blank line inside is a missing value
         inside = [line for line in blank if lines[0] < line < lines[-1]]
         if inside:
-            raise DataError(f"{path} line {inside[0]} is empty (a missing value); remove or "
-                            "impute the row")
+            raise DataError(
+                f"{path} line {inside[0]} is empty (a missing value); remove or impute the row"
+            )
     return rows, lines
 
 
-def read_csv(path: Path, header: str, label_column: LabelColumn, labels_only: bool = False
-              ) -> Table:
+def read_csv(
+    path: Path, header: str, label_column: LabelColumn, labels_only: bool = False
+) -> Table:
     """Read a CSV/TSV file: features as float64, and the label column's cells if selected."""
     rows, lines = _csv_rows(path)
     if not rows:
@@ -132,16 +135,20 @@ def read_csv(path: Path, header: str, label_column: LabelColumn, labels_only: bo
         if header != "no" and label_column in rows[0]:
             columns = [j + 1 for j, cell in enumerate(rows[0]) if cell == label_column]
             if len(columns) > 1:
-                raise DataError(f"{path}: the header names {label_column!r} {len(columns)} "
-                                f"times (columns {', '.join(map(str, columns))}); rename the "
-                                "duplicates so the label column is unambiguous")
+                raise DataError(
+                    f"{path}: the header names {label_column!r} {len(columns)} "
+                    f"times (columns {', '.join(map(str, columns))}); rename the "
+                    "duplicates so the label column is unambiguous"
+                )
             label_index, named = rows[0].index(label_column), True
         elif labels_only:
             raise DataError(f"{path} has no column named {label_column!r} in its header")
     if labels_only and label_index is None:
         if width != 1:
-            raise DataError(f"{path} has {width} columns; choose the label column with "
-                            "--label-column NAME|INDEX")
+            raise DataError(
+                f"{path} has {width} columns; choose the label column with "
+                "--label-column NAME|INDEX"
+            )
         label_index = 0
 
     if header == "auto":
@@ -150,7 +157,8 @@ def read_csv(path: Path, header: str, label_column: LabelColumn, labels_only: bo
             raise DataError(
                 f"{path}: cannot tell whether line {lines[0]} is a header or data (its label "
                 f"{rows[0][label_index]!r} occurs once, and other labels are rare too); pass "
-                "--csv-header yes or --csv-header no")
+                "--csv-header yes or --csv-header no"
+            )
         has_header = bool(decided)
     else:
         has_header = header == "yes"
