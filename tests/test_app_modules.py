@@ -10,8 +10,11 @@ import pytest
 
 APP_MODULES = [
     "cli_common",
+    "outputs",
     "model",
+    "checkpoint",
     "training",
+    "results",
     "distributed",
     "reporting",
     "train",

@@ -12,9 +12,9 @@ import shutil
 import pytest
 import torch
 
+from hmfusion.checkpoint import load_checkpoint
 from hmfusion.cli import main as cli
 from hmfusion.data import DataError
-from hmfusion.model import load_checkpoint
 
 
 @pytest.fixture(scope="module")

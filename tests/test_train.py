@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from hmfusion.checkpoint import load_checkpoint
 from hmfusion.cli import main as cli
 from hmfusion.data import load_mfeat
-from hmfusion.model import load_checkpoint
 
 TINY = ["--seeds", "1", "--epochs", "2", "--max-rows", "300", "--quiet"]
 
@@ -545,12 +545,12 @@ def test_an_unusable_out_is_one_line_before_any_training(
 def test_disk_full_while_writing_leaves_nothing(tmp_path, capsys, monkeypatch):
     import errno
 
-    import hmfusion.model
+    import hmfusion.checkpoint
 
     def full(obj, path, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(hmfusion.model.torch, "save", full)
+    monkeypatch.setattr(hmfusion.checkpoint.torch, "save", full)
     assert train(tmp_path / "out", "--fusion", "hm", *TINY) == 2
     assert "hm.pt': No space left on device" in one_line_error(capsys)
     assert list(tmp_path.iterdir()) == []

@@ -20,14 +20,10 @@ import sys
 import numpy as np
 import torch
 
-from hmfusion.cli_common import (
-    OutputFile,
-    add_data_arguments,
-    load_data,
-    resolve_device,
-)
+from hmfusion.checkpoint import load_checkpoint
+from hmfusion.cli_common import add_data_arguments, load_data, resolve_device
 from hmfusion.data import DataError, MultiViewData
-from hmfusion.model import load_checkpoint
+from hmfusion.outputs import OutputFile
 
 __all__ = ["add_arguments", "main", "predict"]
 

@@ -30,7 +30,6 @@ import uuid
 import torch
 
 from hmfusion.cli_common import (
-    OutputDirectory,
     UsageError,
     add_data_arguments,
     block_size,
@@ -47,14 +46,9 @@ from hmfusion.cli_common import (
 from hmfusion.data import DataError, MultiViewData, check_classes, stratified_subsample
 from hmfusion.distributed import Processes, environment, fingerprint, processes
 from hmfusion.model import FUSIONS, MultiViewClassifier
-from hmfusion.training import (
-    DEFAULT_FUSIONS,
-    TrainConfig,
-    model_config,
-    results,
-    train_all,
-    write_outputs,
-)
+from hmfusion.outputs import OutputDirectory
+from hmfusion.results import results, write_outputs
+from hmfusion.training import DEFAULT_FUSIONS, TrainConfig, model_config, train_all
 
 __all__ = ["add_arguments", "main"]
 

@@ -4,33 +4,28 @@
 For every fusion and seed: a stratified train/validation/test split picked by the seed (the same
 for every fusion), AdamW, early stopping on the validation loss, and the test accuracy at the
 best epoch. Under torchrun the model is wrapped in DistributedDataParallel and the global batch
-is split over the processes (see [`hmfusion.distributed`][hmfusion.distributed]).
+is split over the processes (see [`hmfusion.distributed`][hmfusion.distributed]). What a run
+writes is [`hmfusion.results`][hmfusion.results]'s job.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-import hmfusion
 from hmfusion.data import MultiViewData, stratified_split
 from hmfusion.distributed import Processes
-from hmfusion.model import FUSIONS, KRONECKER_FUSIONS, MultiViewClassifier, save_checkpoint
-from hmfusion.reporting import plot_accuracy_vs_params, plot_training_curves, results_table
+from hmfusion.model import FUSIONS, KRONECKER_FUSIONS, MultiViewClassifier
 
-__all__ = ["DEFAULT_FUSIONS", "Run", "TrainConfig", "fit", "model_config", "results",
-           "train_all", "write_outputs"]
+__all__ = ["DEFAULT_FUSIONS", "Run", "TrainConfig", "fit", "model_config", "train_all"]
 
 #: What `hmfusion train` compares without --fusion: every fusion but `"random"`.
 DEFAULT_FUSIONS = ("hm", "dense", "lowrank", "lphm", "dual_lphm", "mean")
@@ -96,8 +91,10 @@ class TrainConfig:
             raise ValueError("--fusion is empty")
         unknown = [name for name in self.fusions if name not in FUSIONS]
         if unknown:
-            raise ValueError(f"--fusion: unknown {', '.join(map(repr, unknown))}; choose from "
-                             f"{', '.join(FUSIONS)}")
+            raise ValueError(
+                f"--fusion: unknown {', '.join(map(repr, unknown))}; choose from "
+                f"{', '.join(FUSIONS)}"
+            )
         if self.validation_fraction + self.test_fraction >= 1:
             raise ValueError("--validation-fraction plus --test-fraction must be below 1")
 
@@ -141,27 +138,34 @@ def _fusion_options(name: str, config: TrainConfig, seed: int) -> dict[str, Any]
     return options
 
 
-def model_config(data: MultiViewData, fusion: str, config: TrainConfig, seed: int
-                 ) -> dict[str, Any]:
+def model_config(
+    data: MultiViewData, fusion: str, config: TrainConfig, seed: int
+) -> dict[str, Any]:
     """The [`MultiViewClassifier`][hmfusion.model.MultiViewClassifier] config of one run; an
     explicit p or q that does not divide n or D turns on zero padding."""
     options = _fusion_options(fusion, config, seed)
     model = MultiViewClassifier.make_config(
-        data, fusion, hidden=config.hidden, fused_width=config.fused_width,
-        fusion_options=options, dropout=config.dropout,
+        data,
+        fusion,
+        hidden=config.hidden,
+        fused_width=config.fused_width,
+        fusion_options=options,
+        dropout=config.dropout,
     )
     if fusion in KRONECKER_FUSIONS and not options["pad"]:
         dims = [config.hidden] * len(data.widths) if config.hidden > 0 else list(data.widths)
         n, D = model["fused_width"], sum(dims)
-        model["fusion_options"]["pad"] = ((isinstance(config.p, int) and n % config.p != 0)
-                                          or (isinstance(config.q, int) and D % config.q != 0))
+        model["fusion_options"]["pad"] = (isinstance(config.p, int) and n % config.p != 0) or (
+            isinstance(config.q, int) and D % config.q != 0
+        )
     return model
 
 
-def _evaluate(model: nn.Module, views: list[Tensor], labels: Tensor, rows: Tensor,
-              procs: Processes) -> tuple[float, float]:
+def _evaluate(
+    model: nn.Module, views: list[Tensor], labels: Tensor, rows: Tensor, procs: Processes
+) -> tuple[float, float]:
     """Mean cross-entropy and accuracy on `rows`, each process taking every world_size-th."""
-    mine = rows[procs.rank::procs.world_size]
+    mine = rows[procs.rank :: procs.world_size]
     model.eval()
     with torch.no_grad():
         logits = model([view[mine] for view in views])
@@ -172,8 +176,15 @@ def _evaluate(model: nn.Module, views: list[Tensor], labels: Tensor, rows: Tenso
     return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
 
 
-def fit(data: MultiViewData, fusion: str, seed: int, config: TrainConfig, procs: Processes,
-        *, progress: bool = False) -> Run:
+def fit(
+    data: MultiViewData,
+    fusion: str,
+    seed: int,
+    config: TrainConfig,
+    procs: Processes,
+    *,
+    progress: bool = False,
+) -> Run:
     """Train one model: split by `seed`, train with early stopping, test at the best epoch.
 
     Raises:
@@ -183,8 +194,10 @@ def fit(data: MultiViewData, fusion: str, seed: int, config: TrainConfig, procs:
     if data.labels is None:
         raise ValueError(f"{data.name}: training needs labelled data")
     train_rows, val_rows, test_rows = stratified_split(
-        data.labels, validation_fraction=config.validation_fraction,
-        test_fraction=config.test_fraction, seed=seed,
+        data.labels,
+        validation_fraction=config.validation_fraction,
+        test_fraction=config.test_fraction,
+        seed=seed,
     )
     torch.manual_seed(seed)
     model = MultiViewClassifier(model_config(data, fusion, config, seed))
@@ -194,42 +207,60 @@ def fit(data: MultiViewData, fusion: str, seed: int, config: TrainConfig, procs:
     model.to(device)
     views = [torch.as_tensor(view, dtype=torch.float32, device=device) for view in data.views]
     labels = torch.as_tensor(data.labels, device=device)
-    train_t, val_t, test_t = (torch.as_tensor(r, device=device)
-                              for r in (train_rows, val_rows, test_rows))
+    train_t, val_t, test_t = (
+        torch.as_tensor(r, device=device) for r in (train_rows, val_rows, test_rows)
+    )
 
     trained: nn.Module = model
     if procs.distributed:
         device_ids = [device.index] if device.type == "cuda" else None
         # the standardization buffers are fitted identically everywhere: nothing to broadcast
-        trained = nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
-                                                      broadcast_buffers=False)
+        trained = nn.parallel.DistributedDataParallel(
+            model, device_ids=device_ids, broadcast_buffers=False
+        )
     # identical initial weights everywhere; dropout masks differ between processes
     torch.manual_seed(seed + 7919 * procs.rank)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
-                                  weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
     # The sampler splits the seed's permutation of the training rows position by position, so
     # the union of the processes' k-th local batches is the k-th batch of a single-process run.
     sampler: torch.utils.data.DistributedSampler[int] = torch.utils.data.DistributedSampler(
         range(len(train_rows)),  # type: ignore[arg-type]  # any sized sequence will do
-        num_replicas=procs.world_size, rank=procs.rank, shuffle=True, seed=seed,
+        num_replicas=procs.world_size,
+        rank=procs.rank,
+        shuffle=True,
+        seed=seed,
         drop_last=False,
     )
     local_batch = config.batch_size // procs.world_size
 
     best_loss, best_epoch, best_state = math.inf, -1, None
-    curves: dict[str, list[float]] = {"train_loss": [], "validation_loss": [],
-                                      "validation_accuracy": []}
-    epochs = tqdm(range(config.epochs), desc=f"{fusion} seed {seed}", unit="epoch",
-                  leave=False, disable=not progress, dynamic_ncols=True)
+    curves: dict[str, list[float]] = {
+        "train_loss": [],
+        "validation_loss": [],
+        "validation_accuracy": [],
+    }
+    epochs = tqdm(
+        range(config.epochs),
+        desc=f"{fusion} seed {seed}",
+        unit="epoch",
+        leave=False,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     for epoch in epochs:
         sampler.set_epoch(epoch)
         order = train_t[torch.as_tensor(list(sampler), dtype=torch.long, device=device)]
         trained.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for start in range(0, order.numel(), local_batch):
-            batch = order[start:start + local_batch]
-            loss = F.cross_entropy(trained([view[batch] for view in views]), labels[batch],
-                                   label_smoothing=config.label_smoothing)
+            batch = order[start : start + local_batch]
+            loss = F.cross_entropy(
+                trained([view[batch] for view in views]),
+                labels[batch],
+                label_smoothing=config.label_smoothing,
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -248,15 +279,19 @@ def fit(data: MultiViewData, fusion: str, seed: int, config: TrainConfig, procs:
             break
     epochs.close()
     if best_state is None:
-        raise ValueError(f"{fusion}, seed {seed}: the validation loss was never finite; "
-                         "lower --lr")
+        raise ValueError(f"{fusion}, seed {seed}: the validation loss was never finite; lower --lr")
     model.load_state_dict(best_state)
     _, val_acc = _evaluate(model, views, labels, val_t, procs)
     _, test_acc = _evaluate(model, views, labels, test_t, procs)
     return Run(
-        fusion=fusion, seed=seed, test_accuracy=test_acc, validation_accuracy=val_acc,
-        best_epoch=best_epoch + 1, seconds=time.perf_counter() - started,
-        fusion_parameters=model.fusion_parameters, model_parameters=model.num_parameters,
+        fusion=fusion,
+        seed=seed,
+        test_accuracy=test_acc,
+        validation_accuracy=val_acc,
+        best_epoch=best_epoch + 1,
+        seconds=time.perf_counter() - started,
+        fusion_parameters=model.fusion_parameters,
+        model_parameters=model.num_parameters,
         fusion_layer=repr(model.fusion) if model.fusion is not None else "mean",
         config=model.resolved_config(),
         state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
@@ -264,125 +299,31 @@ def fit(data: MultiViewData, fusion: str, seed: int, config: TrainConfig, procs:
     )
 
 
-def train_all(data: MultiViewData, config: TrainConfig, procs: Processes,
-              on_run: Callable[[Run], None] | None = None) -> list[Run]:
+def train_all(
+    data: MultiViewData,
+    config: TrainConfig,
+    procs: Processes,
+    on_run: Callable[[Run], None] | None = None,
+) -> list[Run]:
     """[`fit`][hmfusion.training.fit] every fusion with every seed, in that order; `on_run`
     (if given) sees each [`Run`][hmfusion.training.Run] as it finishes (on every process)."""
     show = procs.is_main and not config.quiet
     runs = []
-    with tqdm(total=len(config.fusions) * config.seeds, desc="train", unit="run",
-              disable=not show, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=len(config.fusions) * config.seeds,
+        desc="train",
+        unit="run",
+        disable=not show,
+        dynamic_ncols=True,
+    ) as bar:
         for fusion in config.fusions:
             for seed in range(config.seeds):
                 run = fit(data, fusion, seed, config, procs, progress=show)
                 runs.append(run)
                 if on_run is not None:
                     on_run(run)
-                bar.set_postfix_str(f"{fusion} seed {seed}: test acc {run.test_accuracy:.3f}",
-                                    refresh=False)
+                bar.set_postfix_str(
+                    f"{fusion} seed {seed}: test acc {run.test_accuracy:.3f}", refresh=False
+                )
                 bar.update()
     return runs
-
-
-# outputs --------------------------------------------------------------------------------------
-def _summarize(runs: list[Run]) -> dict[str, dict[str, Any]]:
-    by_fusion: dict[str, list[Run]] = {}
-    for run in runs:
-        by_fusion.setdefault(run.fusion, []).append(run)
-    summary = {}
-    for fusion, group in by_fusion.items():
-        accuracies = np.array([run.test_accuracy for run in group])
-        best = max(group, key=lambda run: (run.validation_accuracy, -run.seed))
-        summary[fusion] = {
-            "test_accuracy_mean": float(accuracies.mean()),
-            "test_accuracy_std": float(accuracies.std(ddof=1)) if len(group) > 1 else 0.0,
-            "fusion_parameters": group[0].fusion_parameters,
-            "model_parameters": group[0].model_parameters,
-            "train_seconds": float(sum(run.seconds for run in group)),
-            "test_accuracies": [float(a) for a in accuracies],
-            "validation_accuracies": [run.validation_accuracy for run in group],
-            "seeds": [run.seed for run in group],
-            "epochs": [run.epochs for run in group],
-            "best_epochs": [run.best_epoch for run in group],
-            "fusion_layer": group[0].fusion_layer,
-            "checkpoint": f"checkpoints/{fusion}.pt",
-            "checkpoint_seed": best.seed,
-        }
-    return summary
-
-
-def results(data: MultiViewData, config: TrainConfig, runs: list[Run], procs: Processes,
-            *, seconds: float, run_id: str, csv_headers: dict[str, bool]) -> dict[str, Any]:
-    """The contents of `results.json`."""
-    if data.labels is None:
-        raise ValueError(f"{data.name}: training needs labelled data")
-    split = stratified_split(data.labels, validation_fraction=config.validation_fraction,
-                             test_fraction=config.test_fraction, seed=0)
-    return {
-        "run_id": run_id,
-        "dataset": data.name,
-        "data": {
-            "rows": data.num_rows,
-            "view_names": list(data.view_names),
-            "view_widths": list(data.widths),
-            "classes": list(data.classes or ()),
-            "split_rows": {"train": len(split[0]), "validation": len(split[1]),
-                           "test": len(split[2])},
-            "csv_header": csv_headers,
-        },
-        "config": {
-            "seeds": list(range(config.seeds)),
-            "max_epochs": config.epochs,
-            "patience": config.patience,
-            "batch_size": config.batch_size,
-            "lr": config.lr,
-            "weight_decay": config.weight_decay,
-            "label_smoothing": config.label_smoothing,
-            "dropout": config.dropout,
-            "hidden": config.hidden,
-            "fused_width": runs[0].config["fused_width"],
-            "rank": config.rank,
-            "validation_fraction": config.validation_fraction,
-            "test_fraction": config.test_fraction,
-            "device": str(procs.device),
-            "world_size": procs.world_size,
-            "threads_per_process": torch.get_num_threads(),
-            "hmfusion_version": hmfusion.__version__,
-            "torch_version": torch.__version__,
-            "train_config": asdict(config),
-        },
-        "fusions": _summarize(runs),
-        "total_seconds": seconds,
-    }
-
-
-def write_outputs(directory: Path, summary: dict[str, Any], runs: list[Run]) -> str:
-    """Write a run's files into `directory` (a staging directory): `results.json`,
-    `results.md`, the two figures, and per fusion the checkpoint of its best seed, bound to
-    this run by `summary["run_id"]`. Returns the Markdown table."""
-    checkpoints = directory / "checkpoints"
-    checkpoints.mkdir()
-    for fusion, entry in summary["fusions"].items():
-        best = next(run for run in runs
-                    if run.fusion == fusion and run.seed == entry["checkpoint_seed"])
-        save_checkpoint(checkpoints, fusion, best.state, {
-            "model": best.config,
-            "run_id": summary["run_id"],
-            "seed": best.seed,
-            "test_accuracy": best.test_accuracy,
-            "validation_accuracy": best.validation_accuracy,
-            "dataset": summary["dataset"],
-            "hmfusion_version": hmfusion.__version__,
-            "torch_version": torch.__version__,
-        })
-    table = results_table(summary["fusions"])
-    (directory / "results.json").write_text(json.dumps(summary, indent=2) + "\n",
-                                            encoding="utf-8")
-    (directory / "results.md").write_text(table + "\n", encoding="utf-8")
-    title = (f"{summary['dataset']}: {summary['data']['rows']} rows, "
-             f"{len(summary['data']['view_widths'])} views, "
-             f"{len(summary['config']['seeds'])} seeds")
-    plot_accuracy_vs_params(summary["fusions"], directory / "accuracy_vs_params.png", title)
-    plot_training_curves([{"fusion": run.fusion, "seed": run.seed, "best_epoch": run.best_epoch,
-                           **run.curves} for run in runs], directory / "training_curves.png")
-    return table
