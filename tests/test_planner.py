@@ -174,24 +174,35 @@ def test_large_balanced_shapes_are_fused():
     assert 0 < plan.chunk_rows < 4096
 
 
-def test_wide_aligned_inputs_are_read_in_place():
+def test_wide_aligned_inputs_are_read_in_place(monkeypatch):
+    # the pure-PyTorch kernel contracts wide aligned inputs in place
+    monkeypatch.setattr(planner, "_native_runs", lambda dtype, device_type: False)
+    monkeypatch.setattr(planner, "_CACHE", {})
     plan = planner.choose_plan(_spec(1024, 1024, 128, 128), 2048, (512, 512))
-    assert (plan.method, plan.inputs) == ("fused", "split")
+    assert (plan.method, plan.inputs, plan.kernel) == ("fused", "split", "pytorch")
     plan = planner.choose_plan(_spec(1024, 1024, 32, 32), 2048, (1024,))
     assert (plan.method, plan.inputs) == ("fused", "split")
+
+
+def test_compiled_kernel_gathers_and_runs_where_loaded(monkeypatch):
+    # the compiled kernel gathers each chunk (one unpadded input is read in place)
+    monkeypatch.setattr(planner, "_native_runs", lambda dtype, device_type: True)
+    monkeypatch.setattr(planner, "_CACHE", {})
+    plan = planner.choose_plan(_spec(1024, 1024, 128, 128), 2048, (512, 512))
+    assert (plan.method, plan.inputs, plan.kernel) == ("fused", "gather", "native")
 
 
 def test_unaligned_or_padded_inputs_are_gathered():
     assert planner.choose_plan(_spec(1024, 1020, 32, 34), 2048, (340,) * 3).inputs == "gather"
     assert planner.choose_plan(_spec(100, 110, 10, 11), 4096, (55, 55)).inputs in (
-        "gather", "concat"
+        "gather", "cat"
     )
 
 
 def test_tiny_factors_materialize():
     # s = t = 2: every per-row product is 2 wide; one dense GEMM is cheaper
     plan = planner.choose_plan(_spec(1024, 1024, 512, 512), 4096, (256,) * 4)
-    assert plan.method == "materialize" and plan.chunk_rows == 0
+    assert plan.method == "materialize" and (plan.inputs, plan.chunk_rows) == ("cat", 4096)
 
 
 def test_low_rank_factors_use_thin_matmuls():
