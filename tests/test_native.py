@@ -190,6 +190,7 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch):
     def no_compiler():
         raise RuntimeError("Error building extension 'hmfusion_native': c++: not found\nmore")
 
+    monkeypatch.delenv("HMFUSION_NATIVE", raising=False)
     monkeypatch.setattr(native, "_STATE", "unloaded")
     monkeypatch.setattr(native, "_build", no_compiler)
     monkeypatch.setattr(native, "_use_native", native._use_native)

@@ -79,17 +79,32 @@ struct Rows {
         direct(inputs.size() == 1 && inputs[0].size(1) == q_ * t_ && inputs[0].is_contiguous()) {}
 
   Tensor staging(int64_t rows) const {
-    return at::zeros({rows, q * t}, xs[0].options());
+    int64_t width = 0;
+    for (const auto& x : xs) width += x.size(1);
+    // the padding columns are zeroed once; the inputs' columns are overwritten per chunk
+    return width == q * t ? at::empty({rows, q * t}, xs[0].options())
+                          : at::zeros({rows, q * t}, xs[0].options());
   }
 
   Tensor read(int64_t r0, int64_t c, Tensor& stage) const {
     if (direct) return xs[0].narrow(0, r0, c).view({c, q, t});
     if (!stage.defined()) stage = staging(capacity);
     Tensor buffer = stage.narrow(0, 0, c);
-    int64_t offset = 0;
+    std::vector<Tensor> pieces;
+    pieces.reserve(xs.size());
+    int64_t width = 0;
     for (const auto& x : xs) {
-      buffer.narrow(1, offset, x.size(1)).copy_(x.narrow(0, r0, c));
-      offset += x.size(1);
+      pieces.push_back(c == x.size(0) ? x : x.narrow(0, r0, c));
+      width += x.size(1);
+    }
+    if (width == q * t) {
+      at::cat_out(buffer, pieces, 1);  // one copy kernel for the k inputs
+    } else {
+      int64_t offset = 0;
+      for (const auto& piece : pieces) {
+        buffer.narrow(1, offset, piece.size(1)).copy_(piece);
+        offset += piece.size(1);
+      }
     }
     return buffer.view({c, q, t});
   }
