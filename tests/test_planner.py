@@ -29,9 +29,12 @@ def _reference_weight(structure: KroneckerStructure, f: dict) -> torch.Tensor:
     return w[: structure.n, : structure.D]
 
 
-def _factors(structure: KroneckerStructure, generator: torch.Generator) -> dict:
+def _factors(structure: KroneckerStructure, generator: torch.Generator,
+             device: torch.device | str = "cpu") -> dict:
     return {
-        spec.name: torch.randn(spec.shape, dtype=F64, generator=generator).requires_grad_()
+        spec.name: torch.randn(spec.shape, dtype=F64, generator=generator)
+        .to(device)
+        .requires_grad_()
         for spec in structure.factor_specs
     }
 
@@ -40,12 +43,13 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
 
-def _check_against_reference(structure, dims, m, *, seed=0):
+def _check_against_reference(structure, dims, m, *, seed=0, device="cpu"):
     """Output and every gradient of apply_concat vs the plain reference, relative error."""
     generator = torch.Generator().manual_seed(seed)
-    f = _factors(structure, generator)
-    xs = [torch.randn(m, d, dtype=F64, generator=generator).requires_grad_() for d in dims]
-    dy = torch.randn(m, structure.n, dtype=F64, generator=generator)
+    f = _factors(structure, generator, device)
+    xs = [torch.randn(m, d, dtype=F64, generator=generator).to(device).requires_grad_()
+          for d in dims]
+    dy = torch.randn(m, structure.n, dtype=F64, generator=generator).to(device)
     leaves = xs + list(f.values())
 
     y = structure.apply_concat(xs, f)
@@ -85,27 +89,27 @@ FORCED = [
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("forced", FORCED, ids=lambda f: "-".join(str(v) for v in f.values()))
-def test_every_plan_matches_the_reference(case, forced):
+def test_every_plan_matches_the_reference(case, forced, device):
     structure, dims = CASES[case]
     if forced.get("inputs") == "split" and not planner.kernels.split_aligned(
         dims, structure.t
     ):
         with pytest.raises(ValueError, match="multiple of t"):
             with planner.force_plan(**forced):
-                _check_against_reference(structure, dims, 7)
+                _check_against_reference(structure, dims, 7, device=device)
         return
     with planner.force_plan(**forced):
-        plan = structure.plan(7, dims, dtype=F64)
-        error = _check_against_reference(structure, dims, 7)
+        plan = structure.plan(7, dims, dtype=F64, device=device)
+        error = _check_against_reference(structure, dims, 7, device=device)
     assert plan.method == forced["method"]
     assert error < 1e-10, (plan, error)
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_chosen_plan_matches_the_reference(case):
+def test_chosen_plan_matches_the_reference(case, device):
     structure, dims = CASES[case]
     for m in (1, 5, 300):
-        assert _check_against_reference(structure, dims, m, seed=m) < 1e-10
+        assert _check_against_reference(structure, dims, m, seed=m, device=device) < 1e-10
 
 
 def test_zero_rows():

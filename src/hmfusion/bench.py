@@ -195,9 +195,11 @@ def _measure(args: argparse.Namespace) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        return benchmarking.run(
+        report = benchmarking.run(
             shapes, dtypes, methods=methods, modes=modes, repeats=repeats, warmup=warmup,
             device=str(args.device), load=args.load, progress=not args.quiet,
         )
     finally:
         torch.set_num_threads(threads)
+    report["targets"] = benchmark_report.check_targets(report["results"], report["loaded"])
+    return report

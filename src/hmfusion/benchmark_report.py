@@ -12,7 +12,83 @@ from typing import Any
 
 from hmfusion.benchmarking import METHODS, TARGET_SHAPES, Shape
 
-__all__ = ["document", "markdown_table", "plot"]
+__all__ = ["check_targets", "document", "markdown_table", "plot"]
+
+#: The speed-up over dense each target shape must reach, quiet (float32, forward+backward).
+TARGET_SPEEDUPS = {"compute_1024": 8.0, "small_batch_4096": 18.0, "compute_4096": 14.0,
+                   "memory_bound": 2.0}
+#: Loaded, each target shape keeps at least this fraction of its quiet ratio.
+LOADED_FRACTION = 0.5
+#: Peak extra memory of forward+backward at D = n = 4096, relative to the activations.
+MEMORY_RATIO = 1.10
+
+
+# targets -----------------------------------------------------------------------------------
+def _find(results: list[dict], shape: Shape, dtype: str, mode: str) -> dict | None:
+    for row in results:
+        if tuple(row["shape"].values()) == tuple(shape) and row["dtype"] == dtype:
+            for measured in row["modes"]:
+                if measured["mode"] == mode:
+                    return measured
+    return None
+
+
+def check_targets(results: list[dict], loaded: list[dict] | None = None) -> list[dict]:
+    """The issue's targets on the grid points that were run (forward+backward).
+
+    Args:
+        results: the quiet rows of a report.
+        loaded: the rows measured under competing load, if any.
+
+    Returns:
+        One dict per check: ``target``, the figures, ``required`` and ``met``.
+    """
+    checks: list[dict] = []
+    fb = "forward+backward"
+    for name, shape in TARGET_SHAPES.items():
+        row = _find(results, shape, "float32", fb)
+        if row is None:
+            continue
+        speedup = row["speedup_vs_dense"]["hmfusion"]
+        required = TARGET_SPEEDUPS[name]
+        checks.append({"target": name, "shape": shape._asdict(), "hmfusion_vs_dense": speedup,
+                       "required": required, "met": speedup >= required})
+        loaded_row = _find(loaded or [], shape, "float32", fb)
+        if loaded_row is not None:
+            fraction = loaded_row["speedup_vs_dense"]["hmfusion"] / speedup
+            checks.append({"target": f"{name}_loaded", "shape": shape._asdict(),
+                           "hmfusion_vs_dense": loaded_row["speedup_vs_dense"]["hmfusion"],
+                           "fraction_of_quiet": fraction, "required": LOADED_FRACTION,
+                           "met": fraction >= LOADED_FRACTION})
+    for rows, label in ((results, "never_slower"), (loaded or [], "never_slower_loaded")):
+        for row in rows:
+            for measured in row["modes"]:
+                if measured["mode"] != fb:
+                    continue
+                vs_dense = measured["speedup_vs_dense"]["hmfusion"]
+                vs_simple = measured["hmfusion_vs_best_simple"]
+                # quiet: ≥ dense and ≥ the best simple code; loaded: ≥ the best simple code
+                met = (vs_simple is None or vs_simple >= 1.0) and (
+                    label.endswith("loaded") or vs_dense >= 1.0
+                )
+                checks.append({"target": label, "shape": row["shape"], "dtype": row["dtype"],
+                               "hmfusion_vs_dense": vs_dense,
+                               "best_simple": measured["best_simple"],
+                               "hmfusion_vs_best_simple": vs_simple, "required": 1.0,
+                               "met": met})
+    for row in results:
+        shape = Shape(**row["shape"])
+        if row["dtype"] != "float32" or (shape.m, shape.D, shape.n) != (4096, 4096, 4096):
+            continue
+        measured = _find(results, shape, "float32", fb)
+        ratio = measured and measured["hmfusion_memory_over_activations"]
+        if ratio is not None:
+            checks.append({"target": "memory_4096", "shape": row["shape"],
+                           "hmfusion_memory_over_activations": ratio,
+                           "required": MEMORY_RATIO, "met": ratio <= MEMORY_RATIO})
+    return checks
+
+
 
 _LABELS = {"dense": "dense ms", "kron": "kron ×", "tinybig": "tinybig ×", "einsum": "einsum ×",
            "two_matmul": "two-matmul ×", "compiled": "compiled ×", "hmfusion": "hmfusion ×"}

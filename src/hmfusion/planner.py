@@ -92,9 +92,18 @@ BMM_ROW_MACS = 1.0e4
 OP_OVERHEAD_MACS = 1.0e6
 #: One pass over a materialized W (writing it, page faults included, or reading it back).
 WEIGHT_ELEMENT_MACS = 60.0
-#: Target size of a row chunk of the fused kernel on CPU (its intermediates stay in L2/L3);
-#: measured best among 1–8 MiB on the four target shapes, within noise of 2 MiB.
+#: Target size of a row chunk of the pure-PyTorch fused kernel on CPU (its intermediates stay
+#: in L2/L3); measured best among 1–8 MiB on the four target shapes, within noise of 2 MiB.
 CHUNK_BYTES_CPU = 4 << 20
+#: The compiled kernel's chunks: ≈ 1 MiB of input rows (4096, 1024, 32: 8.8× dense with 1 MiB,
+#: 5.4× with 4 MiB; benchmarks/RESULTS.md), and at least NATIVE_CHUNKS_PER_THREAD chunks per
+#: thread (of ≥ NATIVE_MIN_CHUNK_ROWS rows) so that the dynamic schedule can balance a
+#: descheduled thread (256, 4096, 64: 16 chunks 23.0×, 2 chunks 20.1×).
+CHUNK_BYTES_NATIVE = 1 << 20
+NATIVE_CHUNKS_PER_THREAD = 8
+NATIVE_MIN_CHUNK_ROWS = 16
+#: Inputs up to this size run as one chunk (each chunk costs a few µs of dispatch).
+NATIVE_SINGLE_CHUNK_BYTES = 256 << 10
 #: Inputs up to this size are processed in one chunk.
 SINGLE_CHUNK_BYTES = 1 << 20
 #: On accelerators chunks only bound the scratch memory; launches are what cost.
@@ -245,10 +254,20 @@ def _pytorch_fused_ops(k: int, terms: int, chunks: int, grad: bool, split: bool)
     return chunks * per_chunk
 
 
+def _native_chunk_rows(spec: KronSpec, m: int, itemsize: int) -> int:
+    """Rows per chunk of the compiled kernel (see CHUNK_BYTES_NATIVE)."""
+    row_bytes = max(spec.q * spec.t, spec.p * spec.s) * itemsize
+    if m * row_bytes <= NATIVE_SINGLE_CHUNK_BYTES:
+        return max(m, 1)
+    rows = max(1, CHUNK_BYTES_NATIVE // row_bytes)
+    balanced = -(-m // (NATIVE_CHUNKS_PER_THREAD * torch.get_num_threads()))
+    return max(1, min(m, max(min(rows, balanced), NATIVE_MIN_CHUNK_ROWS)))
+
+
 def _chunk_rows(spec: KronSpec, m: int, itemsize: int, device_type: str) -> int:
-    """Rows per chunk: ≈ CHUNK_BYTES of staged input, and at least two chunks unless the whole
-    input is small (a lone 4 MiB chunk measured slower than two of 2 MiB: its scratch is
-    allocated afresh on every call, and the OS pages it in again)."""
+    """Rows per chunk of the pure-PyTorch kernel: ≈ CHUNK_BYTES of staged input, and at least
+    two chunks unless the whole input is small (a lone 4 MiB chunk measured slower than two of
+    2 MiB: its scratch is allocated afresh on every call, and the OS pages it in again)."""
     target = CHUNK_BYTES_CPU if device_type == "cpu" else CHUNK_BYTES_DEVICE
     row_bytes = max(spec.q * spec.t, spec.p * spec.s) * itemsize
     if m * row_bytes <= SINGLE_CHUNK_BYTES:
@@ -282,9 +301,12 @@ def _choose(spec: KronSpec, m: int, dims: tuple[int, ...], dtype: torch.dtype,
     m_eff = max(m, 1)
     lowrank = spec.rank_a is not None or spec.rank_b is not None
     dense_order: Order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, None, None)
-    chunk_rows = _chunk_rows(spec, m_eff, itemsize, device_type)
-    chunks = -(-m_eff // chunk_rows)
     compiled = _native_runs(dtype, device_type)
+    if compiled:
+        chunk_rows = _native_chunk_rows(spec, m_eff, itemsize)
+    else:
+        chunk_rows = _chunk_rows(spec, m_eff, itemsize, device_type)
+    chunks = -(-m_eff // chunk_rows)
     split = not compiled and _split_pays(spec, dims)
     row_cost = _factored_row_cost(spec, dense_order, grad, itemsize)
     if compiled:
@@ -303,10 +325,11 @@ def _choose(spec: KronSpec, m: int, dims: tuple[int, ...], dtype: torch.dtype,
     )
     candidates: dict[Method, float] = {"fused": fused, "materialize": materialize}
     composite_order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, spec.rank_a, spec.rank_b)
+    # (its GEMMs are unchunked, m·q rows: 16-bit ones run at a large GEMM's efficiency)
     if lowrank:
-        composite_rows = _lowrank_row_cost(spec, composite_order, grad, itemsize)
+        composite_rows = _lowrank_row_cost(spec, composite_order, grad, 4)
     else:
-        composite_rows = row_cost
+        composite_rows = _factored_row_cost(spec, dense_order, grad, 4)
     # full-size intermediates: X, the middle product and Y, passed ≈ 4× forward, 12× with grad
     widths = spec.q * spec.t + spec.p * spec.s + min(spec.q * spec.s, spec.p * spec.t)
     resident = m_eff * widths * itemsize <= CACHE_BYTES
@@ -351,10 +374,12 @@ def _apply_forced(plan: Plan, spec: KronSpec, m: int, dims: tuple[int, ...],
             f"inputs='split' needs every input boundary on a multiple of t={spec.t}; "
             f"input widths {list(dims)} are not"
         )
-    if chunk_rows is None:
-        chunk_rows = _chunk_rows(spec, max(m, 1), dtype.itemsize, device_type)
     kernel: Kernel = "native" if inputs == "gather" and _native_runs(dtype, device_type) \
         else "pytorch"
+    if chunk_rows is None and kernel == "native":
+        chunk_rows = _native_chunk_rows(spec, max(m, 1), dtype.itemsize)
+    elif chunk_rows is None:
+        chunk_rows = _chunk_rows(spec, max(m, 1), dtype.itemsize, device_type)
     return Plan("fused", order, inputs, int(chunk_rows), "forced by force_plan", kernel)
 
 
