@@ -7,6 +7,7 @@ Everything here reads a report of :func:`hmfusion.benchmarking.run` (the ``resul
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,7 @@ def check_targets(results: list[dict], loaded: list[dict] | None = None) -> list
         if row["dtype"] != "float32" or (shape.m, shape.D, shape.n) != (4096, 4096, 4096):
             continue
         measured = _find(results, shape, "float32", fb)
-        ratio = measured and measured["hmfusion_memory_over_activations"]
+        ratio = None if measured is None else measured["hmfusion_memory_over_activations"]
         if ratio is not None:
             checks.append({"target": "memory_4096", "shape": row["shape"],
                            "hmfusion_memory_over_activations": ratio,
@@ -104,7 +105,7 @@ def _plan(plan: dict[str, Any]) -> str:
     return f"{plan['method']} {plan['order']}"
 
 
-def _rows_table(rows: list[dict], methods: list[str], memory: bool) -> list[str]:
+def _rows_table(rows: list[dict], methods: Sequence[str], memory: bool) -> list[str]:
     header = ["m", "D", "n", "p", "q", "k", "dtype", "mode", "ideal ×"]
     header += [_LABELS[m] for m in methods]
     header += ["hmfusion / best simple", "hmfusion / floor"]

@@ -49,7 +49,7 @@ splits only wide inputs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Union
+from typing import Literal, NamedTuple, Union
 
 import torch
 from torch import Tensor
@@ -79,7 +79,9 @@ def factor_cost(rows: int, cols: int, rank: int | None) -> int:
     return rows * cols if rank is None else rank * (rows + cols)
 
 
-def kron_order(p: int, q: int, s: int, t: int, rank_a: int | None, rank_b: int | None) -> str:
+def kron_order(
+    p: int, q: int, s: int, t: int, rank_a: int | None, rank_b: int | None
+) -> Literal["right_first", "left_first"]:
     """The cheaper contraction order for ``X (A ⊗ B)ᵀ``: ``"right_first"`` or ``"left_first"``."""
     cost_a = factor_cost(p, q, rank_a)
     cost_b = factor_cost(s, t, rank_b)

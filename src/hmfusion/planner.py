@@ -9,9 +9,10 @@ m rows the candidates (the :data:`Method` vocabulary) are:
     or the layer is so small that a single GEMM's low overhead decides.
 ``fused``
     the operator ``hmfusion::kron_concat`` (:func:`hmfusion.native.kron_concat`): row chunks
-    of ≈ 4 MiB in one parallel region, W never formed. Its CPU kernel is compiled C++ when the
-    build succeeded (``Plan.kernel == "native"``), else the pure-PyTorch chunked kernel of
-    :mod:`hmfusion.kernels`. Low-rank factors are multiplied out first (p×q and s×t only).
+    (≈ 1 MiB, several per thread) in one parallel region, W never formed. Its CPU kernel is
+    compiled C++ when the build succeeded (``Plan.kernel == "native"``), else the pure-PyTorch
+    chunked kernel of :mod:`hmfusion.kernels`. Low-rank factors are multiplied out first
+    (p×q and s×t only).
 ``composite``
     :func:`hmfusion.kernels.kron_matmul`, the two contractions as plain torch ops with
     autograd's backward: the near-zero-overhead path for small layers with dense factors, and
@@ -44,7 +45,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Iterator, Sequence
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, cast
 
 import torch
 from torch import Tensor
@@ -360,10 +361,13 @@ def _choose(spec: KronSpec, m: int, dims: tuple[int, ...], dtype: torch.dtype,
 def _apply_forced(plan: Plan, spec: KronSpec, m: int, dims: tuple[int, ...],
                   dtype: torch.dtype, device_type: str) -> Plan:
     forced = dict(_FORCED)
-    method = forced.get("method", plan.method)
-    order = forced.get("order", plan.order)
-    inputs = forced.get("inputs", plan.inputs if method == plan.method else None)
-    chunk_rows = forced.get("chunk_rows", plan.chunk_rows if method == plan.method else None)
+    method = cast(Method, forced.get("method", plan.method))
+    order = cast(Order, forced.get("order", plan.order))
+    inputs = cast("Inputs | None",
+                  forced.get("inputs", plan.inputs if method == plan.method else None))
+    chunk_rows = cast("int | None", forced.get(
+        "chunk_rows", plan.chunk_rows if method == plan.method else None
+    ))
     if method != "fused":
         return Plan(method, order, "cat", max(m, 1), "forced by force_plan")
     if inputs in (None, "cat"):
@@ -415,8 +419,10 @@ def choose_plan(
         plan = _choose(spec, m, dims, dtype, device_type, requires_grad)
         return _apply_forced(plan, spec, m, dims, dtype, device_type) if _FORCED else plan
     key = (spec, m, tuple(dims), dtype, device_type, requires_grad)
-    plan = _CACHE.get(key)
-    if plan is None:
+    cached = _CACHE.get(key)
+    if cached is not None:
+        plan = cached
+    else:
         dims = tuple(int(d) for d in dims)
         plan = _choose(spec, int(m), dims, dtype, device_type, requires_grad)
         if len(_CACHE) > 4096:

@@ -11,6 +11,7 @@
 // autograd, fake tensors and vmap are registered from Python (hmfusion/native.py).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/util/ParallelGuard.h>
 #include <torch/library.h>
 
 #include <atomic>
@@ -49,6 +50,9 @@ Geometry geometry(const std::vector<Tensor>& xs, const Tensor& a, const Tensor& 
 template <typename Body>
 int64_t for_each_chunk(int64_t chunks, int64_t workers, const Body& body) {
   if (workers <= 1 || chunks <= 1) {
+    // small work: no parallel region at all (ATen's own loops run single-threaded too, so no
+    // thread waits at a barrier for a descheduled one)
+    c10::ParallelGuard single_threaded(true);
     for (int64_t c = 0; c < chunks; ++c) body(0, c);
     return 1;
   }
