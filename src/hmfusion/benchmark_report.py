@@ -99,6 +99,10 @@ def _mib(value: int | None) -> str:
     return "–" if value is None else f"{value / 2**20:.0f}"
 
 
+def _load(values: Sequence[float] | None) -> str:
+    return "–" if not values else " / ".join(f"{value:.1f}" for value in values)
+
+
 def _plan(plan: dict[str, Any]) -> str:
     if plan["method"] == "fused":
         return f"fused/{plan.get('kernel', 'pytorch')} {plan['order']} {plan['chunk_rows']}"
@@ -212,9 +216,9 @@ def document(report: dict[str, Any]) -> str:
         f"{machine['torch_threads']} threads; native kernel: {machine.get('native_kernel')}; "
         f"environment: {environment or 'default'}. Run {config['date']}, {config['repeats']} "
         f"rounds after {config['warmup']} warm-up, load average "
-        f"{machine.get('load_average_start')} at the start, "
-        f"{machine.get('load_average_end')} at the end; loaded table: {config.get('load', 0)} "
-        "busy processes.",
+        f"{_load(machine.get('load_average_start'))} at the start, "
+        f"{_load(machine.get('load_average_end'))} at the end; loaded table: "
+        f"{config.get('load', 0)} busy processes.",
         "",
         f"## Targets: {met} of {len(checks)} checks met",
         "",
