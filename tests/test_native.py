@@ -1,4 +1,4 @@
-"""The operator ``hmfusion::kron_concat``: compiled kernel and pure-PyTorch fallback.
+"""The operator ``hmfusion::fused_kron_concat``: compiled kernel and pure-PyTorch fallback.
 
 References are written plainly in float64: ``cat(xs, zero padding) @ Σ_τ torch.kron(A_τ, B_τ).T``
 and autograd through it. Every test runs on both kernels in one process (``kernel`` fixture);
@@ -12,6 +12,7 @@ import warnings
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from hmfusion import native
 
@@ -64,7 +65,7 @@ CASES = {
 def test_matches_the_float64_reference(kernel, device, case, order, chunk_rows):
     m, dims, p, q, s, t, terms = CASES[case]
     xs, a, b = _data(m, dims, p, q, s, t, terms, device)
-    y = native.kron_concat(xs, a, b, order, chunk_rows)
+    y = native.fused_kron_concat(xs, a, b, order, chunk_rows)
     expected = _reference(xs, a, b)
     dy = torch.randn_like(expected)
     grads = torch.autograd.grad(y, [*xs, a, b], dy)
@@ -80,7 +81,7 @@ def test_many_chunks_over_every_thread(kernel, device):
     torch.set_num_threads(max(2, threads))
     try:
         xs, a, b = _data(301, (12, 12), 4, 4, 5, 6, 2, device, seed=1)
-        y = native.kron_concat(xs, a, b, "right_first", 3)
+        y = native.fused_kron_concat(xs, a, b, "right_first", 3)
         y.square().sum().backward()
     finally:
         torch.set_num_threads(threads)
@@ -95,14 +96,14 @@ def test_many_chunks_over_every_thread(kernel, device):
 def test_gradients_only_where_needed(kernel, device):
     xs, a, b = _data(9, (10, 14), 3, 4, 5, 6, 1, device)
     frozen = a.detach()
-    (db,) = torch.autograd.grad(native.kron_concat(xs, frozen, b, "left_first", 4).sum(), [b])
+    (db,) = torch.autograd.grad(native.fused_kron_concat(xs, frozen, b, "left_first", 4).sum(), [b])
     (expected,) = torch.autograd.grad(_reference(xs, frozen, b).sum(), [b])
     torch.testing.assert_close(db, expected, rtol=1e-10, atol=1e-10)
 
 
 def test_zero_rows(kernel, device):
     xs, a, b = _data(0, (10, 14), 3, 4, 5, 6, 1, device)
-    y = native.kron_concat(xs, a, b, "right_first", 4)
+    y = native.fused_kron_concat(xs, a, b, "right_first", 4)
     y.sum().backward()
     assert y.shape == (0, 15)
     assert not a.grad.any() and not b.grad.any() and xs[0].grad.shape == (0, 10)
@@ -112,7 +113,7 @@ def test_gradcheck_and_gradgradcheck(kernel, device):
     xs, a, b = _data(5, (4, 4), 2, 2, 3, 4, 2, device)
 
     def fn(x0, x1, a, b):
-        return native.kron_concat([x0, x1], a, b, "right_first", 2)
+        return native.fused_kron_concat([x0, x1], a, b, "right_first", 2)
 
     assert torch.autograd.gradcheck(fn, (*xs, a, b))
     assert torch.autograd.gradgradcheck(fn, (*xs, a, b))
@@ -123,7 +124,7 @@ def test_float32_and_bfloat16(kernel, device):
     expected = _reference(xs, a, b)
     for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 5e-2)):
         cast = [v.detach().to(dtype) for v in (*xs, a, b)]
-        y = native.kron_concat(cast[:2], cast[2], cast[3], "right_first", 16)
+        y = native.fused_kron_concat(cast[:2], cast[2], cast[3], "right_first", 16)
         assert y.dtype == dtype
         error = (y.double() - expected).norm() / expected.norm()
         assert error < tolerance, (dtype, error.item())
@@ -132,11 +133,11 @@ def test_float32_and_bfloat16(kernel, device):
 def test_split_inputs_need_aligned_boundaries(device):
     xs, a, b = _data(4, (5, 19), 3, 4, 5, 6, 1, device)
     with pytest.raises(ValueError, match="multiple of t"):
-        native.kron_concat(xs, a, b, "right_first", 4, "split")
+        native.fused_kron_concat(xs, a, b, "right_first", 4, "split")
     with pytest.raises(ValueError, match="order"):
-        native.kron_concat(xs, a, b, "middle_first", 4)  # type: ignore[arg-type]
+        native.fused_kron_concat(xs, a, b, "middle_first", 4)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="chunk_rows"):
-        native.kron_concat(xs, a, b, "right_first", 0)
+        native.fused_kron_concat(xs, a, b, "right_first", 0)
 
 
 # PyTorch conventions ---------------------------------------------------------------------------
@@ -145,7 +146,7 @@ def test_torch_compile_fullgraph(kernel, device):
     xs, a, b = _data(11, (10, 14), 3, 4, 5, 6, 2, device)
 
     def fn(x0, x1, a, b):
-        return native.kron_concat([x0, x1], a, b, "right_first", 4).square().sum()
+        return native.fused_kron_concat([x0, x1], a, b, "right_first", 4).square().sum()
 
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     grads = torch.autograd.grad(compiled(*xs, a, b), [*xs, a, b])
@@ -157,7 +158,8 @@ def test_torch_compile_fullgraph(kernel, device):
 def test_torch_func_grad(kernel, device):
     xs, a, b = _data(7, (10, 14), 3, 4, 5, 6, 1, device)
     da, db = torch.func.grad(
-        lambda a, b: native.kron_concat(xs, a, b, "left_first", 3).square().sum(), argnums=(0, 1)
+        lambda a, b: native.fused_kron_concat(xs, a, b, "left_first", 3).square().sum(),
+        argnums=(0, 1),
     )(a.detach(), b.detach())
     expected = torch.autograd.grad(_reference(xs, a, b).square().sum(), [a, b])
     torch.testing.assert_close(da, expected[0], rtol=1e-10, atol=1e-10)
@@ -170,14 +172,14 @@ def test_torch_func_vmap(kernel, device):
     a_batch = torch.randn(4, *a.shape, dtype=F64, device=device)
     with torch.no_grad():
         # inputs batched, factors shared: one call with the batch folded into the rows
-        y = torch.func.vmap(lambda x0, x1: native.kron_concat([x0, x1], a, b, "right_first", 4))(
-            *batch
-        )
+        y = torch.func.vmap(
+            lambda x0, x1: native.fused_kron_concat([x0, x1], a, b, "right_first", 4)
+        )(*batch)
         expected = torch.stack([_reference([u, v], a, b) for u, v in zip(*batch)])
         torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
         # factors batched too
         y = torch.func.vmap(
-            lambda x0, x1, a: native.kron_concat([x0, x1], a, b, "right_first", 4)
+            lambda x0, x1, a: native.fused_kron_concat([x0, x1], a, b, "right_first", 4)
         )(*batch, a_batch)
         expected = torch.stack(
             [_reference([u, v], a_i, b) for u, v, a_i in zip(*batch, a_batch)]
@@ -199,7 +201,7 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch):
         assert native.available() is False
         assert native.available() is False
         xs, a, b = _data(5, (10, 14), 3, 4, 5, 6, 1, torch.device("cpu"))
-        y = native.kron_concat(xs, a, b, "right_first", 2)
+        y = native.fused_kron_concat(xs, a, b, "right_first", 2)
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert len(messages) == 1 and "\n" not in messages[0]
     assert "c++: not found" in messages[0] and "pure-PyTorch" in messages[0]
@@ -218,6 +220,32 @@ def test_environment_switch_disables_the_build(monkeypatch):
         warnings.simplefilter("error")
         assert native.available() is False
     assert native.status() == "disabled"
+
+
+class _Outputs(TorchDispatchMode):
+    """Records every operator and the largest tensor any of them produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest, self.ops = 0, set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.ops.add(str(func))
+        for value in torch.utils._pytree.tree_leaves(out):
+            if isinstance(value, torch.Tensor):
+                self.largest = max(self.largest, value.numel())
+        return out
+
+
+def test_the_weight_is_never_formed(kernel, device):
+    # n·D = 64·256 = 16384 elements; the activations are 8·256
+    xs, a, b = _data(8, (128, 128), 8, 16, 8, 16, 1, device)
+    with _Outputs() as mode:
+        native.fused_kron_concat(xs, a, b, "right_first", 3).square().sum().backward()
+    assert mode.largest < 64 * 256 // 4, mode.largest
+    if kernel == "native":
+        assert any("hmfusion_native" in op for op in mode.ops), mode.ops
 
 
 def test_loading_leaves_the_environment_alone(monkeypatch):

@@ -22,7 +22,7 @@ Three ways to compute ``cat(xs) Wᵀ`` live here; :mod:`hmfusion.planner` decide
 - :func:`fused_forward` and :func:`fused_backward` are the fused path in pure PyTorch: they
   walk the rows in chunks and turn each contraction into one large GEMM or one strided batched
   GEMM, with the backward written out so that dA and dB are contractions (no n×D gradient).
-  :mod:`hmfusion.native` registers them as the PyTorch operator ``hmfusion::kron_concat``,
+  :mod:`hmfusion.native` registers them as the PyTorch operator ``hmfusion::fused_kron_concat``,
   whose CPU kernel is compiled C++ when available; these functions are its fallback (and its
   ``inputs="split"`` layout).
 

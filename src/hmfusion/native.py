@@ -1,6 +1,6 @@
 """The native CPU operator: build, load, fall back, and its PyTorch registration.
 
-:func:`kron_concat` computes ``cat(xs) (Σ_τ A_τ ⊗ B_τ)ᵀ`` for factor stacks A (T, p, q) and
+:func:`fused_kron_concat` computes ``cat(xs) (Σ_τ A_τ ⊗ B_τ)ᵀ`` for factor stacks A (T, p, q) and
 B (T, s, t), W never formed. On the CPU it runs ``csrc/kron_concat.cpp``: one parallel region
 per call whose workers take row chunks from an atomic counter (dynamic scheduling, so a
 descheduled thread delays one chunk, not a static share of the rows) and run single-threaded
@@ -17,7 +17,7 @@ Fallback: where the build fails (no compiler, no ninja, missing headers) a one-l
 ways). This module never changes the process environment.
 
 The forward and the backward are operators registered with :func:`torch.library.custom_op`
-(``hmfusion::kron_concat`` and ``hmfusion::kron_concat_backward``, with fake implementations
+(``hmfusion::fused_kron_concat`` and ``hmfusion::fused_kron_concat_backward``, with fake implementations
 and a vmap rule), tied together by an autograd Function with ``setup_context``: it works under
 ``torch.compile(fullgraph=True)``, ``torch.func.grad`` and ``torch.func.vmap``. (A custom op's
 own ``register_autograd`` does not compose with torch.func transforms in torch 2.13.) A
@@ -39,7 +39,7 @@ from torch import Tensor
 
 from hmfusion import kernels
 
-__all__ = ["available", "kron_concat", "status"]
+__all__ = ["available", "fused_kron_concat", "status"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "kron_concat.cpp"
 _EXTENSION = "hmfusion_native"
@@ -142,7 +142,7 @@ def _forward_kernel(
     return kernels.fused_forward(_layout(left_first, split, chunk_rows), _shape(a, b), a, b, xs)
 
 
-_kron_concat_op = torch.library.custom_op("hmfusion::kron_concat", _forward_kernel,
+_kron_concat_op = torch.library.custom_op("hmfusion::fused_kron_concat", _forward_kernel,
                                           mutates_args=())
 
 
@@ -173,7 +173,7 @@ def _backward_kernel(
 
 
 _kron_concat_backward_op = torch.library.custom_op(
-    "hmfusion::kron_concat_backward", _backward_kernel, mutates_args=()
+    "hmfusion::fused_kron_concat_backward", _backward_kernel, mutates_args=()
 )
 
 
@@ -280,7 +280,7 @@ def _vmap(info: Any, in_dims: tuple, xs: list[Tensor], a: Tensor, b: Tensor, lef
     return torch.stack(outputs), 0
 
 
-def kron_concat(
+def fused_kron_concat(
     xs: Sequence[Tensor],
     a: Tensor,
     b: Tensor,
@@ -316,7 +316,7 @@ def kron_concat(
         >>> from hmfusion import native
         >>> xs = [torch.randn(5, 4), torch.randn(5, 4)]
         >>> a, b = torch.randn(1, 2, 2), torch.randn(1, 3, 4)
-        >>> native.kron_concat(xs, a, b, "right_first", 4).shape
+        >>> native.fused_kron_concat(xs, a, b, "right_first", 4).shape
         torch.Size([5, 6])
     """
     if order not in ("right_first", "left_first"):

@@ -8,7 +8,7 @@ m rows the candidates (the :data:`Method` vocabulary) are:
     plus writing W. Wins when the factored product saves little (p or q near 1 or near n, D)
     or the layer is so small that a single GEMM's low overhead decides.
 ``fused``
-    the operator ``hmfusion::kron_concat`` (:func:`hmfusion.native.kron_concat`): row chunks
+    the operator ``hmfusion::fused_kron_concat`` (:func:`hmfusion.native.fused_kron_concat`): row chunks
     (≈ 1 MiB, several per thread) in one parallel region, W never formed. Its CPU kernel is
     compiled C++ when the build succeeded (``Plan.kernel == "native"``), else the pure-PyTorch
     chunked kernel of :mod:`hmfusion.kernels`. Low-rank factors are multiplied out first
@@ -506,7 +506,7 @@ def _run(spec: KronSpec, xs: Sequence[Tensor], left: Factor, right: Factor) -> T
         y = kernels.kron_matmul(x, _as_list(left), _as_list(right), shape, plan.order)
     else:
         inputs: Literal["gather", "split"] = "split" if plan.inputs == "split" else "gather"
-        y = native.kron_concat(xs, _as_stack(left), _as_stack(right), plan.order,
+        y = native.fused_kron_concat(xs, _as_stack(left), _as_stack(right), plan.order,
                                plan.chunk_rows, inputs)
     return y[:, : spec.n] if spec.p * spec.s != spec.n else y
 
