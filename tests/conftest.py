@@ -9,3 +9,23 @@ settings.register_profile(
 )
 settings.register_profile("thorough", max_examples=600, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+# Device-generic tests take the ``device`` fixture: CPU by default, HMFUSION_TEST_DEVICE=cuda
+# (or any torch device string) runs them there, skipped where that device is unavailable.
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    name = os.environ.get("HMFUSION_TEST_DEVICE", "cpu")
+    try:
+        chosen = torch.device(name)
+    except RuntimeError:
+        pytest.skip(f"HMFUSION_TEST_DEVICE={name!r} is not a torch device")
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        pytest.skip("HMFUSION_TEST_DEVICE=cuda but CUDA is not available")
+    if chosen.type not in ("cpu", "cuda") and not hasattr(torch, chosen.type):
+        pytest.skip(f"device type {chosen.type!r} is not available")
+    return chosen

@@ -1,4 +1,5 @@
-"""``hmfusion bench`` on a tiny grid: the files, the JSON's figures, the target checks.
+"""``hmfusion bench`` on a tiny grid: the files, the JSON's figures, the target checks, the
+argument errors (one line, exit 2, before measuring) and the competing load.
 
 No timing assertions: performance claims come from the benchmark's output, not from tests.
 """
@@ -7,10 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 
 import pytest
+import torch
 
-from hmfusion import bench
+from hmfusion import bench, benchmark_report, benchmarking
+from hmfusion.benchmarking import Shape
+
+FAST_METHODS = "dense,kron,tinybig,einsum,two_matmul,hmfusion"  # compiled: see the slow test
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -21,11 +29,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench")
+    out = tmp_path_factory.mktemp("bench") / "out"
     args = _parse([
         "--shape", "64,32,32,4,4,2", "--shape", "24,30,12,3,5,3",
         "--dtypes", "float32,bfloat16", "--repeats", "2", "--warmup", "0",
-        "--threads", "1", "--out", str(out), "--quiet",
+        "--threads", "1", "--out", str(out), "--quiet", "--load", "1",
+        "--methods", FAST_METHODS,
     ])
     assert bench.main(args) == 0
     return out, json.loads((out / "results.json").read_text())
@@ -33,29 +42,47 @@ def tiny_run(tmp_path_factory):
 
 def test_writes_json_markdown_and_png(tiny_run):
     out, _ = tiny_run
-    assert (out / "results.md").read_text().startswith("| m | D | n | p | q | k |")
+    text = (out / "results.md").read_text()
+    assert text.startswith("# Benchmarks")
+    assert "Quiet:" in text and "Under load (1 busy process):" in text
+    assert "| m | D | n | p | q | k | dtype | mode |" in text
     assert (out / "speedup.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md", "speedup.png"]
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging left
 
 
 def test_json_carries_every_figure(tiny_run):
     _, report = tiny_run
     assert report["machine"]["torch_threads"] == 1
-    assert {"cpu", "torch", "cpu_count", "device"} <= set(report["machine"])
+    assert {"cpu", "torch", "cpu_count", "device", "native_kernel"} <= set(report["machine"])
+    methods = FAST_METHODS.split(",")
+    assert report["config"]["methods"] == methods and report["config"]["load"] == 1
     assert len(report["results"]) + len(report["skipped"]) == 4  # 2 shapes × 2 dtypes
-    for row in report["results"]:
-        assert set(row["shape"]) == {"m", "D", "n", "p", "q", "k"}
-        assert [measured["mode"] for measured in row["modes"]] == list(bench.MODES)
-        for measured in row["modes"]:
-            assert set(measured["time_ms"]) == {"floor", *bench.METHODS}
-            assert measured["speedup_vs_dense"]["dense"] == pytest.approx(1.0)
-            assert all(value > 0 for value in measured["speedup_vs_dense"].values())
-            assert measured["ideal_speedup"] >= 1.0
-            assert measured["floor_ms"] > 0 and measured["hmfusion_over_floor"] > 0
-            assert set(measured["peak_extra_bytes"]) == set(bench.METHODS)
-            assert measured["activation_bytes"] > 0
-            assert measured["hmfusion_memory_over_activations"] is not None
-            assert measured["plan"]["method"] in ("materialize", "fused", "composite")
-            assert len(measured["time_ms_all"]["hmfusion"]) == 2
+    assert len(report["loaded"]) == len(report["results"])
+    for rows, quiet in ((report["results"], True), (report["loaded"], False)):
+        for row in rows:
+            assert set(row["shape"]) == {"m", "D", "n", "p", "q", "k"}
+            assert [measured["mode"] for measured in row["modes"]] == list(bench.MODES)
+            for measured in row["modes"]:
+                assert set(measured["time_ms"]) == {"floor", *methods}
+                assert measured["speedup_vs_dense"]["dense"] == pytest.approx(1.0)
+                assert all(value > 0 for value in measured["speedup_vs_dense"].values())
+                assert measured["best_simple"] in ("einsum", "two_matmul")
+                simple = measured["time_ms"][measured["best_simple"]]
+                assert measured["hmfusion_vs_best_simple"] == pytest.approx(
+                    simple / measured["time_ms"]["hmfusion"]
+                )
+                assert measured["ideal_speedup"] >= 1.0
+                assert measured["floor_ms"] > 0 and measured["hmfusion_over_floor"] > 0
+                assert measured["plan"]["method"] in ("materialize", "fused", "composite")
+                assert len(measured["time_ms_all"]["hmfusion"]) == 2
+                if quiet:
+                    assert set(measured["peak_extra_bytes"]) == set(methods)
+                    assert measured["hmfusion_memory_over_activations"] is not None
+                else:
+                    assert measured["peak_extra_bytes"] is None
+    targets = {check["target"] for check in report["targets"]}
+    assert {"never_slower", "never_slower_loaded"} <= targets
 
 
 def test_memory_is_measured(tiny_run):
@@ -68,49 +95,182 @@ def test_memory_is_measured(tiny_run):
     assert train["activation_bytes"] == 4 * shape["m"] * (shape["n"] + shape["D"])
 
 
-def _row(shape: bench.Shape, speedup: float, floor: float = 1.0, memory: float = 1.0) -> dict:
-    measured = {
-        "mode": "forward+backward",
-        "speedup_vs_dense": {"hmfusion": speedup},
-        "hmfusion_over_floor": floor,
-        "hmfusion_memory_over_activations": memory,
-    }
-    return {"shape": shape._asdict(), "dtype": "float32", "modes": [measured]}
+def test_render_rewrites_the_document_from_a_stored_run(tiny_run, tmp_path):
+    out, report = tiny_run
+    assert bench.main(_parse(["--render", str(out / "results.json"), "--out", str(tmp_path),
+                              "--quiet", "--no-plot"])) == 0
+    assert (tmp_path / "results.md").read_text() == benchmark_report.document(report)
+    assert json.loads((tmp_path / "results.json").read_text()) == report
+
+
+def _measured(speedup: float, simple: float = 1.0, memory: float = 1.0) -> dict:
+    return {"mode": "forward+backward", "speedup_vs_dense": {"hmfusion": speedup},
+            "best_simple": "two_matmul", "hmfusion_vs_best_simple": simple,
+            "hmfusion_memory_over_activations": memory}
+
+
+def _row(shape: Shape, speedup: float, simple: float = 1.0, memory: float = 1.0) -> dict:
+    return {"shape": shape._asdict(), "dtype": "float32",
+            "modes": [_measured(speedup, simple, memory)]}
 
 
 def test_target_checks():
-    shapes = bench.TARGET_SHAPES
+    shapes = benchmarking.TARGET_SHAPES
     results = [
-        _row(shapes["compute_4096"], 13.0, memory=1.05),
+        _row(shapes["compute_4096"], 15.0, memory=1.05),
         _row(shapes["compute_1024"], 5.0),
-        _row(shapes["small_batch_4096"], 16.0, memory=1.5),
-        _row(shapes["memory_bound"], 1.2, floor=2.5),
-        _row(bench.Shape(512, 512, 512, 2, 2, 4), 0.9),
+        _row(shapes["small_batch_4096"], 19.0),
+        _row(shapes["memory_bound"], 2.1),
+        _row(Shape(256, 256, 256, 4, 4, 4), 1.2, simple=0.9),
     ]
-    checks = {(c["target"], c.get("shape", {}).get("m")): c for c in bench._check_targets(results)}
-    assert checks[("compute_4096", 4096)]["met"]
-    assert not checks[("compute_1024", 4096)]["met"]
-    assert checks[("small_batch_4096", 256)]["met"]
-    assert checks[("memory_bound", 65536)]["met"]
-    assert checks[("memory_D4096", 4096)]["met"] and not checks[("memory_D4096", 256)]["met"]
-    never_slower = checks[("never_slower", None)]
-    assert not never_slower["met"] and never_slower["worst_hmfusion_vs_dense"] == 0.9
-    table = bench.markdown_table({"results": [], "targets": list(checks.values())})
-    assert "| compute_1024 |" in table and "| no |" in table
+    loaded = [_row(shapes["compute_4096"], 9.0), _row(shapes["memory_bound"], 0.9)]
+    checks = benchmark_report.check_targets(results, loaded)
+    by_name = {}
+    for check in checks:
+        by_name.setdefault(check["target"], []).append(check)
+    assert by_name["compute_4096"][0]["met"] and not by_name["compute_1024"][0]["met"]
+    assert by_name["small_batch_4096"][0]["met"] and by_name["memory_bound"][0]["met"]
+    assert by_name["compute_4096_loaded"][0]["met"]  # 9 of 15: 60 %
+    assert not by_name["memory_bound_loaded"][0]["met"]  # 0.9 of 2.1: 43 %
+    assert by_name["memory_4096"][0]["met"]
+    slower = {Shape(**c["shape"]).m: c["met"] for c in by_name["never_slower"]}
+    assert slower[256] is False and slower[65536] is True
+    table = benchmark_report.markdown_table({"config": {}, "results": [], "targets": checks})
+    assert "| compute_1024 |" in table and "| **no** |" in table
 
 
-def test_quick_grid_and_full_grid_hold_the_targets():
-    full = set(bench.FULL_GRID)
-    assert set(bench.TARGET_SHAPES.values()) <= full
-    assert len(bench.QUICK_GRID) < len(bench.FULL_GRID)
+def test_quick_grid_holds_the_targets_and_small_layers():
+    quick, full = set(benchmarking.QUICK_GRID), set(benchmarking.FULL_GRID)
+    targets = set(benchmarking.TARGET_SHAPES.values())
+    assert targets == {Shape(4096, 1024, 1024, 32, 32, 4), Shape(256, 4096, 4096, 64, 64, 4),
+                       Shape(4096, 4096, 4096, 64, 64, 4), Shape(65536, 256, 256, 16, 16, 4)}
+    assert targets <= quick and targets <= full
+    small = {Shape(256, 256, 256, 4, 4, 4), benchmarking.MAIN_JOB_SHAPE}
+    assert small <= quick and small <= full
+    assert benchmarking.MAIN_JOB_SHAPE == Shape(128, 384, 64, 8, 8, 6)
+    assert len(benchmarking.QUICK_GRID) < len(benchmarking.FULL_GRID)
 
 
-def test_bad_arguments():
-    with pytest.raises(SystemExit):
-        _parse(["--shape", "64,32,32"])
-    with pytest.raises(SystemExit):
-        _parse(["--shape", "64,32,30,4,4,2"])  # p does not divide n
-    with pytest.raises(SystemExit):
-        bench.main(_parse(["--dtypes", "float33", "--quiet"]))
-    with pytest.raises(SystemExit):
-        bench.main(_parse(["--modes", "sideways", "--quiet"]))
+# argument errors: one line on stderr, exit 2, nothing measured or written -----------------------
+@pytest.mark.parametrize("argv, message", [
+    (["--shape", "64,32,32"], "six comma-separated ints"),
+    (["--shape", "64,32,30,4,4,2"], "p | n"),
+    (["--dtypes", "int32"], "unknown dtype 'int32'"),
+    (["--dtypes", "float33"], "unknown dtype 'float33'"),
+    (["--modes", "sideways"], "unknown mode 'sideways'"),
+    (["--methods", "magic"], "unknown method 'magic'"),
+    (["--repeats", "0"], "must be ≥ 1"),
+    (["--repeats", "-3"], "must be ≥ 1"),
+    (["--warmup", "-1"], "must be ≥ 0"),
+    (["--threads", "0"], "must be ≥ 1"),
+    (["--load", "-1"], "must be between 0"),
+    (["--load", "100000"], "must be between 0"),
+    (["--device", "meta"], "meta"),
+    (["--device", "banana"], "not a torch device"),
+])
+def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _parse(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in error and error.startswith("hmfusion bench: error:")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only build's message")
+def test_cuda_on_a_cpu_build(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _parse(["--device", "cuda"])
+    assert exit_info.value.code == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def _never_measure(*args, **kwargs):
+    raise AssertionError("measured before checking the output folder")
+
+
+def test_out_at_an_existing_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(benchmarking, "run", _never_measure)
+    target = tmp_path / "results"
+    target.write_text("keep me")
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(_parse(["--out", str(target), "--quiet", "--quick"]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "exists and is not a folder" in err and len(err.splitlines()) == 1
+    assert target.read_text() == "keep me"
+
+
+@pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True,
+                    reason="root writes anywhere")
+def test_out_in_an_unwritable_place(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(benchmarking, "run", _never_measure)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main(_parse(["--out", str(locked / "out"), "--quiet", "--quick"]))
+    finally:
+        locked.chmod(0o700)
+    assert exit_info.value.code == 2
+    assert "cannot be written" in capsys.readouterr().err
+
+
+def test_out_under_a_file_is_unwritable(tmp_path, monkeypatch, capsys):
+    # (works as root too: a file cannot hold a folder)
+    monkeypatch.setattr(benchmarking, "run", _never_measure)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(_parse(["--out", str(blocker / "out"), "--quiet", "--quick"]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot be written" in err and len(err.splitlines()) == 1
+
+
+def test_failed_run_leaves_no_output(tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(benchmarking, "run", interrupted)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(_parse(["--out", str(out), "--quiet", "--quick"]))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_error_is_one_line_and_status_2(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "hmfusion", "bench", "--dtypes", "int32", "--out",
+         str(tmp_path / "x")], capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]  # (after argparse's usage line)
+    assert last.startswith("hmfusion bench: error:") and "unknown dtype 'int32'" in last
+    assert not (tmp_path / "x").exists()
+
+
+# the competing load ----------------------------------------------------------------------------
+def test_busy_processes_are_killed_on_exit_and_on_error():
+    with benchmarking.busy_processes(2) as children:
+        assert len(children) == 2 and all(child.poll() is None for child in children)
+    assert all(child.poll() is not None for child in children)
+    with pytest.raises(RuntimeError):
+        with benchmarking.busy_processes(1) as children:
+            raise RuntimeError("boom")
+    assert children[0].poll() is not None
+    with pytest.raises(ValueError, match="count"):
+        with benchmarking.busy_processes(-1):
+            pass
+
+
+@pytest.mark.slow
+def test_compiled_baseline(tmp_path):
+    args = _parse(["--shape", "64,32,32,4,4,2", "--dtypes", "float32", "--repeats", "2",
+                   "--warmup", "0", "--threads", "1", "--out", str(tmp_path), "--quiet",
+                   "--load", "0", "--modes", "forward+backward"])
+    assert bench.main(args) == 0
+    report = json.loads((tmp_path / "results.json").read_text())
+    measured = report["results"][0]["modes"][0]
+    assert measured["speedup_vs_dense"]["compiled"] > 0
+    assert measured["compile_seconds"] > 0

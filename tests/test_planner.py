@@ -29,9 +29,12 @@ def _reference_weight(structure: KroneckerStructure, f: dict) -> torch.Tensor:
     return w[: structure.n, : structure.D]
 
 
-def _factors(structure: KroneckerStructure, generator: torch.Generator) -> dict:
+def _factors(structure: KroneckerStructure, generator: torch.Generator,
+             device: torch.device | str = "cpu") -> dict:
     return {
-        spec.name: torch.randn(spec.shape, dtype=F64, generator=generator).requires_grad_()
+        spec.name: torch.randn(spec.shape, dtype=F64, generator=generator)
+        .to(device)
+        .requires_grad_()
         for spec in structure.factor_specs
     }
 
@@ -40,12 +43,13 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
 
-def _check_against_reference(structure, dims, m, *, seed=0):
+def _check_against_reference(structure, dims, m, *, seed=0, device="cpu"):
     """Output and every gradient of apply_concat vs the plain reference, relative error."""
     generator = torch.Generator().manual_seed(seed)
-    f = _factors(structure, generator)
-    xs = [torch.randn(m, d, dtype=F64, generator=generator).requires_grad_() for d in dims]
-    dy = torch.randn(m, structure.n, dtype=F64, generator=generator)
+    f = _factors(structure, generator, device)
+    xs = [torch.randn(m, d, dtype=F64, generator=generator).to(device).requires_grad_()
+          for d in dims]
+    dy = torch.randn(m, structure.n, dtype=F64, generator=generator).to(device)
     leaves = xs + list(f.values())
 
     y = structure.apply_concat(xs, f)
@@ -85,27 +89,27 @@ FORCED = [
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("forced", FORCED, ids=lambda f: "-".join(str(v) for v in f.values()))
-def test_every_plan_matches_the_reference(case, forced):
+def test_every_plan_matches_the_reference(case, forced, device):
     structure, dims = CASES[case]
     if forced.get("inputs") == "split" and not planner.kernels.split_aligned(
         dims, structure.t
     ):
         with pytest.raises(ValueError, match="multiple of t"):
             with planner.force_plan(**forced):
-                _check_against_reference(structure, dims, 7)
+                _check_against_reference(structure, dims, 7, device=device)
         return
     with planner.force_plan(**forced):
-        plan = structure.plan(7, dims, dtype=F64)
-        error = _check_against_reference(structure, dims, 7)
+        plan = structure.plan(7, dims, dtype=F64, device=device)
+        error = _check_against_reference(structure, dims, 7, device=device)
     assert plan.method == forced["method"]
     assert error < 1e-10, (plan, error)
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_chosen_plan_matches_the_reference(case):
+def test_chosen_plan_matches_the_reference(case, device):
     structure, dims = CASES[case]
     for m in (1, 5, 300):
-        assert _check_against_reference(structure, dims, m, seed=m) < 1e-10
+        assert _check_against_reference(structure, dims, m, seed=m, device=device) < 1e-10
 
 
 def test_zero_rows():
@@ -174,24 +178,35 @@ def test_large_balanced_shapes_are_fused():
     assert 0 < plan.chunk_rows < 4096
 
 
-def test_wide_aligned_inputs_are_read_in_place():
+def test_wide_aligned_inputs_are_read_in_place(monkeypatch):
+    # the pure-PyTorch kernel contracts wide aligned inputs in place
+    monkeypatch.setattr(planner, "_native_runs", lambda dtype, device_type: False)
+    monkeypatch.setattr(planner, "_CACHE", {})
     plan = planner.choose_plan(_spec(1024, 1024, 128, 128), 2048, (512, 512))
-    assert (plan.method, plan.inputs) == ("fused", "split")
+    assert (plan.method, plan.inputs, plan.kernel) == ("fused", "split", "pytorch")
     plan = planner.choose_plan(_spec(1024, 1024, 32, 32), 2048, (1024,))
     assert (plan.method, plan.inputs) == ("fused", "split")
+
+
+def test_compiled_kernel_gathers_and_runs_where_loaded(monkeypatch):
+    # the compiled kernel gathers each chunk (one unpadded input is read in place)
+    monkeypatch.setattr(planner, "_native_runs", lambda dtype, device_type: True)
+    monkeypatch.setattr(planner, "_CACHE", {})
+    plan = planner.choose_plan(_spec(1024, 1024, 128, 128), 2048, (512, 512))
+    assert (plan.method, plan.inputs, plan.kernel) == ("fused", "gather", "native")
 
 
 def test_unaligned_or_padded_inputs_are_gathered():
     assert planner.choose_plan(_spec(1024, 1020, 32, 34), 2048, (340,) * 3).inputs == "gather"
     assert planner.choose_plan(_spec(100, 110, 10, 11), 4096, (55, 55)).inputs in (
-        "gather", "concat"
+        "gather", "cat"
     )
 
 
 def test_tiny_factors_materialize():
     # s = t = 2: every per-row product is 2 wide; one dense GEMM is cheaper
     plan = planner.choose_plan(_spec(1024, 1024, 512, 512), 4096, (256,) * 4)
-    assert plan.method == "materialize" and plan.chunk_rows == 0
+    assert plan.method == "materialize" and (plan.inputs, plan.chunk_rows) == ("cat", 4096)
 
 
 def test_low_rank_factors_use_thin_matmuls():

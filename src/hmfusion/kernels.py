@@ -19,9 +19,12 @@ Three ways to compute ``cat(xs) Wᵀ`` live here; :mod:`hmfusion.planner` decide
   plan, for shapes where the factored product saves too little.
 - :func:`kron_matmul` composes differentiable torch ops; autograd derives the backward. It is
   the path for low-rank factors, whose thin matmuls are cheaper than any dense factor.
-- :func:`kron_concat` is the fused path: a custom :class:`torch.autograd.Function` that walks
-  the rows in chunks and turns each contraction into one large GEMM or one strided batched
+- :func:`fused_forward` and :func:`fused_backward` are the fused path in pure PyTorch: they
+  walk the rows in chunks and turn each contraction into one large GEMM or one strided batched
   GEMM, with the backward written out so that dA and dB are contractions (no n×D gradient).
+  :mod:`hmfusion.native` registers them as the PyTorch operator ``hmfusion::fused_kron_concat``,
+  whose CPU kernel is compiled C++ when available; these functions are its fallback (and its
+  ``inputs="split"`` layout).
 
 Layout of the fused path (chosen by measurement on a 2-core AVX-512 CPU with MKL; the numbers
 are in ``benchmarks/RESULTS.md``). Rows keep their natural layout: a chunk of c rows of X is a
@@ -46,7 +49,7 @@ splits only wide inputs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Union
+from typing import Literal, NamedTuple, Union
 
 import torch
 from torch import Tensor
@@ -59,11 +62,15 @@ __all__ = [
     "apply_factor",
     "dense_factor",
     "factor_cost",
-    "kron_concat",
     "kron_linear",
     "kron_matmul",
     "kron_order",
     "kron_weight",
+    "autocast_dtype",
+    "fused_backward",
+    "fused_forward",
+    "needs_grad",
+    "pad_concat",
 ]
 
 
@@ -72,7 +79,9 @@ def factor_cost(rows: int, cols: int, rank: int | None) -> int:
     return rows * cols if rank is None else rank * (rows + cols)
 
 
-def kron_order(p: int, q: int, s: int, t: int, rank_a: int | None, rank_b: int | None) -> str:
+def kron_order(
+    p: int, q: int, s: int, t: int, rank_a: int | None, rank_b: int | None
+) -> Literal["right_first", "left_first"]:
     """The cheaper contraction order for ``X (A ⊗ B)ᵀ``: ``"right_first"`` or ``"left_first"``."""
     cost_a = factor_cost(p, q, rank_a)
     cost_b = factor_cost(s, t, rank_b)
@@ -95,6 +104,41 @@ def dense_factor(factor: Factor) -> Tensor:
         u, v = factor
         return u @ v.transpose(0, 1)
     return factor
+
+
+def pad_concat(xs: Sequence[Tensor], width: int) -> Tensor:
+    """``cat(xs, -1)`` with zero columns appended up to ``width`` (the input itself when there is
+    one input of that width): X as the (m, q·t) matrix a factored W reads."""
+    parts = list(xs)
+    missing = width - sum(x.shape[-1] for x in parts)
+    if missing:
+        parts.append(parts[0].new_zeros(*parts[0].shape[:-1], missing))
+    return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+
+
+def autocast_dtype(tensors: Sequence[Tensor]) -> torch.dtype | None:
+    """The dtype autocast would run a matmul in for these tensors' device, or None when
+    autocast is off there (or the device has no autocast)."""
+    device_type = tensors[0].device.type
+    # (meta and other devices without autocast: asking would raise)
+    if not torch.amp.is_autocast_available(device_type):
+        return None
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+def needs_grad(*tensors: Tensor | tuple[Tensor, ...] | Sequence[Tensor]) -> bool:
+    """Whether autograd will record an op on these tensors (or tuples/lists of them)."""
+    if not torch.is_grad_enabled():
+        return False
+    for value in tensors:
+        if isinstance(value, Tensor):
+            if value.requires_grad:
+                return True
+        elif any(item.requires_grad for item in value):
+            return True
+    return False
 
 
 def kron_weight(a: Tensor, b: Tensor) -> Tensor:
@@ -149,7 +193,7 @@ def kron_linear(x: Tensor, a: Tensor, b: Tensor, n: int, D: int) -> Tensor:
 
     a: (terms, p, q), b: (terms, s, t). Returns (m, n); differentiable in x, a and b.
     """
-    if not torch.is_grad_enabled() or not (x.requires_grad or a.requires_grad or b.requires_grad):
+    if not needs_grad(x, a, b):
         return x @ kron_weight(a, b)[:n, :D].t()
     return _KronLinear.apply(x, a, b, n, D)
 
@@ -350,7 +394,9 @@ class _Rows:
         return [buffer.view(c, self.q, t)]
 
 
-def _fused_forward(layout: FusedLayout, shape, a: Tensor, b: Tensor, xs) -> Tensor:
+def fused_forward(layout: FusedLayout, shape: tuple[int, int, int, int], a: Tensor, b: Tensor,
+                  xs: Sequence[Tensor]) -> Tensor:
+    """``cat(xs) (Σ_τ A_τ ⊗ B_τ)ᵀ`` chunk by chunk, without autograd (see the module docstring)."""
     p, q, s, t = shape
     m = xs[0].shape[0]
     rows = _Rows(xs, layout, q, t)
@@ -363,89 +409,61 @@ def _fused_forward(layout: FusedLayout, shape, a: Tensor, b: Tensor, xs) -> Tens
     return y
 
 
-class _KronConcat(torch.autograd.Function):
-    """``cat(xs) (Σ_τ A_τ ⊗ B_τ)ᵀ`` with dense factor stacks A (T, p, q), B (T, s, t)."""
-
-    @staticmethod
-    def forward(ctx, layout: FusedLayout, shape, a: Tensor, b: Tensor, *xs: Tensor) -> Tensor:
-        y = _fused_forward(layout, shape, a, b, xs)
-        ctx.save_for_backward(a, b, *xs)
-        ctx.layout, ctx.shape = layout, shape
-        return y
-
-    @staticmethod
-    def backward(ctx, gy: Tensor):
-        a, b, *xs = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph: a backward that is differentiable itself
-            return (None, None, *_differentiable_grads(ctx, a, b, xs, gy))
-        layout, (p, q, s, t) = ctx.layout, ctx.shape
-        need_a, need_b = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
-        need_x = any(ctx.needs_input_grad[4:])
-        m = xs[0].shape[0]
-        gy = gy.contiguous()
-        rows = _Rows(xs, layout, q, t)
-        factors = _Factors(a, b, rows.cols)
-        db = torch.zeros_like(b) if need_b else None
-        # per term and part: Σ over rows of the chunk's per-row products (see _middle_grad)
-        da_acc = [[None] * len(rows.cols) for _ in range(factors.terms)] if need_a else None
-        # Each input's gradient is its own contiguous tensor, written chunk by chunk (so that
-        # AccumulateGrad can keep it without the copy a slice of one (m, D) gradient needs).
-        dxs = (
-            [torch.empty_like(x, memory_format=torch.contiguous_format) for x in xs]
-            if need_x else None
-        )
-        dx_staging = None
-        if need_x and rows.staging is not None:
-            # With one term, dX is the chunk's last product, written over its staged X (no
-            # longer needed by then): one chunk buffer less. Several terms accumulate dX while
-            # every term still reads X, so they get their own buffer. (Writing each input's dX
-            # directly from per-input products instead measured 6–13 % slower.)
-            dx_staging = rows.staging if factors.terms == 1 else torch.empty_like(rows.staging)
-        for r0, r1 in _chunks(m, layout.chunk_rows):
-            c = r1 - r0
-            parts = rows.read(r0, r1)
-            if dxs is None:
-                dx3 = None
-            elif dx_staging is not None:
-                dx3 = [dx_staging[:c].view(c, q, t)]
-            else:
-                dx3 = [dx[r0:r1].view(c, j1 - j0, t) for dx, (j0, j1) in zip(dxs, rows.cols)]
-            g3 = gy[r0:r1].view(c, p, s)
-            _backward_chunk(parts, factors, g3, dx3, da_acc, db, layout.order)
-            if dx_staging is not None:
-                torch.split_with_sizes_copy(
-                    dx_staging[:c, : sum(rows.dims)], rows.dims, dim=1,
-                    out=[dx[r0:r1] for dx in dxs],
-                )
-        da = None
-        if need_a:
-            da = torch.zeros_like(a)
-            for term in range(factors.terms):
-                _sum_rows(da_acc[term], _term(da, term), rows.cols)
-        grads_x = dxs if dxs is not None else [None] * len(xs)
-        return (None, None, da, db, *grads_x)
-
-
-def _differentiable_grads(ctx, a: Tensor, b: Tensor, xs, gy: Tensor) -> list:
-    """Gradients of ``_KronConcat`` through :func:`kron_matmul` (composite torch ops), for a
-    backward that is recorded for double backward. Only used with ``create_graph=True``."""
-    p, q, s, t = ctx.shape
-    needed = ctx.needs_input_grad[2:]
-    with torch.enable_grad():
-        # the saved tensors are the inputs themselves: y is recorded as a function of them
-        inputs = (a, b, *xs)
-        a_in, b_in, *xs_in = inputs
-        parts = list(xs_in)
-        missing = q * t - sum(x.shape[1] for x in parts)
-        if missing:
-            parts.append(parts[0].new_zeros(parts[0].shape[0], missing))
-        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        left = [a_in] if a_in.dim() == 2 else list(a_in.unbind(0))
-        right = [b_in] if b_in.dim() == 2 else list(b_in.unbind(0))
-        y = kron_matmul(x, left, right, ctx.shape, ctx.layout.order)
-        wanted = [value for value, need in zip(inputs, needed) if need]
-        grads = iter(torch.autograd.grad(y, wanted, gy, create_graph=True))
-    return [next(grads) if need else None for need in needed]
+def fused_backward(
+    layout: FusedLayout,
+    shape: tuple[int, int, int, int],
+    a: Tensor,
+    b: Tensor,
+    xs: Sequence[Tensor],
+    gy: Tensor,
+    needs: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, list[Tensor] | None]:
+    """(dA, dB, [dX_i]) of the fused product for dY = gy, chunk by chunk (see the module
+    docstring); ``needs`` says which of (dX, dA, dB) to compute, the others come back None."""
+    (p, q, s, t) = shape
+    need_x, need_a, need_b = needs
+    m = xs[0].shape[0]
+    gy = gy.contiguous()
+    rows = _Rows(xs, layout, q, t)
+    factors = _Factors(a, b, rows.cols)
+    db = torch.zeros_like(b) if need_b else None
+    # per term and part: Σ over rows of the chunk's per-row products (see _middle_grad)
+    da_acc = [[None] * len(rows.cols) for _ in range(factors.terms)] if need_a else None
+    # Each input's gradient is its own contiguous tensor, written chunk by chunk (so that
+    # AccumulateGrad can keep it without the copy a slice of one (m, D) gradient needs).
+    dxs = (
+        [torch.empty_like(x, memory_format=torch.contiguous_format) for x in xs]
+        if need_x else None
+    )
+    dx_staging = None
+    if need_x and rows.staging is not None:
+        # With one term, dX is the chunk's last product, written over its staged X (no
+        # longer needed by then): one chunk buffer less. Several terms accumulate dX while
+        # every term still reads X, so they get their own buffer. (Writing each input's dX
+        # directly from per-input products instead measured 6–13 % slower.)
+        dx_staging = rows.staging if factors.terms == 1 else torch.empty_like(rows.staging)
+    for r0, r1 in _chunks(m, layout.chunk_rows):
+        c = r1 - r0
+        parts = rows.read(r0, r1)
+        if dxs is None:
+            dx3 = None
+        elif dx_staging is not None:
+            dx3 = [dx_staging[:c].view(c, q, t)]
+        else:
+            dx3 = [dx[r0:r1].view(c, j1 - j0, t) for dx, (j0, j1) in zip(dxs, rows.cols)]
+        g3 = gy[r0:r1].view(c, p, s)
+        _backward_chunk(parts, factors, g3, dx3, da_acc, db, layout.order)
+        if dx_staging is not None:
+            torch.split_with_sizes_copy(
+                dx_staging[:c, : sum(rows.dims)], rows.dims, dim=1,
+                out=[dx[r0:r1] for dx in dxs],
+            )
+    da = None
+    if need_a:
+        da = torch.zeros_like(a)
+        for term in range(factors.terms):
+            _sum_rows(da_acc[term], _term(da, term), rows.cols)
+    return da, db, dxs
 
 
 def _forward_chunk(parts: list[Tensor], factors: _Factors, y3: Tensor, order: str) -> None:
@@ -477,7 +495,7 @@ def _backward_chunk(parts, factors: _Factors, g3, dx3, da_acc, db, order) -> Non
     Right first (Y = A Z, Z = X Bᵀ):  G = Aᵀ dY;  dA = Σ dY Zᵀ;  dB = Σ Gᵀ X;  dX = G B.
     Left first  (Y = U Bᵀ, U = A X):  V = dY B;  dA = Σ V Xᵀ;  dB = Σ dYᵀ U;  dX = Aᵀ V.
     Z (or U) is recomputed from X rather than saved (see the module docstring). dX comes last
-    in each term: it may overwrite the staged X (see ``_KronConcat.backward``).
+    in each term: it may overwrite the staged X (see :func:`fused_backward`).
     """
     c = g3.shape[0]
     need_g = dx3 is not None or db is not None
@@ -516,29 +534,3 @@ def _backward_chunk(parts, factors: _Factors, g3, dx3, da_acc, db, order) -> Non
             if dx3 is not None:
                 for index, a_part_t in enumerate(factors.a_rows(c, transposed=True)[term]):
                     _bmm(a_part_t, v3, dx3[index], accumulate=not first)
-
-
-def kron_concat(
-    xs: Sequence[Tensor],
-    a: Tensor,
-    b: Tensor,
-    shape: tuple[int, int, int, int],
-    layout: FusedLayout,
-) -> Tensor:
-    """``cat(xs, -1) (Σ_τ a[τ] ⊗ b[τ])ᵀ`` without forming W or, where possible, ``cat(xs)``.
-
-    xs: k tensors (m, n_i) with Σ n_i ≤ q·t (missing columns are zero padding); a: (p, q) or
-    (T, p, q); b: (s, t) or (T, s, t); all of one dtype and device. Returns (m, p·s).
-    Differentiable in xs, a and b through a hand-written backward (see :class:`FusedLayout`
-    for the layout choices); without grad, the forward runs outside the autograd Function.
-    """
-    if layout.inputs == "split" and not split_aligned([x.shape[1] for x in xs], shape[3]):
-        raise ValueError(
-            f"inputs='split' needs every input boundary on a multiple of t={shape[3]}, "
-            f"got widths {[x.shape[1] for x in xs]}"
-        )
-    if not torch.is_grad_enabled() or not (
-        a.requires_grad or b.requires_grad or any(x.requires_grad for x in xs)
-    ):  # inference: the same computation without the autograd Function's bookkeeping
-        return _fused_forward(layout, tuple(shape), a, b, xs)
-    return _KronConcat.apply(layout, tuple(shape), a, b, *xs)

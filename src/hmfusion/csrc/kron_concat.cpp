@@ -1,0 +1,306 @@
+// hmfusion's native CPU operator: Y = cat(xs) (Σ_τ A_τ ⊗ B_τ)ᵀ and its backward, W never formed.
+//
+// One parallel region per call. The rows are cut into chunks of `chunk_rows`; the workers of
+// that region take chunks from a shared atomic counter (dynamic scheduling: a descheduled
+// thread delays only the chunk it holds, not a static share of the rows) and run
+// single-threaded GEMMs on cache-resident blocks. For a row x viewed as X (q×t):
+//   right first:  Z = X Bᵀ (one GEMM over the chunk),  Y = A Z (batched, A broadcast);
+//   left first:   U = A X (batched),                   Y = U Bᵀ (one GEMM).
+// The backward recomputes Z (or U) per chunk; dA and dB are accumulated per worker and reduced
+// once at the end. Registered with the dispatcher as hmfusion_native::{forward, backward};
+// autograd, fake tensors and vmap are registered from Python (hmfusion/native.py).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/ParallelGuard.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+
+struct Geometry {
+  int64_t m, p, q, s, t, terms, chunk;
+  bool left_first;
+};
+
+Geometry geometry(const std::vector<Tensor>& xs, const Tensor& a, const Tensor& b,
+                  bool left_first, int64_t chunk_rows) {
+  TORCH_CHECK(!xs.empty(), "hmfusion_native: need at least one input");
+  TORCH_CHECK(a.dim() == 3 && b.dim() == 3 && a.size(0) == b.size(0),
+              "hmfusion_native: a and b must be (terms, p, q) and (terms, s, t) stacks");
+  TORCH_CHECK(chunk_rows > 0, "hmfusion_native: chunk_rows must be positive");
+  Geometry g{xs[0].size(0), a.size(1), a.size(2), b.size(1), b.size(2), a.size(0),
+             chunk_rows, left_first};
+  int64_t width = 0;
+  for (const auto& x : xs) {
+    TORCH_CHECK(x.dim() == 2 && x.size(0) == g.m, "hmfusion_native: inputs must be (m, n_i)");
+    TORCH_CHECK(x.scalar_type() == a.scalar_type() && x.device().is_cpu(),
+                "hmfusion_native: inputs and factors must share one dtype, on the CPU");
+    width += x.size(1);
+  }
+  TORCH_CHECK(width <= g.q * g.t, "hmfusion_native: inputs wider than q·t");
+  return g;
+}
+
+// Runs body(worker, chunk) for every chunk inside one parallel region, chunks handed out by an
+// atomic counter. Returns the number of workers used (each owns accumulator slot `worker`).
+template <typename Body>
+int64_t for_each_chunk(int64_t chunks, int64_t workers, const Body& body) {
+  if (workers <= 1 || chunks <= 1) {
+    // small work: no parallel region at all (ATen's own loops run single-threaded too, so no
+    // thread waits at a barrier for a descheduled one)
+    c10::ParallelGuard single_threaded(true);
+    for (int64_t c = 0; c < chunks; ++c) body(0, c);
+    return 1;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+    // The caller sits below autograd; worker threads start from default thread-local state.
+    at::AutoDispatchBelowADInplaceOrView guard;
+    for (int64_t w = begin; w < end; ++w) {
+      for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1)) body(w, c);
+    }
+  });
+  return workers;
+}
+
+int64_t worker_count(int64_t chunks) {
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), chunks));
+}
+
+// The chunk's rows of the k inputs as (c, q, t): a view when there is one unpadded input,
+// else copied into the worker's staging buffer (its padding columns zeroed once).
+struct Rows {
+  const std::vector<Tensor>& xs;
+  int64_t q, t, capacity;  // capacity: rows per chunk
+  bool direct;
+
+  Rows(const std::vector<Tensor>& inputs, int64_t q_, int64_t t_, int64_t capacity_)
+      : xs(inputs), q(q_), t(t_), capacity(capacity_),
+        direct(inputs.size() == 1 && inputs[0].size(1) == q_ * t_ && inputs[0].is_contiguous()) {}
+
+  Tensor staging(int64_t rows) const {
+    int64_t width = 0;
+    for (const auto& x : xs) width += x.size(1);
+    // the padding columns are zeroed once; the inputs' columns are overwritten per chunk
+    return width == q * t ? at::empty({rows, q * t}, xs[0].options())
+                          : at::zeros({rows, q * t}, xs[0].options());
+  }
+
+  Tensor read(int64_t r0, int64_t c, Tensor& stage) const {
+    if (direct) return xs[0].narrow(0, r0, c).view({c, q, t});
+    if (!stage.defined()) stage = staging(capacity);
+    Tensor buffer = stage.narrow(0, 0, c);
+    std::vector<Tensor> pieces;
+    pieces.reserve(xs.size());
+    int64_t width = 0;
+    for (const auto& x : xs) {
+      pieces.push_back(c == x.size(0) ? x : x.narrow(0, r0, c));
+      width += x.size(1);
+    }
+    if (width == q * t) {
+      at::cat_out(buffer, pieces, 1);  // one copy kernel for the k inputs
+    } else {
+      int64_t offset = 0;
+      for (const auto& piece : pieces) {
+        buffer.narrow(1, offset, piece.size(1)).copy_(piece);
+        offset += piece.size(1);
+      }
+    }
+    return buffer.view({c, q, t});
+  }
+};
+
+Tensor forward(const std::vector<Tensor>& xs_in, const Tensor& a_in, const Tensor& b_in,
+               bool left_first, int64_t chunk_rows) {
+  const Tensor a = a_in.contiguous(), b = b_in.contiguous();
+  std::vector<Tensor> xs;
+  for (const auto& x : xs_in) xs.push_back(x.stride(-1) == 1 ? x : x.contiguous());
+  const Geometry g = geometry(xs, a, b, left_first, chunk_rows);
+  Tensor y = at::empty({g.m, g.p * g.s}, xs[0].options());
+  if (g.m == 0) return y;
+  const Rows rows(xs, g.q, g.t, std::min(g.chunk, g.m));
+  const int64_t chunks = (g.m + g.chunk - 1) / g.chunk;
+  const int64_t workers = worker_count(chunks);
+  std::vector<Tensor> stage(workers), scratch(workers);
+  std::vector<Tensor> b_t, a_terms;
+  for (int64_t k = 0; k < g.terms; ++k) {
+    b_t.push_back(b[k].t());
+    a_terms.push_back(a[k]);
+  }
+  for_each_chunk(chunks, workers, [&](int64_t w, int64_t chunk) {
+    const int64_t r0 = chunk * g.chunk, c = std::min(g.chunk, g.m - r0);
+    Tensor x3 = rows.read(r0, c, stage[w]);
+    Tensor y3 = y.narrow(0, r0, c).view({c, g.p, g.s});
+    const int64_t inner = left_first ? g.p * g.t : g.q * g.s;  // the intermediate per row
+    if (!scratch[w].defined()) {
+      scratch[w] = at::empty({std::min(g.chunk, g.m) * inner}, y.options());
+    }
+    for (int64_t k = 0; k < g.terms; ++k) {
+      Tensor a_rows = a_terms[k].expand({c, g.p, g.q});
+      if (!left_first) {
+        Tensor z = scratch[w].narrow(0, 0, c * inner).view({c * g.q, g.s});
+        at::mm_out(z, x3.view({c * g.q, g.t}), b_t[k]);
+        Tensor z3 = z.view({c, g.q, g.s});
+        if (k == 0) at::bmm_out(y3, a_rows, z3); else y3.baddbmm_(a_rows, z3);
+      } else {
+        Tensor u3 = scratch[w].narrow(0, 0, c * inner).view({c, g.p, g.t});
+        at::bmm_out(u3, a_rows, x3);
+        Tensor y2 = y3.view({c * g.p, g.s});
+        if (k == 0) at::mm_out(y2, u3.view({c * g.p, g.t}), b_t[k]);
+        else y2.addmm_(u3.view({c * g.p, g.t}), b_t[k]);
+      }
+    }
+  });
+  return y;
+}
+
+// Σ over the chunk's rows of g3[r] z3[r]ᵀ, for g3 (c, r, k) and z3 (c, cols, k): per-row
+// products accumulated in a (chunk, r, cols) buffer (summed once at the end), or, when that
+// buffer would outgrow the chunk, one GEMM over rows transposed to (r, c·k) and (cols, c·k).
+struct MiddleGrad {
+  bool per_row;
+  int64_t rows, cols;
+
+  MiddleGrad(int64_t r, int64_t cols_, int64_t k) : per_row(r * cols_ <= (r + cols_) * k),
+                                                    rows(r), cols(cols_) {}
+
+  Tensor make(int64_t chunk, const at::TensorOptions& options) const {
+    return per_row ? at::zeros({chunk, rows, cols}, options) : at::zeros({rows, cols}, options);
+  }
+
+  void add(Tensor& acc, const Tensor& g3, const Tensor& z3) const {
+    const int64_t c = g3.size(0), k = g3.size(2);
+    if (per_row) {
+      acc.narrow(0, 0, c).baddbmm_(g3, z3.transpose(1, 2));
+    } else {
+      Tensor g2 = g3.transpose(0, 1).reshape({rows, c * k});
+      Tensor z2 = z3.transpose(0, 1).reshape({cols, c * k});
+      acc.addmm_(g2, z2.t());
+    }
+  }
+
+  Tensor total(const Tensor& acc) const { return per_row ? acc.sum(0) : acc; }
+};
+
+std::tuple<std::vector<Tensor>, Tensor, Tensor> backward(
+    const Tensor& gy_in, const std::vector<Tensor>& xs_in, const Tensor& a_in,
+    const Tensor& b_in, bool left_first, int64_t chunk_rows, bool need_x, bool need_a,
+    bool need_b) {
+  const Tensor a = a_in.contiguous(), b = b_in.contiguous(), gy = gy_in.contiguous();
+  std::vector<Tensor> xs;
+  for (const auto& x : xs_in) xs.push_back(x.stride(-1) == 1 ? x : x.contiguous());
+  const Geometry g = geometry(xs, a, b, left_first, chunk_rows);
+  const auto options = xs[0].options();
+  std::vector<Tensor> dxs;
+  if (need_x) {
+    for (const auto& x : xs) dxs.push_back(at::empty({g.m, x.size(1)}, options));
+  }
+  Tensor da = need_a ? at::zeros_like(a) : at::empty({0}, options);
+  Tensor db = need_b ? at::zeros_like(b) : at::empty({0}, options);
+  if (g.m == 0 || !(need_x || need_a || need_b)) {
+    if (need_x) for (auto& dx : dxs) dx.zero_();
+    return {dxs, da, db};
+  }
+  const Rows rows(xs, g.q, g.t, std::min(g.chunk, g.m));
+  const int64_t chunks = (g.m + g.chunk - 1) / g.chunk;
+  const int64_t workers = worker_count(chunks);
+  const int64_t chunk = std::min(g.chunk, g.m);
+  // dA's row sum: right first Σ dY_r Z_rᵀ (p, s)(s, q); left first Σ V_r X_rᵀ (p, t)(t, q).
+  const MiddleGrad middle(g.p, g.q, left_first ? g.t : g.s);
+  std::vector<std::vector<Tensor>> da_acc(workers), db_acc(workers);
+  std::vector<Tensor> stage(workers), dx_stage(workers), scratch(workers);
+  const int64_t inner = left_first ? g.p * g.t : g.q * g.s;
+  for_each_chunk(chunks, workers, [&](int64_t w, int64_t index) {
+    const int64_t r0 = index * g.chunk, c = std::min(g.chunk, g.m - r0);
+    if (!scratch[w].defined()) {  // the worker's first chunk: its accumulators and scratch
+      for (int64_t k = 0; k < g.terms; ++k) {
+        if (need_a) da_acc[w].push_back(middle.make(chunk, options));
+        if (need_b) db_acc[w].push_back(at::zeros({g.s, g.t}, options));
+      }
+      scratch[w] = at::empty({chunk * inner}, options);
+    }
+    Tensor x3 = rows.read(r0, c, stage[w]);
+    Tensor x2 = x3.view({c * g.q, g.t});
+    Tensor g3 = gy.narrow(0, r0, c).view({c, g.p, g.s});
+    Tensor g2 = g3.view({c * g.p, g.s});
+    Tensor dx3;
+    if (need_x) {
+      if (rows.direct) {
+        dx3 = dxs[0].narrow(0, r0, c).view({c, g.q, g.t});
+      } else {
+        if (!dx_stage[w].defined()) dx_stage[w] = at::empty({chunk, g.q * g.t}, options);
+        dx3 = dx_stage[w].narrow(0, 0, c).view({c, g.q, g.t});
+      }
+    }
+    Tensor work = scratch[w].narrow(0, 0, c * inner);
+    for (int64_t k = 0; k < g.terms; ++k) {
+      const Tensor a_k = a[k], b_k = b[k];
+      if (!left_first) {  // Y = A Z, Z = X Bᵀ:  G = Aᵀ dY, dA = Σ dY Zᵀ, dB = Σ Gᵀ X, dX = G B
+        if (need_a) {
+          Tensor z2 = work.view({c * g.q, g.s});
+          at::mm_out(z2, x2, b_k.t());
+          middle.add(da_acc[w][k], g3, z2.view({c, g.q, g.s}));
+        }
+        if (need_x || need_b) {
+          Tensor gq3 = work.view({c, g.q, g.s});
+          at::bmm_out(gq3, a_k.t().expand({c, g.q, g.p}), g3);
+          Tensor gq2 = gq3.view({c * g.q, g.s});
+          if (need_b) db_acc[w][k].addmm_(gq2.t(), x2);
+          if (need_x) {
+            Tensor dx2 = dx3.view({c * g.q, g.t});
+            if (k == 0) at::mm_out(dx2, gq2, b_k); else dx2.addmm_(gq2, b_k);
+          }
+        }
+      } else {  // Y = U Bᵀ, U = A X:  V = dY B, dA = Σ V Xᵀ, dB = Σ dYᵀ U, dX = Aᵀ V
+        if (need_b) {
+          Tensor u3 = work.view({c, g.p, g.t});
+          at::bmm_out(u3, a_k.expand({c, g.p, g.q}), x3);
+          db_acc[w][k].addmm_(g2.t(), u3.view({c * g.p, g.t}));
+        }
+        if (need_a || need_x) {
+          Tensor v3 = work.view({c, g.p, g.t});
+          Tensor v2 = v3.view({c * g.p, g.t});
+          at::mm_out(v2, g2, b_k);
+          if (need_a) middle.add(da_acc[w][k], v3, x3);
+          if (need_x) {
+            Tensor at_rows = a_k.t().expand({c, g.q, g.p});
+            if (k == 0) at::bmm_out(dx3, at_rows, v3); else dx3.baddbmm_(at_rows, v3);
+          }
+        }
+      }
+    }
+    if (need_x && !rows.direct) {
+      int64_t offset = 0;
+      for (size_t i = 0; i < xs.size(); ++i) {
+        const int64_t width = xs[i].size(1);
+        dxs[i].narrow(0, r0, c).copy_(dx_stage[w].narrow(0, 0, c).narrow(1, offset, width));
+        offset += width;
+      }
+    }
+  });
+  for (int64_t w = 0; w < workers; ++w) {
+    for (int64_t k = 0; k < static_cast<int64_t>(da_acc[w].size()); ++k) {
+      da[k].add_(middle.total(da_acc[w][k]));
+    }
+    for (int64_t k = 0; k < static_cast<int64_t>(db_acc[w].size()); ++k) db[k].add_(db_acc[w][k]);
+  }
+  return {dxs, da, db};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(hmfusion_native, m) {
+  m.def("forward(Tensor[] xs, Tensor a, Tensor b, bool left_first, int chunk_rows) -> Tensor");
+  m.def(
+      "backward(Tensor gy, Tensor[] xs, Tensor a, Tensor b, bool left_first, int chunk_rows, "
+      "bool need_x, bool need_a, bool need_b) -> (Tensor[], Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(hmfusion_native, CPU, m) {
+  m.impl("forward", &forward);
+  m.impl("backward", &backward);
+}

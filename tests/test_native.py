@@ -1,0 +1,255 @@
+"""The operator ``hmfusion::fused_kron_concat``: compiled kernel and pure-PyTorch fallback.
+
+References are written plainly in float64: ``cat(xs, zero padding) @ Σ_τ torch.kron(A_τ, B_τ).T``
+and autograd through it. Every test runs on both kernels in one process (``kernel`` fixture);
+CI also runs the whole suite with ``HMFUSION_NATIVE=0``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from hmfusion import native
+
+F64 = torch.float64
+
+
+@pytest.fixture(params=["native", "pytorch"])
+def kernel(request, monkeypatch, device):
+    """Runs the test on the compiled kernel (skipped where it cannot build) and on the fallback."""
+    if request.param == "native":
+        if device.type != "cpu":
+            pytest.skip("the compiled kernel is CPU-only")
+        if not native.available():
+            pytest.skip(f"compiled kernel unavailable (status {native.status()})")
+    else:
+        monkeypatch.setattr(native, "_use_native", lambda xs, split: False)
+    return request.param
+
+
+def _reference(xs, a, b):
+    q, t = a.shape[2], b.shape[2]
+    x = torch.cat(list(xs), -1)
+    x = torch.nn.functional.pad(x, (0, q * t - x.shape[1]))
+    w = sum(torch.kron(a_term, b_term) for a_term, b_term in zip(a, b))
+    return x @ w.T
+
+
+def _data(m, dims, p, q, s, t, terms, device, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, dtype=F64, generator=generator).to(device).requires_grad_()
+
+    return [rand(m, d) for d in dims], rand(terms, p, q), rand(terms, s, t)
+
+
+CASES = {
+    "one_input": (37, (24,), 3, 4, 5, 6, 1),
+    "two_inputs": (37, (10, 14), 3, 4, 5, 6, 1),
+    "padded": (37, (8, 8, 4), 3, 4, 5, 6, 1),
+    "terms": (37, (10, 14), 3, 4, 5, 6, 3),
+    "wide_a": (29, (16, 16), 8, 8, 2, 4, 1),  # dA by one GEMM over transposed rows
+    "padded_one_input": (16, (22,), 3, 4, 5, 6, 2),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("order", ["right_first", "left_first"])
+@pytest.mark.parametrize("chunk_rows", [1, 5, 64])
+def test_matches_the_float64_reference(kernel, device, case, order, chunk_rows):
+    m, dims, p, q, s, t, terms = CASES[case]
+    xs, a, b = _data(m, dims, p, q, s, t, terms, device)
+    y = native.fused_kron_concat(xs, a, b, order, chunk_rows)
+    expected = _reference(xs, a, b)
+    dy = torch.randn_like(expected)
+    grads = torch.autograd.grad(y, [*xs, a, b], dy)
+    expected_grads = torch.autograd.grad(expected, [*xs, a, b], dy)
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+    for grad, reference in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, reference, rtol=1e-10, atol=1e-10)
+
+
+def test_many_chunks_over_every_thread(kernel, device):
+    # dynamic scheduling: chunks of 3 rows taken by every worker, per-worker dA/dB reduced
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    try:
+        xs, a, b = _data(301, (12, 12), 4, 4, 5, 6, 2, device, seed=1)
+        y = native.fused_kron_concat(xs, a, b, "right_first", 3)
+        y.square().sum().backward()
+    finally:
+        torch.set_num_threads(threads)
+    reference_inputs = [v.detach().clone().requires_grad_() for v in (*xs, a, b)]
+    expected = _reference(reference_inputs[:2], *reference_inputs[2:])
+    expected.square().sum().backward()
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+    for value, reference in zip((*xs, a, b), reference_inputs):
+        torch.testing.assert_close(value.grad, reference.grad, rtol=1e-10, atol=1e-10)
+
+
+def test_gradients_only_where_needed(kernel, device):
+    xs, a, b = _data(9, (10, 14), 3, 4, 5, 6, 1, device)
+    frozen = a.detach()
+    (db,) = torch.autograd.grad(native.fused_kron_concat(xs, frozen, b, "left_first", 4).sum(), [b])
+    (expected,) = torch.autograd.grad(_reference(xs, frozen, b).sum(), [b])
+    torch.testing.assert_close(db, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_zero_rows(kernel, device):
+    xs, a, b = _data(0, (10, 14), 3, 4, 5, 6, 1, device)
+    y = native.fused_kron_concat(xs, a, b, "right_first", 4)
+    y.sum().backward()
+    assert y.shape == (0, 15)
+    assert not a.grad.any() and not b.grad.any() and xs[0].grad.shape == (0, 10)
+
+
+def test_gradcheck_and_gradgradcheck(kernel, device):
+    xs, a, b = _data(5, (4, 4), 2, 2, 3, 4, 2, device)
+
+    def fn(x0, x1, a, b):
+        return native.fused_kron_concat([x0, x1], a, b, "right_first", 2)
+
+    assert torch.autograd.gradcheck(fn, (*xs, a, b))
+    assert torch.autograd.gradgradcheck(fn, (*xs, a, b))
+
+
+def test_float32_and_bfloat16(kernel, device):
+    xs, a, b = _data(50, (16, 16), 4, 4, 8, 8, 1, device)
+    expected = _reference(xs, a, b)
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 5e-2)):
+        cast = [v.detach().to(dtype) for v in (*xs, a, b)]
+        y = native.fused_kron_concat(cast[:2], cast[2], cast[3], "right_first", 16)
+        assert y.dtype == dtype
+        error = (y.double() - expected).norm() / expected.norm()
+        assert error < tolerance, (dtype, error.item())
+
+
+def test_split_inputs_need_aligned_boundaries(device):
+    xs, a, b = _data(4, (5, 19), 3, 4, 5, 6, 1, device)
+    with pytest.raises(ValueError, match="multiple of t"):
+        native.fused_kron_concat(xs, a, b, "right_first", 4, "split")
+    with pytest.raises(ValueError, match="order"):
+        native.fused_kron_concat(xs, a, b, "middle_first", 4)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="chunk_rows"):
+        native.fused_kron_concat(xs, a, b, "right_first", 0)
+
+
+# PyTorch conventions ---------------------------------------------------------------------------
+def test_torch_compile_fullgraph(kernel, device):
+    torch._dynamo.reset()
+    xs, a, b = _data(11, (10, 14), 3, 4, 5, 6, 2, device)
+
+    def fn(x0, x1, a, b):
+        return native.fused_kron_concat([x0, x1], a, b, "right_first", 4).square().sum()
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    grads = torch.autograd.grad(compiled(*xs, a, b), [*xs, a, b])
+    expected = torch.autograd.grad(_reference(xs, a, b).square().sum(), [*xs, a, b])
+    for grad, reference in zip(grads, expected):
+        torch.testing.assert_close(grad, reference, rtol=1e-10, atol=1e-10)
+
+
+def test_torch_func_grad(kernel, device):
+    xs, a, b = _data(7, (10, 14), 3, 4, 5, 6, 1, device)
+    da, db = torch.func.grad(
+        lambda a, b: native.fused_kron_concat(xs, a, b, "left_first", 3).square().sum(),
+        argnums=(0, 1),
+    )(a.detach(), b.detach())
+    expected = torch.autograd.grad(_reference(xs, a, b).square().sum(), [a, b])
+    torch.testing.assert_close(da, expected[0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(db, expected[1], rtol=1e-10, atol=1e-10)
+
+
+def test_torch_func_vmap(kernel, device):
+    xs, a, b = _data(6, (10, 14), 3, 4, 5, 6, 1, device)
+    batch = [torch.randn(4, *x.shape, dtype=F64, device=device) for x in xs]
+    a_batch = torch.randn(4, *a.shape, dtype=F64, device=device)
+    with torch.no_grad():
+        # inputs batched, factors shared: one call with the batch folded into the rows
+        y = torch.func.vmap(
+            lambda x0, x1: native.fused_kron_concat([x0, x1], a, b, "right_first", 4)
+        )(*batch)
+        expected = torch.stack([_reference([u, v], a, b) for u, v in zip(*batch)])
+        torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+        # factors batched too
+        y = torch.func.vmap(
+            lambda x0, x1, a: native.fused_kron_concat([x0, x1], a, b, "right_first", 4)
+        )(*batch, a_batch)
+        expected = torch.stack(
+            [_reference([u, v], a_i, b) for u, v, a_i in zip(*batch, a_batch)]
+        )
+        torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+
+
+# build, load, fall back -------------------------------------------------------------------------
+def test_failed_build_warns_once_and_falls_back(monkeypatch):
+    def no_compiler():
+        raise RuntimeError("Error building extension 'hmfusion_native': c++: not found\nmore")
+
+    monkeypatch.delenv("HMFUSION_NATIVE", raising=False)
+    monkeypatch.setattr(native, "_STATE", "unloaded")
+    monkeypatch.setattr(native, "_build", no_compiler)
+    monkeypatch.setattr(native, "_use_native", native._use_native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert native.available() is False
+        assert native.available() is False
+        xs, a, b = _data(5, (10, 14), 3, 4, 5, 6, 1, torch.device("cpu"))
+        y = native.fused_kron_concat(xs, a, b, "right_first", 2)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "\n" not in messages[0]
+    assert "c++: not found" in messages[0] and "pure-PyTorch" in messages[0]
+    assert native.status() == "failed"
+    torch.testing.assert_close(y, _reference(xs, a, b), rtol=1e-10, atol=1e-10)
+
+
+def test_environment_switch_disables_the_build(monkeypatch):
+    def must_not_build():
+        raise AssertionError("HMFUSION_NATIVE=0 must not build")
+
+    monkeypatch.setattr(native, "_STATE", "unloaded")
+    monkeypatch.setattr(native, "_build", must_not_build)
+    monkeypatch.setenv("HMFUSION_NATIVE", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert native.available() is False
+    assert native.status() == "disabled"
+
+
+class _Outputs(TorchDispatchMode):
+    """Records every operator and the largest tensor any of them produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest, self.ops = 0, set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.ops.add(str(func))
+        for value in torch.utils._pytree.tree_leaves(out):
+            if isinstance(value, torch.Tensor):
+                self.largest = max(self.largest, value.numel())
+        return out
+
+
+def test_the_weight_is_never_formed(kernel, device):
+    # n·D = 64·256 = 16384 elements; the activations are 8·256
+    xs, a, b = _data(8, (128, 128), 8, 16, 8, 16, 1, device)
+    with _Outputs() as mode:
+        native.fused_kron_concat(xs, a, b, "right_first", 3).square().sum().backward()
+    assert mode.largest < 64 * 256 // 4, mode.largest
+    if kernel == "native":
+        assert any("hmfusion_native" in op for op in mode.ops), mode.ops
+
+
+def test_loading_leaves_the_environment_alone(monkeypatch):
+    before = dict(os.environ)
+    monkeypatch.setattr(native, "_STATE", "unloaded")
+    native.available()
+    assert dict(os.environ) == before
