@@ -599,6 +599,21 @@ def test_config_errors():
         f.to_config()
 
 
+def test_config_with_a_bad_processing_argument_is_refused_when_loaded():
+    """Found in the reliability review: GELU(approximate='evil') loaded, failing only at forward."""
+    config = {
+        "function_class": "parameterized_concatenation_fusion",
+        "function_parameters": {
+            "dims": [4],
+            "preprocess_function_configs": [
+                {"function_class": "torch.nn.GELU", "function_parameters": {"approximate": "evil"}}
+            ],
+        },
+    }
+    with pytest.raises(ValueError, match="approximate must be 'none' or 'tanh', got 'evil'"):
+        from_config(config)
+
+
 @pytest.fixture
 def booby_trapped_module(tmp_path, monkeypatch):
     """A module on sys.path whose import writes a file (and which defines what configs name)."""

@@ -206,6 +206,28 @@ def test_predict_out_is_checked_before_any_work(run, tmp_path, capsys, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
 
 
+def test_predict_out_in_a_directory_that_is_not_writable(run, tmp_path, capsys, monkeypatch):
+    """Found in the reliability review: an unwritable --out surfaced only after predicting."""
+    import hmfusion.predict
+
+    def never(*args, **kwargs):
+        raise AssertionError("the checkpoint was read before --out was checked")
+
+    monkeypatch.setattr(hmfusion.predict, "load_checkpoint", never)
+    (tmp_path / "ro").mkdir()
+    real = os.access
+    monkeypatch.setattr(
+        os,
+        "access",
+        lambda path, mode: False if str(path) == str(tmp_path / "ro") else real(path, mode),
+    )
+    err = predict_error(
+        capsys, "--checkpoint", run / "checkpoints" / "hm.pt", "--out", tmp_path / "ro" / "p.csv"
+    )
+    assert "is not writable" in err
+    assert list((tmp_path / "ro").iterdir()) == []
+
+
 def test_predict_out_is_written_whole_or_not_at_all(run, tmp_path, capsys, monkeypatch):
     import errno
 
