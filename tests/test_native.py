@@ -181,9 +181,7 @@ def test_torch_func_vmap(kernel, device):
         y = torch.func.vmap(
             lambda x0, x1, a: native.fused_kron_concat([x0, x1], a, b, "right_first", 4)
         )(*batch, a_batch)
-        expected = torch.stack(
-            [_reference([u, v], a_i, b) for u, v, a_i in zip(*batch, a_batch)]
-        )
+        expected = torch.stack([_reference([u, v], a_i, b) for u, v, a_i in zip(*batch, a_batch)])
         torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
 
 
@@ -207,6 +205,18 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch):
     assert "c++: not found" in messages[0] and "pure-PyTorch" in messages[0]
     assert native.status() == "failed"
     torch.testing.assert_close(y, _reference(xs, a, b), rtol=1e-10, atol=1e-10)
+
+
+def test_each_source_text_builds_in_its_own_cache_folder(tmp_path):
+    # Checkouts with different sources shared one folder: each rebuilt over the other, and an
+    # interrupted build's lock made every later process wait forever.
+    first, second, copy = tmp_path / "a.cpp", tmp_path / "b.cpp", tmp_path / "c.cpp"
+    first.write_text("// one\n")
+    second.write_text("// two\n")
+    copy.write_text("// one\n")
+    names = [native._extension_name(path) for path in (first, second, copy)]
+    assert names[0] != names[1] and names[0] == names[2]
+    assert all(name.startswith("hmfusion_native_") and name.isidentifier() for name in names)
 
 
 def test_environment_switch_disables_the_build(monkeypatch):
