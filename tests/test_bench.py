@@ -31,29 +31,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "out"
-    args = _parse(
-        [
-            "--shape",
-            "64,32,32,4,4,2",
-            "--shape",
-            "24,30,12,3,5,3",
-            "--dtypes",
-            "float32,bfloat16",
-            "--repeats",
-            "2",
-            "--warmup",
-            "0",
-            "--threads",
-            "1",
-            "--out",
-            str(out),
-            "--quiet",
-            "--load",
-            "1",
-            "--methods",
-            FAST_METHODS,
-        ]
-    )
+    options = "--shape 64,32,32,4,4,2 --shape 24,30,12,3,5,3 --dtypes float32,bfloat16"
+    options += " --repeats 2 --warmup 0 --threads 1 --quiet --load 1"
+    args = _parse([*options.split(), "--methods", FAST_METHODS, "--out", str(out)])
     assert bench.main(args) == 0
     return out, json.loads((out / "results.json").read_text())
 
@@ -385,27 +365,9 @@ def test_busy_processes_are_killed_on_exit_and_on_error():
 
 @pytest.mark.slow
 def test_compiled_baseline(tmp_path):
-    args = _parse(
-        [
-            "--shape",
-            "64,32,32,4,4,2",
-            "--dtypes",
-            "float32",
-            "--repeats",
-            "2",
-            "--warmup",
-            "0",
-            "--threads",
-            "1",
-            "--out",
-            str(tmp_path),
-            "--quiet",
-            "--load",
-            "0",
-            "--modes",
-            "forward+backward",
-        ]
-    )
+    options = "--shape 64,32,32,4,4,2 --dtypes float32 --repeats 2 --warmup 0 --threads 1"
+    options += " --quiet --load 0 --modes forward+backward"
+    args = _parse([*options.split(), "--out", str(tmp_path)])
     assert bench.main(args) == 0
     report = json.loads((tmp_path / "results.json").read_text())
     measured = report["results"][0]["modes"][0]
