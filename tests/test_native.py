@@ -7,14 +7,16 @@ CI also runs the whole suite with ``HMFUSION_NATIVE=0``.
 
 from __future__ import annotations
 
+import doctest
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from hmfusion import native
+from hmfusion import bench, benchmark_report, fused, kernels, native
 
 F64 = torch.float64
 
@@ -263,3 +265,23 @@ def test_loading_leaves_the_environment_alone(monkeypatch):
     monkeypatch.setattr(native, "_STATE", "unloaded")
     native.available()
     assert dict(os.environ) == before
+
+
+# the modules themselves ----------------------------------------------------------------------
+PERF_MODULES = [kernels, fused, native, bench, benchmark_report]
+
+
+@pytest.mark.parametrize("module", [kernels, fused], ids=lambda m: m.__name__)
+def test_docstring_examples_run(module):
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    tests = [t for t in finder.find(module, globs=vars(module).copy()) if t.examples]
+    assert tests, "no examples found"
+    for test in tests:
+        runner.run(test)
+    assert runner.failures == 0
+
+
+@pytest.mark.parametrize("module", PERF_MODULES, ids=lambda m: m.__name__)
+def test_module_is_well_under_500_lines(module):
+    assert len(Path(module.__file__).read_text(encoding="utf-8").splitlines()) < 450

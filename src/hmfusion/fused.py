@@ -213,7 +213,27 @@ def fused_forward(
     b: Tensor,
     xs: Sequence[Tensor],
 ) -> Tensor:
-    """`cat(xs) (Σ_τ A_τ ⊗ B_τ)ᵀ` chunk by chunk, without autograd (see the module docstring)."""
+    """`cat(xs) (Σ_τ A_τ ⊗ B_τ)ᵀ` chunk by chunk, without autograd (see the module docstring).
+
+    Args:
+        layout: the order, the inputs' layout and the rows per chunk.
+        shape: (p, q, s, t).
+        a: the left factors, (p, q) or a stack (terms, p, q).
+        b: the right factors, (s, t) or a stack (terms, s, t).
+        xs: the inputs, each (m, n_i), Σ n_i ≤ q·t (the rest is read as zeros).
+
+    Returns:
+        Of shape (m, p·s).
+
+    Example:
+        >>> x = torch.randn(5, 6, dtype=torch.float64)
+        >>> a = torch.randn(1, 2, 3, dtype=torch.float64)
+        >>> b = torch.randn(1, 2, 2, dtype=torch.float64)
+        >>> layout = FusedLayout("right_first", "gather", chunk_rows=2)
+        >>> y = fused_forward(layout, (2, 3, 2, 2), a, b, [x[:, :4], x[:, 4:]])
+        >>> torch.allclose(y, x @ torch.kron(a[0], b[0]).T)
+        True
+    """
     p, q, s, t = shape
     m = xs[0].shape[0]
     rows = _Rows(xs, layout, q, t)
@@ -236,7 +256,36 @@ def fused_backward(
     needs: tuple[bool, bool, bool],
 ) -> tuple[Tensor | None, Tensor | None, list[Tensor] | None]:
     """(dA, dB, [dX_i]) of the fused product for dY = gy, chunk by chunk (see the module
-    docstring); `needs` says which of (dX, dA, dB) to compute, the others come back None."""
+    docstring); dA and dB are contractions, no n×D gradient is formed.
+
+    Args:
+        layout: as in [`fused_forward`][hmfusion.fused.fused_forward].
+        shape: (p, q, s, t).
+        a: the left factors, (p, q) or (terms, p, q).
+        b: the right factors, (s, t) or (terms, s, t).
+        xs: the inputs of the forward, each (m, n_i).
+        gy: the gradient of the output, (m, p·s).
+        needs: which of (dX, dA, dB) to compute; the others come back None.
+
+    Returns:
+        dA (a's shape), dB (b's shape) and one gradient per input (its shape, contiguous).
+
+    Example:
+        >>> x = torch.randn(5, 6, dtype=torch.float64)
+        >>> a = torch.randn(1, 2, 3, dtype=torch.float64, requires_grad=True)
+        >>> b = torch.randn(1, 2, 2, dtype=torch.float64, requires_grad=True)
+        >>> gy = torch.randn(5, 4, dtype=torch.float64)
+        >>> layout = FusedLayout("left_first", "gather", chunk_rows=2)
+        >>> da, db, dxs = fused_backward(
+        ...     layout, (2, 3, 2, 2), a.detach(), b.detach(), [x[:, :4], x[:, 4:]], gy,
+        ...     (True, True, True),
+        ... )
+        >>> (x @ torch.kron(a[0], b[0]).T).mul(gy).sum().backward()
+        >>> torch.allclose(da, a.grad), torch.allclose(db, b.grad)
+        (True, True)
+        >>> torch.allclose(torch.cat(dxs, 1), gy @ torch.kron(a[0], b[0]).detach())
+        True
+    """
     (p, q, s, t) = shape
     need_x, need_a, need_b = needs
     m = xs[0].shape[0]

@@ -131,7 +131,20 @@ def needs_grad(*tensors: Tensor | tuple[Tensor, ...] | Sequence[Tensor]) -> bool
 
 
 def kron_weight(a: Tensor, b: Tensor) -> Tensor:
-    """W = Σ_τ a[τ] ⊗ b[τ] for stacks a (terms, p, q) and b (terms, s, t); shape (p·s, q·t)."""
+    """W = Σ_τ a[τ] ⊗ b[τ], formed.
+
+    Args:
+        a: the left factors, a stack of shape (terms, p, q).
+        b: the right factors, a stack of shape (terms, s, t).
+
+    Returns:
+        W of shape (p·s, q·t).
+
+    Example:
+        >>> a, b = torch.randn(1, 2, 3), torch.randn(1, 4, 5)
+        >>> torch.allclose(kron_weight(a, b), torch.kron(a[0], b[0]))
+        True
+    """
     terms, p, q = a.shape
     s, t = b.shape[1:]
     if terms == 1:  # one broadcast multiply writes W
@@ -180,9 +193,28 @@ class _KronLinear(torch.autograd.Function):
 
 
 def kron_linear(x: Tensor, a: Tensor, b: Tensor, n: int, D: int) -> Tensor:
-    """`x Wᵀ` for x (m, D) with W the top-left n×D block of Σ_τ a[τ] ⊗ b[τ], formed once.
+    """`x Wᵀ` with W the top-left n×D block of Σ_τ a[τ] ⊗ b[τ], formed once: the
+    "materialize" plan, for small layers where one dense GEMM beats two small contractions.
 
-    a: (terms, p, q), b: (terms, s, t). Returns (m, n); differentiable in x, a and b.
+    Differentiable in x, a and b; the backward forms W again rather than saving it.
+
+    Args:
+        x: the rows, (m, D) with D ≤ q·t.
+        a: the left factors, (terms, p, q).
+        b: the right factors, (terms, s, t).
+        n: the output width, ≤ p·s.
+        D: the input width (x's columns).
+
+    Returns:
+        `x Wᵀ`, of shape (m, n).
+
+    Example:
+        >>> x = torch.randn(5, 6, dtype=torch.float64)
+        >>> a = torch.randn(1, 2, 3, dtype=torch.float64)
+        >>> b = torch.randn(1, 2, 2, dtype=torch.float64)
+        >>> w = torch.kron(a[0], b[0])  # (4, 6)
+        >>> torch.allclose(kron_linear(x, a, b, 3, 6), x @ w[:3].T)
+        True
     """
     if not needs_grad(x, a, b):
         return x @ kron_weight(a, b)[:n, :D].t()
@@ -207,9 +239,29 @@ def kron_matmul(
 ) -> Tensor:
     """`x (Σ_j left[j] ⊗ right[j])ᵀ` for x of shape (m, q·t); returns (m, p·s).
 
-    `shape` is (p, q, s, t): left factors are p×q, right factors s×t. `order` is
-    `"right_first"` or `"left_first"` (see [`kron_order`][hmfusion.kernels.kron_order]).
-    Differentiable by autograd.
+    Composed of differentiable torch ops (autograd derives the backward); the path for
+    low-rank factors.
+
+    Args:
+        x: the rows, (m, q·t).
+        left: the left factors, each p×q (dense, or a low-rank pair).
+        right: the right factors, each s×t, as many as `left`.
+        shape: (p, q, s, t).
+        order: `"right_first"` (X Bᵀ, then A) or `"left_first"` (A X, then Bᵀ); see
+            [`kron_order`][hmfusion.kernels.kron_order].
+
+    Returns:
+        Of shape (m, p·s).
+
+    Raises:
+        ValueError: `left` and `right` hold no factors.
+
+    Example:
+        >>> x = torch.randn(5, 6, dtype=torch.float64)
+        >>> a, b = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64)
+        >>> y = kron_matmul(x, [a], [b], (2, 3, 2, 2), "right_first")
+        >>> torch.allclose(y, x @ torch.kron(a, b).T)
+        True
     """
     p, q, s, t = shape
     m = x.shape[0]
