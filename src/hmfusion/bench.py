@@ -11,7 +11,7 @@ the four target shapes, the (256, 256, 256, 4) layer and the main job's layer, f
 bfloat16, forward+backward, about 2 minutes on 2 cores. `--render results.json` rewrites the
 document and figure from a stored run. Every argument, `--device` and `--out` are checked
 before measuring; a problem is one line on stderr and exit status 2, with nothing written.
-See [`hmfusion.benchmarking`][hmfusion.benchmarking] for how it measures.
+See `hmfusion.benchmarking` for how it measures.
 """
 
 from __future__ import annotations
