@@ -17,6 +17,7 @@ import torch
 
 from hmfusion import bench, benchmark_report, benchmarking
 from hmfusion.benchmarking import Shape
+from hmfusion.cli_common import run_command
 
 FAST_METHODS = "dense,kron,tinybig,einsum,two_matmul,hmfusion"  # compiled: see the slow test
 
@@ -30,12 +31,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "out"
-    args = _parse([
-        "--shape", "64,32,32,4,4,2", "--shape", "24,30,12,3,5,3",
-        "--dtypes", "float32,bfloat16", "--repeats", "2", "--warmup", "0",
-        "--threads", "1", "--out", str(out), "--quiet", "--load", "1",
-        "--methods", FAST_METHODS,
-    ])
+    options = "--shape 64,32,32,4,4,2 --shape 24,30,12,3,5,3 --dtypes float32,bfloat16"
+    options += " --repeats 2 --warmup 0 --threads 1 --quiet --load 1"
+    args = _parse([*options.split(), "--methods", FAST_METHODS, "--out", str(out)])
     assert bench.main(args) == 0
     return out, json.loads((out / "results.json").read_text())
 
@@ -97,21 +95,41 @@ def test_memory_is_measured(tiny_run):
 
 def test_render_rewrites_the_document_from_a_stored_run(tiny_run, tmp_path):
     out, report = tiny_run
-    assert bench.main(_parse(["--render", str(out / "results.json"), "--out", str(tmp_path),
-                              "--quiet", "--no-plot"])) == 0
+    assert (
+        bench.main(
+            _parse(
+                [
+                    "--render",
+                    str(out / "results.json"),
+                    "--out",
+                    str(tmp_path),
+                    "--quiet",
+                    "--no-plot",
+                ]
+            )
+        )
+        == 0
+    )
     assert (tmp_path / "results.md").read_text() == benchmark_report.document(report)
     assert json.loads((tmp_path / "results.json").read_text()) == report
 
 
 def _measured(speedup: float, simple: float = 1.0, memory: float = 1.0) -> dict:
-    return {"mode": "forward+backward", "speedup_vs_dense": {"hmfusion": speedup},
-            "best_simple": "two_matmul", "hmfusion_vs_best_simple": simple,
-            "hmfusion_memory_over_activations": memory}
+    return {
+        "mode": "forward+backward",
+        "speedup_vs_dense": {"hmfusion": speedup},
+        "best_simple": "two_matmul",
+        "hmfusion_vs_best_simple": simple,
+        "hmfusion_memory_over_activations": memory,
+    }
 
 
 def _row(shape: Shape, speedup: float, simple: float = 1.0, memory: float = 1.0) -> dict:
-    return {"shape": shape._asdict(), "dtype": "float32",
-            "modes": [_measured(speedup, simple, memory)]}
+    return {
+        "shape": shape._asdict(),
+        "dtype": "float32",
+        "modes": [_measured(speedup, simple, memory)],
+    }
 
 
 def test_target_checks():
@@ -142,8 +160,12 @@ def test_target_checks():
 def test_quick_grid_holds_the_targets_and_small_layers():
     quick, full = set(benchmarking.QUICK_GRID), set(benchmarking.FULL_GRID)
     targets = set(benchmarking.TARGET_SHAPES.values())
-    assert targets == {Shape(4096, 1024, 1024, 32, 32, 4), Shape(256, 4096, 4096, 64, 64, 4),
-                       Shape(4096, 4096, 4096, 64, 64, 4), Shape(65536, 256, 256, 16, 16, 4)}
+    assert targets == {
+        Shape(4096, 1024, 1024, 32, 32, 4),
+        Shape(256, 4096, 4096, 64, 64, 4),
+        Shape(4096, 4096, 4096, 64, 64, 4),
+        Shape(65536, 256, 256, 16, 16, 4),
+    }
     assert targets <= quick and targets <= full
     small = {Shape(256, 256, 256, 4, 4, 4), benchmarking.MAIN_JOB_SHAPE}
     assert small <= quick and small <= full
@@ -152,22 +174,24 @@ def test_quick_grid_holds_the_targets_and_small_layers():
 
 
 # argument errors: one line on stderr, exit 2, nothing measured or written -----------------------
-@pytest.mark.parametrize("argv, message", [
-    (["--shape", "64,32,32"], "six comma-separated ints"),
-    (["--shape", "64,32,30,4,4,2"], "p | n"),
-    (["--dtypes", "int32"], "unknown dtype 'int32'"),
-    (["--dtypes", "float33"], "unknown dtype 'float33'"),
-    (["--modes", "sideways"], "unknown mode 'sideways'"),
-    (["--methods", "magic"], "unknown method 'magic'"),
-    (["--repeats", "0"], "must be ≥ 1"),
-    (["--repeats", "-3"], "must be ≥ 1"),
-    (["--warmup", "-1"], "must be ≥ 0"),
-    (["--threads", "0"], "must be ≥ 1"),
-    (["--load", "-1"], "must be between 0"),
-    (["--load", "100000"], "must be between 0"),
-    (["--device", "meta"], "meta"),
-    (["--device", "banana"], "not a torch device"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--shape", "64,32,32"], "six comma-separated ints"),
+        (["--shape", "64,32,30,4,4,2"], "p | n"),
+        (["--dtypes", "int32"], "unknown dtype 'int32'"),
+        (["--dtypes", "float33"], "unknown dtype 'float33'"),
+        (["--modes", "sideways"], "unknown mode 'sideways'"),
+        (["--methods", "magic"], "unknown method 'magic'"),
+        (["--repeats", "0"], "must be a positive integer, got 0"),
+        (["--repeats", "-3"], "must be a positive integer, got -3"),
+        (["--repeats", "two"], "must be an integer, got 'two'"),
+        (["--warmup", "-1"], "must be 0 or more, got -1"),
+        (["--threads", "0"], "must be a positive integer, got 0"),
+        (["--load", "-1"], "must be 0 or more, got -1"),
+        (["--load", "100000"], "must be at most"),
+    ],
+)
 def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         _parse(argv)
@@ -176,44 +200,66 @@ def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
     assert message in error and error.startswith("hmfusion bench: error:")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only build's message")
-def test_cuda_on_a_cpu_build(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        _parse(["--device", "cuda"])
-    assert exit_info.value.code == 2
-    assert "CUDA is not available" in capsys.readouterr().err
-
-
 def _never_measure(*args, **kwargs):
-    raise AssertionError("measured before checking the output folder")
+    raise AssertionError("measured before checking the arguments and the output folder")
+
+
+def _run_failing(argv: list[str], capsys) -> str:
+    """Run `bench.main` through the command line's error path: status 2 and one line."""
+    assert run_command(bench.main, _parse(argv)) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hmfusion: error:"), captured.err
+    assert captured.out == ""
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("meta", "--device 'meta': only cpu and cuda are supported"),
+        ("banana", "--device 'banana' is not a device"),
+    ],
+)
+def test_bad_device_exits_2_before_measuring(device, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(benchmarking, "run", _never_measure)
+    out = tmp_path / "out"
+    error = _run_failing(["--device", device, "--out", str(out), "--quiet", "--quick"], capsys)
+    assert message in error
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only build's message")
+def test_cuda_on_a_cpu_build(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(benchmarking, "run", _never_measure)
+    argv = ["--device", "cuda", "--out", str(tmp_path / "out"), "--quiet", "--quick"]
+    assert "CUDA is not available" in _run_failing(argv, capsys)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_out_at_an_existing_file(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(benchmarking, "run", _never_measure)
     target = tmp_path / "results"
     target.write_text("keep me")
-    with pytest.raises(SystemExit) as exit_info:
-        bench.main(_parse(["--out", str(target), "--quiet", "--quick"]))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert "exists and is not a folder" in err and len(err.splitlines()) == 1
+    error = _run_failing(["--out", str(target), "--quiet", "--quick"], capsys)
+    assert "exists and is not a directory" in error
     assert target.read_text() == "keep me"
 
 
-@pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True,
-                    reason="root writes anywhere")
+@pytest.mark.skipif(
+    os.geteuid() == 0 if hasattr(os, "geteuid") else True, reason="root writes anywhere"
+)
 def test_out_in_an_unwritable_place(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(benchmarking, "run", _never_measure)
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        with pytest.raises(SystemExit) as exit_info:
-            bench.main(_parse(["--out", str(locked / "out"), "--quiet", "--quick"]))
+        error = _run_failing(["--out", str(locked / "out"), "--quiet", "--quick"], capsys)
     finally:
         locked.chmod(0o700)
-    assert exit_info.value.code == 2
-    assert "cannot be written" in capsys.readouterr().err
+    assert "is not writable" in error
+    assert list(locked.iterdir()) == []
 
 
 def test_out_under_a_file_is_unwritable(tmp_path, monkeypatch, capsys):
@@ -221,11 +267,53 @@ def test_out_under_a_file_is_unwritable(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(benchmarking, "run", _never_measure)
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(SystemExit) as exit_info:
-        bench.main(_parse(["--out", str(blocker / "out"), "--quiet", "--quick"]))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert "cannot be written" in err and len(err.splitlines()) == 1
+    error = _run_failing(["--out", str(blocker / "out"), "--quiet", "--quick"], capsys)
+    assert "is a file, not a directory" in error
+
+
+def test_out_with_files_needs_overwrite(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(benchmarking, "run", _never_measure)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    error = _run_failing(["--out", str(out), "--quiet", "--quick"], capsys)
+    assert "already holds files" in error and "--overwrite" in error
+    # --overwrite replaces only an earlier run's folder (one holding results.json)
+    error = _run_failing(["--out", str(out), "--overwrite", "--quiet", "--quick"], capsys)
+    assert "no results.json" in error
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_overwrite_replaces_an_earlier_run_whole(tiny_run, tmp_path):
+    stored, report = tiny_run
+    out = tmp_path / "out"
+    argv = ["--render", str(stored / "results.json"), "--out", str(out), "--quiet", "--no-plot"]
+    assert bench.main(_parse(argv)) == 0
+    (out / "stale.txt").write_text("from an older run")
+    assert bench.main(_parse([*argv, "--overwrite"])) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md"]
+    assert json.loads((out / "results.json").read_text()) == report
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging left
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "No such file or directory"),
+        ("{not json", "not a results.json (Expecting"),
+        ('{"results": []}', "not a results.json (it needs results, machine, config)"),
+        ("[1, 2]", "not a results.json (it needs"),
+    ],
+)
+def test_render_of_a_bad_file(content, message, tmp_path, capsys):
+    stored = tmp_path / "results.json"
+    if content is not None:
+        stored.write_text(content)
+    out = tmp_path / "out"
+    error = _run_failing(["--render", str(stored), "--out", str(out), "--quiet"], capsys)
+    assert message in error and "--render" in error
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_failed_run_leaves_no_output(tmp_path, monkeypatch):
@@ -241,8 +329,19 @@ def test_failed_run_leaves_no_output(tmp_path, monkeypatch):
 
 def test_cli_error_is_one_line_and_status_2(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "hmfusion", "bench", "--dtypes", "int32", "--out",
-         str(tmp_path / "x")], capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "hmfusion",
+            "bench",
+            "--dtypes",
+            "int32",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]  # (after argparse's usage line)
@@ -266,9 +365,9 @@ def test_busy_processes_are_killed_on_exit_and_on_error():
 
 @pytest.mark.slow
 def test_compiled_baseline(tmp_path):
-    args = _parse(["--shape", "64,32,32,4,4,2", "--dtypes", "float32", "--repeats", "2",
-                   "--warmup", "0", "--threads", "1", "--out", str(tmp_path), "--quiet",
-                   "--load", "0", "--modes", "forward+backward"])
+    options = "--shape 64,32,32,4,4,2 --dtypes float32 --repeats 2 --warmup 0 --threads 1"
+    options += " --quiet --load 0 --modes forward+backward"
+    args = _parse([*options.split(), "--out", str(tmp_path)])
     assert bench.main(args) == 0
     report = json.loads((tmp_path / "results.json").read_text())
     measured = report["results"][0]["modes"][0]

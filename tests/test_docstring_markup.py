@@ -1,4 +1,4 @@
-"""Docstrings of the core, fusion and compat modules are Markdown for mkdocstrings.
+"""Docstrings of the core, kernel, bench, fusion and compat modules are Markdown (mkdocstrings).
 
 The reference site renders docstrings as Markdown (Google style): reST markup shows up raw
 (`:class:`X``), a reST table is a block of `=` signs, and an `Args:` line naming two parameters
@@ -16,7 +16,21 @@ import pytest
 
 SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "hmfusion"
 FILES = sorted(
-    [SRC / name for name in ("__init__.py", "_validation.py", "fitting.py", "blocksizes.py")]
+    [
+        SRC / name
+        for name in (
+            "__init__.py",
+            "_validation.py",
+            "fitting.py",
+            "blocksizes.py",
+            "kernels.py",
+            "fused.py",
+            "native.py",
+            "bench.py",
+            "benchmark_report.py",
+            "reporting.py",
+        )
+    ]
     + list((SRC / "structures").glob("*.py"))
     + list((SRC / "fusion").glob("*.py"))
     + list((SRC / "compat").rglob("*.py"))

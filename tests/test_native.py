@@ -7,14 +7,16 @@ CI also runs the whole suite with ``HMFUSION_NATIVE=0``.
 
 from __future__ import annotations
 
+import doctest
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from hmfusion import native
+from hmfusion import bench, benchmark_report, fused, kernels, native
 
 F64 = torch.float64
 
@@ -181,9 +183,7 @@ def test_torch_func_vmap(kernel, device):
         y = torch.func.vmap(
             lambda x0, x1, a: native.fused_kron_concat([x0, x1], a, b, "right_first", 4)
         )(*batch, a_batch)
-        expected = torch.stack(
-            [_reference([u, v], a_i, b) for u, v, a_i in zip(*batch, a_batch)]
-        )
+        expected = torch.stack([_reference([u, v], a_i, b) for u, v, a_i in zip(*batch, a_batch)])
         torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
 
 
@@ -207,6 +207,18 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch):
     assert "c++: not found" in messages[0] and "pure-PyTorch" in messages[0]
     assert native.status() == "failed"
     torch.testing.assert_close(y, _reference(xs, a, b), rtol=1e-10, atol=1e-10)
+
+
+def test_each_source_text_builds_in_its_own_cache_folder(tmp_path):
+    # Checkouts with different sources shared one folder: each rebuilt over the other, and an
+    # interrupted build's lock made every later process wait forever.
+    first, second, copy = tmp_path / "a.cpp", tmp_path / "b.cpp", tmp_path / "c.cpp"
+    first.write_text("// one\n")
+    second.write_text("// two\n")
+    copy.write_text("// one\n")
+    names = [native._extension_name(path) for path in (first, second, copy)]
+    assert names[0] != names[1] and names[0] == names[2]
+    assert all(name.startswith("hmfusion_native_") and name.isidentifier() for name in names)
 
 
 def test_environment_switch_disables_the_build(monkeypatch):
@@ -253,3 +265,23 @@ def test_loading_leaves_the_environment_alone(monkeypatch):
     monkeypatch.setattr(native, "_STATE", "unloaded")
     native.available()
     assert dict(os.environ) == before
+
+
+# the modules themselves ----------------------------------------------------------------------
+PERF_MODULES = [kernels, fused, native, bench, benchmark_report]
+
+
+@pytest.mark.parametrize("module", [kernels, fused], ids=lambda m: m.__name__)
+def test_docstring_examples_run(module):
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    tests = [t for t in finder.find(module, globs=vars(module).copy()) if t.examples]
+    assert tests, "no examples found"
+    for test in tests:
+        runner.run(test)
+    assert runner.failures == 0
+
+
+@pytest.mark.parametrize("module", PERF_MODULES, ids=lambda m: m.__name__)
+def test_module_is_well_under_500_lines(module):
+    assert len(Path(module.__file__).read_text(encoding="utf-8").splitlines()) < 450

@@ -1,14 +1,17 @@
 """Benchmark hmfusion against what users write instead, on a grid of shapes, quiet and loaded.
 
-For each shape and dtype, dense (cat + ``F.linear``), ``torch.kron`` and tinybig's materialized
-W, the five-line einsum and two-matmul codes, ``torch.compile`` of the two-matmul code and
-``HMConcatFusion`` are timed interleaved, forward and forward+backward; then again while
-``--load`` busy processes compete for the CPUs (the loaded table). Writes ``results.json``
-(every figure), ``results.md`` (the ``benchmarks/RESULTS.md`` document) and ``speedup.png``
-to ``--out``, all at once (a half-written folder never appears). ``--quick`` is the CI grid:
+For each shape and dtype, dense (cat + `F.linear`), `torch.kron` and tinybig's materialized
+W, the five-line einsum and two-matmul codes, `torch.compile` of the two-matmul code and
+`HMConcatFusion` are timed interleaved, forward and forward+backward; then again while
+`--load` busy processes compete for the CPUs (the loaded table). Writes `results.json`
+(every figure), `results.md` (the `benchmarks/RESULTS.md` document) and `speedup.png`
+to `--out`, all at once: the folder is written beside `--out` and renamed into place, and a
+non-empty `--out` is replaced (whole) only with `--overwrite`. `--quick` is the CI grid:
 the four target shapes, the (256, 256, 256, 4) layer and the main job's layer, float32 and
-bfloat16, forward+backward, about 2 minutes on 2 cores. ``--render results.json`` rewrites the
-document and figure from a stored run. See :mod:`hmfusion.benchmarking` for how it measures.
+bfloat16, forward+backward, about 2 minutes on 2 cores. `--render results.json` rewrites the
+document and figure from a stored run. Every argument, `--device` and `--out` are checked
+before measuring; a problem is one line on stderr and exit status 2, with nothing written.
+See `hmfusion.benchmarking` for how it measures.
 """
 
 from __future__ import annotations
@@ -16,29 +19,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import sys
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any
 
 import torch
 
 from hmfusion import benchmark_report, benchmarking
 from hmfusion.benchmarking import MAX_LOAD_PER_CPU, METHODS, MODES, QUICK_METHODS, Shape
+from hmfusion.cli_common import (
+    UsageError,
+    describe_failure,
+    nonnegative_int,
+    positive_int,
+    resolve_device,
+)
+from hmfusion.outputs import OutputDirectory
 
 __all__ = ["add_arguments", "main"]
 
 _DTYPES = ("float32", "float64", "bfloat16", "float16")
-
-
-def _error(message: str) -> NoReturn:
-    """The one error path after parsing: one line on stderr, exit status 2 (as argparse)."""
-    print(f"hmfusion bench: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+#: The file every output folder of `hmfusion bench` holds (`--overwrite` replaces only those).
+_MARKER = "results.json"
 
 
 def _shape(text: str) -> Shape:
+    """`--shape m,D,n,p,q,k` (argparse `type=`)."""
     try:
         shape = Shape(*(int(v) for v in text.split(",")))
     except (TypeError, ValueError):
@@ -52,7 +58,9 @@ def _shape(text: str) -> Shape:
     return shape
 
 
-def _choices(kind: str, allowed: tuple[str, ...]):
+def _choices(kind: str, allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+    """An argparse `type=` for a comma-separated list of values from `allowed`."""
+
     def parse(text: str) -> tuple[str, ...]:
         values = tuple(v.strip() for v in text.split(",") if v.strip())
         for value in values:
@@ -67,125 +75,145 @@ def _choices(kind: str, allowed: tuple[str, ...]):
     return parse
 
 
-def _count(minimum: int, maximum: int | None = None):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f"between {minimum} and {maximum}" if maximum is not None else f"≥ {minimum}"
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
-        return value
-
-    return parse
+def _load_limit() -> int:
+    return MAX_LOAD_PER_CPU * (os.cpu_count() or 1)
 
 
-def _device(text: str) -> torch.device:
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"not a torch device: {text!r}") from None
-    if device.type == "meta":
-        raise argparse.ArgumentTypeError("meta tensors hold no data to time; use cpu or cuda")
-    if device.type not in ("cpu", "cuda"):
-        raise argparse.ArgumentTypeError(f"unsupported device {text!r} (use cpu or cuda)")
-    if device.type == "cuda" and not torch.cuda.is_available():
+def _load(text: str) -> int:
+    """`--load`: 0 up to `MAX_LOAD_PER_CPU` busy processes per CPU (argparse `type=`)."""
+    value = nonnegative_int(text)
+    if value > _load_limit():
         raise argparse.ArgumentTypeError(
-            f"{text!r}: CUDA is not available in this PyTorch build or on this machine"
+            f"must be at most {_load_limit()} ({MAX_LOAD_PER_CPU} per CPU), got {value}"
         )
-    return device
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``hmfusion bench`` options (every value is checked here, before measuring)."""
-    load_limit = MAX_LOAD_PER_CPU * (os.cpu_count() or 1)
-    parser.add_argument("--quick", action="store_true",
-                        help="CI grid: the target shapes and two small layers, "
-                             "forward+backward, float32 and bfloat16, ~2 minutes")
-    parser.add_argument("--shape", type=_shape, action="append", metavar="m,D,n,p,q,k",
-                        help="run this shape instead of the grid (repeatable)")
-    parser.add_argument("--dtypes", type=_choices("dtype", _DTYPES), default=None,
-                        help="comma-separated floating dtypes (default: float32,bfloat16)")
-    parser.add_argument("--modes", type=_choices("mode", MODES), default=None,
-                        help="comma-separated modes (default: both; forward+backward with "
-                             "--quick)")
-    parser.add_argument("--methods", type=_choices("method", METHODS), default=None,
-                        help="comma-separated methods (dense and hmfusion always run; "
-                             "default: all, without kron and tinybig with --quick)")
-    parser.add_argument("--repeats", type=_count(1), default=None,
-                        help="timed rounds per mode (default 7; 3 with --quick)")
-    parser.add_argument("--warmup", type=_count(0), default=None,
-                        help="untimed rounds first (default 2; 1 with --quick)")
-    parser.add_argument("--threads", type=_count(1), default=2,
-                        help="torch.set_num_threads (default 2)")
-    parser.add_argument("--load", type=_count(0, load_limit), default=1, metavar="N",
-                        help="busy processes competing during the loaded measurement "
-                             f"(default 1; 0 skips it; at most {load_limit})")
-    parser.add_argument("--device", type=_device, default=torch.device("cpu"),
-                        help="cpu (default) or cuda")
-    parser.add_argument("--out", type=Path, default=Path("bench-out"),
-                        help="output folder for results.json, results.md, speedup.png")
-    parser.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
-                        help="do not measure: rewrite results.md and speedup.png from a "
-                             "stored results.json")
+    """Add the flags of `hmfusion bench` to `parser` (each value is checked when parsed)."""
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="CI grid: the target shapes and two small layers, "
+        "forward+backward, float32 and bfloat16, ~2 minutes",
+    )
+    parser.add_argument(
+        "--shape",
+        type=_shape,
+        action="append",
+        metavar="m,D,n,p,q,k",
+        help="run this shape instead of the grid (repeatable)",
+    )
+    parser.add_argument(
+        "--dtypes",
+        type=_choices("dtype", _DTYPES),
+        default=None,
+        help="comma-separated floating dtypes (default: float32,bfloat16)",
+    )
+    parser.add_argument(
+        "--modes",
+        type=_choices("mode", MODES),
+        default=None,
+        help="comma-separated modes (default: both; forward+backward with --quick)",
+    )
+    parser.add_argument(
+        "--methods",
+        type=_choices("method", METHODS),
+        default=None,
+        help="comma-separated methods (dense and hmfusion always run; "
+        "default: all, without kron and tinybig with --quick)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=None,
+        help="timed rounds per mode (default 7; 3 with --quick)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=nonnegative_int,
+        default=None,
+        help="untimed rounds first (default 2; 1 with --quick)",
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, default=2, help="torch.set_num_threads (default 2)"
+    )
+    parser.add_argument(
+        "--load",
+        type=_load,
+        default=1,
+        metavar="N",
+        help="busy processes competing during the loaded measurement "
+        f"(default 1; 0 skips it; at most {_load_limit()})",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-out"),
+        help="output folder for results.json, results.md, speedup.png",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty --out that holds an earlier run's results.json",
+    )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        metavar="RESULTS_JSON",
+        help="do not measure: rewrite results.md and speedup.png from a stored results.json",
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip speedup.png")
-    parser.add_argument("--quiet", action="store_true",
-                        help="no progress bar and no table on stdout")
-
-
-def _staging_folder(out: Path) -> Path:
-    """An empty folder next to ``out`` for the outputs (renamed into place at the end)."""
-    if out.exists() and not out.is_dir():
-        _error(f"--out {str(out)!r} exists and is not a folder")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as error:
-        _error(f"--out {str(out)!r} cannot be written: {error.strerror or error}")
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Move the finished files into ``out``: one rename of the folder, or one per file."""
-    if not out.exists():
-        os.replace(staging, out)
-        return
-    for path in staging.iterdir():
-        os.replace(path, out / path.name)
-    staging.rmdir()
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bar and no table on stdout"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``hmfusion bench`` with parsed arguments; returns the exit status (0).
+    """Run `hmfusion bench` with parsed arguments; returns the exit status (0).
+
+    `--device`, `--out` and a `--render` file are checked before measuring; the outputs
+    appear in `--out` together when everything is written.
 
     Raises:
-        SystemExit: status 2 with a one-line message when the output folder cannot be
-            written (checked before measuring) or a stored run cannot be read.
+        UsageError: `--device` is not cpu or an available cuda device; `--out` cannot be
+            written or holds files (without `--overwrite`, or not an earlier run's); the
+            `--render` file is not a readable `results.json`. The command line reports it as
+            one line with exit status 2
+            ([`run_command`][hmfusion.cli_common.run_command]).
     """
-    staging = _staging_folder(args.out)
-    try:
-        if args.render is not None:
-            try:
-                report = json.loads(args.render.read_text())
-                report["results"], report["machine"], report["config"]  # noqa: B018
-            except (OSError, ValueError, KeyError, TypeError) as error:
-                _error(f"--render {str(args.render)!r}: not a results.json ({error})")
-        else:
-            report = _measure(args)
-        (staging / "results.json").write_text(json.dumps(report, indent=1) + "\n")
+    device = resolve_device(args.device)
+    output = OutputDirectory(args.out, overwrite=args.overwrite, marker=_MARKER)
+    stored = None if args.render is None else _read_report(args.render)
+    with output as staging:
+        report = stored if stored is not None else _measure(args, device)
+        (staging / _MARKER).write_text(json.dumps(report, indent=1) + "\n")
         (staging / "results.md").write_text(benchmark_report.document(report))
         if not args.no_plot:
             benchmark_report.plot(report, staging / "speedup.png")
-        _publish(staging, args.out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        output.commit()
     if not args.quiet:
         print(benchmark_report.markdown_table(report))
     return 0
 
 
-def _measure(args: argparse.Namespace) -> dict:
+def _read_report(path: Path) -> dict[str, Any]:
+    """A stored `results.json`, with the keys the document and figure read."""
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as failure:
+        raise UsageError(f"--render {describe_failure(failure)}") from None
+    except ValueError as failure:
+        raise UsageError(f"--render {str(path)!r}: not a results.json ({failure})") from None
+    keys = ("results", "machine", "config")
+    if not isinstance(report, dict) or any(key not in report for key in keys):
+        raise UsageError(f"--render {str(path)!r}: not a results.json (it needs {', '.join(keys)})")
+    return report
+
+
+def _measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     shapes = args.shape or (benchmarking.QUICK_GRID if args.quick else benchmarking.FULL_GRID)
     dtypes = args.dtypes or ("float32", "bfloat16")
     modes = args.modes or (("forward+backward",) if args.quick else MODES)
@@ -196,8 +224,15 @@ def _measure(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     try:
         report = benchmarking.run(
-            shapes, dtypes, methods=methods, modes=modes, repeats=repeats, warmup=warmup,
-            device=str(args.device), load=args.load, progress=not args.quiet,
+            shapes,
+            dtypes,
+            methods=methods,
+            modes=modes,
+            repeats=repeats,
+            warmup=warmup,
+            device=str(device),
+            load=args.load,
+            progress=not args.quiet,
         )
     finally:
         torch.set_num_threads(threads)

@@ -1,8 +1,8 @@
-"""The benchmark's reports: Markdown tables, the ``RESULTS.md`` document and the figure.
+"""The benchmark's reports: Markdown tables, the `RESULTS.md` document and the figure.
 
-Everything here reads a report of :func:`hmfusion.benchmarking.run` (the ``results.json``
-``hmfusion bench`` writes), so ``benchmarks/RESULTS.md`` is regenerated from a stored run with
-``hmfusion bench --render results.json --out DIR`` without measuring again.
+Everything here reads a report of [`run`][hmfusion.benchmarking.run] (the `results.json`
+`hmfusion bench` writes), so `benchmarks/RESULTS.md` is regenerated from a stored run with
+`hmfusion bench --render results.json --out DIR` without measuring again.
 """
 
 from __future__ import annotations
@@ -11,13 +11,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hmfusion import reporting
 from hmfusion.benchmarking import METHODS, TARGET_SHAPES, Shape
 
 __all__ = ["check_targets", "document", "markdown_table", "plot"]
 
 #: The speed-up over dense each target shape must reach, quiet (float32, forward+backward).
-TARGET_SPEEDUPS = {"compute_1024": 8.0, "small_batch_4096": 18.0, "compute_4096": 14.0,
-                   "memory_bound": 2.0}
+TARGET_SPEEDUPS = {
+    "compute_1024": 8.0,
+    "small_batch_4096": 18.0,
+    "compute_4096": 14.0,
+    "memory_bound": 2.0,
+}
 #: Loaded, each target shape keeps at least this fraction of its quiet ratio.
 LOADED_FRACTION = 0.5
 #: Peak extra memory of forward+backward at D = n = 4096, relative to the activations.
@@ -42,7 +47,7 @@ def check_targets(results: list[dict], loaded: list[dict] | None = None) -> list
         loaded: the rows measured under competing load, if any.
 
     Returns:
-        One dict per check: ``target``, the figures, ``required`` and ``met``.
+        One dict per check: `target`, the figures, `required` and `met`.
     """
     checks: list[dict] = []
     fb = "forward+backward"
@@ -52,15 +57,28 @@ def check_targets(results: list[dict], loaded: list[dict] | None = None) -> list
             continue
         speedup = row["speedup_vs_dense"]["hmfusion"]
         required = TARGET_SPEEDUPS[name]
-        checks.append({"target": name, "shape": shape._asdict(), "hmfusion_vs_dense": speedup,
-                       "required": required, "met": speedup >= required})
+        checks.append(
+            {
+                "target": name,
+                "shape": shape._asdict(),
+                "hmfusion_vs_dense": speedup,
+                "required": required,
+                "met": speedup >= required,
+            }
+        )
         loaded_row = _find(loaded or [], shape, "float32", fb)
         if loaded_row is not None:
             fraction = loaded_row["speedup_vs_dense"]["hmfusion"] / speedup
-            checks.append({"target": f"{name}_loaded", "shape": shape._asdict(),
-                           "hmfusion_vs_dense": loaded_row["speedup_vs_dense"]["hmfusion"],
-                           "fraction_of_quiet": fraction, "required": LOADED_FRACTION,
-                           "met": fraction >= LOADED_FRACTION})
+            checks.append(
+                {
+                    "target": f"{name}_loaded",
+                    "shape": shape._asdict(),
+                    "hmfusion_vs_dense": loaded_row["speedup_vs_dense"]["hmfusion"],
+                    "fraction_of_quiet": fraction,
+                    "required": LOADED_FRACTION,
+                    "met": fraction >= LOADED_FRACTION,
+                }
+            )
     for rows, label in ((results, "never_slower"), (loaded or [], "never_slower_loaded")):
         for row in rows:
             for measured in row["modes"]:
@@ -72,11 +90,18 @@ def check_targets(results: list[dict], loaded: list[dict] | None = None) -> list
                 met = (vs_simple is None or vs_simple >= 1.0) and (
                     label.endswith("loaded") or vs_dense >= 1.0
                 )
-                checks.append({"target": label, "shape": row["shape"], "dtype": row["dtype"],
-                               "hmfusion_vs_dense": vs_dense,
-                               "best_simple": measured["best_simple"],
-                               "hmfusion_vs_best_simple": vs_simple, "required": 1.0,
-                               "met": met})
+                checks.append(
+                    {
+                        "target": label,
+                        "shape": row["shape"],
+                        "dtype": row["dtype"],
+                        "hmfusion_vs_dense": vs_dense,
+                        "best_simple": measured["best_simple"],
+                        "hmfusion_vs_best_simple": vs_simple,
+                        "required": 1.0,
+                        "met": met,
+                    }
+                )
     for row in results:
         shape = Shape(**row["shape"])
         if row["dtype"] != "float32" or (shape.m, shape.D, shape.n) != (4096, 4096, 4096):
@@ -84,15 +109,27 @@ def check_targets(results: list[dict], loaded: list[dict] | None = None) -> list
         measured = _find(results, shape, "float32", fb)
         ratio = None if measured is None else measured["hmfusion_memory_over_activations"]
         if ratio is not None:
-            checks.append({"target": "memory_4096", "shape": row["shape"],
-                           "hmfusion_memory_over_activations": ratio,
-                           "required": MEMORY_RATIO, "met": ratio <= MEMORY_RATIO})
+            checks.append(
+                {
+                    "target": "memory_4096",
+                    "shape": row["shape"],
+                    "hmfusion_memory_over_activations": ratio,
+                    "required": MEMORY_RATIO,
+                    "met": ratio <= MEMORY_RATIO,
+                }
+            )
     return checks
 
 
-
-_LABELS = {"dense": "dense ms", "kron": "kron ×", "tinybig": "tinybig ×", "einsum": "einsum ×",
-           "two_matmul": "two-matmul ×", "compiled": "compiled ×", "hmfusion": "hmfusion ×"}
+_LABELS = {
+    "dense": "dense ms",
+    "kron": "kron ×",
+    "tinybig": "tinybig ×",
+    "einsum": "einsum ×",
+    "two_matmul": "two-matmul ×",
+    "compiled": "compiled ×",
+    "hmfusion": "hmfusion ×",
+}
 
 
 def _mib(value: int | None) -> str:
@@ -116,13 +153,16 @@ def _rows_table(rows: list[dict], methods: Sequence[str], memory: bool) -> list[
     if memory:
         header.append("extra MiB dense / hmfusion / activations")
     header.append("plan")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table = []
     for row in rows:
         shape = row["shape"]
         for measured in row["modes"]:
             cells = [str(shape[key]) for key in ("m", "D", "n", "p", "q", "k")]
-            cells += [row["dtype"], "f+b" if measured["mode"] != "forward" else "fwd",
-                      f"{measured['ideal_speedup']:.1f}"]
+            cells += [
+                row["dtype"],
+                "f+b" if measured["mode"] != "forward" else "fwd",
+                f"{measured['ideal_speedup']:.1f}",
+            ]
             for method in methods:
                 if method == "dense":
                     cells.append(f"{measured['time_ms']['dense']:.2f}")
@@ -133,44 +173,53 @@ def _rows_table(rows: list[dict], methods: Sequence[str], memory: bool) -> list[
             cells.append(f"{measured['hmfusion_over_floor']:.2f}")
             if memory:
                 peak = measured["peak_extra_bytes"] or {}
-                cells.append(f"{_mib(peak.get('dense'))} / {_mib(peak.get('hmfusion'))} / "
-                             f"{_mib(measured['activation_bytes'])}")
+                cells.append(
+                    f"{_mib(peak.get('dense'))} / {_mib(peak.get('hmfusion'))} / "
+                    f"{_mib(measured['activation_bytes'])}"
+                )
             cells.append(_plan(measured["plan"]))
-            lines.append("| " + " | ".join(cells) + " |")
-    return lines
+            table.append(cells)
+    return reporting.markdown_table(header, table, align=["left"] * len(header)).splitlines()
 
 
 def _target_lines(checks: list[dict]) -> list[str]:
-    lines = ["| target | shape | dtype | measured | required | met |",
-             "|---|---|---|---|---|---|"]
+    header = ["target", "shape", "dtype", "measured", "required", "met"]
+    table = []
     for check in checks:
         label = Shape(**check["shape"]).label
         target = check["target"]
         if target.startswith("never_slower"):
-            measured = (f"{check['hmfusion_vs_dense']:.2f}× dense, "
-                        f"{(check['hmfusion_vs_best_simple'] or 0):.2f}× {check['best_simple']}")
-            required = ("≥ 1.0× the best simple code" if target.endswith("loaded")
-                        else "≥ 1.0× dense and the best simple code")
+            measured = (
+                f"{check['hmfusion_vs_dense']:.2f}× dense, "
+                f"{(check['hmfusion_vs_best_simple'] or 0):.2f}× {check['best_simple']}"
+            )
+            required = (
+                "≥ 1.0× the best simple code"
+                if target.endswith("loaded")
+                else "≥ 1.0× dense and the best simple code"
+            )
         elif target == "memory_4096":
             measured = f"{check['hmfusion_memory_over_activations']:.2f}× activations"
             required = f"≤ {check['required']:.2f}×"
         elif target.endswith("_loaded"):
-            measured = (f"{check['hmfusion_vs_dense']:.2f}× "
-                        f"({100 * check['fraction_of_quiet']:.0f} % of quiet)")
+            measured = (
+                f"{check['hmfusion_vs_dense']:.2f}× "
+                f"({100 * check['fraction_of_quiet']:.0f} % of quiet)"
+            )
             required = f"≥ {100 * check['required']:.0f} % of quiet"
         else:
             measured = f"{check['hmfusion_vs_dense']:.2f}×"
             required = f"≥ {check['required']:.1f}×"
-        lines.append(f"| {target} | {label} | {check.get('dtype', 'float32')} | {measured} | "
-                     f"{required} | {'yes' if check['met'] else '**no**'} |")
-    return lines
+        met = "yes" if check["met"] else "**no**"
+        table.append([target, label, check.get("dtype", "float32"), measured, required, met])
+    return reporting.markdown_table(header, table, align=["left"] * len(header)).splitlines()
 
 
 def markdown_table(report: dict[str, Any]) -> str:
     """The quiet table, the loaded table (if measured) and the target checks, as Markdown.
 
     Args:
-        report: a report of :func:`hmfusion.benchmarking.run`.
+        report: a report of [`run`][hmfusion.benchmarking.run].
 
     Returns:
         Markdown text ending in a newline.
@@ -187,10 +236,10 @@ def markdown_table(report: dict[str, Any]) -> str:
 
 
 def document(report: dict[str, Any]) -> str:
-    """``benchmarks/RESULTS.md``: how the run was made, the targets, every table.
+    """`benchmarks/RESULTS.md`: how the run was made, the targets, every table.
 
     Args:
-        report: a report of :func:`hmfusion.benchmarking.run`.
+        report: a report of [`run`][hmfusion.benchmarking.run].
 
     Returns:
         The Markdown document.
@@ -208,7 +257,7 @@ def document(report: dict[str, Any]) -> str:
         "and two-matmul (the five-line code users write, autograd's backward), compiled "
         "(`torch.compile(dynamic=True)` of the two-matmul code, compile time excluded) and "
         "hmfusion (`HMConcatFusion`; plan in the last column). Ratios are speed-ups over dense "
-        "(medians of interleaved rounds in one run); \"best simple\" is the fastest of einsum, "
+        '(medians of interleaved rounds in one run); "best simple" is the fastest of einsum, '
         "two-matmul and compiled.",
         "",
         f"**Machine.** {machine['cpu']}, {machine['cpu_count']} CPUs, device "
@@ -235,17 +284,13 @@ def document(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any], path: Path) -> None:
     """Speed-up over dense vs ideal speed-up per shape: hmfusion (quiet and loaded, float32
-    and bfloat16, forward+backward) and the best simple code, written to ``path`` (PNG).
+    and bfloat16, forward+backward) and the best simple code, written to `path` (PNG).
 
     Args:
-        report: a report of :func:`hmfusion.benchmarking.run`.
+        report: a report of [`run`][hmfusion.benchmarking.run].
         path: the PNG file to write.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = reporting.pyplot()
     fig, ax = plt.subplots(figsize=(8, 6), dpi=110)
     series = [
         ("results", "float32", "hmfusion", "s", "tab:red", "hmfusion f+b float32"),
@@ -278,9 +323,13 @@ def plot(report: dict[str, Any], path: Path) -> None:
             continue
         for measured in row["modes"]:
             if measured["mode"] == "forward+backward":
-                ax.annotate(name, (measured["ideal_speedup"],
-                                   measured["speedup_vs_dense"]["hmfusion"]),
-                            textcoords="offset points", xytext=(6, -10), fontsize=7)
+                ax.annotate(
+                    name,
+                    (measured["ideal_speedup"], measured["speedup_vs_dense"]["hmfusion"]),
+                    textcoords="offset points",
+                    xytext=(6, -10),
+                    fontsize=7,
+                )
     limit = highest * 1.5
     ax.plot([0.5, limit], [0.5, limit], color="grey", linestyle="--", label="ideal (y = x)")
     ax.axhline(1.0, color="black", linewidth=0.8, label="dense (y = 1)")
@@ -291,10 +340,12 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("ideal speed-up  max(p·t/(p+t), q·s/(q+s))")
     ax.set_ylabel("measured speed-up over dense (median time ratio)")
     machine = report["machine"]
-    ax.set_title(f"forward+backward vs dense F.linear, {machine['torch_threads']} threads, "
-                 f"{machine['device']} (labelled: the target shapes)", fontsize=10)
+    ax.set_title(
+        f"forward+backward vs dense F.linear, {machine['torch_threads']} threads, "
+        f"{machine['device']} (labelled: the target shapes)",
+        fontsize=10,
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    reporting.save_figure(fig, path)

@@ -1,32 +1,37 @@
 """The native CPU operator: build, load, fall back, and its PyTorch registration.
 
-:func:`fused_kron_concat` computes ``cat(xs) (Σ_τ A_τ ⊗ B_τ)ᵀ`` for factor stacks A (T, p, q) and
-B (T, s, t), W never formed. On the CPU it runs ``csrc/kron_concat.cpp``: one parallel region
-per call whose workers take row chunks from an atomic counter (dynamic scheduling, so a
-descheduled thread delays one chunk, not a static share of the rows) and run single-threaded
-GEMMs on cache-resident blocks, forward and backward (dX, dA, dB; per-worker dA/dB reduced at
-the end). The extension is compiled on first use with :func:`torch.utils.cpp_extension.load`
-(the machine's C++ compiler and ninja) into the torch extensions cache
-(``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``); later processes load it
-from there.
+[`fused_kron_concat`][hmfusion.native.fused_kron_concat] computes `cat(xs) (Σ_τ A_τ ⊗ B_τ)ᵀ`
+for factor stacks A (T, p, q) and B (T, s, t) without forming W. (This operator is the
+planner's "fused" plan; for small layers the planner picks the "materialize" plan instead,
+which does form W, in [`kron_linear`][hmfusion.kernels.kron_linear], because there one dense
+GEMM is cheaper than two small contractions.) On the CPU it runs `csrc/kron_concat.cpp`: one
+parallel region per call whose workers take row chunks from an atomic counter (dynamic
+scheduling, so a descheduled thread delays one chunk, not a static share of the rows) and run
+single-threaded GEMMs on cache-resident blocks, forward and backward (dX, dA, dB; per-worker
+dA/dB reduced at the end). The extension is compiled on first use with
+`torch.utils.cpp_extension.load` (the machine's C++ compiler and ninja) into the torch
+extensions cache (`TORCH_EXTENSIONS_DIR`, by default `~/.cache/torch_extensions`), in a folder
+named after a hash of the source, so that checkouts with different sources never rebuild over
+each other; later processes load it from there.
 
 Fallback: where the build fails (no compiler, no ninja, missing headers) a one-line
-``RuntimeWarning`` is issued once and the same operator runs the pure-PyTorch chunked kernel of
-:mod:`hmfusion.kernels`; so it does on other devices. Setting the environment variable
-``HMFUSION_NATIVE=0`` skips the build and forces that fallback (CI runs the kernel tests both
-ways). This module never changes the process environment.
+`RuntimeWarning` is issued once and the same operator runs the pure-PyTorch chunked kernel of
+[`hmfusion.fused`][hmfusion.fused]; so it does on other devices. Setting the environment
+variable `HMFUSION_NATIVE=0` skips the build and forces that fallback (CI runs the kernel
+tests both ways). This module never changes the process environment.
 
-The forward and the backward are operators registered with :func:`torch.library.custom_op`
-(``hmfusion::fused_kron_concat`` and ``hmfusion::fused_kron_concat_backward``, with fake implementations
-and a vmap rule), tied together by an autograd Function with ``setup_context``: it works under
-``torch.compile(fullgraph=True)``, ``torch.func.grad`` and ``torch.func.vmap``. (A custom op's
-own ``register_autograd`` does not compose with torch.func transforms in torch 2.13.) A
-backward that is itself differentiated (``create_graph=True``) runs through differentiable
-composite ops.
+The forward and the backward are operators registered with `torch.library.custom_op`
+(`hmfusion::fused_kron_concat` and `hmfusion::fused_kron_concat_backward`, with fake
+implementations and a vmap rule), tied together by an autograd Function with
+`setup_context`: it works under `torch.compile(fullgraph=True)`, `torch.func.grad` and
+`torch.func.vmap`. (A custom op's own `register_autograd` does not compose with torch.func
+transforms in torch 2.13.) A backward that is itself differentiated (`create_graph=True`) runs
+through differentiable composite ops.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import warnings
@@ -37,28 +42,35 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from hmfusion import kernels
+from hmfusion import fused, kernels
 
 __all__ = ["available", "fused_kron_concat", "status"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "kron_concat.cpp"
 _EXTENSION = "hmfusion_native"
-#: Where the compiled path stands in this process (see :func:`status`).
+#: Where the compiled path stands in this process (see [`status`][hmfusion.native.status]).
 _STATE: Literal["unloaded", "loaded", "disabled", "failed"] = "unloaded"
 _LOCK = threading.Lock()
 #: dtypes the compiled operator handles (others run the fallback).
 NATIVE_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
+def _extension_name(source: Path) -> str:
+    """The extension's name, and so its cache folder: one per source text, so that two
+    checkouts (or versions) of hmfusion never rebuild over each other's build, nor wait on the
+    lock of the other's interrupted build."""
+    return f"{_EXTENSION}_{hashlib.sha256(source.read_bytes()).hexdigest()[:12]}"
+
+
 def _build() -> None:
-    """Compile (or load from the cache) and register ``torch.ops.hmfusion_native``."""
+    """Compile (or load from the cache) and register `torch.ops.hmfusion_native`."""
     from torch.utils import cpp_extension
 
     if hasattr(torch.ops.hmfusion_native, "forward"):  # registered already in this process
         return
 
     cpp_extension.load(
-        name=_EXTENSION,
+        name=_extension_name(_SOURCE),
         sources=[str(_SOURCE)],
         extra_cflags=["-O3", "-fopenmp"],
         extra_ldflags=["-fopenmp"],
@@ -71,8 +83,8 @@ def status() -> Literal["unloaded", "loaded", "disabled", "failed"]:
     """Where the compiled operator stands in this process, without building it.
 
     Returns:
-        ``"unloaded"`` (not tried yet), ``"loaded"``, ``"disabled"`` (``HMFUSION_NATIVE=0``)
-        or ``"failed"`` (the build failed; the fallback runs).
+        `"unloaded"` (not tried yet), `"loaded"`, `"disabled"` (`HMFUSION_NATIVE=0`)
+        or `"failed"` (the build failed; the fallback runs).
 
     Example:
         >>> from hmfusion import native
@@ -85,11 +97,11 @@ def status() -> Literal["unloaded", "loaded", "disabled", "failed"]:
 def available() -> bool:
     """Whether the compiled CPU operator is loaded, building it on the first call.
 
-    Honours ``HMFUSION_NATIVE=0`` (never build). A failed build warns once (one line,
-    ``RuntimeWarning``) and is not retried in this process.
+    Honours `HMFUSION_NATIVE=0` (never build). A failed build warns once (one line,
+    `RuntimeWarning`) and is not retried in this process.
 
     Returns:
-        True when ``torch.ops.hmfusion_native`` runs the CPU kernels.
+        True when `torch.ops.hmfusion_native` runs the CPU kernels.
 
     Example:
         >>> from hmfusion import native
@@ -120,13 +132,12 @@ def available() -> bool:
 
 def _use_native(tensors: Sequence[Tensor], split: bool) -> bool:
     first = tensors[0]
-    return (not split and first.device.type == "cpu" and first.dtype in NATIVE_DTYPES
-            and available())
+    return not split and first.device.type == "cpu" and first.dtype in NATIVE_DTYPES and available()
 
 
-def _layout(left_first: bool, split: bool, chunk_rows: int) -> kernels.FusedLayout:
+def _layout(left_first: bool, split: bool, chunk_rows: int) -> fused.FusedLayout:
     order = "left_first" if left_first else "right_first"
-    return kernels.FusedLayout(order, "split" if split else "gather", chunk_rows)
+    return fused.FusedLayout(order, "split" if split else "gather", chunk_rows)
 
 
 def _shape(a: Tensor, b: Tensor) -> tuple[int, int, int, int]:
@@ -135,27 +146,46 @@ def _shape(a: Tensor, b: Tensor) -> tuple[int, int, int, int]:
 
 # the operators --------------------------------------------------------------------------------
 def _forward_kernel(
-    xs: list[Tensor], a: Tensor, b: Tensor, left_first: bool, split: bool, chunk_rows: int,
+    xs: list[Tensor],
+    a: Tensor,
+    b: Tensor,
+    left_first: bool,
+    split: bool,
+    chunk_rows: int,
 ) -> Tensor:
     if _use_native(xs, split):
         return torch.ops.hmfusion_native.forward(xs, a, b, left_first, chunk_rows)
-    return kernels.fused_forward(_layout(left_first, split, chunk_rows), _shape(a, b), a, b, xs)
+    return fused.fused_forward(_layout(left_first, split, chunk_rows), _shape(a, b), a, b, xs)
 
 
-_kron_concat_op = torch.library.custom_op("hmfusion::fused_kron_concat", _forward_kernel,
-                                          mutates_args=())
+_kron_concat_op = torch.library.custom_op(
+    "hmfusion::fused_kron_concat", _forward_kernel, mutates_args=()
+)
 
 
 @_kron_concat_op.register_fake
 def _(
-    xs: list[Tensor], a: Tensor, b: Tensor, left_first: bool, split: bool, chunk_rows: int,
+    xs: list[Tensor],
+    a: Tensor,
+    b: Tensor,
+    left_first: bool,
+    split: bool,
+    chunk_rows: int,
 ) -> Tensor:
     return xs[0].new_empty(xs[0].shape[0], a.shape[1] * b.shape[1])
 
 
 def _backward_kernel(
-    gy: Tensor, xs: list[Tensor], a: Tensor, b: Tensor, left_first: bool, split: bool,
-    chunk_rows: int, need_x: bool, need_a: bool, need_b: bool,
+    gy: Tensor,
+    xs: list[Tensor],
+    a: Tensor,
+    b: Tensor,
+    left_first: bool,
+    split: bool,
+    chunk_rows: int,
+    need_x: bool,
+    need_a: bool,
+    need_b: bool,
 ) -> list[Tensor]:
     """[dA, dB, dX_1 … dX_k]; gradients not needed come back as empty tensors."""
     if _use_native(xs, split):
@@ -163,13 +193,21 @@ def _backward_kernel(
             gy, xs, a, b, left_first, chunk_rows, need_x, need_a, need_b
         )
         return [da, db, *dxs]
-    da, db, dxs = kernels.fused_backward(
-        _layout(left_first, split, chunk_rows), _shape(a, b), a, b, xs, gy,
+    da, db, dxs = fused.fused_backward(
+        _layout(left_first, split, chunk_rows),
+        _shape(a, b),
+        a,
+        b,
+        xs,
+        gy,
         (need_x, need_a, need_b),
     )
     empty = a.new_empty(0)
-    return [empty if da is None else da, empty.clone() if db is None else db,
-            *(dxs if dxs is not None else [])]
+    return [
+        empty if da is None else da,
+        empty.clone() if db is None else db,
+        *(dxs if dxs is not None else []),
+    ]
 
 
 _kron_concat_backward_op = torch.library.custom_op(
@@ -178,8 +216,18 @@ _kron_concat_backward_op = torch.library.custom_op(
 
 
 @_kron_concat_backward_op.register_fake
-def _(gy: Tensor, xs: list[Tensor], a: Tensor, b: Tensor, left_first: bool, split: bool,
-      chunk_rows: int, need_x: bool, need_a: bool, need_b: bool) -> list[Tensor]:
+def _(
+    gy: Tensor,
+    xs: list[Tensor],
+    a: Tensor,
+    b: Tensor,
+    left_first: bool,
+    split: bool,
+    chunk_rows: int,
+    need_x: bool,
+    need_a: bool,
+    need_b: bool,
+) -> list[Tensor]:
     da = a.new_empty(a.shape) if need_a else a.new_empty(0)
     db = b.new_empty(b.shape) if need_b else b.new_empty(0)
     return [da, db, *([x.new_empty(x.shape) for x in xs] if need_x else [])]
@@ -192,30 +240,41 @@ def _traced() -> bool:
     return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
 
 
-def _forward(xs: list[Tensor], a: Tensor, b: Tensor, left_first: bool, split: bool,
-             chunk_rows: int) -> Tensor:
+def _forward(
+    xs: list[Tensor], a: Tensor, b: Tensor, left_first: bool, split: bool, chunk_rows: int
+) -> Tensor:
     if _traced():
         return _kron_concat_op(xs, a, b, left_first, split, chunk_rows)
     return _forward_kernel(xs, a, b, left_first, split, chunk_rows)
 
 
-def _backward_grads(gy: Tensor, xs: list[Tensor], a: Tensor, b: Tensor, left_first: bool,
-                    split: bool, chunk_rows: int, need_x: bool, need_a: bool,
-                    need_b: bool) -> list[Tensor]:
+def _backward_grads(
+    gy: Tensor,
+    xs: list[Tensor],
+    a: Tensor,
+    b: Tensor,
+    left_first: bool,
+    split: bool,
+    chunk_rows: int,
+    need_x: bool,
+    need_a: bool,
+    need_b: bool,
+) -> list[Tensor]:
     op = _kron_concat_backward_op if _traced() else _backward_kernel
     return op(gy, xs, a, b, left_first, split, chunk_rows, need_x, need_a, need_b)
 
 
 class _KronConcat(torch.autograd.Function):
     """Autograd for the operator: forward and backward are the two registered ops (an
-    autograd.Function with ``setup_context``, so torch.func transforms apply; vmap of the
+    autograd.Function with `setup_context`, so torch.func transforms apply; vmap of the
     forward uses the operator's vmap rule)."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(left_first: bool, split: bool, chunk_rows: int, a: Tensor, b: Tensor,
-                *xs: Tensor) -> Tensor:
+    def forward(
+        left_first: bool, split: bool, chunk_rows: int, a: Tensor, b: Tensor, *xs: Tensor
+    ) -> Tensor:
         return _forward(list(xs), a, b, left_first, split, chunk_rows)
 
     @staticmethod
@@ -230,21 +289,38 @@ class _KronConcat(torch.autograd.Function):
         need_a, need_b = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
         need_x = any(ctx.needs_input_grad[5:])
         if torch.is_grad_enabled():  # create_graph: a backward that is differentiable itself
-            da, db, dxs = _differentiable_grads(ctx.left_first, a, b, xs, gy,
-                                                (need_x, need_a, need_b))
+            da, db, dxs = _differentiable_grads(
+                ctx.left_first, a, b, xs, gy, (need_x, need_a, need_b)
+            )
         else:
-            grads = _backward_grads(gy.contiguous(), xs, a, b, ctx.left_first, ctx.split,
-                                    ctx.chunk_rows, need_x, need_a, need_b)
+            grads = _backward_grads(
+                gy.contiguous(),
+                xs,
+                a,
+                b,
+                ctx.left_first,
+                ctx.split,
+                ctx.chunk_rows,
+                need_x,
+                need_a,
+                need_b,
+            )
             da = grads[0] if need_a else None
             db = grads[1] if need_b else None
             dxs = list(grads[2:]) if need_x else None
         return (None, None, None, da, db, *(dxs if dxs is not None else [None] * len(xs)))
 
 
-def _differentiable_grads(left_first: bool, a: Tensor, b: Tensor, xs: list[Tensor], gy: Tensor,
-                          needs: tuple[bool, bool, bool]) -> tuple:
-    """The gradients through :func:`hmfusion.kernels.kron_matmul` (recorded for double
-    backward); only used with ``create_graph=True``."""
+def _differentiable_grads(
+    left_first: bool,
+    a: Tensor,
+    b: Tensor,
+    xs: list[Tensor],
+    gy: Tensor,
+    needs: tuple[bool, bool, bool],
+) -> tuple:
+    """The gradients through [`kron_matmul`][hmfusion.kernels.kron_matmul] (recorded for double
+    backward); only used with `create_graph=True`."""
     need_x, need_a, need_b = needs
     with torch.enable_grad():
         p, q, s, t = _shape(a, b)
@@ -260,8 +336,16 @@ def _differentiable_grads(left_first: bool, a: Tensor, b: Tensor, xs: list[Tenso
 
 
 @_kron_concat_op.register_vmap
-def _vmap(info: Any, in_dims: tuple, xs: list[Tensor], a: Tensor, b: Tensor, left_first: bool,
-          split: bool, chunk_rows: int) -> tuple[Tensor, int]:
+def _vmap(
+    info: Any,
+    in_dims: tuple,
+    xs: list[Tensor],
+    a: Tensor,
+    b: Tensor,
+    left_first: bool,
+    split: bool,
+    chunk_rows: int,
+) -> tuple[Tensor, int]:
     x_dims, a_dim, b_dim = in_dims[0], in_dims[1], in_dims[2]
     size = info.batch_size
     if a_dim is None and b_dim is None:  # the batch joins the rows: one call
@@ -288,16 +372,16 @@ def fused_kron_concat(
     chunk_rows: int,
     inputs: Literal["gather", "split"] = "gather",
 ) -> Tensor:
-    """``cat(xs, -1) (Σ_τ a[τ] ⊗ b[τ])ᵀ`` through the native operator (or its fallback).
+    """`cat(xs, -1) (Σ_τ a[τ] ⊗ b[τ])ᵀ` through the native operator (or its fallback).
 
     Args:
         xs: k tensors (m, n_i), Σ n_i ≤ q·t (missing columns are zero padding).
         a: the stack (T, p, q) of left factors.
         b: the stack (T, s, t) of right factors; one dtype and device with a and xs.
-        order: ``"right_first"`` (X Bᵀ, then A) or ``"left_first"`` (A X, then Bᵀ).
+        order: `"right_first"` (X Bᵀ, then A) or `"left_first"` (A X, then Bᵀ).
         chunk_rows: rows per chunk (≥ 1).
-        inputs: ``"gather"`` copies each chunk of the k inputs into a cache-sized buffer (the
-            compiled kernel; one unpadded input is read in place); ``"split"`` contracts each
+        inputs: `"gather"` copies each chunk of the k inputs into a cache-sized buffer (the
+            compiled kernel; one unpadded input is read in place); `"split"` contracts each
             input with its own columns of A (pure PyTorch only; every boundary on a multiple
             of t).
 
@@ -308,7 +392,7 @@ def fused_kron_concat(
         xs[i]: (m, n_i); output: (m, p·s).
 
     Raises:
-        ValueError: an unknown order or inputs, a chunk_rows below 1, or ``inputs="split"``
+        ValueError: an unknown order or inputs, a chunk_rows below 1, or `inputs="split"`
             with an input boundary off a multiple of t.
 
     Example:
@@ -326,7 +410,7 @@ def fused_kron_concat(
     if inputs not in ("gather", "split"):
         raise ValueError(f"inputs must be 'gather' or 'split', got {inputs!r}")
     split = inputs == "split"
-    if split and not kernels.split_aligned([x.shape[1] for x in xs], b.shape[-1]):
+    if split and not fused.split_aligned([x.shape[1] for x in xs], b.shape[-1]):
         raise ValueError(
             f"inputs='split' needs every input boundary on a multiple of t={b.shape[-1]}, "
             f"got widths {[x.shape[1] for x in xs]}"
