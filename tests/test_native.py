@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import doctest
 import os
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -219,6 +221,37 @@ def test_each_source_text_builds_in_its_own_cache_folder(tmp_path):
     names = [native._extension_name(path) for path in (first, second, copy)]
     assert names[0] != names[1] and names[0] == names[2]
     assert all(name.startswith("hmfusion_native_") and name.isidentifier() for name in names)
+
+
+def test_a_lock_left_by_an_interrupted_build_falls_back_instead_of_hanging(monkeypatch, tmp_path):
+    # Found while four checkouts shared the cache: a build killed mid-way left its lock file,
+    # and every later process waited in torch's FileBaton forever (pytest sat 11 minutes).
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    name = native._extension_name(native._SOURCE)
+    lock = Path(cpp_extension._get_build_directory(name, verbose=False)) / "lock"
+    lock.write_text("")
+    monkeypatch.delenv("HMFUSION_NATIVE", raising=False)
+    monkeypatch.setattr(native, "_STATE", "unloaded")
+    monkeypatch.setattr(native, "BUILD_LOCK_WAIT_S", 0.2)
+    monkeypatch.setattr(native, "_registered", lambda: False)
+    started = time.monotonic()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert native.available() is False
+    assert time.monotonic() - started < 30
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "build lock" in messages[0] and "\n" not in messages[0]
+    assert native.status() == "failed"
+
+
+def test_a_lock_released_while_waiting_lets_the_build_go_on(tmp_path):
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    threading.Timer(0.2, lock.unlink).start()
+    native._wait_for_build_lock(lock, timeout=30)  # returns once the other build is done
+    assert not lock.exists()
 
 
 def test_environment_switch_disables_the_build(monkeypatch):

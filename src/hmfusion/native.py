@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,15 +63,41 @@ def _extension_name(source: Path) -> str:
     return f"{_EXTENSION}_{hashlib.sha256(source.read_bytes()).hexdigest()[:12]}"
 
 
+#: How long to wait for another process's build (one takes 10–60 s here) before falling back.
+BUILD_LOCK_WAIT_S = 300.0
+
+
+def _wait_for_build_lock(lock: Path, timeout: float) -> None:
+    """Wait while another process holds the build's lock file; after `timeout` seconds raise
+    (the caller falls back), since torch itself would wait forever on a lock that an
+    interrupted build (Ctrl-C, SIGKILL) left behind."""
+    deadline = time.monotonic() + timeout
+    while lock.exists():
+        if time.monotonic() >= deadline:
+            raise RuntimeError(
+                f"the build lock {lock} has been held for over {timeout:.0f} s: another "
+                "process is building, or a build was interrupted (then delete that file)"
+            )
+        time.sleep(min(0.5, max(timeout / 10, 0.01)))
+
+
+def _registered() -> bool:
+    """Whether `torch.ops.hmfusion_native` is registered in this process already."""
+    return hasattr(torch.ops.hmfusion_native, "forward")
+
+
 def _build() -> None:
     """Compile (or load from the cache) and register `torch.ops.hmfusion_native`."""
     from torch.utils import cpp_extension
 
-    if hasattr(torch.ops.hmfusion_native, "forward"):  # registered already in this process
+    if _registered():
         return
 
+    name = _extension_name(_SOURCE)
+    build_directory = Path(cpp_extension._get_build_directory(name, verbose=False))
+    _wait_for_build_lock(build_directory / "lock", BUILD_LOCK_WAIT_S)
     cpp_extension.load(
-        name=_extension_name(_SOURCE),
+        name=name,
         sources=[str(_SOURCE)],
         extra_cflags=["-O3", "-fopenmp"],
         extra_ldflags=["-fopenmp"],
