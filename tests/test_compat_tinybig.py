@@ -721,3 +721,28 @@ def test_device_follows_the_parameters():
         f = f.to("meta")
         assert f.device == torch.device("meta") and f.device == "meta"
         assert f.to_config()["function_parameters"]["device"] == "meta"
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"n": 10**18, "dims": [8], "p": 2},
+        {"n": 10**20, "dims": [8], "p": 3},
+        {"n": 10**7, "dims": [10**7], "p": 3, "q": 3, "pad": True},
+    ],
+)
+def test_a_config_with_huge_sizes_builds_or_refuses_within_a_second(params):
+    """Found in the reliability review: sizes from a config walked every divisor (35 s at
+    n = 10**18, over a minute at 10**20, p=3); the issue's bound is one second."""
+    import time
+
+    config = {
+        "function_class": "hm_parameterized_concatenation_fusion",
+        "function_parameters": params,
+    }
+    started = time.monotonic()
+    try:
+        from_config(config)
+    except ValueError as error:
+        assert "too large" in str(error)
+    assert time.monotonic() - started < 1.0
