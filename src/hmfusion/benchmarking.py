@@ -1,27 +1,27 @@
-"""The benchmark engine behind ``hmfusion bench``: cases, methods, timing, competing load.
+"""The benchmark engine behind `hmfusion bench`: cases, methods, timing, competing load.
 
 For each shape (m rows, k inputs of width D/k, output width n, A: p×q) and dtype, the ways a
-user can compute ``cat(xs) Wᵀ`` with W = A ⊗ B (n×D) are timed (:data:`METHODS`):
+user can compute `cat(xs) Wᵀ` with W = A ⊗ B (n×D) are timed (`METHODS`):
 
-- ``dense``: cat + ``F.linear`` with a dense n×D weight (``nn.Linear`` on the concatenation);
-- ``kron``: ``torch.kron(A, B)``, then ``F.linear`` (Kronecker adapters such as LoKr);
-- ``tinybig``: tinybig 0.2.1's way, W fabricated from the flat parameters with an einsum;
-- ``einsum``: the five-line code ``X = cat(xs).view(m, q, t)``,
-  ``torch.einsum("pq,mqt,st->mps", A, X, B)``, autograd's backward;
-- ``two_matmul``: the same with ``A @ (X @ B.T)``;
-- ``compiled``: ``torch.compile`` of the two-matmul code (``dynamic=True``, compiled afresh for
+- `dense`: cat + `F.linear` with a dense n×D weight (`nn.Linear` on the concatenation);
+- `kron`: `torch.kron(A, B)`, then `F.linear` (Kronecker adapters such as LoKr);
+- `tinybig`: tinybig 0.2.1's way, W fabricated from the flat parameters with an einsum;
+- `einsum`: the five-line code `X = cat(xs).view(m, q, t)`,
+  `torch.einsum("pq,mqt,st->mps", A, X, B)`, autograd's backward;
+- `two_matmul`: the same with `A @ (X @ B.T)`;
+- `compiled`: `torch.compile` of the two-matmul code (`dynamic=True`, compiled afresh for
   each shape, dtype and mode on an empty dynamo cache; compile time excluded, reported
   separately);
-- ``hmfusion``: ``HMConcatFusion`` (W never formed; the planner picks the kernel).
+- `hmfusion`: `HMConcatFusion` (W never formed; the planner picks the kernel).
 
 Methods are run interleaved (one call of each per round, the starting method rotated), after
 warm-up; a time is the median over rounds and a ratio divides medians of the same run, so load
-from other processes hits every method alike. Forward runs under ``torch.no_grad``;
-forward+backward calls ``y.backward(dy)`` with the inputs and parameters requiring grad. The
+from other processes hits every method alike. Forward runs under `torch.no_grad`;
+forward+backward calls `y.backward(dy)` with the inputs and parameters requiring grad. The
 memory floor is one copy of X plus one of Y, timed in the same rounds. Peak extra memory is the
 highest net bytes allocated during one step (CPU: the profiler's allocation events; CUDA: peak
 stats), next to the activations any implementation allocates (Y, plus the input gradients in
-forward+backward). With a competing load (:func:`busy_processes`) every case is measured a
+forward+backward). With a competing load (`busy_processes`) every case is measured a
 second time while N busy processes run, giving the loaded table.
 """
 
@@ -67,12 +67,12 @@ METHODS: tuple[Method, ...] = (
 )
 #: What a user writes instead of hmfusion (the targets compare against the best of these).
 SIMPLE_METHODS: tuple[Method, ...] = ("einsum", "two_matmul", "compiled")
-#: ``--quick`` leaves out the two baselines that form W (as slow as dense, and costly at 4096²).
+#: `--quick` leaves out the two baselines that form W (as slow as dense, and costly at 4096²).
 QUICK_METHODS: tuple[Method, ...] = ("dense", "einsum", "two_matmul", "compiled", "hmfusion")
 MODES: tuple[Mode, ...] = ("forward", "forward+backward")
-#: The backend of the ``compiled`` baseline (tests use ``"eager"``: dynamo's caching, no C++).
+#: The backend of the `compiled` baseline (tests use `"eager"`: dynamo's caching, no C++).
 COMPILE_BACKEND = "inductor"
-#: The most competing processes ``--load`` accepts, per CPU.
+#: The most competing processes `--load` accepts, per CPU.
 MAX_LOAD_PER_CPU = 4
 
 
@@ -99,7 +99,7 @@ def _square(m: int, d: int, p: int, k: int = 4) -> Shape:
 MAIN_JOB_SHAPE = Shape(128, 384, 64, 8, 8, 6)
 
 #: The shapes of the performance targets (float32, 2 threads, forward+backward; the speed-up
-#: each must reach is in :mod:`hmfusion.benchmark_report`).
+#: each must reach is in `hmfusion.benchmark_report`).
 TARGET_SHAPES = {
     "compute_1024": _square(4096, 1024, 32),
     "small_batch_4096": _square(256, 4096, 64),
@@ -142,10 +142,10 @@ def _two_matmul(x: Tensor, a: Tensor, b: Tensor, q: int, t: int) -> Tensor:
 
 
 def _compile_two_matmul() -> Callable[..., Tensor]:
-    """A fresh ``torch.compile`` of :func:`_two_matmul` on an empty dynamo cache.
+    """A fresh `torch.compile` of `_two_matmul` on an empty dynamo cache.
 
-    Dynamo caches compiled graphs per code object, not per ``torch.compile`` wrapper: wrappers
-    of one function share one cache, and after ``recompile_limit`` (8) dtype, shape or grad
+    Dynamo caches compiled graphs per code object, not per `torch.compile` wrapper: wrappers
+    of one function share one cache, and after `recompile_limit` (8) dtype, shape or grad
     variants it silently runs the function eagerly. So each (case, mode) resets dynamo first
     and owns at most one variant.
     """
@@ -320,7 +320,7 @@ def _peak_extra_bytes(case: _Case, method: str, mode: Mode) -> int | None:
 
 @contextlib.contextmanager
 def _stderr_silenced() -> Iterator[None]:
-    """Send file descriptor 2 to /dev/null (C++ logging bypasses ``sys.stderr``)."""
+    """Send file descriptor 2 to /dev/null (C++ logging bypasses `sys.stderr`)."""
     sys.stderr.flush()
     saved = os.dup(2)
     try:
@@ -345,13 +345,13 @@ _BUSY_LOOP = (
 
 @contextlib.contextmanager
 def busy_processes(count: int) -> Iterator[list[subprocess.Popen]]:
-    """Run ``count`` competing CPU-bound processes inside the ``with`` block.
+    """Run `count` competing CPU-bound processes inside the `with` block.
 
     They are terminated (then killed) when the block ends, on an exception or Ctrl-C too, and
     each exits by itself when its parent dies.
 
     Args:
-        count: how many, 0 to :data:`MAX_LOAD_PER_CPU` × the CPU count.
+        count: how many, 0 to `MAX_LOAD_PER_CPU` × the CPU count.
 
     Raises:
         ValueError: count out of that range.
@@ -472,13 +472,13 @@ def run(
     load: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Measure every shape × dtype × mode, quiet and (with ``load``) under competing load.
+    """Measure every shape × dtype × mode, quiet and (with `load`) under competing load.
 
     Args:
         shapes: the grid.
-        dtypes: dtype names (``"float32"``, ``"bfloat16"``, …); unsupported ones are skipped.
-        methods: a subset of :data:`METHODS` (``dense`` and ``hmfusion`` always run).
-        modes: a subset of :data:`MODES`.
+        dtypes: dtype names (`"float32"`, `"bfloat16"`, …); unsupported ones are skipped.
+        methods: a subset of `METHODS` (`dense` and `hmfusion` always run).
+        modes: a subset of `MODES`.
         repeats: timed rounds (≥ 1).
         warmup: untimed rounds first (≥ 0).
         device: a torch device string.
@@ -486,9 +486,9 @@ def run(
         progress: show a progress bar.
 
     Returns:
-        The report written to ``results.json``: ``machine``, ``config``, ``results`` (quiet
-        rows), ``loaded`` (rows under load) and ``skipped``
-        (:func:`hmfusion.benchmark_report.check_targets` adds ``targets``).
+        The report written to `results.json`: `machine`, `config`, `results` (quiet
+        rows), `loaded` (rows under load) and `skipped`
+        (`hmfusion.benchmark_report.check_targets` adds `targets`).
     """
     torch_device = torch.device(device)
     chosen = [m for m in METHODS if m in methods or m in ("dense", "hmfusion")]
