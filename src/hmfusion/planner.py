@@ -315,7 +315,7 @@ def kron_concat(spec: KronSpec, xs: Sequence[Tensor], left: Factor, right: Facto
 def _run(spec: KronSpec, xs: Sequence[Tensor], left: Factor, right: Factor) -> Tensor:
     first = xs[0]
     grad = kernels.needs_grad(xs, left, right)
-    plan = choose_plan(spec, first.shape[0], [x.shape[1] for x in xs], first.dtype,
+    plan = choose_plan(spec, first.shape[0], tuple([x.shape[1] for x in xs]), first.dtype,
                        first.device.type, grad)
     if plan.method == "materialize":
         x = torch.cat(list(xs), dim=-1) if len(xs) > 1 else first
