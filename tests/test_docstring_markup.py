@@ -17,7 +17,8 @@ import pytest
 SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "hmfusion"
 FILES = sorted(
     [SRC / name for name in ("__init__.py", "_validation.py", "fitting.py", "blocksizes.py",
-                             "planner.py", "costmodel.py", "benchmarking.py", "cli.py")]
+                             "planner.py", "costmodel.py", "benchmarking.py", "benchmark_cases.py",
+                             "cli.py")]
     + list((SRC / "structures").glob("*.py"))
     + list((SRC / "fusion").glob("*.py"))
     + list((SRC / "compat").rglob("*.py"))

@@ -96,7 +96,6 @@ CHUNK_BYTES_DEVICE = 256 << 20
 SPLIT_MIN_BLOCKS = 64
 
 
-
 #: NATIVE: the compiled kernel's time per row relative to the pure-PyTorch cost model (fused
 #: forward+backward measured 1.1–1.8× faster at the four target shapes; benchmarks/RESULTS.md).
 NATIVE_ROW_FACTOR = 0.75
@@ -239,8 +238,6 @@ def split_pays(spec: KronSpec, dims: tuple[int, ...]) -> bool:
     return len(dims) == 1 or min(j1 - j0 for j0, j1 in blocks) >= SPLIT_MIN_BLOCKS
 
 
-
-
 #: Accelerators: how many times faster than the benchmark CPU the arithmetic and memory passes
 #: run (H200, float32: dense forward+backward at m = D = 4096 ≈ 8.2 ms, ≈ 25 TMAC/s, vs
 #: ≈ 90 GMAC/s).
@@ -340,6 +337,7 @@ def estimate(
     composite = composite_rows * m + passes
     k = len(dims)
     if device_type != "cpu":  # launch-bound: work / DEVICE_SPEEDUP + operators × host time
+
         def on_device(work: float, method: Method, chunks: int = 1) -> float:
             ops = device_ops(method, k, spec.terms, chunks, grad)
             return work / DEVICE_SPEEDUP + ops * DEVICE_OP_MACS
@@ -350,11 +348,13 @@ def estimate(
             "fused": on_device(row_cost * m + passes, "fused", chunks),
         }
     if native:
-        fused = NATIVE_ROW_FACTOR * row_cost * m + (NATIVE_CALL_MACS_GRAD if grad
-                                                     else NATIVE_CALL_MACS)
+        fused = NATIVE_ROW_FACTOR * row_cost * m + (
+            NATIVE_CALL_MACS_GRAD if grad else NATIVE_CALL_MACS
+        )
     else:
-        fused = row_cost * m + _pytorch_fused_ops(k, spec.terms, chunks, grad,
-                                                  split) * OP_OVERHEAD_MACS
+        fused = (
+            row_cost * m + _pytorch_fused_ops(k, spec.terms, chunks, grad, split) * OP_OVERHEAD_MACS
+        )
     return {
         "fused": fused,
         "materialize": materialize + (8 if grad else 3) * OP_OVERHEAD_MACS,

@@ -75,6 +75,7 @@ METHODS: tuple[Method, ...] = ("materialize", "fused", "composite")
 ORDERS: tuple[Order, ...] = ("right_first", "left_first")
 INPUTS: tuple[Inputs, ...] = ("split", "gather", "cat")
 
+
 class Plan(NamedTuple):
     """How `kron_concat` applies W (see the module docstring for the vocabulary).
 
@@ -120,8 +121,11 @@ def force_plan(
         'materialize'
     """
     global _FORCED
-    for name, value, allowed in (("method", method, METHODS), ("order", order, ORDERS),
-                                 ("inputs", inputs, INPUTS)):
+    for name, value, allowed in (
+        ("method", method, METHODS),
+        ("order", order, ORDERS),
+        ("inputs", inputs, INPUTS),
+    ):
         if value is not None and value not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     if chunk_rows is not None and (not isinstance(chunk_rows, int) or chunk_rows < 1):
@@ -145,8 +149,9 @@ def _native_runs(dtype: torch.dtype, device_type: str) -> bool:
     return native.available()
 
 
-def _choose(spec: KronSpec, m: int, dims: tuple[int, ...], dtype: torch.dtype,
-            device_type: str, grad: bool) -> Plan:
+def _choose(
+    spec: KronSpec, m: int, dims: tuple[int, ...], dtype: torch.dtype, device_type: str, grad: bool
+) -> Plan:
     m_eff = max(m, 1)
     dense_order: Order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, None, None)
     compiled = _native_runs(dtype, device_type)
@@ -155,8 +160,17 @@ def _choose(spec: KronSpec, m: int, dims: tuple[int, ...], dtype: torch.dtype,
     else:
         chunk_rows = costmodel.chunk_rows(spec, m_eff, dtype.itemsize, device_type)
     split = not compiled and costmodel.split_pays(spec, dims)
-    candidates = costmodel.estimate(spec, m_eff, dims, dtype, device_type, grad,
-                                    native=compiled, fused_chunk_rows=chunk_rows, split=split)
+    candidates = costmodel.estimate(
+        spec,
+        m_eff,
+        dims,
+        dtype,
+        device_type,
+        grad,
+        native=compiled,
+        fused_chunk_rows=chunk_rows,
+        split=split,
+    )
     # (plain loops: this also runs while torch.compile traces, which lacks min(key=...))
     method: Method = "fused"
     best = math.inf
@@ -169,8 +183,9 @@ def _choose(spec: KronSpec, m: int, dims: tuple[int, ...], dtype: torch.dtype,
         reason = f"estimated multiply-add equivalents: {costs}"
     if method == "fused":
         inputs: Inputs = "split" if split else "gather"
-        return Plan("fused", dense_order, inputs, chunk_rows, reason,
-                    "native" if compiled else "pytorch")
+        return Plan(
+            "fused", dense_order, inputs, chunk_rows, reason, "native" if compiled else "pytorch"
+        )
     if method == "composite":
         order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, spec.rank_a, spec.rank_b)
     else:
@@ -178,28 +193,31 @@ def _choose(spec: KronSpec, m: int, dims: tuple[int, ...], dtype: torch.dtype,
     return Plan(method, order, "cat", m_eff, reason)
 
 
-def _apply_forced(plan: Plan, spec: KronSpec, m: int, dims: tuple[int, ...],
-                  dtype: torch.dtype, device_type: str) -> Plan:
+def _apply_forced(
+    plan: Plan, spec: KronSpec, m: int, dims: tuple[int, ...], dtype: torch.dtype, device_type: str
+) -> Plan:
     forced = dict(_FORCED)
     method = cast(Method, forced.get("method", plan.method))
     order = cast(Order, forced.get("order", plan.order))
-    inputs = cast("Inputs | None",
-                  forced.get("inputs", plan.inputs if method == plan.method else None))
-    chunk_rows = cast("int | None", forced.get(
-        "chunk_rows", plan.chunk_rows if method == plan.method else None
-    ))
+    inputs = cast(
+        "Inputs | None", forced.get("inputs", plan.inputs if method == plan.method else None)
+    )
+    chunk_rows = cast(
+        "int | None", forced.get("chunk_rows", plan.chunk_rows if method == plan.method else None)
+    )
     if method != "fused":
         return Plan(method, order, "cat", max(m, 1), "forced by force_plan")
     if inputs in (None, "cat"):
-        inputs = "split" if not _native_runs(dtype, device_type) and costmodel.split_pays(spec, dims) \
-            else "gather"
+        pays = not _native_runs(dtype, device_type) and costmodel.split_pays(spec, dims)
+        inputs = "split" if pays else "gather"
     if inputs == "split" and not kernels.split_aligned(dims, spec.t):
         raise ValueError(
             f"inputs='split' needs every input boundary on a multiple of t={spec.t}; "
             f"input widths {list(dims)} are not"
         )
-    kernel: Kernel = "native" if inputs == "gather" and _native_runs(dtype, device_type) \
-        else "pytorch"
+    kernel: Kernel = (
+        "native" if inputs == "gather" and _native_runs(dtype, device_type) else "pytorch"
+    )
     if chunk_rows is None and kernel == "native":
         chunk_rows = costmodel.native_chunk_rows(spec, max(m, 1), dtype.itemsize)
     elif chunk_rows is None:
@@ -248,11 +266,18 @@ def choose_plan(
         if len(_CACHE) > 4096:
             _CACHE.clear()
         _CACHE[key] = plan
-        logger.debug("plan for %s, m=%d, dims=%s, %s on %s, grad=%s: %s",
-                     spec, m, dims, dtype, device_type, requires_grad, plan)
+        logger.debug(
+            "plan for %s, m=%d, dims=%s, %s on %s, grad=%s: %s",
+            spec,
+            m,
+            dims,
+            dtype,
+            device_type,
+            requires_grad,
+            plan,
+        )
     if _FORCED:
-        return _apply_forced(plan, spec, int(m), tuple(int(d) for d in dims), dtype,
-                             device_type)
+        return _apply_forced(plan, spec, int(m), tuple(int(d) for d in dims), dtype, device_type)
     return plan
 
 
@@ -315,8 +340,9 @@ def kron_concat(spec: KronSpec, xs: Sequence[Tensor], left: Factor, right: Facto
 def _run(spec: KronSpec, xs: Sequence[Tensor], left: Factor, right: Factor) -> Tensor:
     first = xs[0]
     grad = kernels.needs_grad(xs, left, right)
-    plan = choose_plan(spec, first.shape[0], tuple([x.shape[1] for x in xs]), first.dtype,
-                       first.device.type, grad)
+    plan = choose_plan(
+        spec, first.shape[0], tuple([x.shape[1] for x in xs]), first.dtype, first.device.type, grad
+    )
     if plan.method == "materialize":
         x = torch.cat(list(xs), dim=-1) if len(xs) > 1 else first
         return kernels.kron_linear(x, _as_stack(left), _as_stack(right), spec.n, spec.D)
@@ -326,8 +352,9 @@ def _run(spec: KronSpec, xs: Sequence[Tensor], left: Factor, right: Factor) -> T
         y = kernels.kron_matmul(x, _as_list(left), _as_list(right), shape, plan.order)
     else:
         inputs: Literal["gather", "split"] = "split" if plan.inputs == "split" else "gather"
-        y = native.fused_kron_concat(xs, _as_stack(left), _as_stack(right), plan.order,
-                               plan.chunk_rows, inputs)
+        y = native.fused_kron_concat(
+            xs, _as_stack(left), _as_stack(right), plan.order, plan.chunk_rows, inputs
+        )
     return y[:, : spec.n] if spec.p * spec.s != spec.n else y
 
 
