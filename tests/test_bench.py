@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from hmfusion import bench, benchmark_report, benchmarking
+from hmfusion import bench, benchmark_cases, benchmark_report, benchmarking
 from hmfusion.benchmarking import Shape
 from hmfusion.cli_common import run_command
 
@@ -373,3 +373,20 @@ def test_compiled_baseline(tmp_path):
     measured = report["results"][0]["modes"][0]
     assert measured["speedup_vs_dense"]["compiled"] > 0
     assert measured["compile_seconds"] > 0
+
+
+def test_compiled_baseline_never_hits_the_recompile_limit(monkeypatch):
+    """Every (case, mode) gets a fresh dynamo cache: with one shared code object the compiled
+    baseline hit `recompile_limit` after a few dtype/grad variants and silently ran eagerly
+    (the H200 run: every later "compiled" figure was eager two-matmul code)."""
+    monkeypatch.setattr(benchmark_cases, "COMPILE_BACKEND", "eager")  # dynamo's caching, no C++
+    device = torch.device("cpu")
+    with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
+        for dtype in (torch.float32, torch.float64):  # 2 dtypes × 2 modes: 4 variants > 2
+            case = benchmarking._Case(Shape(24, 30, 12, 3, 5, 3), dtype, device)
+            for mode in benchmarking.MODES:
+                case.compile(mode)
+                for _ in range(2):
+                    case.prepare("compiled", mode)
+                    case.step("compiled", mode)()
+                assert case.compile_seconds[mode] > 0

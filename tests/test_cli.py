@@ -41,3 +41,45 @@ def test_missing_command_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([])
     assert exit_info.value.code == 2
+
+
+_SRC = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "src")
+_SHOW_ENVIRONMENT = (
+    "import atexit, os, runpy, sys\n"
+    "atexit.register(lambda: print('OMP_WAIT_POLICY=' + os.environ.get('OMP_WAIT_POLICY', ''),"
+    " 'torch' in sys.modules))\n"
+    "sys.argv = ['hmfusion', 'bench', '--help']\n"
+    "runpy.run_module('hmfusion', run_name='__main__', alter_sys=True)\n"
+)
+
+
+@pytest.mark.parametrize("user_value", [None, "ACTIVE"])
+def test_entry_point_sets_openmp_defaults_before_torch_loads(user_value):
+    """`python -m hmfusion …` runs with OMP_WAIT_POLICY=PASSIVE unless the user set a value,
+    and sets it before torch (and its OpenMP runtime, which reads it once) is imported."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if user_value is not None:
+        env["OMP_WAIT_POLICY"] = user_value
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_SRC, env.get("PYTHONPATH")]))
+    result = subprocess.run([sys.executable, "-c", _SHOW_ENVIRONMENT], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    expected = user_value or "PASSIVE"
+    assert result.stdout.strip().splitlines()[-1] == f"OMP_WAIT_POLICY={expected} True"
+
+
+def test_importing_the_cli_does_not_load_torch():
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_SRC, env.get("PYTHONPATH")]))
+    code = "import sys, hmfusion.cli; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr

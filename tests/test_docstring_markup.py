@@ -15,26 +15,7 @@ import re
 import pytest
 
 SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "hmfusion"
-FILES = sorted(
-    [
-        SRC / name
-        for name in (
-            "__init__.py",
-            "_validation.py",
-            "fitting.py",
-            "blocksizes.py",
-            "kernels.py",
-            "fused.py",
-            "native.py",
-            "bench.py",
-            "benchmark_report.py",
-            "reporting.py",
-        )
-    ]
-    + list((SRC / "structures").glob("*.py"))
-    + list((SRC / "fusion").glob("*.py"))
-    + list((SRC / "compat").rglob("*.py"))
-)
+FILES = sorted(SRC.rglob("*.py"))  # every module of the package
 
 REST_ROLE = re.compile(r":(class|func|mod|meth|attr|data|obj|exc):`")
 REST_LITERAL = re.compile(r"(?<!`)``[^`\n]+``(?!`)")

@@ -5,15 +5,21 @@ hierarchical-matrix (HM) fusion W = A ⊗ B, applied without ever forming W. The
 conventions are documented in [`hmfusion.structures`][hmfusion.structures].
 """
 
-from hmfusion.fusion import (
-    ConcatFusion,
-    DenseConcatFusion,
-    DualLPHMConcatFusion,
-    HMConcatFusion,
-    LowRankConcatFusion,
-    LPHMConcatFusion,
-    RandomMatrixConcatFusion,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hmfusion.fusion import (
+        ConcatFusion,
+        DenseConcatFusion,
+        DualLPHMConcatFusion,
+        HMConcatFusion,
+        LowRankConcatFusion,
+        LPHMConcatFusion,
+        RandomMatrixConcatFusion,
+    )
 
 __all__ = [
     "ConcatFusion",
@@ -25,3 +31,17 @@ __all__ = [
     "RandomMatrixConcatFusion",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # The modules are imported on first use (PEP 562), so that `import hmfusion.cli` does not
+    # load torch: the `hmfusion` command sets its OpenMP defaults before torch starts.
+    if name in __all__:
+        value = getattr(importlib.import_module("hmfusion.fusion"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'hmfusion' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

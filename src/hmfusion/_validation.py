@@ -293,43 +293,47 @@ def check_inputs(
         )
     if len(xs) != len(dims):
         raise ValueError(f"expected {len(dims)} inputs (dims={list(dims)}), got {len(xs)}")
+    # (once per call, not per input: the autocast state of the parameters' device; an input
+    # on another device is refused before its dtype is looked at)
+    allowed = _allowed_input_dtypes(device.type, dtype)
     lead = None
     for i, x in enumerate(xs):
         if not isinstance(x, Tensor):
             raise TypeError(f"input {i} must be a torch.Tensor, got {type(x).__name__}")
-        if x.is_nested or x.layout != torch.strided:
+        if x.layout != torch.strided or x.is_nested:
             kind = "nested" if x.is_nested else f"{x.layout}"
             raise TypeError(
                 f"input {i} must be a dense (strided) tensor, got a {kind} tensor; "
                 f"convert it first (e.g. x.to_dense() or torch.nested.to_padded_tensor)"
             )
-        if not x.is_floating_point():
-            raise TypeError(f"input {i} must be a floating-point tensor, got dtype {x.dtype}")
-        if x.dim() == 0 or x.shape[-1] != dims[i]:
-            got = "a scalar" if x.dim() == 0 else f"last dimension {x.shape[-1]}"
+        x_dtype = x.dtype
+        if not x_dtype.is_floating_point:
+            raise TypeError(f"input {i} must be a floating-point tensor, got dtype {x_dtype}")
+        shape = x.shape
+        if not shape or shape[-1] != dims[i]:
+            got = "a scalar" if not shape else f"last dimension {shape[-1]}"
             raise ValueError(
-                f"input {i} has {got} (shape {tuple(x.shape)}), expected dims[{i}] = {dims[i]}"
+                f"input {i} has {got} (shape {tuple(shape)}), expected dims[{i}] = {dims[i]}"
             )
         if lead is None:
-            lead = x.shape[:-1]
-        elif x.shape[:-1] != lead:
+            lead = shape[:-1]
+        elif shape[:-1] != lead:
             raise ValueError(
                 f"inputs must share their leading shape: input 0 has {tuple(lead)}, "
-                f"input {i} has {tuple(x.shape[:-1])}"
+                f"input {i} has {tuple(shape[:-1])}"
             )
         if x.device != device:
             raise ValueError(
                 f"input {i} is on device {x.device}, but the device of {owner} is {device}"
             )
-        allowed = _allowed_input_dtypes(x.device.type, dtype)
-        if x.dtype not in allowed:
+        if x_dtype not in allowed:
             if len(allowed) > 1:
                 raise TypeError(
-                    f"input {i} has dtype {x.dtype}; under autocast the inputs must have the "
+                    f"input {i} has dtype {x_dtype}; under autocast the inputs must have the "
                     f"dtype of {owner} ({dtype}) or the autocast dtype ({allowed[1]})"
                 )
             raise TypeError(
-                f"input {i} has dtype {x.dtype}, but the dtype of {owner} is {dtype}; "
+                f"input {i} has dtype {x_dtype}, but the dtype of {owner} is {dtype}; "
                 f"convert the input or the module (module.to({dtype})), or use torch.autocast"
             )
     return list(xs), lead  # type: ignore[return-value]

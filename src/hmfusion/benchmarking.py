@@ -1,26 +1,27 @@
-"""The benchmark engine behind ``hmfusion bench``: cases, methods, timing, competing load.
+"""The benchmark engine behind `hmfusion bench`: cases, methods, timing, competing load.
 
 For each shape (m rows, k inputs of width D/k, output width n, A: p×q) and dtype, the ways a
-user can compute ``cat(xs) Wᵀ`` with W = A ⊗ B (n×D) are timed (:data:`METHODS`):
+user can compute `cat(xs) Wᵀ` with W = A ⊗ B (n×D) are timed (`METHODS`):
 
-- ``dense``: cat + ``F.linear`` with a dense n×D weight (``nn.Linear`` on the concatenation);
-- ``kron``: ``torch.kron(A, B)``, then ``F.linear`` (Kronecker adapters such as LoKr);
-- ``tinybig``: tinybig 0.2.1's way, W fabricated from the flat parameters with an einsum;
-- ``einsum``: the five-line code ``X = cat(xs).view(m, q, t)``,
-  ``torch.einsum("pq,mqt,st->mps", A, X, B)``, autograd's backward;
-- ``two_matmul``: the same with ``A @ (X @ B.T)``;
-- ``compiled``: ``torch.compile`` of the two-matmul code (``dynamic=True``: compiled once per
-  dtype and mode, reused by every shape; compile time excluded, reported separately);
-- ``hmfusion``: ``HMConcatFusion`` (W never formed; the planner picks the kernel).
+- `dense`: cat + `F.linear` with a dense n×D weight (`nn.Linear` on the concatenation);
+- `kron`: `torch.kron(A, B)`, then `F.linear` (Kronecker adapters such as LoKr);
+- `tinybig`: tinybig 0.2.1's way, W fabricated from the flat parameters with an einsum;
+- `einsum`: the five-line code `X = cat(xs).view(m, q, t)`,
+  `torch.einsum("pq,mqt,st->mps", A, X, B)`, autograd's backward;
+- `two_matmul`: the same with `A @ (X @ B.T)`;
+- `compiled`: `torch.compile` of the two-matmul code (`dynamic=True`, compiled afresh for
+  each shape, dtype and mode on an empty dynamo cache; compile time excluded, reported
+  separately);
+- `hmfusion`: `HMConcatFusion` (W never formed; the planner picks the kernel).
 
 Methods are run interleaved (one call of each per round, the starting method rotated), after
 warm-up; a time is the median over rounds and a ratio divides medians of the same run, so load
-from other processes hits every method alike. Forward runs under ``torch.no_grad``;
-forward+backward calls ``y.backward(dy)`` with the inputs and parameters requiring grad. The
+from other processes hits every method alike. Forward runs under `torch.no_grad`;
+forward+backward calls `y.backward(dy)` with the inputs and parameters requiring grad. The
 memory floor is one copy of X plus one of Y, timed in the same rounds. Peak extra memory is the
 highest net bytes allocated during one step (CPU: the profiler's allocation events; CUDA: peak
 stats), next to the activations any implementation allocates (Y, plus the input gradients in
-forward+backward). With a competing load (:func:`busy_processes`) every case is measured a
+forward+backward). With a competing load (`busy_processes`) every case is measured a
 second time while N busy processes run, giving the loaded table.
 """
 
@@ -28,21 +29,31 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import math
 import os
 import platform
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Literal, NamedTuple
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
-from hmfusion import HMConcatFusion, native
+from hmfusion import native
+from hmfusion.benchmark_cases import (
+    FULL_GRID,
+    MAIN_JOB_SHAPE,
+    METHODS,
+    MODES,
+    QUICK_GRID,
+    QUICK_METHODS,
+    SIMPLE_METHODS,
+    TARGET_SHAPES,
+    Mode,
+    Shape,
+    _Case,
+)
 from hmfusion.planner import ideal_speedup
 
 __all__ = [
@@ -59,195 +70,8 @@ __all__ = [
     "run",
 ]
 
-Method = Literal["dense", "kron", "tinybig", "einsum", "two_matmul", "compiled", "hmfusion"]
-Mode = Literal["forward", "forward+backward"]
-METHODS: tuple[Method, ...] = (
-    "dense", "kron", "tinybig", "einsum", "two_matmul", "compiled", "hmfusion"
-)
-#: What a user writes instead of hmfusion (the targets compare against the best of these).
-SIMPLE_METHODS: tuple[Method, ...] = ("einsum", "two_matmul", "compiled")
-#: ``--quick`` leaves out the two baselines that form W (as slow as dense, and costly at 4096²).
-QUICK_METHODS: tuple[Method, ...] = ("dense", "einsum", "two_matmul", "compiled", "hmfusion")
-MODES: tuple[Mode, ...] = ("forward", "forward+backward")
-#: The most competing processes ``--load`` accepts, per CPU.
+#: The most competing processes `--load` accepts, per CPU.
 MAX_LOAD_PER_CPU = 4
-
-
-class Shape(NamedTuple):
-    """One grid point: m rows, k inputs of width D/k, output width n, A: p×q."""
-
-    m: int
-    D: int
-    n: int
-    p: int
-    q: int
-    k: int
-
-    @property
-    def label(self) -> str:
-        return f"m={self.m} D={self.D} n={self.n} p={self.p} q={self.q} k={self.k}"
-
-
-def _square(m: int, d: int, p: int, k: int = 4) -> Shape:
-    return Shape(m, d, d, p, p, k)
-
-
-#: The main job's own fusion layer: 128 rows, six inputs of 64 → 64 outputs, p = q = 8.
-MAIN_JOB_SHAPE = Shape(128, 384, 64, 8, 8, 6)
-
-#: The shapes of the performance targets (float32, 2 threads, forward+backward; the speed-up
-#: each must reach is in :mod:`hmfusion.benchmark_report`).
-TARGET_SHAPES = {
-    "compute_1024": _square(4096, 1024, 32),
-    "small_batch_4096": _square(256, 4096, 64),
-    "compute_4096": _square(4096, 4096, 64),
-    "memory_bound": _square(65536, 256, 16),
-}
-FULL_GRID: tuple[Shape, ...] = (
-    # D = n = 256
-    _square(256, 256, 4), _square(256, 256, 16),
-    _square(4096, 256, 4), _square(4096, 256, 16),
-    _square(65536, 256, 4), _square(65536, 256, 16),
-    # D = n = 1024
-    _square(256, 1024, 8), _square(256, 1024, 32),
-    _square(4096, 1024, 2), _square(4096, 1024, 8), _square(4096, 1024, 32),
-    _square(4096, 1024, 512),
-    _square(32768, 1024, 32),
-    # D = n = 4096
-    _square(256, 4096, 16), _square(256, 4096, 64),
-    _square(4096, 4096, 16), _square(4096, 4096, 64),
-    # rectangular, fewer / more inputs, unaligned input widths, the main job's layer
-    Shape(4096, 2048, 512, 16, 32, 2), Shape(4096, 1536, 1536, 32, 48, 3),
-    Shape(4096, 1024, 1024, 32, 32, 1), Shape(1024, 1020, 1024, 32, 34, 3),
-    Shape(4096, 4096, 1024, 64, 64, 8), Shape(2048, 4096, 4096, 128, 128, 2),
-    MAIN_JOB_SHAPE,
-)
-
-#: The four target shapes, the small (256, 256, 256, 4) layer and the main job's layer.
-QUICK_GRID: tuple[Shape, ...] = (
-    *TARGET_SHAPES.values(),
-    _square(256, 256, 4),
-    MAIN_JOB_SHAPE,
-)
-
-
-# the methods -------------------------------------------------------------------------------
-def _two_matmul(x: Tensor, a: Tensor, b: Tensor, q: int, t: int) -> Tensor:
-    """The five-line code: X viewed (m, q, t), then A (X Bᵀ)."""
-    m = x.shape[0]
-    return (a @ (x.view(m, q, t) @ b.T)).reshape(m, -1)
-
-
-_COMPILED: dict[tuple[torch.dtype, str, bool], Callable[..., Tensor]] = {}
-
-
-def _compiled_two_matmul(dtype: torch.dtype, device: torch.device, grad: bool) -> Callable:
-    """``torch.compile`` of :func:`_two_matmul`, one per dtype, device and mode."""
-    key = (dtype, device.type, grad)
-    if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(_two_matmul, dynamic=True)
-    return _COMPILED[key]
-
-
-class _Case:
-    """Inputs, parameters and the step functions of every method for one shape and dtype."""
-
-    def __init__(self, shape: Shape, dtype: torch.dtype, device: torch.device, seed: int = 0):
-        m, D, n, p, q, k = shape
-        s, t = n // p, D // q
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-
-        def rand(*size: int, scale: float = 1.0) -> Tensor:
-            value = torch.rand(*size, generator=generator, dtype=torch.float32) * 2 - 1
-            return (value * scale).to(device=device, dtype=dtype)
-
-        widths = [D // k] * k
-        widths[-1] += D - sum(widths)
-        self.shape, self.widths, self.device = shape, widths, device
-        self.xs = [rand(m, w) for w in widths]
-        self.dy = rand(m, n)
-        self.y_like = torch.empty(m, n, device=device, dtype=dtype)
-        bound = 1 / math.sqrt(D)
-        self.weight = nn.Parameter(rand(n, D, scale=bound))
-        self.a = nn.Parameter(rand(p, q, scale=math.sqrt(bound)))
-        self.b = nn.Parameter(rand(s, t, scale=math.sqrt(bound)))
-        self.flat = nn.Parameter(rand(p * q + s * t, scale=math.sqrt(bound)))
-        self.module = HMConcatFusion(widths, n=n, p=p, q=q, device=device, dtype=dtype)
-        factors = [self.a, self.b]
-        self.params = {"dense": [self.weight], "kron": factors, "tinybig": [self.flat],
-                       "einsum": factors, "two_matmul": factors, "compiled": factors,
-                       "hmfusion": list(self.module.parameters())}
-        self.compile_seconds: dict[str, float] = {}
-
-    def cat(self) -> Tensor:
-        return torch.cat(self.xs, dim=-1)
-
-    def forward(self, method: str) -> Tensor:
-        m, D, n, p, q, k = self.shape
-        t = D // q
-        if method == "dense":
-            return F.linear(self.cat(), self.weight)
-        if method == "kron":
-            return F.linear(self.cat(), torch.kron(self.a, self.b))
-        if method == "tinybig":
-            # tinybig 0.2.1 (hm_reconciliation): split w, einsum the flat pieces, view as n×D.
-            a, b = torch.split(self.flat.view(1, -1), [p * q, n * D // (p * q)], dim=1)
-            weight = torch.einsum("pq,st->psqt", a, b).view(n, D)
-            return F.linear(self.cat(), weight)
-        if method == "einsum":
-            x = self.cat().view(m, q, t)
-            return torch.einsum("pq,mqt,st->mps", self.a, x, self.b).reshape(m, n)
-        if method == "two_matmul":
-            return _two_matmul(self.cat(), self.a, self.b, q, t)
-        if method == "compiled":
-            grad = torch.is_grad_enabled()
-            return _compiled_two_matmul(self.a.dtype, self.device, grad)(
-                self.cat(), self.a, self.b, q, t
-            )
-        return self.module(self.xs)
-
-    def floor(self) -> None:
-        """One copy of X and one of Y: the memory floor of any implementation."""
-        self.cat()
-        self.y_like.clone()
-
-    def step(self, method: str, mode: Mode) -> Callable[[], None]:
-        if method == "floor":
-            return self.floor
-        if mode == "forward":
-            def forward_step() -> None:
-                with torch.no_grad():
-                    self.forward(method)
-            return forward_step
-
-        def train_step() -> None:
-            self.forward(method).backward(self.dy)
-
-        return train_step
-
-    def prepare(self, method: str, mode: Mode) -> None:
-        """Reset what a step leaves behind (gradients), outside the timed region."""
-        grad = mode == "forward+backward" and method != "floor"
-        for x in self.xs:
-            x.grad = None
-            x.requires_grad_(grad)
-        for params in self.params.values():
-            for param in params:
-                param.grad = None
-
-    def compile(self, mode: Mode) -> None:
-        """Compile (or re-specialise) the compiled method outside the timed rounds."""
-        self.prepare("compiled", mode)
-        begin = time.perf_counter()
-        self.step("compiled", mode)()
-        _synchronize(self.device)
-        self.compile_seconds[mode] = time.perf_counter() - begin
-
-    def activation_bytes(self, mode: Mode) -> int:
-        y = self.y_like.numel() * self.y_like.element_size()
-        if mode == "forward":
-            return y
-        return y + sum(x.numel() * x.element_size() for x in self.xs)
 
 
 # measurement -------------------------------------------------------------------------------
@@ -256,8 +80,9 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_interleaved(case: _Case, methods: Sequence[str], mode: Mode, repeats: int,
-                      warmup: int) -> dict[str, list[float]]:
+def _time_interleaved(
+    case: _Case, methods: Sequence[str], mode: Mode, repeats: int, warmup: int
+) -> dict[str, list[float]]:
     steps = {method: case.step(method, mode) for method in methods}
     for _ in range(warmup):
         for method in methods:
@@ -302,7 +127,8 @@ def _peak_extra_bytes(case: _Case, method: str, mode: Mode) -> int | None:
                 step()
             finally:
                 prof.stop()
-        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+        results: Any = prof.profiler.kineto_results  # type: ignore[union-attr]  # (private)
+        events: list[Any] = [e for e in results.events() if e.name() == "[memory]"]
     except (AttributeError, RuntimeError):  # the profiler's internals moved
         return None
     live = peak = 0
@@ -315,7 +141,7 @@ def _peak_extra_bytes(case: _Case, method: str, mode: Mode) -> int | None:
 
 @contextlib.contextmanager
 def _stderr_silenced() -> Iterator[None]:
-    """Send file descriptor 2 to /dev/null (C++ logging bypasses ``sys.stderr``)."""
+    """Send file descriptor 2 to /dev/null (C++ logging bypasses `sys.stderr`)."""
     sys.stderr.flush()
     saved = os.dup(2)
     try:
@@ -340,13 +166,13 @@ _BUSY_LOOP = (
 
 @contextlib.contextmanager
 def busy_processes(count: int) -> Iterator[list[subprocess.Popen]]:
-    """Run ``count`` competing CPU-bound processes inside the ``with`` block.
+    """Run `count` competing CPU-bound processes inside the `with` block.
 
     They are terminated (then killed) when the block ends, on an exception or Ctrl-C too, and
     each exits by itself when its parent dies.
 
     Args:
-        count: how many, 0 to :data:`MAX_LOAD_PER_CPU` × the CPU count.
+        count: how many, 0 to `MAX_LOAD_PER_CPU` × the CPU count.
 
     Raises:
         ValueError: count out of that range.
@@ -363,10 +189,14 @@ def busy_processes(count: int) -> Iterator[list[subprocess.Popen]]:
     children: list[subprocess.Popen] = []
     try:
         for _ in range(count):
-            children.append(subprocess.Popen(
-                [sys.executable, "-c", _BUSY_LOOP], stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ))
+            children.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", _BUSY_LOOP],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         if children:
             time.sleep(0.3)  # let them start spinning
         yield children
@@ -382,22 +212,25 @@ def busy_processes(count: int) -> Iterator[list[subprocess.Popen]]:
                 child.wait()
 
 
-def _measure(case: _Case, methods: Sequence[str], mode: Mode, repeats: int, warmup: int,
-             memory: bool) -> dict[str, Any]:
+def _measure(
+    case: _Case, methods: Sequence[str], mode: Mode, repeats: int, warmup: int, memory: bool
+) -> dict[str, Any]:
     shape = case.shape
     times = _time_interleaved(case, ("floor", *methods), mode, repeats, warmup)
     median = {method: statistics.median(values) for method, values in times.items()}
     dense = median["dense"]
     s, t = shape.n // shape.p, shape.D // shape.q
     plan = case.module.structure.plan(
-        shape.m, case.widths, dtype=case.xs[0].dtype, device=case.xs[0].device,
+        shape.m,
+        case.widths,
+        dtype=case.xs[0].dtype,
+        device=case.xs[0].device,
         requires_grad=mode == "forward+backward",
     )
     speedups = {method: dense / median[method] for method in methods}
     simple = [name for name in SIMPLE_METHODS if name in speedups]
-    best_simple = max(simple, key=lambda name: speedups[name]) if simple else None
-    peak = ({method: _peak_extra_bytes(case, method, mode) for method in methods}
-            if memory else None)
+    best_simple: str | None = max(simple, key=lambda name: speedups[name]) if simple else None
+    peak = {method: _peak_extra_bytes(case, method, mode) for method in methods} if memory else None
     activations = case.activation_bytes(mode)
     hmfusion_peak = None if peak is None else peak.get("hmfusion")
     return {
@@ -446,8 +279,13 @@ def _machine(device: torch.device) -> dict[str, Any]:
     # OpenMP waiting policy matters on a shared machine (see benchmarks/RESULTS.md)
     info["environment"] = {
         name: os.environ[name]
-        for name in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS",
-                     "HMFUSION_NATIVE")
+        for name in (
+            "OMP_NUM_THREADS",
+            "OMP_WAIT_POLICY",
+            "GOMP_SPINCOUNT",
+            "MKL_NUM_THREADS",
+            "HMFUSION_NATIVE",
+        )
         if name in os.environ
     }
     if hasattr(os, "getloadavg"):
@@ -467,13 +305,13 @@ def run(
     load: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Measure every shape × dtype × mode, quiet and (with ``load``) under competing load.
+    """Measure every shape × dtype × mode, quiet and (with `load`) under competing load.
 
     Args:
         shapes: the grid.
-        dtypes: dtype names (``"float32"``, ``"bfloat16"``, …); unsupported ones are skipped.
-        methods: a subset of :data:`METHODS` (``dense`` and ``hmfusion`` always run).
-        modes: a subset of :data:`MODES`.
+        dtypes: dtype names (`"float32"`, `"bfloat16"`, …); unsupported ones are skipped.
+        methods: a subset of `METHODS` (`dense` and `hmfusion` always run).
+        modes: a subset of `MODES`.
         repeats: timed rounds (≥ 1).
         warmup: untimed rounds first (≥ 0).
         device: a torch device string.
@@ -481,18 +319,26 @@ def run(
         progress: show a progress bar.
 
     Returns:
-        The report written to ``results.json``: ``machine``, ``config``, ``results`` (quiet
-        rows), ``loaded`` (rows under load) and ``skipped``
-        (:func:`hmfusion.benchmark_report.check_targets` adds ``targets``).
+        The report written to `results.json`: `machine`, `config`, `results` (quiet
+        rows), `loaded` (rows under load) and `skipped`
+        (`hmfusion.benchmark_report.check_targets` adds `targets`).
     """
     torch_device = torch.device(device)
     chosen = [m for m in METHODS if m in methods or m in ("dense", "hmfusion")]
     report: dict[str, Any] = {
         "machine": _machine(torch_device),
-        "config": {"repeats": repeats, "warmup": warmup, "modes": list(modes),
-                   "dtypes": list(dtypes), "methods": chosen, "load": load,
-                   "date": datetime.datetime.now().isoformat(timespec="seconds")},
-        "results": [], "loaded": [], "skipped": [],
+        "config": {
+            "repeats": repeats,
+            "warmup": warmup,
+            "modes": list(modes),
+            "dtypes": list(dtypes),
+            "methods": chosen,
+            "load": load,
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        },
+        "results": [],
+        "loaded": [],
+        "skipped": [],
     }
     jobs = [(shape, dtype) for shape in shapes for dtype in dtypes]
     iterator: Any = jobs
@@ -503,8 +349,13 @@ def run(
     for shape, dtype_name in iterator:
         dtype = getattr(torch, dtype_name)
         if not _dtype_supported(dtype, torch_device):
-            report["skipped"].append({"shape": shape._asdict(), "dtype": dtype_name,
-                                      "why": "dtype not supported on this device"})
+            report["skipped"].append(
+                {
+                    "shape": shape._asdict(),
+                    "dtype": dtype_name,
+                    "why": "dtype not supported on this device",
+                }
+            )
             continue
         case = _Case(shape, dtype, torch_device)
         quiet = {"shape": shape._asdict(), "dtype": dtype_name, "modes": []}

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
-from hmfusion.cli_common import run_command
+#: Environment defaults the `hmfusion` command sets before torch loads, where the user has set
+#: nothing: OpenMP threads that sleep at barriers instead of spinning keep the speed-up when
+#: another process shares the cores (benchmarks/RESULTS.md). The library itself never changes
+#: the environment.
+ENVIRONMENT_DEFAULTS: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 # name -> (module, one-line help). Only the module of the command being run is imported, so
 # `hmfusion --help` and each command stay independent of the others' imports.
@@ -49,6 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     Ctrl-C end as one line on stderr (see
     [`run_command`][hmfusion.cli_common.run_command]).
     """
+    for name, value in ENVIRONMENT_DEFAULTS.items():
+        if "torch" not in sys.modules:  # (read once, when torch loads OpenMP)
+            os.environ.setdefault(name, value)
+    from hmfusion.cli_common import run_command  # (imports torch)
+
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     args = build_parser(command if command in _COMMANDS else None).parse_args(argv)

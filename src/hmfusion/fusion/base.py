@@ -77,6 +77,8 @@ class ConcatFusion(nn.Module):
             raise ValueError(f"structure has D={structure.D}, but sum(dims)={sum(self.dims)}")
         V.check_bool("bias", bias)
         self.structure = structure
+        # (forward reads the factors by these names on every call: built once)
+        self._factor_names = tuple(spec.name for spec in structure.factor_specs)
         device, dtype = V.check_device(device), V.check_factory_dtype(dtype)
         for spec in structure.factor_specs:
             try:
@@ -129,7 +131,7 @@ class ConcatFusion(nn.Module):
     # factors -------------------------------------------------------------------------------
     def factors(self) -> dict[str, Tensor]:
         """The factor tensors by name (parameters and fixed buffers)."""
-        return {spec.name: getattr(self, spec.name) for spec in self.structure.factor_specs}
+        return {name: getattr(self, name) for name in self._factor_names}
 
     @property
     def weight(self) -> Tensor:
@@ -257,7 +259,7 @@ class ConcatFusion(nn.Module):
                 `dims[i]`, differing leading shapes, an input on another device.
         """
         factors = self.factors()
-        reference = next(iter(factors.values()))
+        reference = factors[self._factor_names[0]]
         inputs, lead = V.check_inputs(xs, self.dims, dtype=reference.dtype, device=reference.device)
         return self._fuse(inputs, lead, factors)
 
@@ -267,11 +269,13 @@ class ConcatFusion(nn.Module):
         """`cat(inputs) Wᵀ + bias` on inputs already checked by `V.check_inputs` (its
         `lead` shape), with the given factors (`{name: tensor}` as `factors`): views
         of an external flat vector, e.g., through which gradients then flow. No validation."""
-        rows = [x.reshape(-1, x.shape[-1]) for x in inputs]
-        y = self.structure.apply_concat(rows, factors)
+        if len(lead) == 1:  # (m, n_i) inputs, the common case: no reshapes
+            y = self.structure.apply_concat(inputs, factors)
+        else:
+            y = self.structure.apply_concat([x.reshape(-1, x.shape[-1]) for x in inputs], factors)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
-        return y.reshape(*lead, self.n)
+        return y if len(lead) == 1 else y.reshape(*lead, self.n)
 
     def extra_repr(self) -> str:
         details = self.structure.describe()

@@ -1,0 +1,362 @@
+"""The planner's cost model: what each way of applying a Kronecker-structured W costs.
+
+Costs are in multiply-add equivalents of a large float32 GEMM on the benchmark CPU, with
+constants measured there (see `benchmarks/RESULTS.md`): a GEMM whose smallest dimension is d
+runs at a fraction min(1, 0.8·(d/64)^0.45) of a large GEMM's rate, a batched GEMM costs at
+least `BMM_ROW_MACS` per row, a kernel launch `OP_OVERHEAD_MACS` and a pass over a formed W
+`WEIGHT_ELEMENT_MACS` per element.
+
+On accelerators ([`estimate`][hmfusion.costmodel.estimate] with `device_type != "cpu"`) work
+runs `DEVICE_SPEEDUP` times faster, but every dispatched operator costs host time
+(`DEVICE_OP_MACS`, ≈ 15 µs): up to m = D = 4096 the H200 run was launch-bound (dense
+forward+backward ≈ 0.5–0.7 ms at every size). So there each method is charged its operator
+count ([`device_ops`][hmfusion.costmodel.device_ops], counted with a dispatch mode), which
+grows with the number of chunks; the pure-PyTorch fused kernel also pays the composite path's
+full-size passes, and no compiled operator runs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+
+from hmfusion import kernels
+
+__all__ = [
+    "KronSpec",
+    "Method",
+    "Order",
+    "chunk_rows",
+    "device_ops",
+    "estimate",
+    "native_chunk_rows",
+    "split_pays",
+]
+
+#: How W is applied (see [`hmfusion.planner`][hmfusion.planner]).
+Method = Literal["materialize", "fused", "composite"]
+#: Which contraction comes first.
+Order = Literal["right_first", "left_first"]
+
+
+class KronSpec(NamedTuple):
+    """The structure of W: n×D, the top-left block of Σ_τ A_τ ⊗ B_τ with A: p×q, B: s×t.
+
+    `rank_a` / `rank_b` are the ranks of low-rank factors (None: dense).
+
+    Example:
+        >>> from hmfusion.costmodel import KronSpec
+        >>> KronSpec(64, 64, 8, 8, 8, 8).terms
+        1
+    """
+
+    n: int
+    D: int
+    p: int
+    q: int
+    s: int
+    t: int
+    terms: int = 1
+    rank_a: int | None = None
+    rank_b: int | None = None
+
+
+#: GEMM efficiency vs the smallest matrix dimension d (MKL, float32, measured on the benchmark
+#: machine): ≈ 0.43 at d = 16, 0.6 at 32, 0.8 at 64, ~1 from 128 on. Modelled as
+#: min(1, 0.8·(d/64)^0.45).
+GEMM_EFFICIENCY_AT_64 = 0.8
+#: 16-bit GEMMs: large ones run ≈ 6× faster than float32 on the benchmark CPU (AMX), the
+#: fused kernel's small ones only ≈ 1.5–2×; their efficiency relative to a large GEMM drops.
+HALF_SMALL_GEMM_FACTOR = 0.3
+#: A batched GEMM costs at least this per row and call (tiny per-row matrices: ≈ 0.1 µs).
+BMM_ROW_MACS = 1.0e4
+#: Cost of one extra kernel launch, in multiply-adds of a large GEMM (≈ 11 µs at 90 GMAC/s).
+OP_OVERHEAD_MACS = 1.0e6
+#: One pass over a materialized W (writing it, page faults included, or reading it back).
+WEIGHT_ELEMENT_MACS = 60.0
+#: Target size of a row chunk of the pure-PyTorch fused kernel on CPU (its intermediates stay
+#: in L2/L3); measured best among 1–8 MiB on the four target shapes, within noise of 2 MiB.
+CHUNK_BYTES_CPU = 4 << 20
+#: The compiled kernel's chunks: ≈ 1 MiB of input rows (4096, 1024, 32: 8.8× dense with 1 MiB,
+#: 5.4× with 4 MiB; benchmarks/RESULTS.md), and at least NATIVE_CHUNKS_PER_THREAD chunks per
+#: thread (of ≥ NATIVE_MIN_CHUNK_ROWS rows) so that the dynamic schedule can balance a
+#: descheduled thread (256, 4096, 64: 16 chunks 23.0×, 2 chunks 20.1×).
+CHUNK_BYTES_NATIVE = 1 << 20
+NATIVE_CHUNKS_PER_THREAD = 8
+NATIVE_MIN_CHUNK_ROWS = 16
+#: Inputs up to this size run as one chunk (each chunk costs a few µs of dispatch).
+NATIVE_SINGLE_CHUNK_BYTES = 256 << 10
+#: Inputs up to this size are processed in one chunk.
+SINGLE_CHUNK_BYTES = 1 << 20
+#: On accelerators chunks only bound the scratch memory; launches are what cost.
+CHUNK_BYTES_DEVICE = 256 << 20
+#: Split inputs only when each covers at least this many blocks of A's columns: below it the
+#: per-input batched GEMMs (inner dimension q_i) cost more than gathering a chunk in cache.
+SPLIT_MIN_BLOCKS = 64
+
+
+#: NATIVE: the compiled kernel's time per row relative to the pure-PyTorch cost model (fused
+#: forward+backward measured 1.1–1.8× faster at the four target shapes; benchmarks/RESULTS.md).
+NATIVE_ROW_FACTOR = 0.75
+#: A call of the registered operator (custom-op dispatch, autograd context, the backward op):
+#: ≈ 50 µs forward, ≈ 0.2 ms with grad (benchmarks/RESULTS.md, the small layers).
+NATIVE_CALL_MACS = 5.0e6
+NATIVE_CALL_MACS_GRAD = 2.0e7
+#: The composite path's full-size intermediates: multiply-add equivalents per element and pass
+#: once they leave the cache (two-matmul code at m = 65536, D = 256: 0.77× dense;
+#: benchmarks/RESULTS.md), and while they stay in it.
+COMPOSITE_ELEMENT_MACS = 30.0
+COMPOSITE_ELEMENT_MACS_CACHED = 8.0
+#: Working sets up to this size stay in cache (the benchmark machine's L2 + L3 share).
+CACHE_BYTES = 8 << 20
+
+
+def _efficiency(dim: int, itemsize: int = 4) -> float:
+    efficiency = min(1.0, GEMM_EFFICIENCY_AT_64 * (max(dim, 1) / 64) ** 0.45)
+    return efficiency if itemsize >= 4 or dim >= 256 else efficiency * HALF_SMALL_GEMM_FACTOR
+
+
+def _gemm_cost(macs: int, *dims: int, itemsize: int = 4) -> float:
+    """Cost of a GEMM of `macs` multiply-adds whose smallest dimension is min(dims)."""
+    return macs / _efficiency(min(dims), itemsize)
+
+
+def _batched_gemm_row_cost(macs: int, *dims: int, itemsize: int = 4) -> float:
+    """Cost per row of a batched GEMM (one small matrix product per row)."""
+    return max(_gemm_cost(macs, *dims, itemsize=itemsize), BMM_ROW_MACS)
+
+
+def _factored_row_cost(spec: KronSpec, order: Order, grad: bool, itemsize: int) -> float:
+    """Cost per row of the two contractions with dense factors, forward (+ backward)."""
+    p, q, s, t = spec.p, spec.q, spec.s, spec.t
+    if order == "left_first":  # the same kernel with the roles of (p, q) and (s, t) swapped
+        p, q, s, t = s, t, p, q
+    last_axis = _gemm_cost(q * s * t, s, t, itemsize=itemsize)  # (rows·q, t) @ Bᵀ
+    middle_axis = _batched_gemm_row_cost(p * q * s, p, q, s, itemsize=itemsize)  # A (q, s)
+    forward = last_axis + middle_axis
+    # backward: Z again + dA, G, dB, dX (dA accumulates per-row products: one more pass)
+    backward = 3 * last_axis + 2 * middle_axis + BMM_ROW_MACS if grad else 0.0
+    return spec.terms * (forward + backward)
+
+
+def _lowrank_row_cost(spec: KronSpec, order: Order, grad: bool, itemsize: int) -> float:
+    """Cost per row of the composite path with low-rank factors (backward ≈ 2× forward)."""
+    cost_a = kernels.factor_cost(spec.p, spec.q, spec.rank_a)
+    cost_b = kernels.factor_cost(spec.s, spec.t, spec.rank_b)
+    rank = min(r for r in (spec.rank_a, spec.rank_b, spec.p, spec.s) if r is not None)
+    if order == "right_first":
+        forward = spec.q * cost_b + spec.s * cost_a
+    else:
+        forward = spec.t * cost_a + spec.p * cost_b
+    return spec.terms * _gemm_cost(forward, rank, itemsize=itemsize) * (3 if grad else 1)
+
+
+def _pytorch_fused_ops(k: int, terms: int, chunks: int, grad: bool, split: bool) -> int:
+    """Kernel launches of the pure-PyTorch fused kernel."""
+    per_chunk = (2 * k if split else 3) * terms  # GEMM + batched GEMM per part (+ gather)
+    if grad:
+        per_chunk += (6 * k if split else 8) * terms
+    return chunks * per_chunk
+
+
+def native_chunk_rows(spec: KronSpec, m: int, itemsize: int) -> int:
+    """Rows per chunk of the compiled kernel (see `CHUNK_BYTES_NATIVE`).
+
+    Args:
+        spec: the structure of W.
+        m: rows of the batch.
+        itemsize: bytes per element of the computation's dtype.
+
+    Returns:
+        The rows per chunk (m for a single chunk).
+
+    Example:
+        >>> from hmfusion.costmodel import KronSpec, native_chunk_rows
+        >>> native_chunk_rows(KronSpec(64, 64, 8, 8, 8, 8), 128, 4)
+        128
+    """
+    row_bytes = max(spec.q * spec.t, spec.p * spec.s) * itemsize
+    if m * row_bytes <= NATIVE_SINGLE_CHUNK_BYTES:
+        return max(m, 1)
+    rows = max(1, CHUNK_BYTES_NATIVE // row_bytes)
+    balanced = -(-m // (NATIVE_CHUNKS_PER_THREAD * torch.get_num_threads()))
+    return max(1, min(m, max(min(rows, balanced), NATIVE_MIN_CHUNK_ROWS)))
+
+
+def chunk_rows(spec: KronSpec, m: int, itemsize: int, device_type: str) -> int:
+    """Rows per chunk of the pure-PyTorch fused kernel.
+
+    On CPU ≈ `CHUNK_BYTES_CPU` of staged input, and at least two chunks unless the whole input
+    is small (a lone 4 MiB chunk measured slower than two of 2 MiB: its scratch is allocated
+    afresh on every call, and the OS pages it in again). On accelerators one chunk up to
+    `CHUNK_BYTES_DEVICE` (chunks only bound scratch memory there; each costs launches).
+
+    Args:
+        spec: the structure of W.
+        m: rows of the batch.
+        itemsize: bytes per element of the computation's dtype.
+        device_type: `"cpu"`, `"cuda"`, …
+
+    Returns:
+        The rows per chunk (m for a single chunk).
+
+    Example:
+        >>> from hmfusion.costmodel import KronSpec, chunk_rows
+        >>> chunk_rows(KronSpec(64, 64, 8, 8, 8, 8), 128, 4, "cuda")
+        128
+    """
+    target = CHUNK_BYTES_CPU if device_type == "cpu" else CHUNK_BYTES_DEVICE
+    row_bytes = max(spec.q * spec.t, spec.p * spec.s) * itemsize
+    if m * row_bytes <= (SINGLE_CHUNK_BYTES if device_type == "cpu" else CHUNK_BYTES_DEVICE):
+        return max(m, 1)
+    rows = max(8, target // row_bytes)
+    return max(1, min(rows, -(-m // 2)))
+
+
+def split_pays(spec: KronSpec, dims: tuple[int, ...]) -> bool:
+    """Whether the pure-PyTorch fused kernel should read the inputs in place (`"split"`).
+
+    True for one input that needs no padding, or inputs aligned on multiples of t that each
+    cover at least `SPLIT_MIN_BLOCKS` of A's columns.
+
+    Args:
+        spec: the structure of W.
+        dims: the input widths.
+
+    Returns:
+        Whether splitting pays.
+
+    Example:
+        >>> from hmfusion.costmodel import KronSpec, split_pays
+        >>> split_pays(KronSpec(64, 64, 8, 8, 8, 8), (64,))
+        True
+    """
+    blocks = kernels.input_blocks(dims, spec.t)
+    if blocks is None:
+        return False
+    return len(dims) == 1 or min(j1 - j0 for j0, j1 in blocks) >= SPLIT_MIN_BLOCKS
+
+
+#: Accelerators: how many times faster than the benchmark CPU the arithmetic and memory passes
+#: run (H200, float32: dense forward+backward at m = D = 4096 ≈ 8.2 ms, ≈ 25 TMAC/s, vs
+#: ≈ 90 GMAC/s).
+DEVICE_SPEEDUP = 250.0
+#: Accelerators: host time of one dispatched operator (≈ 15 µs), in the units above.
+DEVICE_OP_MACS = 1.35e6
+
+
+def device_ops(method: Method, k: int, terms: int, chunks: int, grad: bool) -> int:
+    """Operators dispatched by one call of `method` (forward, + backward with `grad`).
+
+    Counted with a `TorchDispatchMode` on the pure-PyTorch paths (views included: each costs
+    host time): materialize 15 + k forward, 49 + 5k with grad; composite 17 + k, 44 + 5k per
+    term; the pure-PyTorch fused kernel 17 + k, 59 + 5k for one chunk per term, and 4k (12k
+    with grad) per further chunk.
+
+    Args:
+        method: the method.
+        k: the number of inputs.
+        terms: the number of Kronecker terms.
+        chunks: the row chunks of a fused plan (1 for the other methods).
+        grad: whether a backward follows.
+
+    Returns:
+        The operator count.
+
+    Example:
+        >>> from hmfusion.costmodel import device_ops
+        >>> device_ops("composite", 4, 1, 1, True)
+        64
+    """
+    if method == "materialize":
+        return (49 + 5 * k if grad else 15 + k) + 4 * (terms - 1)
+    if method == "composite":
+        return terms * (44 + 5 * k if grad else 17 + k)
+    first = 59 + 5 * k if grad else 17 + k
+    return terms * (first + (chunks - 1) * (12 * k if grad else 4 * k))
+
+
+def estimate(
+    spec: KronSpec,
+    m: int,
+    dims: tuple[int, ...],
+    dtype: torch.dtype,
+    device_type: str,
+    grad: bool,
+    *,
+    native: bool,
+    fused_chunk_rows: int,
+    split: bool,
+) -> dict[Method, float]:
+    """The estimated cost of each method for m rows (see the module docstring).
+
+    Args:
+        spec: the structure of W.
+        m: rows of the batch (≥ 1).
+        dims: the input widths.
+        dtype: the computation's dtype.
+        device_type: `"cpu"`, `"cuda"`, …
+        grad: whether a backward follows.
+        native: whether a fused plan runs the compiled operator.
+        fused_chunk_rows: rows per chunk of a fused plan.
+        split: whether a pure-PyTorch fused plan reads the inputs in place.
+
+    Returns:
+        `{method: multiply-add equivalents}` for fused, materialize and composite.
+
+    Example:
+        >>> import torch
+        >>> from hmfusion.costmodel import KronSpec, estimate
+        >>> costs = estimate(KronSpec(64, 64, 8, 8, 8, 8), 32, (64,), torch.float32, "cuda",
+        ...                  True, native=False, fused_chunk_rows=32, split=True)
+        >>> min(costs, key=costs.__getitem__)
+        'composite'
+    """
+    itemsize = dtype.itemsize
+    chunks = -(-m // fused_chunk_rows)
+    dense_order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, None, None)
+    row_cost = _factored_row_cost(spec, dense_order, grad, itemsize)
+    # materialize: the dense GEMMs, forming W (and, with grad, forming it again, reading dW
+    # twice and rearranging it once)
+    dense_gemm = _gemm_cost(spec.n * spec.D * m, spec.n, spec.D, m, itemsize=itemsize)
+    weight = spec.terms * spec.p * spec.q * spec.s * spec.t * (5 if grad else 1)
+    materialize = dense_gemm * (3 if grad else 1) + weight * WEIGHT_ELEMENT_MACS
+    # composite: its GEMMs are unchunked, m·q rows (16-bit ones run at a large GEMM's
+    # efficiency); full-size intermediates X, the middle product and Y, passed ≈ 4× forward,
+    # 12× with grad
+    if spec.rank_a is not None or spec.rank_b is not None:
+        order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, spec.rank_a, spec.rank_b)
+        composite_rows = _lowrank_row_cost(spec, order, grad, 4)
+    else:
+        composite_rows = _factored_row_cost(spec, dense_order, grad, 4)
+    widths = spec.q * spec.t + spec.p * spec.s + min(spec.q * spec.s, spec.p * spec.t)
+    resident = m * widths * itemsize <= CACHE_BYTES
+    element = COMPOSITE_ELEMENT_MACS_CACHED if resident else COMPOSITE_ELEMENT_MACS
+    passes = (12 if grad else 4) * widths * m * element
+    composite = composite_rows * m + passes
+    k = len(dims)
+    if device_type != "cpu":  # launch-bound: work / DEVICE_SPEEDUP + operators × host time
+
+        def on_device(work: float, method: Method, chunks: int = 1) -> float:
+            ops = device_ops(method, k, spec.terms, chunks, grad)
+            return work / DEVICE_SPEEDUP + ops * DEVICE_OP_MACS
+
+        return {  # (on a tie the first wins: the composite path, the simplest code)
+            "composite": on_device(composite, "composite"),
+            "materialize": on_device(materialize, "materialize"),
+            "fused": on_device(row_cost * m + passes, "fused", chunks),
+        }
+    if native:
+        fused = NATIVE_ROW_FACTOR * row_cost * m + (
+            NATIVE_CALL_MACS_GRAD if grad else NATIVE_CALL_MACS
+        )
+    else:
+        fused = (
+            row_cost * m + _pytorch_fused_ops(k, spec.terms, chunks, grad, split) * OP_OVERHEAD_MACS
+        )
+    return {
+        "fused": fused,
+        "materialize": materialize + (8 if grad else 3) * OP_OVERHEAD_MACS,
+        "composite": composite + (10 if grad else 4) * spec.terms * OP_OVERHEAD_MACS,
+    }
