@@ -62,6 +62,7 @@ class Shape(NamedTuple):
 
     @property
     def label(self) -> str:
+        """The shape as one line of a table, e.g. `m=4096 D=1024 n=1024 p=32 q=32 k=4`."""
         return f"m={self.m} D={self.D} n={self.n} p={self.p} q={self.q} k={self.k}"
 
 
