@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hmfusion import blocksizes
+from hmfusion import blocksizes, kernels
 
 __all__ = [
     "AUTO",
@@ -253,9 +253,8 @@ def check_flat_vector(w: object, length: int, *, what: str = "w") -> Tensor:
 
 def _allowed_input_dtypes(device_type: str, dtype: torch.dtype) -> tuple[torch.dtype, ...]:
     """The parameters' dtype, and the autocast dtype where autocast is on for this device."""
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
-        return (dtype, torch.get_autocast_dtype(device_type))
-    return (dtype,)
+    autocast = kernels.autocast_dtype_for(device_type)
+    return (dtype,) if autocast is None else (dtype, autocast)
 
 
 def check_factory_dtype(dtype: object) -> torch.dtype | None:

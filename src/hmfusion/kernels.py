@@ -58,6 +58,7 @@ __all__ = [
     "kron_order",
     "kron_weight",
     "autocast_dtype",
+    "autocast_dtype_for",
     "needs_grad",
     "pad_concat",
 ]
@@ -105,16 +106,27 @@ def pad_concat(xs: Sequence[Tensor], width: int) -> Tensor:
     return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
 
-def autocast_dtype(tensors: Sequence[Tensor]) -> torch.dtype | None:
-    """The dtype autocast would run a matmul in for these tensors' device, or None when
-    autocast is off there (or the device has no autocast)."""
-    device_type = tensors[0].device.type
-    # (meta and other devices without autocast: asking would raise)
-    if not torch.amp.is_autocast_available(device_type):
+def autocast_dtype_for(device_type: str) -> torch.dtype | None:
+    """The dtype autocast would run a matmul in on `device_type`, or None when autocast is off
+    there (or the device type has no autocast, like `meta`, where asking would raise).
+
+    Example:
+        >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+        ...     autocast_dtype_for("cpu")
+        torch.bfloat16
+    """
+    # cpu and cuda always have autocast: asking torch would be a builtin call that some
+    # torch.compile versions cannot trace under fullgraph (seen with torch 2.11 on CUDA).
+    if device_type not in ("cpu", "cuda") and not torch.amp.is_autocast_available(device_type):
         return None
     if not torch.is_autocast_enabled(device_type):
         return None
     return torch.get_autocast_dtype(device_type)
+
+
+def autocast_dtype(tensors: Sequence[Tensor]) -> torch.dtype | None:
+    """[`autocast_dtype_for`][hmfusion.kernels.autocast_dtype_for] the first tensor's device."""
+    return autocast_dtype_for(tensors[0].device.type)
 
 
 def needs_grad(*tensors: Tensor | tuple[Tensor, ...] | Sequence[Tensor]) -> bool:
