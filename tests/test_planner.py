@@ -29,8 +29,9 @@ def _reference_weight(structure: KroneckerStructure, f: dict) -> torch.Tensor:
     return w[: structure.n, : structure.D]
 
 
-def _factors(structure: KroneckerStructure, generator: torch.Generator,
-             device: torch.device | str = "cpu") -> dict:
+def _factors(
+    structure: KroneckerStructure, generator: torch.Generator, device: torch.device | str = "cpu"
+) -> dict:
     return {
         spec.name: torch.randn(spec.shape, dtype=F64, generator=generator)
         .to(device)
@@ -47,8 +48,9 @@ def _check_against_reference(structure, dims, m, *, seed=0, device="cpu"):
     """Output and every gradient of apply_concat vs the plain reference, relative error."""
     generator = torch.Generator().manual_seed(seed)
     f = _factors(structure, generator, device)
-    xs = [torch.randn(m, d, dtype=F64, generator=generator).to(device).requires_grad_()
-          for d in dims]
+    xs = [
+        torch.randn(m, d, dtype=F64, generator=generator).to(device).requires_grad_() for d in dims
+    ]
     dy = torch.randn(m, structure.n, dtype=F64, generator=generator).to(device)
     leaves = xs + list(f.values())
 
@@ -91,9 +93,7 @@ FORCED = [
 @pytest.mark.parametrize("forced", FORCED, ids=lambda f: "-".join(str(v) for v in f.values()))
 def test_every_plan_matches_the_reference(case, forced, device):
     structure, dims = CASES[case]
-    if forced.get("inputs") == "split" and not planner.kernels.split_aligned(
-        dims, structure.t
-    ):
+    if forced.get("inputs") == "split" and not planner.kernels.split_aligned(dims, structure.t):
         with pytest.raises(ValueError, match="multiple of t"):
             with planner.force_plan(**forced):
                 _check_against_reference(structure, dims, 7, device=device)
@@ -140,9 +140,7 @@ def test_gradients_only_where_needed():
             frozen = {k: v.detach() for k, v in f.items()}
             x = xs[0].clone().requires_grad_()
             (dx,) = torch.autograd.grad(structure.apply_concat([x] + xs[1:], frozen).sum(), [x])
-            (rx,) = torch.autograd.grad(
-                (torch.cat([x] + xs[1:], -1) @ weight.T).sum(), [x]
-            )
+            (rx,) = torch.autograd.grad((torch.cat([x] + xs[1:], -1) @ weight.T).sum(), [x])
             assert _relative(dx, rx) < 1e-10
 
 
@@ -198,9 +196,7 @@ def test_compiled_kernel_gathers_and_runs_where_loaded(monkeypatch):
 
 def test_unaligned_or_padded_inputs_are_gathered():
     assert planner.choose_plan(_spec(1024, 1020, 32, 34), 2048, (340,) * 3).inputs == "gather"
-    assert planner.choose_plan(_spec(100, 110, 10, 11), 4096, (55, 55)).inputs in (
-        "gather", "cat"
-    )
+    assert planner.choose_plan(_spec(100, 110, 10, 11), 4096, (55, 55)).inputs in ("gather", "cat")
 
 
 def test_tiny_factors_materialize():
@@ -241,6 +237,11 @@ def test_force_plan_validation():
     with pytest.raises(ValueError, match="chunk_rows"):
         with planner.force_plan(chunk_rows=0):
             pass
+    # found in the reliability review: True passed the int check and forced one-row chunks
+    for value in (True, 2.0):
+        with pytest.raises(TypeError, match="chunk_rows must be a positive int, got"):
+            with planner.force_plan(chunk_rows=value):
+                pass
     with planner.force_plan(method="fused", inputs="split"):
         with pytest.raises(ValueError, match="multiple of t"):
             planner.choose_plan(_spec(24, 24, 4, 4), 8, (5, 19))
@@ -288,8 +289,10 @@ def test_fused_plan_under_torch_compile_fullgraph():
     torch._dynamo.reset()
     module = HMConcatFusion([16, 16, 32], n=64, p=4, q=4)
     compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
-    for m, forced in ((6, {"method": "fused", "inputs": "gather", "chunk_rows": 4}),
-                      (6, {"method": "fused", "inputs": "split"})):
+    for m, forced in (
+        (6, {"method": "fused", "inputs": "gather", "chunk_rows": 4}),
+        (6, {"method": "fused", "inputs": "split"}),
+    ):
         xs = [torch.randn(m, d, requires_grad=True) for d in (16, 16, 32)]
         with planner.force_plan(**forced):
             compiled(xs).sum().backward()
@@ -302,16 +305,23 @@ def test_fused_plan_under_torch_compile_fullgraph():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cls, kwargs", [
-    (HMConcatFusion, {"p": 4, "q": 4, "terms": 2}),
-    (LPHMConcatFusion, {"p": 4, "q": 4, "r": 2}),
-    (DualLPHMConcatFusion, {"p": 4, "q": 4, "r": 2}),
-    (HMConcatFusion, {"p": 3, "q": 5, "pad": True}),
-])
+@pytest.mark.parametrize(
+    "cls, kwargs",
+    [
+        (HMConcatFusion, {"p": 4, "q": 4, "terms": 2}),
+        (LPHMConcatFusion, {"p": 4, "q": 4, "r": 2}),
+        (DualLPHMConcatFusion, {"p": 4, "q": 4, "r": 2}),
+        (HMConcatFusion, {"p": 3, "q": 5, "pad": True}),
+    ],
+)
 def test_every_plan_under_torch_compile_inductor(cls, kwargs):
     module = cls([16, 16, 32], n=64, **kwargs)
-    for forced in ({"method": "materialize"}, {"method": "composite"}, {"method": "fused"},
-                   {"method": "fused", "inputs": "gather", "chunk_rows": 3}):
+    for forced in (
+        {"method": "materialize"},
+        {"method": "composite"},
+        {"method": "fused"},
+        {"method": "fused", "inputs": "gather", "chunk_rows": 3},
+    ):
         torch._dynamo.reset()
         compiled = torch.compile(module, fullgraph=True)
         for m in (5, 9):
@@ -333,11 +343,16 @@ def test_autocast_bfloat16(method):
     assert module.A.grad.dtype == torch.float32 and xs[0].grad.dtype == torch.float32
 
 
-@pytest.mark.parametrize("forced", [
-    {"method": "materialize"}, {"method": "composite"},
-    {"method": "fused", "inputs": "gather", "chunk_rows": 2},
-    {"method": "fused", "order": "left_first", "inputs": "split"},
-], ids=lambda f: "-".join(str(v) for v in f.values()))
+@pytest.mark.parametrize(
+    "forced",
+    [
+        {"method": "materialize"},
+        {"method": "composite"},
+        {"method": "fused", "inputs": "gather", "chunk_rows": 2},
+        {"method": "fused", "order": "left_first", "inputs": "split"},
+    ],
+    ids=lambda f: "-".join(str(v) for v in f.values()),
+)
 def test_double_backward(forced):
     structure = KroneckerStructure.create(4, 8, 2, 4)
     generator = torch.Generator().manual_seed(4)
@@ -365,8 +380,9 @@ class _CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("m, D, n, p, k", [(256, 256, 256, 4, 4), (128, 384, 64, 8, 6),
-                                           (256, 1024, 1024, 8, 4)])
+@pytest.mark.parametrize(
+    "m, D, n, p, k", [(256, 256, 256, 4, 4), (128, 384, 64, 8, 6), (256, 1024, 1024, 8, 4)]
+)
 @pytest.mark.parametrize("grad", [False, True])
 def test_cuda_plan_for_small_shapes_dispatches_the_fewest_operators(m, D, n, p, k, grad):
     """On an accelerator small layers are launch-bound (the H200 run: dense fwd+bwd ≈ 0.5 ms

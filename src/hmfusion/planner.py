@@ -112,6 +112,7 @@ def force_plan(
 
     Raises:
         ValueError: an unknown method, order or inputs value, or a chunk_rows below 1.
+        TypeError: a chunk_rows that is not an int (a bool included).
 
     Example:
         >>> from hmfusion import HMConcatFusion, planner
@@ -128,8 +129,13 @@ def force_plan(
     ):
         if value is not None and value not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-    if chunk_rows is not None and (not isinstance(chunk_rows, int) or chunk_rows < 1):
-        raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
+    if chunk_rows is not None:
+        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int):
+            raise TypeError(
+                f"chunk_rows must be a positive int, got {type(chunk_rows).__name__} {chunk_rows!r}"
+            )
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
     previous = _FORCED
     forced = {"method": method, "order": order, "inputs": inputs, "chunk_rows": chunk_rows}
     _FORCED = tuple((k, v) for k, v in forced.items() if v is not None)
