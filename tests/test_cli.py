@@ -65,8 +65,13 @@ def test_entry_point_sets_openmp_defaults_before_torch_loads(user_value):
     if user_value is not None:
         env["OMP_WAIT_POLICY"] = user_value
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_SRC, env.get("PYTHONPATH")]))
-    result = subprocess.run([sys.executable, "-c", _SHOW_ENVIRONMENT], env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", _SHOW_ENVIRONMENT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     expected = user_value or "PASSIVE"
     assert result.stdout.strip().splitlines()[-1] == f"OMP_WAIT_POLICY={expected} True"
@@ -80,6 +85,22 @@ def test_importing_the_cli_does_not_load_torch():
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_SRC, env.get("PYTHONPATH")]))
     code = "import sys, hmfusion.cli; print('torch' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.stdout.strip() == "False", result.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["train", "--epochs", "-3"], ["predict"], ["bench", "--repeats", "0"], ["frobnicate"]],
+)
+def test_usage_errors_are_one_line_with_status_2(argv):
+    """Found in the reliability review: argparse printed its usage block before the error."""
+    done = subprocess.run(
+        [sys.executable, "-m", "hmfusion", *argv], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and ": error: " in lines[0] and "--help)" in lines[0], done.stderr
+    assert done.stdout == ""

@@ -13,6 +13,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 #: Environment defaults the `hmfusion` command sets before torch loads, where the user has set
 #: nothing: OpenMP threads that sleep at barriers instead of spinning keep the speed-up when
@@ -25,13 +26,25 @@ ENVIRONMENT_DEFAULTS: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
 _COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hmfusion.train", "train and compare fusion models on multi-view data"),
     "predict": ("hmfusion.predict", "predict labels for new rows with a trained checkpoint"),
-    "bench": ("hmfusion.bench", "benchmark hmfusion against dense and materialized alternatives"),
+    "bench": (
+        "hmfusion.bench",
+        "benchmark hmfusion against dense and the code users write, quiet and under load",
+    ),
 }
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An `argparse.ArgumentParser` whose usage errors are one line on stderr and exit status 2
+    (argparse's own prints the usage block first); sub-command parsers inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print `<prog>: error: <message> (see <prog> --help)` and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; the arguments of `command` (if given) are added from its module."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="hmfusion",
         description="Structured concatenation fusion for PyTorch: training, prediction, benchmark.",
     )
@@ -50,7 +63,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse `argv` (default: `sys.argv[1:]`) and run the command; returns its exit status.
 
-    Bad arguments exit through argparse (status 2); a command's bad data, unusable output or
+    Bad arguments end as one line on stderr with status 2; a command's bad data, unusable output or
     Ctrl-C end as one line on stderr (see
     [`run_command`][hmfusion.cli_common.run_command]).
     """
