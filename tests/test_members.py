@@ -12,7 +12,7 @@ import torch
 
 import hmfusion
 from hmfusion import _validation, blocksizes, fitting, fusion, structures
-from hmfusion.fusion import base, members
+from hmfusion.fusion import base, dense, kronecker
 from registry import F64, MEMBERS, RecordShapes, reference_forward, reference_weight, rel_err
 from registry import samples as registry_samples
 
@@ -89,7 +89,17 @@ def test_the_materialize_plan_is_the_one_that_forms_the_weight():
 
 
 # documentation -------------------------------------------------------------------------------
-CORE_MODULES = [hmfusion, fusion, base, members, structures, blocksizes, fitting, _validation]
+CORE_MODULES = [
+    hmfusion,
+    fusion,
+    base,
+    dense,
+    kronecker,
+    structures,
+    blocksizes,
+    fitting,
+    _validation,
+]
 PUBLIC = sorted(  # constants are documented by their #: comment
     (m.__name__, name)
     for m in CORE_MODULES
@@ -122,7 +132,9 @@ def test_help_shows_each_members_own_formula_and_sections(kind):
             assert value.__doc__, f"{cls.__name__}.{name}"
 
 
-@pytest.mark.parametrize("module", [base, members, blocksizes, fitting], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "module", [base, dense, kronecker, blocksizes, fitting], ids=lambda m: m.__name__
+)
 def test_docstring_examples_run(module):
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)

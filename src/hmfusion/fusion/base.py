@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from hmfusion import _validation as V
 from hmfusion.structures import Structure
 
-__all__ = ["ConcatFusion", "Device"]
+__all__ = ["ConcatFusion", "Device", "setup_sizes"]
 
 #: What a `device=` argument may be (as for `nn.Linear`).
 Device = torch.device | str | int | None
@@ -284,3 +284,9 @@ class ConcatFusion(nn.Module):
             f"dims={list(self.dims)}, n={self.n}{details}, l={self.num_parameters}, "
             f"bias={self.bias is not None}"
         )
+
+
+def setup_sizes(dims: object, n: object) -> tuple[tuple[int, ...], int, int]:
+    """Validated `dims`, `n` and D = Σ dims (shared by every member's constructor)."""
+    dims_checked = V.check_dims(dims)
+    return dims_checked, V.resolve_n(dims_checked, n), sum(dims_checked)
