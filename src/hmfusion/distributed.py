@@ -141,6 +141,10 @@ def processes(
         )
     try:
         yield procs
+        if procs.distributed:
+            # every rank done before any tears gloo down: a rank leaving while another still
+            # talks to it aborted ("terminate called without an active exception") in CI
+            torch.distributed.barrier()
     finally:
         if procs.distributed:
             torch.distributed.destroy_process_group()
