@@ -18,20 +18,28 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from hmfusion import bench, benchmark_report, fused, kernels, native
+from hmfusion import bench, benchmark_report, extension, fused, kernels, native
 
 F64 = torch.float64
 
 
-@pytest.fixture(params=["native", "pytorch"])
+@pytest.fixture(params=["native", "tiled", "pytorch"])
 def kernel(request, monkeypatch, device):
-    """Runs the test on the compiled kernel (skipped where it cannot build) and on the fallback."""
-    if request.param == "native":
+    """Runs the test on the compiled kernel's BLAS and register-tiled code (skipped where it
+    cannot build) and on the fallback."""
+    if request.param in ("native", "tiled"):
         if device.type != "cpu":
             pytest.skip("the compiled kernel is CPU-only")
         if not native.available():
             pytest.skip(f"compiled kernel unavailable (status {native.status()})")
-    else:
+    if request.param == "tiled":
+        original = native.fused_kron_concat
+
+        def tiled(xs, a, b, order, chunk_rows, inputs="gather"):
+            return original(xs, a, b, order, chunk_rows, inputs, tiled=inputs == "gather")
+
+        monkeypatch.setattr(native, "fused_kron_concat", tiled)
+    elif request.param == "pytorch":
         monkeypatch.setattr(native, "_use_native", lambda xs, split: False)
     return request.param
 
@@ -60,6 +68,9 @@ CASES = {
     "terms": (37, (10, 14), 3, 4, 5, 6, 3),
     "wide_a": (29, (16, 16), 8, 8, 2, 4, 1),  # dA by one GEMM over transposed rows
     "padded_one_input": (16, (22,), 3, 4, 5, 6, 2),
+    # vector tails of the tiled loops: 9 and 33 columns (8- and 16-wide vectors), 40 and 32
+    "odd_lanes": (23, (50, 49), 3, 3, 9, 33, 2),
+    "wide_blocks": (19, (128, 128), 2, 8, 40, 32, 1),
 }
 
 
@@ -195,9 +206,9 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch):
         raise RuntimeError("Error building extension 'hmfusion_native': c++: not found\nmore")
 
     monkeypatch.delenv("HMFUSION_NATIVE", raising=False)
-    monkeypatch.setattr(native, "_STATE", "unloaded")
-    monkeypatch.setattr(native, "_build", no_compiler)
-    monkeypatch.setattr(native, "_use_native", native._use_native)
+    monkeypatch.setattr(extension, "_STATE", "unloaded")
+    monkeypatch.setattr(extension, "_build", no_compiler)
+    monkeypatch.setattr(native, "_use_native", native._use_native)  # (the fixture's)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert native.available() is False
@@ -218,7 +229,7 @@ def test_each_source_text_builds_in_its_own_cache_folder(tmp_path):
     first.write_text("// one\n")
     second.write_text("// two\n")
     copy.write_text("// one\n")
-    names = [native._extension_name(path) for path in (first, second, copy)]
+    names = [extension._extension_name(path) for path in (first, second, copy)]
     assert names[0] != names[1] and names[0] == names[2]
     assert all(name.startswith("hmfusion_native_") and name.isidentifier() for name in names)
 
@@ -229,13 +240,13 @@ def test_a_lock_left_by_an_interrupted_build_falls_back_instead_of_hanging(monke
     from torch.utils import cpp_extension
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    name = native._extension_name(native._SOURCE)
+    name = extension._extension_name(*extension._SOURCES)
     lock = Path(cpp_extension._get_build_directory(name, verbose=False)) / "lock"
     lock.write_text("")
     monkeypatch.delenv("HMFUSION_NATIVE", raising=False)
-    monkeypatch.setattr(native, "_STATE", "unloaded")
-    monkeypatch.setattr(native, "BUILD_LOCK_WAIT_S", 0.2)
-    monkeypatch.setattr(native, "_registered", lambda: False)
+    monkeypatch.setattr(extension, "_STATE", "unloaded")
+    monkeypatch.setattr(extension, "BUILD_LOCK_WAIT_S", 0.2)
+    monkeypatch.setattr(extension, "_registered", lambda: False)
     started = time.monotonic()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -250,7 +261,7 @@ def test_a_lock_released_while_waiting_lets_the_build_go_on(tmp_path):
     lock = tmp_path / "lock"
     lock.write_text("")
     threading.Timer(0.2, lock.unlink).start()
-    native._wait_for_build_lock(lock, timeout=30)  # returns once the other build is done
+    extension._wait_for_build_lock(lock, timeout=30)  # returns once the other build is done
     assert not lock.exists()
 
 
@@ -258,8 +269,8 @@ def test_environment_switch_disables_the_build(monkeypatch):
     def must_not_build():
         raise AssertionError("HMFUSION_NATIVE=0 must not build")
 
-    monkeypatch.setattr(native, "_STATE", "unloaded")
-    monkeypatch.setattr(native, "_build", must_not_build)
+    monkeypatch.setattr(extension, "_STATE", "unloaded")
+    monkeypatch.setattr(extension, "_build", must_not_build)
     monkeypatch.setenv("HMFUSION_NATIVE", "0")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -289,13 +300,13 @@ def test_the_weight_is_never_formed(kernel, device):
     with _Outputs() as mode:
         native.fused_kron_concat(xs, a, b, "right_first", 3).square().sum().backward()
     assert mode.largest < 64 * 256 // 4, mode.largest
-    if kernel == "native":
-        assert any("hmfusion_native" in op for op in mode.ops), mode.ops
+    if kernel in ("native", "tiled"):
+        assert any(f"hmfusion_native.{'tiled_' * (kernel == 'tiled')}forward" in op for op in mode.ops)
 
 
 def test_loading_leaves_the_environment_alone(monkeypatch):
     before = dict(os.environ)
-    monkeypatch.setattr(native, "_STATE", "unloaded")
+    monkeypatch.setattr(extension, "_STATE", "unloaded")
     native.available()
     assert dict(os.environ) == before
 

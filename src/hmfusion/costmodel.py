@@ -28,6 +28,8 @@ __all__ = [
     "Method",
     "Order",
     "chunk_rows",
+    "tiled_chunk_rows",
+    "tiled_pays",
     "device_ops",
     "estimate",
     "native_chunk_rows",
@@ -103,6 +105,23 @@ NATIVE_ROW_FACTOR = 0.75
 #: ≈ 50 µs forward, ≈ 0.2 ms with grad (benchmarks/RESULTS.md, the small layers).
 NATIVE_CALL_MACS = 5.0e6
 NATIVE_CALL_MACS_GRAD = 2.0e7
+#: TILED: the register-tiled loops of the compiled operator (`csrc/tiled.h`). Forward+backward
+#: runs ≈ 4× the forward's multiply-adds (Z again, G, dB, dX, dA) at ≈ 75 GMAC/s on the
+#: benchmark CPU's two cores from 16-wide blocks up, ≈ 1.2 units per multiply-add; a call costs
+#: ≈ 20 µs forward, ≈ 70 µs with grad (the main job's layer; benchmarks/RESULTS.md).
+TILED_ROW_FACTOR = 1.2
+TILED_CALL_MACS = 1.8e6
+TILED_CALL_MACS_GRAD = 6.0e6
+#: 16-bit inputs: the tiled loops compute in float32, while the BLAS kernel's bfloat16 GEMMs
+#: run ≈ 2× faster than float32 once they are large; from this many input elements (m·q·t) on
+#: that kernel wins (bfloat16, 4096 × 1024 at p = 32: 1.17× faster; 4096 × 256: 0.98×).
+TILED_HALF_MAX_ELEMENTS = 4096 * 1024
+#: Rows per chunk of the tiled loops: ≈ 64 KiB of staged (float32) input rows (16 to 128 rows), and a single
+#: chunk (no parallel region, whose thread wake-up costs ≈ 20–40 µs under
+#: OMP_WAIT_POLICY=PASSIVE) while the whole input is below TILED_SINGLE_CHUNK_BYTES.
+TILED_CHUNK_BYTES = 64 << 10
+TILED_SINGLE_CHUNK_BYTES = 224 << 10
+
 #: The composite path's full-size intermediates: multiply-add equivalents per element and pass
 #: once they leave the cache (two-matmul code at m = 65536, D = 256: 0.77× dense;
 #: benchmarks/RESULTS.md), and while they stay in it.
@@ -127,17 +146,41 @@ def _batched_gemm_row_cost(macs: int, *dims: int, itemsize: int = 4) -> float:
     return max(_gemm_cost(macs, *dims, itemsize=itemsize), BMM_ROW_MACS)
 
 
-def _factored_row_cost(spec: KronSpec, order: Order, grad: bool, itemsize: int) -> float:
+def _factored_row_cost(
+    spec: KronSpec, order: Order, grad: bool, itemsize: int, composite: bool = False
+) -> float:
     """Cost per row of the two contractions with dense factors, forward (+ backward)."""
     p, q, s, t = spec.p, spec.q, spec.s, spec.t
     if order == "left_first":  # the same kernel with the roles of (p, q) and (s, t) swapped
         p, q, s, t = s, t, p, q
     last_axis = _gemm_cost(q * s * t, s, t, itemsize=itemsize)  # (rows·q, t) @ Bᵀ
-    middle_axis = _batched_gemm_row_cost(p * q * s, p, q, s, itemsize=itemsize)  # A (q, s)
+    # A (q, s) per row. Unchunked (the composite path), one batched GEMM over all m rows runs
+    # at the rate of its middle dimension (p = q = 512 with s = 2 ran at a large GEMM's rate:
+    # two-matmul code 1.5× faster than forming W); per chunk, at that of its smallest.
+    dims = sorted((p, q, s))[1:] if composite else (p, q, s)
+    middle_axis = _batched_gemm_row_cost(p * q * s, *dims, itemsize=itemsize)
     forward = last_axis + middle_axis
     # backward: Z again + dA, G, dB, dX (dA accumulates per-row products: one more pass)
     backward = 3 * last_axis + 2 * middle_axis + BMM_ROW_MACS if grad else 0.0
     return spec.terms * (forward + backward)
+
+
+def _lanes(n: int) -> float:
+    """The share of the tiled loops' vector lanes that n columns fill (8- or 16-wide float32
+    vectors: n = 2 fills a quarter, n = 48 all)."""
+    width = 8 if n <= 8 else 16
+    return n / (-(-n // width) * width)
+
+
+def _tiled_row_cost(spec: KronSpec, order: Order, grad: bool) -> float:
+    """Cost per row of the register-tiled loops: each contraction's multiply-adds over the
+    share of vector lanes its output columns fill (forward; ≈ 4× that with grad)."""
+    p, q, s, t = spec.p, spec.q, spec.s, spec.t
+    if order == "right_first":  # Z = X Bᵀ (s wide), Y = A Z (s wide)
+        forward = (q * s * t + p * q * s) / _lanes(s)
+    else:  # U = A X (t wide), Y = U Bᵀ (s wide)
+        forward = p * q * t / _lanes(t) + p * t * s / _lanes(s)
+    return spec.terms * TILED_ROW_FACTOR * forward * (4 if grad else 1)
 
 
 def _lowrank_row_cost(spec: KronSpec, order: Order, grad: bool, itemsize: int) -> float:
@@ -182,6 +225,52 @@ def native_chunk_rows(spec: KronSpec, m: int, itemsize: int) -> int:
     rows = max(1, CHUNK_BYTES_NATIVE // row_bytes)
     balanced = -(-m // (NATIVE_CHUNKS_PER_THREAD * torch.get_num_threads()))
     return max(1, min(m, max(min(rows, balanced), NATIVE_MIN_CHUNK_ROWS)))
+
+
+def tiled_pays(spec: KronSpec, m: int, itemsize: int) -> bool:
+    """Whether a compiled fused plan runs the register-tiled loops rather than BLAS GEMMs.
+
+    Always for float32 and float64 (faster at every measured shape, up to m = D = 4096 at
+    p = 64); for 16-bit inputs up to `TILED_HALF_MAX_ELEMENTS` input elements.
+
+    Args:
+        spec: the structure of W.
+        m: rows of the batch.
+        itemsize: bytes per element of the computation's dtype.
+
+    Returns:
+        Whether the tiled kernel runs.
+
+    Example:
+        >>> from hmfusion.costmodel import KronSpec, tiled_pays
+        >>> tiled_pays(KronSpec(64, 384, 8, 8, 8, 48), 128, 2)
+        True
+    """
+    return itemsize >= 4 or m * spec.q * spec.t < TILED_HALF_MAX_ELEMENTS
+
+
+def tiled_chunk_rows(spec: KronSpec, m: int, itemsize: int) -> int:
+    """Rows per chunk of the register-tiled loops (see `TILED_CHUNK_BYTES`).
+
+    Args:
+        spec: the structure of W.
+        m: rows of the batch.
+        itemsize: bytes per element of the computation's dtype.
+
+    Returns:
+        The rows per chunk (m for a single chunk).
+
+    Example:
+        >>> from hmfusion.costmodel import KronSpec, tiled_chunk_rows
+        >>> tiled_chunk_rows(KronSpec(1024, 1024, 32, 32, 32, 32), 4096, 4)
+        16
+    """
+    # (sized in the loops' float32 or float64 staging buffers, whatever the inputs' dtype)
+    row_bytes = max(spec.q * spec.t, spec.p * spec.s) * max(itemsize, 4)
+    if m * row_bytes <= TILED_SINGLE_CHUNK_BYTES:
+        return max(m, 1)
+    rows = min(128, max(16, TILED_CHUNK_BYTES // row_bytes))
+    return max(1, min(rows, -(-m // 2)))
 
 
 def chunk_rows(spec: KronSpec, m: int, itemsize: int, device_type: str) -> int:
@@ -288,6 +377,7 @@ def estimate(
     native: bool,
     fused_chunk_rows: int,
     split: bool,
+    tiled: bool = False,
 ) -> dict[Method, float]:
     """The estimated cost of each method for m rows (see the module docstring).
 
@@ -299,6 +389,7 @@ def estimate(
         device_type: `"cpu"`, `"cuda"`, …
         grad: whether a backward follows.
         native: whether a fused plan runs the compiled operator.
+        tiled: whether that operator runs its register-tiled loops (`tiled_pays`).
         fused_chunk_rows: rows per chunk of a fused plan.
         split: whether a pure-PyTorch fused plan reads the inputs in place.
 
@@ -329,7 +420,7 @@ def estimate(
         order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, spec.rank_a, spec.rank_b)
         composite_rows = _lowrank_row_cost(spec, order, grad, 4)
     else:
-        composite_rows = _factored_row_cost(spec, dense_order, grad, 4)
+        composite_rows = _factored_row_cost(spec, dense_order, grad, 4, composite=True)
     widths = spec.q * spec.t + spec.p * spec.s + min(spec.q * spec.s, spec.p * spec.t)
     resident = m * widths * itemsize <= CACHE_BYTES
     element = COMPOSITE_ELEMENT_MACS_CACHED if resident else COMPOSITE_ELEMENT_MACS
@@ -347,7 +438,11 @@ def estimate(
             "materialize": on_device(materialize, "materialize"),
             "fused": on_device(row_cost * m + passes, "fused", chunks),
         }
-    if native:
+    if native and tiled:
+        fused = _tiled_row_cost(spec, dense_order, grad) * m + (
+            TILED_CALL_MACS_GRAD if grad else TILED_CALL_MACS
+        )
+    elif native:
         fused = NATIVE_ROW_FACTOR * row_cost * m + (
             NATIVE_CALL_MACS_GRAD if grad else NATIVE_CALL_MACS
         )

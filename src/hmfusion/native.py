@@ -1,4 +1,4 @@
-"""The native CPU operator: build, load, fall back, and its PyTorch registration.
+"""The native CPU operator and its PyTorch registration (its build: `hmfusion.extension`).
 
 [`fused_kron_concat`][hmfusion.native.fused_kron_concat] computes `cat(xs) (Σ_τ A_τ ⊗ B_τ)ᵀ`
 for factor stacks A (T, p, q) and B (T, s, t) without forming W. (This operator is the
@@ -8,17 +8,15 @@ GEMM is cheaper than two small contractions.) On the CPU it runs `csrc/kron_conc
 parallel region per call whose workers take row chunks from an atomic counter (dynamic
 scheduling, so a descheduled thread delays one chunk, not a static share of the rows) and run
 single-threaded GEMMs on cache-resident blocks, forward and backward (dX, dA, dB; per-worker
-dA/dB reduced at the end). The extension is compiled on first use with
-`torch.utils.cpp_extension.load` (the machine's C++ compiler and ninja) into the torch
-extensions cache (`TORCH_EXTENSIONS_DIR`, by default `~/.cache/torch_extensions`), in a folder
-named after a hash of the source, so that checkouts with different sources never rebuild over
-each other; later processes load it from there.
+dA/dB reduced at the end). For small factors (`Plan.kernel == "tiled"`) the same walk runs
+register-tiled loops of its own (`csrc/tiled.h`) instead of BLAS calls, whose set-up costs
+more than the arithmetic there. [`hmfusion.extension`][hmfusion.extension] builds and loads
+the compiled code ([`available`][hmfusion.extension.available] and
+[`status`][hmfusion.extension.status] are re-exported here).
 
-Fallback: where the build fails (no compiler, no ninja, missing headers) a one-line
-`RuntimeWarning` is issued once and the same operator runs the pure-PyTorch chunked kernel of
-[`hmfusion.fused`][hmfusion.fused]; so it does on other devices. Setting the environment
-variable `HMFUSION_NATIVE=0` skips the build and forces that fallback (CI runs the kernel
-tests both ways). This module never changes the process environment.
+Fallback: where the build failed, or `HMFUSION_NATIVE=0`, the same operator runs the
+pure-PyTorch chunked kernel of [`hmfusion.fused`][hmfusion.fused]; so it does on other devices
+(CI runs the kernel tests both ways).
 
 The forward and the backward are operators registered with `torch.library.custom_op`
 (`hmfusion::fused_kron_concat` and `hmfusion::fused_kron_concat_backward`, with fake
@@ -31,140 +29,35 @@ through differentiable composite ops.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import threading
-import time
-import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from hmfusion import fused, kernels
+from hmfusion.extension import available as available
+from hmfusion.extension import status as status
 
 __all__ = ["available", "fused_kron_concat", "status"]
 
-_SOURCE = Path(__file__).with_name("csrc") / "kron_concat.cpp"
-_EXTENSION = "hmfusion_native"
-#: Where the compiled path stands in this process (see [`status`][hmfusion.native.status]).
-_STATE: Literal["unloaded", "loaded", "disabled", "failed"] = "unloaded"
-_LOCK = threading.Lock()
 #: dtypes the compiled operator handles (others run the fallback).
 NATIVE_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
-def _extension_name(source: Path) -> str:
-    """The extension's name, and so its cache folder: one per source text, so that two
-    checkouts (or versions) of hmfusion never rebuild over each other's build, nor wait on the
-    lock of the other's interrupted build."""
-    return f"{_EXTENSION}_{hashlib.sha256(source.read_bytes()).hexdigest()[:12]}"
-
-
-#: How long to wait for another process's build (one takes 10–60 s here) before falling back.
-BUILD_LOCK_WAIT_S = 300.0
-
-
-def _wait_for_build_lock(lock: Path, timeout: float) -> None:
-    """Wait while another process holds the build's lock file; after `timeout` seconds raise
-    (the caller falls back), since torch itself would wait forever on a lock that an
-    interrupted build (Ctrl-C, SIGKILL) left behind."""
-    deadline = time.monotonic() + timeout
-    while lock.exists():
-        if time.monotonic() >= deadline:
-            raise RuntimeError(
-                f"the build lock {lock} has been held for over {timeout:.0f} s: another "
-                "process is building, or a build was interrupted (then delete that file)"
-            )
-        time.sleep(min(0.5, max(timeout / 10, 0.01)))
-
-
-def _registered() -> bool:
-    """Whether `torch.ops.hmfusion_native` is registered in this process already."""
-    return hasattr(torch.ops.hmfusion_native, "forward")
-
-
-def _build() -> None:
-    """Compile (or load from the cache) and register `torch.ops.hmfusion_native`."""
-    from torch.utils import cpp_extension
-
-    if _registered():
-        return
-
-    name = _extension_name(_SOURCE)
-    build_directory = Path(cpp_extension._get_build_directory(name, verbose=False))
-    _wait_for_build_lock(build_directory / "lock", BUILD_LOCK_WAIT_S)
-    cpp_extension.load(
-        name=name,
-        sources=[str(_SOURCE)],
-        extra_cflags=["-O3", "-fopenmp"],
-        extra_ldflags=["-fopenmp"],
-        is_python_module=False,
-        verbose=False,
+def _use_native(tensors: Sequence[Tensor], variant: str) -> bool:
+    first = tensors[0]
+    return (
+        variant != "split"
+        and first.device.type == "cpu"
+        and first.dtype in NATIVE_DTYPES
+        and available()
     )
 
 
-def status() -> Literal["unloaded", "loaded", "disabled", "failed"]:
-    """Where the compiled operator stands in this process, without building it.
-
-    Returns:
-        `"unloaded"` (not tried yet), `"loaded"`, `"disabled"` (`HMFUSION_NATIVE=0`)
-        or `"failed"` (the build failed; the fallback runs).
-
-    Example:
-        >>> from hmfusion import native
-        >>> native.status() in ("unloaded", "loaded", "disabled", "failed")
-        True
-    """
-    return _STATE
-
-
-def available() -> bool:
-    """Whether the compiled CPU operator is loaded, building it on the first call.
-
-    Honours `HMFUSION_NATIVE=0` (never build). A failed build warns once (one line,
-    `RuntimeWarning`) and is not retried in this process.
-
-    Returns:
-        True when `torch.ops.hmfusion_native` runs the CPU kernels.
-
-    Example:
-        >>> from hmfusion import native
-        >>> isinstance(native.available(), bool)
-        True
-    """
-    global _STATE
-    if _STATE == "unloaded":
-        with _LOCK:
-            if _STATE == "unloaded":
-                if os.environ.get("HMFUSION_NATIVE", "1").strip() == "0":
-                    _STATE = "disabled"
-                else:
-                    try:
-                        _build()
-                        _STATE = "loaded"
-                    except Exception as error:  # any build or load failure: fall back
-                        _STATE = "failed"
-                        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-                        warnings.warn(
-                            f"hmfusion: native kernel unavailable ({reason[:160]}); "
-                            "using the pure-PyTorch path",
-                            RuntimeWarning,
-                            stacklevel=2,
-                        )
-    return _STATE == "loaded"
-
-
-def _use_native(tensors: Sequence[Tensor], split: bool) -> bool:
-    first = tensors[0]
-    return not split and first.device.type == "cpu" and first.dtype in NATIVE_DTYPES and available()
-
-
-def _layout(left_first: bool, split: bool, chunk_rows: int) -> fused.FusedLayout:
+def _layout(left_first: bool, variant: str, chunk_rows: int) -> fused.FusedLayout:
     order = "left_first" if left_first else "right_first"
-    return fused.FusedLayout(order, "split" if split else "gather", chunk_rows)
+    return fused.FusedLayout(order, "split" if variant == "split" else "gather", chunk_rows)
 
 
 def _shape(a: Tensor, b: Tensor) -> tuple[int, int, int, int]:
@@ -177,12 +70,14 @@ def _forward_kernel(
     a: Tensor,
     b: Tensor,
     left_first: bool,
-    split: bool,
+    variant: str,
     chunk_rows: int,
 ) -> Tensor:
-    if _use_native(xs, split):
-        return torch.ops.hmfusion_native.forward(xs, a, b, left_first, chunk_rows)
-    return fused.fused_forward(_layout(left_first, split, chunk_rows), _shape(a, b), a, b, xs)
+    if _use_native(xs, variant):
+        ops = torch.ops.hmfusion_native
+        op = ops.tiled_forward if variant == "tiled" else ops.forward
+        return op(xs, a, b, left_first, chunk_rows)
+    return fused.fused_forward(_layout(left_first, variant, chunk_rows), _shape(a, b), a, b, xs)
 
 
 _kron_concat_op = torch.library.custom_op(
@@ -196,7 +91,7 @@ def _(
     a: Tensor,
     b: Tensor,
     left_first: bool,
-    split: bool,
+    variant: str,
     chunk_rows: int,
 ) -> Tensor:
     return xs[0].new_empty(xs[0].shape[0], a.shape[1] * b.shape[1])
@@ -208,20 +103,20 @@ def _backward_kernel(
     a: Tensor,
     b: Tensor,
     left_first: bool,
-    split: bool,
+    variant: str,
     chunk_rows: int,
     need_x: bool,
     need_a: bool,
     need_b: bool,
 ) -> list[Tensor]:
     """[dA, dB, dX_1 … dX_k]; gradients not needed come back as empty tensors."""
-    if _use_native(xs, split):
-        dxs, da, db = torch.ops.hmfusion_native.backward(
-            gy, xs, a, b, left_first, chunk_rows, need_x, need_a, need_b
-        )
+    if _use_native(xs, variant):
+        ops = torch.ops.hmfusion_native
+        op = ops.tiled_backward if variant == "tiled" else ops.backward
+        dxs, da, db = op(gy, xs, a, b, left_first, chunk_rows, need_x, need_a, need_b)
         return [da, db, *dxs]
     da, db, dxs = fused.fused_backward(
-        _layout(left_first, split, chunk_rows),
+        _layout(left_first, variant, chunk_rows),
         _shape(a, b),
         a,
         b,
@@ -249,7 +144,7 @@ def _(
     a: Tensor,
     b: Tensor,
     left_first: bool,
-    split: bool,
+    variant: str,
     chunk_rows: int,
     need_x: bool,
     need_a: bool,
@@ -268,11 +163,11 @@ def _traced() -> bool:
 
 
 def _forward(
-    xs: list[Tensor], a: Tensor, b: Tensor, left_first: bool, split: bool, chunk_rows: int
+    xs: list[Tensor], a: Tensor, b: Tensor, left_first: bool, variant: str, chunk_rows: int
 ) -> Tensor:
     if _traced():
-        return _kron_concat_op(xs, a, b, left_first, split, chunk_rows)
-    return _forward_kernel(xs, a, b, left_first, split, chunk_rows)
+        return _kron_concat_op(xs, a, b, left_first, variant, chunk_rows)
+    return _forward_kernel(xs, a, b, left_first, variant, chunk_rows)
 
 
 def _backward_grads(
@@ -281,14 +176,14 @@ def _backward_grads(
     a: Tensor,
     b: Tensor,
     left_first: bool,
-    split: bool,
+    variant: str,
     chunk_rows: int,
     need_x: bool,
     need_a: bool,
     need_b: bool,
 ) -> list[Tensor]:
     op = _kron_concat_backward_op if _traced() else _backward_kernel
-    return op(gy, xs, a, b, left_first, split, chunk_rows, need_x, need_a, need_b)
+    return op(gy, xs, a, b, left_first, variant, chunk_rows, need_x, need_a, need_b)
 
 
 class _KronConcat(torch.autograd.Function):
@@ -300,15 +195,15 @@ class _KronConcat(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        left_first: bool, split: bool, chunk_rows: int, a: Tensor, b: Tensor, *xs: Tensor
+        left_first: bool, variant: str, chunk_rows: int, a: Tensor, b: Tensor, *xs: Tensor
     ) -> Tensor:
-        return _forward(list(xs), a, b, left_first, split, chunk_rows)
+        return _forward(list(xs), a, b, left_first, variant, chunk_rows)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-        left_first, split, chunk_rows, a, b, *xs = inputs
+        left_first, variant, chunk_rows, a, b, *xs = inputs
         ctx.save_for_backward(a, b, *xs)
-        ctx.left_first, ctx.split, ctx.chunk_rows = left_first, split, chunk_rows
+        ctx.left_first, ctx.variant, ctx.chunk_rows = left_first, variant, chunk_rows
 
     @staticmethod
     def backward(ctx: Any, gy: Tensor) -> tuple:
@@ -326,7 +221,7 @@ class _KronConcat(torch.autograd.Function):
                 a,
                 b,
                 ctx.left_first,
-                ctx.split,
+                ctx.variant,
                 ctx.chunk_rows,
                 need_x,
                 need_a,
@@ -337,6 +232,29 @@ class _KronConcat(torch.autograd.Function):
             dxs = list(grads[2:]) if need_x else None
         return (None, None, None, da, db, *(dxs if dxs is not None else [None] * len(xs)))
 
+
+
+class _KronConcatEager(torch.autograd.Function):
+    """`_KronConcat` for plain eager calls: the same forward, context and backward in the
+    classic form (`forward(ctx, …)`). `Function.apply` binds the arguments of a forward with a
+    separate `setup_context` through `inspect.signature` on every call, ≈ 50 µs: a quarter of
+    the main job's layer (benchmarks/RESULTS.md). torch.func transforms need `_KronConcat`."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        left_first: bool,
+        variant: str,
+        chunk_rows: int,
+        a: Tensor,
+        b: Tensor,
+        *xs: Tensor,
+    ) -> Tensor:
+        output = _forward(list(xs), a, b, left_first, variant, chunk_rows)
+        _KronConcat.setup_context(ctx, (left_first, variant, chunk_rows, a, b, *xs), output)
+        return output
+
+    backward = _KronConcat.backward
 
 def _differentiable_grads(
     left_first: bool,
@@ -370,7 +288,7 @@ def _vmap(
     a: Tensor,
     b: Tensor,
     left_first: bool,
-    split: bool,
+    variant: str,
     chunk_rows: int,
 ) -> tuple[Tensor, int]:
     x_dims, a_dim, b_dim = in_dims[0], in_dims[1], in_dims[2]
@@ -380,14 +298,14 @@ def _vmap(
         for x, dim in zip(xs, x_dims):
             x = x.movedim(dim, 0) if dim is not None else x.expand(size, *x.shape)
             rows.append(x.reshape(size * x.shape[1], x.shape[2]))
-        y = _kron_concat_op(rows, a, b, left_first, split, chunk_rows)
+        y = _kron_concat_op(rows, a, b, left_first, variant, chunk_rows)
         return y.view(size, -1, y.shape[-1]), 0
     outputs = []
     for index in range(size):
         x_i = [x if dim is None else x.select(dim, index) for x, dim in zip(xs, x_dims)]
         a_i = a if a_dim is None else a.select(a_dim, index)
         b_i = b if b_dim is None else b.select(b_dim, index)
-        outputs.append(_kron_concat_op(x_i, a_i, b_i, left_first, split, chunk_rows))
+        outputs.append(_kron_concat_op(x_i, a_i, b_i, left_first, variant, chunk_rows))
     return torch.stack(outputs), 0
 
 
@@ -398,6 +316,8 @@ def fused_kron_concat(
     order: Literal["right_first", "left_first"],
     chunk_rows: int,
     inputs: Literal["gather", "split"] = "gather",
+    *,
+    tiled: bool = False,
 ) -> Tensor:
     """`cat(xs, -1) (Σ_τ a[τ] ⊗ b[τ])ᵀ` through the native operator (or its fallback).
 
@@ -411,6 +331,10 @@ def fused_kron_concat(
             compiled kernel; one unpadded input is read in place); `"split"` contracts each
             input with its own columns of A (pure PyTorch only; every boundary on a multiple
             of t).
+        tiled: run the compiled operator's register-tiled loops (`csrc/tiled.h`: no BLAS
+            call, 16-bit inputs accumulated in float32) instead of its per-chunk BLAS GEMMs;
+            the planner's `Plan.kernel == "tiled"`. Needs `inputs="gather"`; where the
+            compiled operator is unavailable the fallback runs either way.
 
     Returns:
         (m, p·s), differentiable in xs, a and b.
@@ -419,8 +343,8 @@ def fused_kron_concat(
         xs[i]: (m, n_i); output: (m, p·s).
 
     Raises:
-        ValueError: an unknown order or inputs, a chunk_rows below 1, or `inputs="split"`
-            with an input boundary off a multiple of t.
+        ValueError: an unknown order or inputs, a chunk_rows below 1, `inputs="split"`
+            with an input boundary off a multiple of t, or `tiled` with `inputs="split"`.
 
     Example:
         >>> import torch
@@ -437,11 +361,15 @@ def fused_kron_concat(
     if inputs not in ("gather", "split"):
         raise ValueError(f"inputs must be 'gather' or 'split', got {inputs!r}")
     split = inputs == "split"
+    if split and tiled:
+        raise ValueError("tiled=True reads the inputs by gathering; it needs inputs='gather'")
+    variant = "split" if split else ("tiled" if tiled else "gather")
     if split and not fused.split_aligned([x.shape[1] for x in xs], b.shape[-1]):
         raise ValueError(
             f"inputs='split' needs every input boundary on a multiple of t={b.shape[-1]}, "
             f"got widths {[x.shape[1] for x in xs]}"
         )
     if not kernels.needs_grad(a, b, xs):  # inference: the operator alone
-        return _forward(list(xs), a, b, order == "left_first", split, chunk_rows)
-    return _KronConcat.apply(order == "left_first", split, chunk_rows, a, b, *xs)
+        return _forward(list(xs), a, b, order == "left_first", variant, chunk_rows)
+    function = _KronConcat if _traced() else _KronConcatEager
+    return function.apply(order == "left_first", variant, chunk_rows, a, b, *xs)

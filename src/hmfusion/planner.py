@@ -69,9 +69,11 @@ logger = logging.getLogger(__name__)
 
 #: How the k inputs are read.
 Inputs = Literal["split", "gather", "cat"]
-#: Which code runs a fused plan: the compiled operator or the pure-PyTorch kernels.
-Kernel = Literal["native", "pytorch"]
+#: Which code runs a fused plan: the compiled operator with per-chunk BLAS GEMMs (`native`) or
+#: with its own register-tiled loops (`tiled`), or the pure-PyTorch kernels (`pytorch`).
+Kernel = Literal["native", "tiled", "pytorch"]
 METHODS: tuple[Method, ...] = ("materialize", "fused", "composite")
+KERNELS: tuple[Kernel, ...] = ("native", "tiled", "pytorch")
 ORDERS: tuple[Order, ...] = ("right_first", "left_first")
 INPUTS: tuple[Inputs, ...] = ("split", "gather", "cat")
 
@@ -101,6 +103,7 @@ def force_plan(
     order: Order | None = None,
     inputs: Inputs | None = None,
     chunk_rows: int | None = None,
+    kernel: Kernel | None = None,
 ) -> Iterator[None]:
     """Override the planner's choices inside the `with` block (fields left `None` stay free).
 
@@ -109,9 +112,12 @@ def force_plan(
         order: one of `ORDERS`.
         inputs: `"split"` or `"gather"` (fused plans; the others read `"cat"`).
         chunk_rows: rows per chunk of a fused plan (≥ 1).
+        kernel: the code of a fused plan, one of `KERNELS`: `"native"` or `"tiled"` (the
+            compiled operator; where it is unavailable, or the inputs are split, the
+            pure-PyTorch kernel runs and the plan says so) or `"pytorch"`.
 
     Raises:
-        ValueError: an unknown method, order or inputs value, or a chunk_rows below 1.
+        ValueError: an unknown method, order, inputs or kernel value, or a chunk_rows below 1.
         TypeError: a chunk_rows that is not an int (a bool included).
 
     Example:
@@ -126,6 +132,7 @@ def force_plan(
         ("method", method, METHODS),
         ("order", order, ORDERS),
         ("inputs", inputs, INPUTS),
+        ("kernel", kernel, KERNELS),
     ):
         if value is not None and value not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
@@ -137,7 +144,13 @@ def force_plan(
         if chunk_rows < 1:
             raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
     previous = _FORCED
-    forced = {"method": method, "order": order, "inputs": inputs, "chunk_rows": chunk_rows}
+    forced = {
+        "method": method,
+        "order": order,
+        "inputs": inputs,
+        "chunk_rows": chunk_rows,
+        "kernel": kernel,
+    }
     _FORCED = tuple((k, v) for k, v in forced.items() if v is not None)
     try:
         yield
@@ -161,7 +174,10 @@ def _choose(
     m_eff = max(m, 1)
     dense_order: Order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, None, None)
     compiled = _native_runs(dtype, device_type)
-    if compiled:
+    tiled = compiled and costmodel.tiled_pays(spec, m_eff, dtype.itemsize)
+    if tiled:
+        chunk_rows = costmodel.tiled_chunk_rows(spec, m_eff, dtype.itemsize)
+    elif compiled:
         chunk_rows = costmodel.native_chunk_rows(spec, m_eff, dtype.itemsize)
     else:
         chunk_rows = costmodel.chunk_rows(spec, m_eff, dtype.itemsize, device_type)
@@ -176,6 +192,7 @@ def _choose(
         native=compiled,
         fused_chunk_rows=chunk_rows,
         split=split,
+        tiled=tiled,
     )
     # (plain loops: this also runs while torch.compile traces, which lacks min(key=...))
     method: Method = "fused"
@@ -189,9 +206,8 @@ def _choose(
         reason = f"estimated multiply-add equivalents: {costs}"
     if method == "fused":
         inputs: Inputs = "split" if split else "gather"
-        return Plan(
-            "fused", dense_order, inputs, chunk_rows, reason, "native" if compiled else "pytorch"
-        )
+        kernel: Kernel = "tiled" if tiled else "native" if compiled else "pytorch"
+        return Plan("fused", dense_order, inputs, chunk_rows, reason, kernel)
     if method == "composite":
         order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, spec.rank_a, spec.rank_b)
     else:
@@ -205,26 +221,31 @@ def _apply_forced(
     forced = dict(_FORCED)
     method = cast(Method, forced.get("method", plan.method))
     order = cast(Order, forced.get("order", plan.order))
-    inputs = cast(
-        "Inputs | None", forced.get("inputs", plan.inputs if method == plan.method else None)
-    )
-    chunk_rows = cast(
-        "int | None", forced.get("chunk_rows", plan.chunk_rows if method == plan.method else None)
-    )
+    same = method == plan.method
+    inputs = cast("Inputs | None", forced.get("inputs", plan.inputs if same else None))
+    wanted = cast("Kernel | None", forced.get("kernel", plan.kernel if same else None))
+    # a forced kernel keeps the plan's chunk only where it is the plan's own kernel
+    same = same and wanted in (None, plan.kernel)
+    chunk_rows = cast("int | None", forced.get("chunk_rows", plan.chunk_rows if same else None))
     if method != "fused":
         return Plan(method, order, "cat", max(m, 1), "forced by force_plan")
+    compiled = _native_runs(dtype, device_type)
     if inputs in (None, "cat"):
-        pays = not _native_runs(dtype, device_type) and costmodel.split_pays(spec, dims)
-        inputs = "split" if pays else "gather"
+        pays = wanted == "pytorch" or not compiled
+        inputs = "split" if pays and costmodel.split_pays(spec, dims) else "gather"
     if inputs == "split" and not kernels.split_aligned(dims, spec.t):
         raise ValueError(
             f"inputs='split' needs every input boundary on a multiple of t={spec.t}; "
             f"input widths {list(dims)} are not"
         )
-    kernel: Kernel = (
-        "native" if inputs == "gather" and _native_runs(dtype, device_type) else "pytorch"
-    )
-    if chunk_rows is None and kernel == "native":
+    kernel: Kernel = "pytorch"
+    if inputs == "gather" and compiled and wanted != "pytorch":
+        if wanted is None:
+            wanted = "tiled" if costmodel.tiled_pays(spec, max(m, 1), dtype.itemsize) else "native"
+        kernel = wanted
+    if chunk_rows is None and kernel == "tiled":
+        chunk_rows = costmodel.tiled_chunk_rows(spec, max(m, 1), dtype.itemsize)
+    elif chunk_rows is None and kernel == "native":
         chunk_rows = costmodel.native_chunk_rows(spec, max(m, 1), dtype.itemsize)
     elif chunk_rows is None:
         chunk_rows = costmodel.chunk_rows(spec, max(m, 1), dtype.itemsize, device_type)
@@ -359,7 +380,13 @@ def _run(spec: KronSpec, xs: Sequence[Tensor], left: Factor, right: Factor) -> T
     else:
         inputs: Literal["gather", "split"] = "split" if plan.inputs == "split" else "gather"
         y = native.fused_kron_concat(
-            xs, _as_stack(left), _as_stack(right), plan.order, plan.chunk_rows, inputs
+            xs,
+            _as_stack(left),
+            _as_stack(right),
+            plan.order,
+            plan.chunk_rows,
+            inputs,
+            tiled=plan.kernel == "tiled",
         )
     return y[:, : spec.n] if spec.p * spec.s != spec.n else y
 

@@ -14,6 +14,8 @@
 #include <c10/util/ParallelGuard.h>
 #include <torch/library.h>
 
+#include "tiled.h"
+
 #include <atomic>
 #include <vector>
 
@@ -291,6 +293,193 @@ std::tuple<std::vector<Tensor>, Tensor, Tensor> backward(
   return {dxs, da, db};
 }
 
+// The register-tiled kernel (tiled.h): the same contractions as forward/backward above, per chunk
+// on F staging buffers, for small factors.
+namespace tiled = hmfusion_tiled;
+
+template <typename T>
+Tensor tiled_forward_impl(const std::vector<Tensor>& xs, const Tensor& a, const Tensor& b,
+                          const Geometry& g) {
+  using F = typename tiled::Acc<T>::type;
+  Tensor y = at::empty({g.m, g.p * g.s}, xs[0].options());
+  if (g.m == 0) return y;
+  const tiled::Factors<F> f(a.data_ptr<T>(), b.data_ptr<T>(), g.terms, g.p, g.q, g.s, g.t);
+  const int64_t chunk = std::min(g.chunk, g.m), chunks = (g.m + g.chunk - 1) / g.chunk;
+  const int64_t workers = worker_count(chunks), width = g.q * g.t;
+  const int64_t inner = std::max(g.q * f.Sp, g.p * f.Tp);
+  std::vector<tiled::Buffer<F>> xbuf(workers), work(workers), ybuf(workers);
+  T* out = y.data_ptr<T>();
+  for_each_chunk(chunks, workers, [&](int64_t w, int64_t index) {
+    const int64_t r0 = index * g.chunk, c = std::min(g.chunk, g.m - r0);
+    F* x = xbuf[w].get(chunk * width);
+    F* z = work[w].get(chunk * inner);
+    F* yw = ybuf[w].get(chunk * g.p * f.Sp);
+    tiled::gather<T, F>(xs, r0, c, width, x);
+    for (int64_t k = 0; k < g.terms; ++k) {
+      const bool acc = k > 0;
+      if (!g.left_first) {  // Z = X Bᵀ (one GEMM over the chunk), Y_r = A Z_r
+        tiled::gemm<F>(c * g.q, g.s, g.t, x, g.t, 1, f.Bt(k), f.Sp, z, f.Sp, false);
+        for (int64_t r = 0; r < c; ++r) {
+          tiled::gemm<F>(g.p, g.s, g.q, f.A(k), g.q, 1, z + r * g.q * f.Sp, f.Sp,
+                         yw + r * g.p * f.Sp, f.Sp, acc);
+        }
+      } else {  // U_r = A X_r, Y = U Bᵀ
+        for (int64_t r = 0; r < c; ++r) {
+          tiled::gemm<F>(g.p, g.t, g.q, f.A(k), g.q, 1, x + r * width, g.t,
+                         z + r * g.p * f.Tp, f.Tp, false);
+        }
+        tiled::gemm<F>(c * g.p, g.s, g.t, z, f.Tp, 1, f.Bt(k), f.Sp, yw, f.Sp, acc);
+      }
+    }
+    tiled::store_blocks<T, F>(yw, f.Sp, c * g.p, g.s, out + r0 * g.p * g.s, g.s);
+  });
+  return y;
+}
+
+template <typename T>
+std::tuple<std::vector<Tensor>, Tensor, Tensor> tiled_backward_impl(
+    const Tensor& gy, const std::vector<Tensor>& xs, const Tensor& a, const Tensor& b,
+    const Geometry& g, bool need_x, bool need_a, bool need_b) {
+  using F = typename tiled::Acc<T>::type;
+  const auto options = xs[0].options();
+  std::vector<Tensor> dxs;
+  if (need_x) {
+    for (const auto& x : xs) dxs.push_back(at::empty({g.m, x.size(1)}, options));
+  }
+  Tensor da = need_a ? at::zeros_like(a) : at::empty({0}, options);
+  Tensor db = need_b ? at::zeros_like(b) : at::empty({0}, options);
+  if (g.m == 0 || !(need_x || need_a || need_b)) {
+    for (auto& dx : dxs) dx.zero_();
+    return {dxs, da, db};
+  }
+  const tiled::Factors<F> f(a.data_ptr<T>(), b.data_ptr<T>(), g.terms, g.p, g.q, g.s, g.t);
+  const int64_t chunk = std::min(g.chunk, g.m), chunks = (g.m + g.chunk - 1) / g.chunk;
+  const int64_t workers = worker_count(chunks), width = g.q * g.t, out_width = g.p * g.s;
+  const int64_t inner = std::max(g.q * f.Sp, g.p * f.Tp);
+  const int64_t Qp = tiled::padded<F>(g.q);  // dA's row pitch
+  const int64_t a_size = g.terms * g.p * Qp, b_size = g.terms * g.s * f.Tp;
+  std::vector<tiled::Buffer<F>> xbuf(workers), gbuf(workers), work(workers), dxbuf(workers),
+      compact(workers), transposed(workers), da_acc(workers), db_acc(workers);
+  const T* gy_data = gy.data_ptr<T>();
+  for_each_chunk(chunks, workers, [&](int64_t w, int64_t index) {
+    const int64_t r0 = index * g.chunk, c = std::min(g.chunk, g.m - r0);
+    F* x = xbuf[w].get(chunk * width);
+    F* gyw = gbuf[w].get(chunk * out_width);
+    F* z = work[w].get(chunk * inner);
+    F* dx = need_x ? dxbuf[w].get(chunk * g.q * f.Tp) : nullptr;
+    F* da_w = need_a ? da_acc[w].zeros(a_size) : nullptr;
+    F* zt = need_a ? transposed[w].get(std::max(g.s, g.t) * Qp) : nullptr;
+    F* db_w = need_b ? db_acc[w].zeros(b_size) : nullptr;
+    tiled::gather<T, F>(xs, r0, c, width, x);
+    for (int64_t r = 0; r < c; ++r) {
+      const T* src = gy_data + (r0 + r) * out_width;
+      for (int64_t j = 0; j < out_width; ++j) gyw[r * out_width + j] = static_cast<F>(src[j]);
+    }
+    for (int64_t k = 0; k < g.terms; ++k) {
+      const F* a_k = f.A(k);
+      F* da_k = need_a ? da_w + k * g.p * Qp : nullptr;
+      F* db_k = need_b ? db_w + k * g.s * f.Tp : nullptr;
+      if (!g.left_first) {  // G_r = Aᵀ dY_r, dA = Σ dY_r Z_rᵀ, dB = Σ Gᵀ X, dX = G B
+        if (need_a) {
+          tiled::gemm<F>(c * g.q, g.s, g.t, x, g.t, 1, f.Bt(k), f.Sp, z, f.Sp, false);
+          for (int64_t r = 0; r < c; ++r) {  // dA += dY_r (Z_rᵀ): Z_r transposed first
+            tiled::transpose<F>(g.q, g.s, z + r * g.q * f.Sp, f.Sp, zt, Qp);
+            tiled::gemm<F>(g.p, g.q, g.s, gyw + r * out_width, g.s, 1, zt, Qp, da_k, Qp, true);
+          }
+        }
+        if (need_x || need_b) {
+          for (int64_t r = 0; r < c; ++r) {
+            tiled::gemm<F>(g.q, g.s, g.p, a_k, 1, g.q, gyw + r * out_width, g.s,
+                           z + r * g.q * f.Sp, f.Sp, false);
+          }
+          if (need_b) tiled::gemm<F>(g.s, g.t, c * g.q, z, 1, f.Sp, x, g.t, db_k, f.Tp, true);
+          if (need_x) {
+            tiled::gemm<F>(c * g.q, g.t, g.s, z, f.Sp, 1, f.B(k), f.Tp, dx, f.Tp, k > 0);
+          }
+        }
+      } else {  // U_r = A X_r, V = dY B:  dB = Σ dYᵀ U, dA = Σ V_r X_rᵀ, dX_r = Aᵀ V_r
+        if (need_b) {
+          for (int64_t r = 0; r < c; ++r) {
+            tiled::gemm<F>(g.p, g.t, g.q, a_k, g.q, 1, x + r * width, g.t, z + r * g.p * f.Tp,
+                           f.Tp, false);
+          }
+          tiled::gemm<F>(g.s, g.t, c * g.p, gyw, 1, g.s, z, f.Tp, db_k, f.Tp, true);
+        }
+        if (need_a || need_x) {
+          tiled::gemm<F>(c * g.p, g.t, g.s, gyw, g.s, 1, f.B(k), f.Tp, z, f.Tp, false);
+          for (int64_t r = 0; r < c; ++r) {
+            const F* v_r = z + r * g.p * f.Tp;
+            if (need_a) {  // dA += V_r X_rᵀ: X_r transposed first
+              tiled::transpose<F>(g.q, g.t, x + r * width, g.t, zt, Qp);
+              tiled::gemm<F>(g.p, g.q, g.t, v_r, f.Tp, 1, zt, Qp, da_k, Qp, true);
+            }
+            if (need_x) {
+              tiled::gemm<F>(g.q, g.t, g.p, a_k, 1, g.q, v_r, f.Tp, dx + r * g.q * f.Tp, f.Tp,
+                             k > 0);
+            }
+          }
+        }
+      }
+    }
+    if (need_x) {
+      F* rows = compact[w].get(chunk * width);
+      tiled::store_blocks<F, F>(dx, f.Tp, c * g.q, g.t, rows, g.t);
+      tiled::scatter<T, F>(rows, width, dxs, r0, c);
+    }
+  });
+  // the workers' dA and dB, summed in F and rounded once
+  std::vector<F> da_sum(need_a ? a_size : 0, F(0)), db_sum(need_b ? b_size : 0, F(0));
+  for (int64_t w = 0; w < workers; ++w) {
+    if (need_a && da_acc[w].data) {
+      for (int64_t i = 0; i < a_size; ++i) da_sum[i] += da_acc[w].data[i];
+    }
+    if (need_b && db_acc[w].data) {
+      for (int64_t i = 0; i < b_size; ++i) db_sum[i] += db_acc[w].data[i];
+    }
+  }
+  if (need_a) {
+    tiled::store_blocks<T, F>(da_sum.data(), Qp, g.terms * g.p, g.q, da.data_ptr<T>(), g.q);
+  }
+  if (need_b) {
+    tiled::store_blocks<T, F>(db_sum.data(), f.Tp, g.terms * g.s, g.t, db.data_ptr<T>(), g.t);
+  }
+  return {dxs, da, db};
+}
+
+std::vector<Tensor> contiguous_rows(const std::vector<Tensor>& xs_in) {
+  std::vector<Tensor> xs;
+  for (const auto& x : xs_in) xs.push_back(x.stride(-1) == 1 ? x : x.contiguous());
+  return xs;
+}
+
+Tensor tiled_forward(const std::vector<Tensor>& xs_in, const Tensor& a_in, const Tensor& b_in,
+                     bool left_first, int64_t chunk_rows) {
+  const Tensor a = a_in.contiguous(), b = b_in.contiguous();
+  const std::vector<Tensor> xs = contiguous_rows(xs_in);
+  const Geometry g = geometry(xs, a, b, left_first, chunk_rows);
+  Tensor y;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.scalar_type(), "tiled_forward",
+                                  [&] { y = tiled_forward_impl<scalar_t>(xs, a, b, g); });
+  return y;
+}
+
+std::tuple<std::vector<Tensor>, Tensor, Tensor> tiled_backward(
+    const Tensor& gy_in, const std::vector<Tensor>& xs_in, const Tensor& a_in,
+    const Tensor& b_in, bool left_first, int64_t chunk_rows, bool need_x, bool need_a,
+    bool need_b) {
+  const Tensor a = a_in.contiguous(), b = b_in.contiguous(), gy = gy_in.contiguous();
+  const std::vector<Tensor> xs = contiguous_rows(xs_in);
+  const Geometry g = geometry(xs, a, b, left_first, chunk_rows);
+  TORCH_CHECK(gy.dim() == 2 && gy.size(0) == g.m && gy.size(1) == g.p * g.s &&
+                  gy.scalar_type() == a.scalar_type(),
+              "hmfusion_native: gy must be (m, p·s) in the factors' dtype");
+  std::tuple<std::vector<Tensor>, Tensor, Tensor> grads;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, a.scalar_type(), "tiled_backward",
+      [&] { grads = tiled_backward_impl<scalar_t>(gy, xs, a, b, g, need_x, need_a, need_b); });
+  return grads;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(hmfusion_native, m) {
@@ -298,9 +487,16 @@ TORCH_LIBRARY(hmfusion_native, m) {
   m.def(
       "backward(Tensor gy, Tensor[] xs, Tensor a, Tensor b, bool left_first, int chunk_rows, "
       "bool need_x, bool need_a, bool need_b) -> (Tensor[], Tensor, Tensor)");
+  m.def(
+      "tiled_forward(Tensor[] xs, Tensor a, Tensor b, bool left_first, int chunk_rows) -> Tensor");
+  m.def(
+      "tiled_backward(Tensor gy, Tensor[] xs, Tensor a, Tensor b, bool left_first, "
+      "int chunk_rows, bool need_x, bool need_a, bool need_b) -> (Tensor[], Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(hmfusion_native, CPU, m) {
   m.impl("forward", &forward);
   m.impl("backward", &backward);
+  m.impl("tiled_forward", &tiled_forward);
+  m.impl("tiled_backward", &tiled_backward);
 }

@@ -1,0 +1,217 @@
+// hmfusion's register-tiled kernel: the fused operator for small factors, with its own loops.
+//
+// For small A and B (the main job's 8×8 and 8×48, a 4×4 A beside a 64×64 B) the BLAS calls of
+// kron_concat.cpp spend more time in dispatch, allocation and skinny-GEMM set-up than in
+// arithmetic. Here every contraction of a chunk runs in plain loops over register tiles (GCC/Clang
+// vector extensions, one vector of L lanes per tile row), on staging buffers of the accumulation
+// type F (float for float/bfloat16/half, double for double), so 16-bit inputs are converted once
+// on load and their outputs rounded once on store. No ATen op runs inside the parallel region.
+//
+// Conventions: a "B operand" row is read a whole vector (L values) at a time, so it may run past
+// the row's end into the next row or the buffer's slack; what that computes lands only in padding
+// columns of the result, which are never read. Every buffer has `kSlack` spare values at its end.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+namespace hmfusion_tiled {
+
+template <typename F, int L>
+struct Vec {
+  typedef F type __attribute__((vector_size(sizeof(F) * L)));
+};
+
+constexpr int64_t kSlack = 64;  // ≥ the widest vector (16 floats, 8 doubles), in values
+
+inline int64_t round_up(int64_t value, int64_t to) { return (value + to - 1) / to * to; }
+
+// C (+)= A B for one tile of MR rows and one vector of L columns:
+// A(i, k) = a[i*rsa + k*csa], B(k, :) = b[k*ldb .. +L], C(i, :) = c[i*ldc .. +L].
+template <typename F, int MR, int L>
+inline __attribute__((always_inline)) void tile(int64_t K, const F* __restrict a, int64_t rsa,
+                                                int64_t csa, const F* __restrict b, int64_t ldb,
+                                                F* __restrict c, int64_t ldc, bool accumulate) {
+  typedef typename Vec<F, L>::type V;
+  V acc[MR];
+  for (int i = 0; i < MR; ++i) {
+    if (accumulate) {
+      std::memcpy(&acc[i], c + i * ldc, sizeof(V));
+    } else {
+      acc[i] = V{};
+    }
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    V bk;
+    std::memcpy(&bk, b + k * ldb, sizeof(V));
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) acc[i] += a[i * rsa + k * csa] * bk;
+  }
+  for (int i = 0; i < MR; ++i) std::memcpy(c + i * ldc, &acc[i], sizeof(V));
+}
+
+template <typename F, int L>
+void gemm_lanes(int64_t M, int64_t N, int64_t K, const F* a, int64_t rsa, int64_t csa,
+                const F* b, int64_t ldb, F* c, int64_t ldc, bool accumulate) {
+  for (int64_t j = 0; j < N; j += L) {
+    int64_t i = 0;
+    for (; i + 6 <= M; i += 6) {
+      tile<F, 6, L>(K, a + i * rsa, rsa, csa, b + j, ldb, c + i * ldc + j, ldc, accumulate);
+    }
+    if (i + 4 <= M) {
+      tile<F, 4, L>(K, a + i * rsa, rsa, csa, b + j, ldb, c + i * ldc + j, ldc, accumulate);
+      i += 4;
+    }
+    if (i + 2 <= M) {
+      tile<F, 2, L>(K, a + i * rsa, rsa, csa, b + j, ldb, c + i * ldc + j, ldc, accumulate);
+      i += 2;
+    }
+    if (i < M) tile<F, 1, L>(K, a + i * rsa, rsa, csa, b + j, ldb, c + i * ldc + j, ldc, accumulate);
+  }
+}
+
+// C (M × N, row pitch ldc) (+)= A (M × K, strides rsa, csa) · B (K × N, row pitch ldb).
+// Columns are computed a vector at a time: C's row pitch must leave room for N rounded up to the
+// vector width (those extra columns receive garbage), and B's rows may be over-read likewise.
+template <typename F>
+void gemm(int64_t M, int64_t N, int64_t K, const F* a, int64_t rsa, int64_t csa, const F* b,
+          int64_t ldb, F* c, int64_t ldc, bool accumulate) {
+  constexpr int L = 64 / sizeof(F);  // one 512-bit vector (two 256-bit ones where that is all)
+  if (N <= L / 2) {
+    gemm_lanes<F, L / 2>(M, N, K, a, rsa, csa, b, ldb, c, ldc, accumulate);
+  } else {
+    gemm_lanes<F, L>(M, N, K, a, rsa, csa, b, ldb, c, ldc, accumulate);
+  }
+}
+
+// The width that gemm writes for N columns (its C must have this row pitch at least).
+template <typename F>
+int64_t padded(int64_t N) {
+  constexpr int L = 64 / sizeof(F);
+  return round_up(N, N <= L / 2 ? L / 2 : L);
+}
+
+// dst (cols × rows, row pitch ldd) = src (rows × cols, row pitch lds)ᵀ.
+template <typename F>
+void transpose(int64_t rows, int64_t cols, const F* __restrict src, int64_t lds,
+               F* __restrict dst, int64_t ldd) {
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t j = 0; j < cols; ++j) dst[j * ldd + i] = src[i * lds + j];
+  }
+}
+
+template <typename T>
+struct Acc {
+  using type = float;
+};
+template <>
+struct Acc<double> {
+  using type = double;
+};
+
+// A worker's buffer of F values, allocated on first use and kept for the call. `get` leaves it
+// uninitialised (scratch: what over-reads find there lands only in padding columns); `zeros`
+// zero-fills it when it is allocated (accumulators).
+template <typename F>
+struct Buffer {
+  std::unique_ptr<F[]> data;
+  int64_t size = 0;
+  F* get(int64_t n) {
+    if (size < n + kSlack) {
+      data.reset(new F[n + kSlack]);
+      size = n + kSlack;
+    }
+    return data.get();
+  }
+  F* zeros(int64_t n) {
+    if (size < n + kSlack) {
+      get(n);
+      std::fill(data.get(), data.get() + size, F(0));
+    }
+    return data.get();
+  }
+};
+
+// The call's factors in F: A_k (p × q) as is; B_k (s × t) with rows padded to Tp, and B_kᵀ
+// (t × s) with rows padded to Sp (zero padding).
+template <typename F>
+struct Factors {
+  int64_t terms, p, q, s, t, Sp, Tp;
+  std::vector<F> a, b, bt;
+
+  template <typename T>
+  Factors(const T* pa, const T* pb, int64_t terms_, int64_t p_, int64_t q_, int64_t s_,
+          int64_t t_)
+      : terms(terms_), p(p_), q(q_), s(s_), t(t_), Sp(padded<F>(s_)), Tp(padded<F>(t_)) {
+    a.assign(terms * p * q + kSlack, F(0));
+    b.assign(terms * s * Tp + kSlack, F(0));
+    bt.assign(terms * t * Sp + kSlack, F(0));
+    for (int64_t i = 0; i < terms * p * q; ++i) a[i] = static_cast<F>(pa[i]);
+    for (int64_t k = 0; k < terms; ++k) {
+      for (int64_t i = 0; i < s; ++i) {
+        for (int64_t j = 0; j < t; ++j) {
+          const F v = static_cast<F>(pb[(k * s + i) * t + j]);
+          b[(k * s + i) * Tp + j] = v;
+          bt[(k * t + j) * Sp + i] = v;
+        }
+      }
+    }
+  }
+  const F* A(int64_t k) const { return a.data() + k * p * q; }
+  const F* B(int64_t k) const { return b.data() + k * s * Tp; }
+  const F* Bt(int64_t k) const { return bt.data() + k * t * Sp; }
+};
+
+// Rows r0 … r0+c of the k inputs, converted to F, as (c, q·t) with zero padding columns.
+template <typename T, typename F>
+void gather(const std::vector<at::Tensor>& xs, int64_t r0, int64_t c, int64_t width, F* out) {
+  int64_t offset = 0;
+  for (const auto& x : xs) {
+    const int64_t n = x.size(1), stride = x.stride(0);
+    const T* base = x.data_ptr<T>() + r0 * stride;
+    for (int64_t r = 0; r < c; ++r) {
+      const T* src = base + r * stride;
+      F* dst = out + r * width + offset;
+      for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<F>(src[j]);
+    }
+    offset += n;
+  }
+  if (offset < width) {
+    for (int64_t r = 0; r < c; ++r) std::fill(out + r * width + offset, out + (r + 1) * width, F(0));
+  }
+}
+
+// dst (c rows of `blocks` blocks of `n` values, row pitch blocks·n, type T) ← src (c·blocks
+// rows of pitch `pitch`, type F): drops the padding columns of a result.
+template <typename T, typename F>
+void store_blocks(const F* src, int64_t pitch, int64_t rows, int64_t n, T* dst, int64_t ldd) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const F* s = src + r * pitch;
+    T* d = dst + r * ldd;
+    for (int64_t j = 0; j < n; ++j) d[j] = static_cast<T>(s[j]);
+  }
+}
+
+// Rows of a (c, width) F buffer back into the k outputs (their columns in order), as T.
+template <typename T, typename F>
+void scatter(const F* src, int64_t width, std::vector<at::Tensor>& outs, int64_t r0, int64_t c) {
+  int64_t offset = 0;
+  for (auto& out : outs) {
+    const int64_t n = out.size(1);
+    T* base = out.data_ptr<T>() + r0 * n;
+    for (int64_t r = 0; r < c; ++r) {
+      const F* s = src + r * width + offset;
+      T* d = base + r * n;
+      for (int64_t j = 0; j < n; ++j) d[j] = static_cast<T>(s[j]);
+    }
+    offset += n;
+  }
+}
+
+}  // namespace hmfusion_tiled
