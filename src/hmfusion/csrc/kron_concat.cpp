@@ -371,10 +371,7 @@ std::tuple<std::vector<Tensor>, Tensor, Tensor> tiled_backward_impl(
     F* zt = need_a ? transposed[w].get(std::max(g.s, g.t) * Qp) : nullptr;
     F* db_w = need_b ? db_acc[w].zeros(b_size) : nullptr;
     tiled::gather<T, F>(xs, r0, c, width, x);
-    for (int64_t r = 0; r < c; ++r) {
-      const T* src = gy_data + (r0 + r) * out_width;
-      for (int64_t j = 0; j < out_width; ++j) gyw[r * out_width + j] = static_cast<F>(src[j]);
-    }
+    tiled::load_row<T, F>(gy_data + r0 * out_width, gyw, c * out_width);
     for (int64_t k = 0; k < g.terms; ++k) {
       const F* a_k = f.A(k);
       F* da_k = need_a ? da_w + k * g.p * Qp : nullptr;
