@@ -114,8 +114,9 @@ TILED_CALL_MACS = 1.8e6
 TILED_CALL_MACS_GRAD = 6.0e6
 #: 16-bit inputs: the tiled loops compute in float32, while the BLAS kernel's bfloat16 GEMMs
 #: run ≈ 2× faster than float32 once they are large; from this many input elements (m·q·t),
-#: or from blocks of B this large (s·t), that kernel wins (bfloat16: 4096 × 1024 at p = 32
-#: 1.17× faster, 256 × 4096 at p = 64 1.2×; 256 × 1024 at p = 32, s·t = 1024, 0.38×).
+#: or where both A and B exceed this many values, that kernel wins (bfloat16: 4096 × 1024 at
+#: p = 32 1.17× faster, 256 × 4096 at p = 64 1.2×; 256 × 1024 at p = 32 0.38×, 256 × 256 at
+#: p = 4 with its 64 × 64 B 1.0×).
 TILED_HALF_MAX_ELEMENTS = 4096 * 1024
 TILED_HALF_MAX_BLOCK = 1024
 #: Rows per chunk of the tiled loops: ≈ 64 KiB of staged (float32) input rows (16 to 128 rows), and a single
@@ -233,8 +234,8 @@ def tiled_pays(spec: KronSpec, m: int, itemsize: int) -> bool:
     """Whether a compiled fused plan runs the register-tiled loops rather than BLAS GEMMs.
 
     Always for float32 and float64 (faster at every measured shape, up to m = D = 4096 at
-    p = 64); for 16-bit inputs up to `TILED_HALF_MAX_ELEMENTS` input elements and blocks of B
-    up to `TILED_HALF_MAX_BLOCK` values.
+    p = 64); for 16-bit inputs up to `TILED_HALF_MAX_ELEMENTS` input elements where A or B
+    holds at most `TILED_HALF_MAX_BLOCK` values.
 
     Args:
         spec: the structure of W.
@@ -251,7 +252,8 @@ def tiled_pays(spec: KronSpec, m: int, itemsize: int) -> bool:
     """
     if itemsize >= 4:
         return True
-    return m * spec.q * spec.t < TILED_HALF_MAX_ELEMENTS and spec.s * spec.t <= TILED_HALF_MAX_BLOCK
+    small_block = min(spec.p * spec.q, spec.s * spec.t) <= TILED_HALF_MAX_BLOCK
+    return m * spec.q * spec.t < TILED_HALF_MAX_ELEMENTS and small_block
 
 
 def tiled_chunk_rows(spec: KronSpec, m: int, itemsize: int) -> int:

@@ -239,6 +239,10 @@ def _apply_middle(x3: Tensor, factor: Factor) -> Tensor:
     if isinstance(factor, tuple):
         u, v = factor
         return torch.matmul(u, torch.matmul(v.transpose(0, 1), x3))
+    if x3.dtype in (torch.bfloat16, torch.float16):
+        # one GEMM over all rows (einsum permutes x3 to (cols, m·k)): 16-bit batched GEMMs of
+        # small matrices ran 1.25× slower end to end (256 × 4096, p = 64; benchmarks/RESULTS.md)
+        return torch.einsum("ij,mjk->mik", factor, x3)
     return torch.matmul(factor, x3)
 
 
