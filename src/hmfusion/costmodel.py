@@ -4,7 +4,10 @@ Costs are in multiply-add equivalents of a large float32 GEMM on the benchmark C
 constants measured there (see `benchmarks/RESULTS.md`): a GEMM whose smallest dimension is d
 runs at a fraction min(1, 0.8·(d/64)^0.45) of a large GEMM's rate, a batched GEMM costs at
 least `BMM_ROW_MACS` per row, a kernel launch `OP_OVERHEAD_MACS` and a pass over a formed W
-`WEIGHT_ELEMENT_MACS` per element.
+`WEIGHT_ELEMENT_MACS` per element. The compiled operator's register-tiled loops are charged
+their multiply-adds over the share of vector lanes their output columns fill
+(`TILED_ROW_FACTOR`) plus a call (`TILED_CALL_MACS`); [`tiled_pays`][hmfusion.costmodel.tiled_pays]
+says when they run rather than its BLAS GEMMs.
 
 On accelerators ([`estimate`][hmfusion.costmodel.estimate] with `device_type != "cpu"`) work
 runs `DEVICE_SPEEDUP` times faster, but every dispatched operator costs host time
@@ -114,13 +117,14 @@ TILED_CALL_MACS = 1.8e6
 TILED_CALL_MACS_GRAD = 6.0e6
 #: 16-bit inputs: the tiled loops compute in float32, while the BLAS kernel's bfloat16 GEMMs
 #: run ≈ 2× faster than float32 once they are large; from this many input elements (m·q·t),
-#: or where both A and B exceed this many values, that kernel wins (bfloat16: 4096 × 1024 at
-#: p = 32 1.17× faster, 256 × 4096 at p = 64 1.2×; 256 × 1024 at p = 32 0.38×, 256 × 256 at
-#: p = 4 with its 64 × 64 B 1.0×).
+#: or where A exceeds TILED_HALF_MAX_A or B TILED_HALF_MAX_B values, BLAS GEMMs win (bfloat16:
+#: 4096 × 1024 at p = 32 1.17× faster, 256 × 4096 at p = 64 1.2× and at p = 16, a 256 × 256
+#: B, 1.9×; 256 × 1024 at p = 32 0.38×, 256 × 256 at p = 4 with its 64 × 64 B 1.0×).
 TILED_HALF_MAX_ELEMENTS = 4096 * 1024
-TILED_HALF_MAX_BLOCK = 1024
-#: Rows per chunk of the tiled loops: ≈ 64 KiB of staged (float32) input rows (16 to 128 rows), and a single
-#: chunk (no parallel region, whose thread wake-up costs ≈ 20–40 µs under
+TILED_HALF_MAX_A = 1024
+TILED_HALF_MAX_B = 4096
+#: Rows per chunk of the tiled loops: ≈ 64 KiB of staged (float32) input rows (16 to 128
+#: rows), and a single chunk (no parallel region, whose thread wake-up costs ≈ 20–40 µs under
 #: OMP_WAIT_POLICY=PASSIVE) while the whole input is below TILED_SINGLE_CHUNK_BYTES.
 TILED_CHUNK_BYTES = 64 << 10
 TILED_SINGLE_CHUNK_BYTES = 224 << 10
@@ -234,8 +238,8 @@ def tiled_pays(spec: KronSpec, m: int, itemsize: int) -> bool:
     """Whether a compiled fused plan runs the register-tiled loops rather than BLAS GEMMs.
 
     Always for float32 and float64 (faster at every measured shape, up to m = D = 4096 at
-    p = 64); for 16-bit inputs up to `TILED_HALF_MAX_ELEMENTS` input elements where A or B
-    holds at most `TILED_HALF_MAX_BLOCK` values.
+    p = 64); for 16-bit inputs below `TILED_HALF_MAX_ELEMENTS` input elements with A and B
+    within `TILED_HALF_MAX_A` and `TILED_HALF_MAX_B` values.
 
     Args:
         spec: the structure of W.
@@ -252,8 +256,8 @@ def tiled_pays(spec: KronSpec, m: int, itemsize: int) -> bool:
     """
     if itemsize >= 4:
         return True
-    small_block = min(spec.p * spec.q, spec.s * spec.t) <= TILED_HALF_MAX_BLOCK
-    return m * spec.q * spec.t < TILED_HALF_MAX_ELEMENTS and small_block
+    small_blocks = spec.p * spec.q <= TILED_HALF_MAX_A and spec.s * spec.t <= TILED_HALF_MAX_B
+    return m * spec.q * spec.t < TILED_HALF_MAX_ELEMENTS and small_blocks
 
 
 def tiled_chunk_rows(spec: KronSpec, m: int, itemsize: int) -> int:

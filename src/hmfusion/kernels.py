@@ -18,7 +18,7 @@ one runs.
 
 - [`kron_linear`][hmfusion.kernels.kron_linear] forms W
   ([`kron_weight`][hmfusion.kernels.kron_weight]), then one dense GEMM: the "materialize"
-  plan, for shapes where the factored product saves too little (small layers).
+  plan, for shapes where the factored product saves nothing (p = q = 1 over a large batch).
 - [`kron_matmul`][hmfusion.kernels.kron_matmul] composes differentiable torch ops; autograd
   derives the backward. It is the path for low-rank factors, whose thin matmuls are cheaper
   than any dense factor.
@@ -206,7 +206,7 @@ class _KronLinear(torch.autograd.Function):
 
 def kron_linear(x: Tensor, a: Tensor, b: Tensor, n: int, D: int) -> Tensor:
     """`x Wᵀ` with W the top-left n×D block of Σ_τ a[τ] ⊗ b[τ], formed once: the
-    "materialize" plan, for small layers where one dense GEMM beats two small contractions.
+    "materialize" plan, where one dense GEMM beats the factored contractions (p = q = 1).
 
     Differentiable in x, a and b; the backward forms W again rather than saving it.
 
@@ -239,9 +239,10 @@ def _apply_middle(x3: Tensor, factor: Factor) -> Tensor:
     if isinstance(factor, tuple):
         u, v = factor
         return torch.matmul(u, torch.matmul(v.transpose(0, 1), x3))
-    if x3.dtype in (torch.bfloat16, torch.float16):
+    if x3.dtype in (torch.bfloat16, torch.float16) and factor.numel() <= 4096:
         # one GEMM over all rows (einsum permutes x3 to (cols, m·k)): 16-bit batched GEMMs of
-        # small matrices ran 1.25× slower end to end (256 × 4096, p = 64; benchmarks/RESULTS.md)
+        # small matrices ran 1.25× slower end to end (256 × 4096, p = 64), while a large factor
+        # keeps them efficient (p = q = 512: the permuted copies made it 1.3× slower)
         return torch.einsum("ij,mjk->mik", factor, x3)
     return torch.matmul(factor, x3)
 

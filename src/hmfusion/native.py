@@ -2,9 +2,9 @@
 
 [`fused_kron_concat`][hmfusion.native.fused_kron_concat] computes `cat(xs) (Σ_τ A_τ ⊗ B_τ)ᵀ`
 for factor stacks A (T, p, q) and B (T, s, t) without forming W. (This operator is the
-planner's "fused" plan; for small layers the planner picks the "materialize" plan instead,
-which does form W, in [`kron_linear`][hmfusion.kernels.kron_linear], because there one dense
-GEMM is cheaper than two small contractions.) On the CPU it runs `csrc/kron_concat.cpp`: one
+planner's "fused" plan; where factoring saves nothing, p = q = 1 over a large batch, the
+planner's "materialize" plan forms W instead, in
+[`kron_linear`][hmfusion.kernels.kron_linear].) On the CPU it runs `csrc/kron_concat.cpp`: one
 parallel region per call whose workers take row chunks from an atomic counter (dynamic
 scheduling, so a descheduled thread delays one chunk, not a static share of the rows) and run
 single-threaded GEMMs on cache-resident blocks, forward and backward (dX, dA, dB; per-worker
@@ -233,7 +233,6 @@ class _KronConcat(torch.autograd.Function):
         return (None, None, None, da, db, *(dxs if dxs is not None else [None] * len(xs)))
 
 
-
 class _KronConcatEager(torch.autograd.Function):
     """`_KronConcat` for plain eager calls: the same forward, context and backward in the
     classic form (`forward(ctx, …)`). `Function.apply` binds the arguments of a forward with a
@@ -255,6 +254,7 @@ class _KronConcatEager(torch.autograd.Function):
         return output
 
     backward = _KronConcat.backward
+
 
 def _differentiable_grads(
     left_first: bool,

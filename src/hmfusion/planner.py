@@ -5,18 +5,19 @@ m rows the candidates (the `Method` vocabulary) are:
 
 `materialize`
     form W, then one dense GEMM (`hmfusion.kernels.kron_linear`): m·n·D multiply-adds
-    plus writing W. Wins when the factored product saves little (p or q near 1 or near n, D)
-    or the layer is so small that a single GEMM's low overhead decides.
+    plus writing W. Wins where factoring saves nothing (p = q = 1) over a large batch.
 `fused`
     the operator `hmfusion::fused_kron_concat` (`hmfusion.native.fused_kron_concat`): row chunks
-    (≈ 1 MiB, several per thread) in one parallel region, W never formed. Its CPU kernel is
-    compiled C++ when the build succeeded (`Plan.kernel == "native"`), else the pure-PyTorch
-    chunked kernel of `hmfusion.kernels`. Low-rank factors are multiplied out first
-    (p×q and s×t only).
+    handed out to the threads of one parallel region, W never formed. Its CPU code
+    (`Plan.kernel`) is `"tiled"`, compiled loops over register tiles (float32 and float64
+    always, 16-bit where A or B is small: no BLAS set-up, so small layers pay ≈ 20 µs a call),
+    `"native"`, the same walk with a BLAS GEMM per chunk (16-bit at large sizes), or
+    `"pytorch"`, the pure-PyTorch chunked kernel where the build failed or on other devices.
+    Low-rank factors are multiplied out first (p×q and s×t only).
 `composite`
     `hmfusion.kernels.kron_matmul`, the two contractions as plain torch ops with
-    autograd's backward: the near-zero-overhead path for small layers with dense factors, and
-    the thin-matmul path for low-rank factors.
+    autograd's backward: the thin-matmul path for low-rank factors, the fewest launches on
+    accelerators, and unchunked GEMMs where those beat the chunked kernel.
 
 Each contraction runs right first, `A (X Bᵀ)`, or left first, `(A X) Bᵀ` (`Order`;
 the cheaper: `min(q·s·(t + p), p·t·(q + s))` per row and term). The inputs are read as

@@ -76,7 +76,7 @@ class _KroneckerFusion(ConcatFusion):
     def plan(self, m: int, *, requires_grad: bool | None = None) -> planner.Plan:
         """How a forward on m rows is computed: the planner's choice for this module's dims,
         dtype and device (cached per shape). `plan(m).method == "materialize"` means that W
-        is formed for that call (small layers, where one dense GEMM is cheaper); `"fused"`
+        is formed for that call (where one dense GEMM is cheaper, e.g. p = q = 1); `"fused"`
         and `"composite"` never form it. `requires_grad` defaults to whether the
         parameters train. [`hmfusion.planner.force_plan`][hmfusion.planner.force_plan] overrides the
         choice.
@@ -103,8 +103,8 @@ class HMConcatFusion(_KroneckerFusion):
     Hierarchical-matrix fusion. A: p×q, B: s×t with s = n/p, t = D/q, so l = terms·(p·q + s·t).
     Each row of X is viewed as a q×t matrix X_r and `A X_r Bᵀ` is computed in the cheaper
     order; W is formed only when the planner picks its `materialize` plan (when forming W and
-    one dense GEMM costs less: small layers at enough rows, or block sizes near 1 or near n and
-    D; see [`hmfusion.structures`][hmfusion.structures]): `plan(m)` says which, per number of
+    one dense GEMM costs less: block sizes that save nothing, p = q = 1, over a large batch;
+    see [`hmfusion.structures`][hmfusion.structures]): `plan(m)` says which, per number of
     rows m.
     Flat w = [A | B] ([A₁ | B₁ | A₂ | B₂ | …] with terms).
 
@@ -174,7 +174,7 @@ class LPHMConcatFusion(_KroneckerFusion):
 
     A: p×q, S: s×r, T: t×r (s = n/p, t = D/q); l = p·q + r·(s + t). Applied as a Kronecker
     contraction whose right factor is two thin matmuls; W is formed only under the planner's
-    `materialize` plan (small layers; `plan(m)` says). Flat w = [A | S | Tᵀ].
+    `materialize` plan (`plan(m)` says when). Flat w = [A | S | Tᵀ].
 
     Args:
         dims: input widths n_1 … n_k, positive ints (D = Σ n_i).
@@ -236,7 +236,7 @@ class DualLPHMConcatFusion(_KroneckerFusion):
     r"""Dual-LPHM fusion: Y = cat(x_1, …, x_k) Wᵀ with W = (P Qᵀ) ⊗ (S Tᵀ), both rank r.
 
     P: p×r, Q: q×r, S: s×r, T: t×r (s = n/p, t = D/q); l = r·(p + q + s + t). W is formed only
-    under the planner's `materialize` plan (small layers; `plan(m)` says).
+    under the planner's `materialize` plan (`plan(m)` says when).
     Flat w = [P | Qᵀ | S | Tᵀ].
 
     Args:

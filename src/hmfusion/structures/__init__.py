@@ -27,8 +27,8 @@ and the first n outputs are kept). Padding costs (n'·D' − n·D)/(p·q) extra 
 The Kronecker members apply Wᵀ without forming W (see [`hmfusion.kernels`][hmfusion.kernels]): per
 row the cost is min(q·s·(t + p), p·t·(q + s)) multiply-adds instead of n·D — except under the
 planner's `materialize` plan, which forms W and runs one dense GEMM. Its cost model picks that plan
-when forming W costs less than the factored product saves: small layers at enough rows, and block
-sizes that save little (p and q near 1 or near n and D). `plan(m)` tells, per number of rows m.
+when forming W costs less than the factored product saves: block sizes that save nothing
+(p = q = 1) over a large batch. `plan(m)` tells, per number of rows m.
 The low-rank and random-matrix members never form W; the dense member's W is its parameter. Block
 sizes are chosen in [`hmfusion.blocksizes`][hmfusion.blocksizes], factors fitted in
 [`hmfusion.fitting`][hmfusion.fitting].
