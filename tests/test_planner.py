@@ -208,6 +208,18 @@ def test_small_layers_run_the_tiled_loops_in_one_chunk(monkeypatch):
         assert (plan.method, plan.kernel, plan.chunk_rows) == ("fused", "tiled", 128)
 
 
+def test_forcing_split_inputs_runs_the_fallback_with_its_own_chunk(monkeypatch):
+    # found in review: the tiled plan's 16-row chunk was kept for the pure-PyTorch kernel
+    monkeypatch.setattr(planner, "_native_runs", lambda dtype, device_type: True)
+    monkeypatch.setattr(planner, "_CACHE", {})
+    spec = _spec(1024, 1024, 32, 32)
+    assert planner.choose_plan(spec, 4096, (1024,)).kernel == "tiled"
+    with planner.force_plan(inputs="split"):
+        plan = planner.choose_plan(spec, 4096, (1024,))
+    assert (plan.kernel, plan.inputs) == ("pytorch", "split")
+    assert plan.chunk_rows == costmodel.chunk_rows(spec, 4096, 4, "cpu")
+
+
 def test_force_plan_picks_the_kernel(monkeypatch):
     monkeypatch.setattr(planner, "_native_runs", lambda dtype, device_type: True)
     spec = _spec(64, 384, 8, 8)

@@ -172,22 +172,26 @@ def _factored_row_cost(
     return spec.terms * (forward + backward)
 
 
-def _lanes(n: int) -> float:
+def _lanes(n: int, itemsize: int = 4) -> float:
     """The share of the tiled loops' vector lanes that n columns fill (8- or 16-wide float32
-    vectors: n = 2 fills a quarter, n = 48 all)."""
-    width = 8 if n <= 8 else 16
+    vectors, 4- or 8-wide float64 ones: n = 2 fills a quarter of a float32 vector, n = 48
+    all)."""
+    full = 8 if itemsize == 8 else 16
+    width = full // 2 if n <= full // 2 else full
     return n / (-(-n // width) * width)
 
 
-def _tiled_row_cost(spec: KronSpec, order: Order, grad: bool) -> float:
+def _tiled_row_cost(spec: KronSpec, order: Order, grad: bool, itemsize: int = 4) -> float:
     """Cost per row of the register-tiled loops: each contraction's multiply-adds over the
-    share of vector lanes its output columns fill (forward; ≈ 4× that with grad)."""
+    share of vector lanes its output columns fill (forward; ≈ 4× that with grad). float64
+    vectors hold half as many values; 16-bit inputs compute in float32."""
     p, q, s, t = spec.p, spec.q, spec.s, spec.t
+    size = 8 if itemsize == 8 else 4
     if order == "right_first":  # Z = X Bᵀ (s wide), Y = A Z (s wide)
-        forward = (q * s * t + p * q * s) / _lanes(s)
+        forward = (q * s * t + p * q * s) / _lanes(s, size)
     else:  # U = A X (t wide), Y = U Bᵀ (s wide)
-        forward = p * q * t / _lanes(t) + p * t * s / _lanes(s)
-    return spec.terms * TILED_ROW_FACTOR * forward * (4 if grad else 1)
+        forward = p * q * t / _lanes(t, size) + p * t * s / _lanes(s, size)
+    return spec.terms * TILED_ROW_FACTOR * (size / 4) * forward * (4 if grad else 1)
 
 
 def _lowrank_row_cost(spec: KronSpec, order: Order, grad: bool, itemsize: int) -> float:
@@ -400,9 +404,9 @@ def estimate(
         device_type: `"cpu"`, `"cuda"`, …
         grad: whether a backward follows.
         native: whether a fused plan runs the compiled operator.
-        tiled: whether that operator runs its register-tiled loops (`tiled_pays`).
         fused_chunk_rows: rows per chunk of a fused plan.
         split: whether a pure-PyTorch fused plan reads the inputs in place.
+        tiled: whether the compiled operator runs its register-tiled loops (`tiled_pays`).
 
     Returns:
         `{method: multiply-add equivalents}` for fused, materialize and composite.
@@ -450,7 +454,7 @@ def estimate(
             "fused": on_device(row_cost * m + passes, "fused", chunks),
         }
     if native and tiled:
-        fused = _tiled_row_cost(spec, dense_order, grad) * m + (
+        fused = _tiled_row_cost(spec, dense_order, grad, itemsize) * m + (
             TILED_CALL_MACS_GRAD if grad else TILED_CALL_MACS
         )
     elif native:

@@ -10,7 +10,7 @@ m rows the candidates (the `Method` vocabulary) are:
     the operator `hmfusion::fused_kron_concat` (`hmfusion.native.fused_kron_concat`): row chunks
     handed out to the threads of one parallel region, W never formed. Its CPU code
     (`Plan.kernel`) is `"tiled"`, compiled loops over register tiles (float32 and float64
-    always, 16-bit where A or B is small: no BLAS set-up, so small layers pay ≈ 20 µs a call),
+    always, 16-bit where A and B are small: no BLAS set-up, so small layers pay ≈ 20 µs a call),
     `"native"`, the same walk with a BLAS GEMM per chunk (16-bit at large sizes), or
     `"pytorch"`, the pure-PyTorch chunked kernel where the build failed or on other devices.
     Low-rank factors are multiplied out first (p×q and s×t only).
@@ -83,7 +83,8 @@ class Plan(NamedTuple):
     """How `kron_concat` applies W (see the module docstring for the vocabulary).
 
     `chunk_rows` is the number of rows computed at once (m for the unchunked methods);
-    `kernel` says whether a fused plan runs the compiled operator or the pure-PyTorch one.
+    `kernel` says which code runs a fused plan: the compiled operator's register-tiled loops
+    (`"tiled"`) or BLAS GEMMs (`"native"`), or the pure-PyTorch kernel (`"pytorch"`).
     """
 
     method: Method
@@ -225,9 +226,6 @@ def _apply_forced(
     same = method == plan.method
     inputs = cast("Inputs | None", forced.get("inputs", plan.inputs if same else None))
     wanted = cast("Kernel | None", forced.get("kernel", plan.kernel if same else None))
-    # a forced kernel keeps the plan's chunk only where it is the plan's own kernel
-    same = same and wanted in (None, plan.kernel)
-    chunk_rows = cast("int | None", forced.get("chunk_rows", plan.chunk_rows if same else None))
     if method != "fused":
         return Plan(method, order, "cat", max(m, 1), "forced by force_plan")
     compiled = _native_runs(dtype, device_type)
@@ -244,6 +242,9 @@ def _apply_forced(
         if wanted is None:
             wanted = "tiled" if costmodel.tiled_pays(spec, max(m, 1), dtype.itemsize) else "native"
         kernel = wanted
+    # the plan's chunk holds only where the plan's own kernel runs
+    own = plan.chunk_rows if same and kernel == plan.kernel else None
+    chunk_rows = cast("int | None", forced.get("chunk_rows", own))
     if chunk_rows is None and kernel == "tiled":
         chunk_rows = costmodel.tiled_chunk_rows(spec, max(m, 1), dtype.itemsize)
     elif chunk_rows is None and kernel == "native":

@@ -31,8 +31,8 @@ struct Geometry {
 Geometry geometry(const std::vector<Tensor>& xs, const Tensor& a, const Tensor& b,
                   bool left_first, int64_t chunk_rows) {
   TORCH_CHECK(!xs.empty(), "hmfusion_native: need at least one input");
-  TORCH_CHECK(a.dim() == 3 && b.dim() == 3 && a.size(0) == b.size(0),
-              "hmfusion_native: a and b must be (terms, p, q) and (terms, s, t) stacks");
+  TORCH_CHECK(a.dim() == 3 && b.dim() == 3 && a.size(0) == b.size(0) && a.size(0) > 0,
+              "hmfusion_native: a and b must be (terms, p, q) and (terms, s, t) stacks, terms ≥ 1");
   TORCH_CHECK(chunk_rows > 0, "hmfusion_native: chunk_rows must be positive");
   Geometry g{xs[0].size(0), a.size(1), a.size(2), b.size(1), b.size(2), a.size(0),
              chunk_rows, left_first};

@@ -201,7 +201,7 @@ struct Factors {
   const F* Bt(int64_t k) const { return bt.data() + k * t * Sp; }
 };
 
-// Rows r0 … r0+c of the k inputs, converted to F, as (c, q·t) with zero padding columns.
+// Rows r0 … r0+c-1 of the k inputs, converted to F, as (c, q·t) with zero padding columns.
 template <typename T, typename F>
 void gather(const std::vector<at::Tensor>& xs, int64_t r0, int64_t c, int64_t width, F* out) {
   int64_t offset = 0;
@@ -218,8 +218,8 @@ void gather(const std::vector<at::Tensor>& xs, int64_t r0, int64_t c, int64_t wi
   }
 }
 
-// dst (c rows of `blocks` blocks of `n` values, row pitch blocks·n, type T) ← src (c·blocks
-// rows of pitch `pitch`, type F): drops the padding columns of a result.
+// dst (`rows` rows of `n` values, row pitch ldd, type T) ← src (`rows` rows of pitch `pitch`,
+// type F): drops the padding columns of a result.
 template <typename T, typename F>
 void store_blocks(const F* src, int64_t pitch, int64_t rows, int64_t n, T* dst, int64_t ldd) {
   for (int64_t r = 0; r < rows; ++r) store_row<T, F>(src + r * pitch, dst + r * ldd, n);
