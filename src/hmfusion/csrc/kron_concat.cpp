@@ -73,6 +73,31 @@ int64_t worker_count(int64_t chunks) {
   return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), chunks));
 }
 
+// Rows with unit column stride (the kernels read each input row as one run of values).
+std::vector<Tensor> contiguous_rows(const std::vector<Tensor>& xs_in) {
+  std::vector<Tensor> xs;
+  for (const auto& x : xs_in) xs.push_back(x.stride(-1) == 1 ? x : x.contiguous());
+  return xs;
+}
+
+// The backward's outputs: dX_i (m × n_i) uninitialised, dA and dB zeroed (empty when not
+// needed). True when there is nothing to compute (no rows or no gradient), dX then zeroed.
+bool allocate_grads(const std::vector<Tensor>& xs, const Tensor& a, const Tensor& b,
+                    const Geometry& g, bool need_x, bool need_a, bool need_b,
+                    std::vector<Tensor>& dxs, Tensor& da, Tensor& db) {
+  const auto options = xs[0].options();
+  if (need_x) {
+    for (const auto& x : xs) dxs.push_back(at::empty({g.m, x.size(1)}, options));
+  }
+  da = need_a ? at::zeros_like(a) : at::empty({0}, options);
+  db = need_b ? at::zeros_like(b) : at::empty({0}, options);
+  if (g.m == 0 || !(need_x || need_a || need_b)) {
+    for (auto& dx : dxs) dx.zero_();
+    return true;
+  }
+  return false;
+}
+
 // The chunk's rows of the k inputs as (c, q, t): a view when there is one unpadded input,
 // else copied into the worker's staging buffer (its padding columns zeroed once).
 struct Rows {
@@ -119,8 +144,7 @@ struct Rows {
 Tensor forward(const std::vector<Tensor>& xs_in, const Tensor& a_in, const Tensor& b_in,
                bool left_first, int64_t chunk_rows) {
   const Tensor a = a_in.contiguous(), b = b_in.contiguous();
-  std::vector<Tensor> xs;
-  for (const auto& x : xs_in) xs.push_back(x.stride(-1) == 1 ? x : x.contiguous());
+  const std::vector<Tensor> xs = contiguous_rows(xs_in);
   const Geometry g = geometry(xs, a, b, left_first, chunk_rows);
   Tensor y = at::empty({g.m, g.p * g.s}, xs[0].options());
   if (g.m == 0) return y;
@@ -193,20 +217,12 @@ std::tuple<std::vector<Tensor>, Tensor, Tensor> backward(
     const Tensor& b_in, bool left_first, int64_t chunk_rows, bool need_x, bool need_a,
     bool need_b) {
   const Tensor a = a_in.contiguous(), b = b_in.contiguous(), gy = gy_in.contiguous();
-  std::vector<Tensor> xs;
-  for (const auto& x : xs_in) xs.push_back(x.stride(-1) == 1 ? x : x.contiguous());
+  const std::vector<Tensor> xs = contiguous_rows(xs_in);
   const Geometry g = geometry(xs, a, b, left_first, chunk_rows);
   const auto options = xs[0].options();
   std::vector<Tensor> dxs;
-  if (need_x) {
-    for (const auto& x : xs) dxs.push_back(at::empty({g.m, x.size(1)}, options));
-  }
-  Tensor da = need_a ? at::zeros_like(a) : at::empty({0}, options);
-  Tensor db = need_b ? at::zeros_like(b) : at::empty({0}, options);
-  if (g.m == 0 || !(need_x || need_a || need_b)) {
-    if (need_x) for (auto& dx : dxs) dx.zero_();
-    return {dxs, da, db};
-  }
+  Tensor da, db;
+  if (allocate_grads(xs, a, b, g, need_x, need_a, need_b, dxs, da, db)) return {dxs, da, db};
   const Rows rows(xs, g.q, g.t, std::min(g.chunk, g.m));
   const int64_t chunks = (g.m + g.chunk - 1) / g.chunk;
   const int64_t workers = worker_count(chunks);
@@ -341,17 +357,9 @@ std::tuple<std::vector<Tensor>, Tensor, Tensor> tiled_backward_impl(
     const Tensor& gy, const std::vector<Tensor>& xs, const Tensor& a, const Tensor& b,
     const Geometry& g, bool need_x, bool need_a, bool need_b) {
   using F = typename tiled::Acc<T>::type;
-  const auto options = xs[0].options();
   std::vector<Tensor> dxs;
-  if (need_x) {
-    for (const auto& x : xs) dxs.push_back(at::empty({g.m, x.size(1)}, options));
-  }
-  Tensor da = need_a ? at::zeros_like(a) : at::empty({0}, options);
-  Tensor db = need_b ? at::zeros_like(b) : at::empty({0}, options);
-  if (g.m == 0 || !(need_x || need_a || need_b)) {
-    for (auto& dx : dxs) dx.zero_();
-    return {dxs, da, db};
-  }
+  Tensor da, db;
+  if (allocate_grads(xs, a, b, g, need_x, need_a, need_b, dxs, da, db)) return {dxs, da, db};
   const tiled::Factors<F> f(a.data_ptr<T>(), b.data_ptr<T>(), g.terms, g.p, g.q, g.s, g.t);
   const int64_t chunk = std::min(g.chunk, g.m), chunks = (g.m + g.chunk - 1) / g.chunk;
   const int64_t workers = worker_count(chunks), width = g.q * g.t, out_width = g.p * g.s;
@@ -441,12 +449,6 @@ std::tuple<std::vector<Tensor>, Tensor, Tensor> tiled_backward_impl(
     tiled::store_blocks<T, F>(db_sum.data(), f.Tp, g.terms * g.s, g.t, db.data_ptr<T>(), g.t);
   }
   return {dxs, da, db};
-}
-
-std::vector<Tensor> contiguous_rows(const std::vector<Tensor>& xs_in) {
-  std::vector<Tensor> xs;
-  for (const auto& x : xs_in) xs.push_back(x.stride(-1) == 1 ? x : x.contiguous());
-  return xs;
 }
 
 Tensor tiled_forward(const std::vector<Tensor>& xs_in, const Tensor& a_in, const Tensor& b_in,
