@@ -239,10 +239,10 @@ def _apply_middle(x3: Tensor, factor: Factor) -> Tensor:
     if isinstance(factor, tuple):
         u, v = factor
         return torch.matmul(u, torch.matmul(v.transpose(0, 1), x3))
-    if x3.dtype in (torch.bfloat16, torch.float16) and factor.numel() <= 4096:
+    if x3.dtype in (torch.bfloat16, torch.float16) and 1024 <= factor.numel() <= 4096:
         # one GEMM over all rows (einsum permutes x3 to (cols, m·k)): 16-bit batched GEMMs of
-        # small matrices ran 1.25× slower end to end (256 × 4096, p = 64), while a large factor
-        # keeps them efficient (p = q = 512: the permuted copies made it 1.3× slower)
+        # 64×64 matrices ran 1.25× slower end to end (256 × 4096, p = 64); outside this range
+        # the permuted copies cost more (p = q = 512: 1.3× slower; p = q = 8: 1.2× slower)
         return torch.einsum("ij,mjk->mik", factor, x3)
     return torch.matmul(factor, x3)
 
