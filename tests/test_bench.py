@@ -83,6 +83,57 @@ def test_json_carries_every_figure(tiny_run):
     assert {"never_slower", "never_slower_loaded"} <= targets
 
 
+def test_cases_over_the_call_budget_are_left_out_with_the_reason(tmp_path, monkeypatch):
+    # found on an AVX2 EPYC: bfloat16 matmuls at 0.47 GMAC/s made the quick grid's dense
+    # bfloat16 baseline take minutes a call, and the CI's benchmark hours
+    rates = {"float32": 5e10, "bfloat16": 5e8}
+    monkeypatch.setattr(benchmarking, "gemm_rate", lambda dtype, device: rates[str(dtype)[6:]])
+    out = tmp_path / "out"
+    options = "--shape 64,32,32,4,4,2 --shape 4096,1024,1024,32,32,4 --dtypes float32,bfloat16"
+    options += f" --repeats 1 --warmup 0 --threads 1 --quiet --load 0 --methods {FAST_METHODS}"
+    argv = [*options.split(), "--max-call-seconds", "20", "--out", str(out)]
+    assert bench.main(_parse(argv)) == 0
+    report = json.loads((out / "results.json").read_text())
+    # dense bfloat16 at 4096 × 1024 → 1024: 3 · 4096 · 1024² / 5e8 ≈ 26 s; float32 0.26 s
+    measured = {(row["shape"]["m"], row["dtype"]) for row in report["results"]}
+    assert measured == {(64, "float32"), (64, "bfloat16"), (4096, "float32")}
+    (skipped,) = report["skipped"]
+    assert (skipped["shape"]["m"], skipped["dtype"]) == (4096, "bfloat16")
+    assert "dense would take ≈ 26 s a call" in skipped["why"]
+    assert "over --max-call-seconds 20" in skipped["why"]
+    assert report["machine"]["gemm_gmacs"] == {"float32": 50.0, "bfloat16": 0.5}
+    document = (out / "results.md").read_text()
+    assert "## Left out" in document and skipped["why"] in document
+    assert report["config"]["max_call_seconds"] == 20.0
+
+
+def test_no_call_budget_measures_every_case(monkeypatch):
+    monkeypatch.setattr(benchmarking, "gemm_rate", lambda dtype, device: 1.0)
+    report = benchmarking.run(
+        [Shape(8, 8, 8, 2, 2, 2)],
+        ("float32",),
+        methods=("dense",),
+        repeats=1,
+        warmup=0,
+        max_call_seconds=None,
+    )
+    assert len(report["results"]) == 1 and not report["skipped"]
+    report = benchmarking.run(
+        [Shape(8, 8, 8, 2, 2, 2)],
+        ("float32",),
+        methods=("dense",),
+        repeats=1,
+        warmup=0,
+        max_call_seconds=10.0,
+    )
+    assert not report["results"] and "dense would take" in report["skipped"][0]["why"]
+
+
+def test_gemm_rate_is_a_rate():
+    rate = benchmarking.gemm_rate(torch.float32)
+    assert 1e7 < rate < 1e14
+
+
 def test_memory_is_measured(tiny_run):
     _, report = tiny_run
     row = next(r for r in report["results"] if r["dtype"] == "float32")
@@ -190,6 +241,7 @@ def test_quick_grid_holds_the_targets_and_small_layers():
         (["--threads", "0"], "must be a positive integer, got 0"),
         (["--load", "-1"], "must be 0 or more, got -1"),
         (["--load", "100000"], "must be at most"),
+        (["--max-call-seconds", "-1"], "must be a finite number >= 0, got -1"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):

@@ -186,7 +186,21 @@ def test_wide_aligned_inputs_are_read_in_place(monkeypatch):
     assert (plan.method, plan.inputs) == ("fused", "split")
 
 
-def test_compiled_kernel_gathers_and_runs_where_loaded(monkeypatch):
+@pytest.fixture
+def fast_half_gemms(monkeypatch):
+    """A CPU whose bfloat16 and float16 GEMMs run on oneDNN (AVX-512, AMX)."""
+    monkeypatch.setattr(costmodel, "HALF_GEMMS_FAST", {torch.bfloat16: True, torch.float16: True})
+    monkeypatch.setattr(planner, "_CACHE", {})
+
+
+@pytest.fixture
+def slow_half_gemms(monkeypatch):
+    """A CPU without them (AVX2): torch's portable 16-bit loops, ≈ 1 % of float32's rate."""
+    monkeypatch.setattr(costmodel, "HALF_GEMMS_FAST", {torch.bfloat16: False, torch.float16: False})
+    monkeypatch.setattr(planner, "_CACHE", {})
+
+
+def test_compiled_kernel_gathers_and_runs_where_loaded(monkeypatch, fast_half_gemms):
     # the compiled kernel gathers each chunk (one unpadded input is read in place); in float32
     # its register-tiled loops run, in bfloat16 over a large input its BLAS GEMMs
     monkeypatch.setattr(planner, "_native_runs", lambda dtype, device_type: True)
@@ -240,12 +254,70 @@ def test_unaligned_or_padded_inputs_are_gathered():
     assert planner.choose_plan(_spec(100, 110, 10, 11), 4096, (55, 55)).inputs in ("gather", "cat")
 
 
-def test_tiny_blocks_of_b_run_the_two_matmuls():
+def test_tiny_blocks_of_b_run_the_two_matmuls(fast_half_gemms):
     # s = t = 2 beside a 512×512 A: the planner formed W, but the two unchunked matmuls ran
     # 1.5× faster (121 against 179 ms forward+backward; float32 and bfloat16 alike)
     for dtype in (torch.float32, torch.bfloat16):
         plan = planner.choose_plan(_spec(1024, 1024, 512, 512), 4096, (256,) * 4, dtype)
         assert plan.method == "composite" and (plan.inputs, plan.chunk_rows) == ("cat", 4096)
+
+
+def test_slow_half_gemms_compute_in_float32(monkeypatch, slow_half_gemms):
+    # found on an AVX2 EPYC: bfloat16 matmuls ran on one thread at 0.47 GMAC/s (float32: 66),
+    # and the planner still gave 16-bit shapes the BLAS kernel or the composite path in bfloat16
+    spec = _spec(4096, 4096, 64, 64)
+    monkeypatch.setattr(planner, "_native_runs", lambda dtype, device_type: True)
+    for dtype in (torch.bfloat16, torch.float16):
+        plan = planner.choose_plan(spec, 4096, (1024,) * 4, dtype)
+        assert (plan.method, plan.kernel, plan.upcast) == ("fused", "tiled", False)
+        assert "GEMMs are slow on this CPU" in plan.reason
+    monkeypatch.setattr(planner, "_native_runs", lambda dtype, device_type: False)
+    monkeypatch.setattr(planner, "_CACHE", {})
+    for shape in ((spec, 4096, (1024,) * 4), (_spec(1024, 1024, 512, 512), 4096, (256,) * 4)):
+        plan = planner.choose_plan(*shape, torch.bfloat16)
+        assert plan.upcast
+        assert plan._replace(reason="", upcast=False) == planner.choose_plan(*shape)._replace(
+            reason=""
+        )
+    with planner.force_plan(method="composite"):
+        assert planner.choose_plan(spec, 64, (1024,) * 4, torch.bfloat16).upcast
+    assert not planner.choose_plan(spec, 4096, (1024,) * 4, torch.bfloat16, "cuda").upcast
+
+
+class _GemmDtypes(TorchDispatchMode):
+    """The dtypes of the matrix products dispatched."""
+
+    def __init__(self):
+        super().__init__()
+        self.dtypes: set[torch.dtype] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.bmm, torch.ops.aten.addmm):
+            self.dtypes.update(a.dtype for a in args if isinstance(a, torch.Tensor))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(
+    "forced",
+    [
+        {"method": "materialize"},
+        {"method": "composite"},
+        {"method": "fused", "inputs": "split"},  # the pure-PyTorch fused kernel
+    ],
+)
+def test_upcast_plans_multiply_in_float32(forced, slow_half_gemms):
+    # the output and every gradient keep the inputs' dtype; the products run in float32
+    module = HMConcatFusion([32, 32], n=64, p=8, q=8, dtype=torch.bfloat16)
+    xs = [torch.randn(10, 32, dtype=torch.bfloat16, requires_grad=True) for _ in range(2)]
+    gemms = _GemmDtypes()
+    with planner.force_plan(**forced), gemms:
+        y = module(xs)
+        y.float().square().sum().backward()
+    assert gemms.dtypes == {torch.float32}
+    assert y.dtype == module.A.grad.dtype == xs[0].grad.dtype == torch.bfloat16
+    x64 = torch.cat([x.detach().double() for x in xs], -1)
+    reference = x64 @ torch.kron(module.A.double(), module.B.double()).T
+    torch.testing.assert_close(y.double(), reference, atol=0.05, rtol=0.02)
 
 
 def test_low_rank_factors_use_thin_matmuls():

@@ -8,7 +8,9 @@ W, the five-line einsum and two-matmul codes, `torch.compile` of the two-matmul 
 to `--out`, all at once: the folder is written beside `--out` and renamed into place, and a
 non-empty `--out` is replaced (whole) only with `--overwrite`. `--quick` is the CI grid:
 the four target shapes, the (256, 256, 256, 4) layer and the main job's layer, float32 and
-bfloat16, forward+backward, about 2 minutes on 2 cores. `--render results.json` rewrites the
+bfloat16, forward+backward, a few minutes on 2 cores; cases whose dense call would take longer
+than `--max-call-seconds` (10) are left out, with the reason, into `skipped` and the
+document's "Left out" section. `--render results.json` rewrites the
 document and figure from a stored run. Every argument, `--device` and `--out` are checked
 before measuring; a problem is one line on stderr and exit status 2, with nothing written.
 See `hmfusion.benchmarking` for how it measures.
@@ -30,6 +32,7 @@ from hmfusion.benchmarking import MAX_LOAD_PER_CPU, METHODS, MODES, QUICK_METHOD
 from hmfusion.cli_common import (
     UsageError,
     describe_failure,
+    nonnegative_float,
     nonnegative_int,
     positive_int,
     resolve_device,
@@ -146,6 +149,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="busy processes competing during the loaded measurement "
         f"(default 1; 0 skips it; at most {_load_limit()})",
     )
+    parser.add_argument(
+        "--max-call-seconds",
+        type=nonnegative_float,
+        default=benchmarking.MAX_CALL_SECONDS,
+        metavar="S",
+        help="leave out cases whose dense call is predicted to take longer than S seconds "
+        "(16-bit on CPUs without 16-bit GEMM instructions; "
+        f"default {benchmarking.MAX_CALL_SECONDS:g}, 0: no limit)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument(
         "--out",
@@ -233,6 +245,7 @@ def _measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             device=str(device),
             load=args.load,
             progress=not args.quiet,
+            max_call_seconds=args.max_call_seconds or None,
         )
     finally:
         torch.set_num_threads(threads)

@@ -267,7 +267,7 @@ def document(report: dict[str, Any]) -> str:
         f"rounds after {config['warmup']} warm-up, load average "
         f"{_load(machine.get('load_average_start'))} at the start, "
         f"{_load(machine.get('load_average_end'))} at the end; loaded table: "
-        f"{config.get('load', 0)} busy processes.",
+        f"{config.get('load', 0)} busy processes.{_capability(machine)}",
         "",
         f"## Targets: {met} of {len(checks)} checks met",
         "",
@@ -278,8 +278,32 @@ def document(report: dict[str, Any]) -> str:
         markdown_table({**report, "targets": []}).rstrip("\n"),
         "",
         "![speed-up vs ideal](speedup.png)",
+        *_skipped_lines(report.get("skipped", [])),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _capability(machine: dict[str, Any]) -> str:
+    """The CPU's vector instructions and GEMM rates, where the run recorded them."""
+    if "gemm_gmacs" not in machine:
+        return ""
+    rates = ", ".join(f"{name} {rate:.3g}" for name, rate in machine["gemm_gmacs"].items())
+    slow = [name for name, fast in machine.get("fast_half_gemms", {}).items() if not fast]
+    text = f" CPU capability {machine.get('cpu_capability')}; a 256³ matmul runs (GMAC/s) {rates}"
+    if slow and machine.get("device") == "cpu":
+        text += f"; no instructions for {' and '.join(slow)} GEMMs (torch's portable loops)"
+    return text + "."
+
+
+def _skipped_lines(skipped: list[dict[str, Any]]) -> list[str]:
+    """The section listing the cases left out, and why."""
+    if not skipped:
+        return []
+    lines = ["", "## Left out", "", "| shape | dtype | why |", "|---|---|---|"]
+    for entry in skipped:
+        label = Shape(**entry["shape"]).label
+        lines.append(f"| {label} | {entry['dtype']} | {entry['why']} |")
+    return lines
 
 
 def plot(report: dict[str, Any], path: Path) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import math
 import os
 import platform
 import statistics
@@ -40,7 +41,7 @@ from typing import Any
 
 import torch
 
-from hmfusion import native
+from hmfusion import costmodel, native
 from hmfusion.benchmark_cases import (
     FULL_GRID,
     MAIN_JOB_SHAPE,
@@ -67,11 +68,17 @@ __all__ = [
     "TARGET_SHAPES",
     "Shape",
     "busy_processes",
+    "gemm_rate",
     "run",
 ]
 
 #: The most competing processes `--load` accepts, per CPU.
 MAX_LOAD_PER_CPU = 4
+#: A case is left out when one forward+backward call of its dense baseline is predicted to take
+#: longer than this (`--max-call-seconds`): 16-bit GEMMs on a CPU without instructions for
+#: them run at ≈ 1 % of float32's rate (`hmfusion.costmodel.half_gemms_fast`), and dense
+#: bfloat16 at m = D = n = 4096 would take ≈ 7 minutes a call there.
+MAX_CALL_SECONDS = 10.0
 
 
 # measurement -------------------------------------------------------------------------------
@@ -255,6 +262,65 @@ def _measure(
     }
 
 
+def gemm_rate(dtype: torch.dtype, device: torch.device | str = "cpu") -> float:
+    """Multiply-adds per second of a 256 × 256 × 256 matmul in `dtype` (best of ≈ 50 ms).
+
+    What `run` predicts a dense baseline's time from (its GEMMs are larger, and no slower).
+
+    Args:
+        dtype: a floating dtype.
+        device: a torch device.
+
+    Returns:
+        The rate in multiply-adds per second.
+
+    Example:
+        >>> import torch
+        >>> from hmfusion.benchmarking import gemm_rate
+        >>> gemm_rate(torch.float32) > 1e8
+        True
+    """
+    device = torch.device(device)
+    a = torch.ones(256, 256, dtype=dtype, device=device)
+    best = math.inf
+    start = time.perf_counter()
+    while time.perf_counter() - start < 0.05 or best == math.inf:
+        begin = time.perf_counter()
+        a @ a
+        _synchronize(device)
+        best = min(best, time.perf_counter() - begin)
+    return 256**3 / best
+
+
+def _dense_seconds(shape: Shape, modes: Sequence[Mode], rate: float) -> float:
+    """The predicted time of one call of the dense baseline in the costliest mode."""
+    return (3 if "forward+backward" in modes else 1) * shape.m * shape.n * shape.D / rate
+
+
+def _too_slow(
+    shape: Shape,
+    dtype: torch.dtype,
+    modes: Sequence[Mode],
+    rates: dict[str, float],
+    max_call_seconds: float | None,
+) -> str | None:
+    """Why a case is left out (its dense call predicted over the budget), or None."""
+    if max_call_seconds is None:
+        return None
+    name = str(dtype).removeprefix("torch.")
+    rate = rates[name]
+    seconds = _dense_seconds(shape, modes, rate)
+    if seconds <= max_call_seconds:
+        return None
+    why = (
+        f"dense would take ≈ {seconds:.0f} s a call (a {name} matmul runs "
+        f"{rate / 1e9:.2g} GMAC/s here"
+    )
+    if not costmodel.half_gemms_fast(dtype):
+        why += ": this CPU has no instructions for 16-bit GEMMs"
+    return why + f"), over --max-call-seconds {max_call_seconds:g}"
+
+
 # entry point -------------------------------------------------------------------------------
 def _machine(device: torch.device) -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
@@ -275,6 +341,11 @@ def _machine(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "native_kernel": native.status(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "fast_half_gemms": {
+            name: costmodel.half_gemms_fast(getattr(torch, name), device.type)
+            for name in ("bfloat16", "float16")
+        },
     }
     # OpenMP waiting policy matters on a shared machine (see benchmarks/RESULTS.md)
     info["environment"] = {
@@ -304,6 +375,7 @@ def run(
     device: str = "cpu",
     load: int = 0,
     progress: bool = False,
+    max_call_seconds: float | None = MAX_CALL_SECONDS,
 ) -> dict[str, Any]:
     """Measure every shape × dtype × mode, quiet and (with `load`) under competing load.
 
@@ -317,6 +389,9 @@ def run(
         device: a torch device string.
         load: competing busy processes for the loaded measurement (0: none).
         progress: show a progress bar.
+        max_call_seconds: leave out (into `skipped`, with the reason) each case whose dense
+            call is predicted to take longer (m·n·D multiply-adds, ×3 with a backward, at
+            `gemm_rate`); None: no limit.
 
     Returns:
         The report written to `results.json`: `machine`, `config`, `results` (quiet
@@ -334,12 +409,16 @@ def run(
             "dtypes": list(dtypes),
             "methods": chosen,
             "load": load,
+            "max_call_seconds": max_call_seconds,
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
         },
         "results": [],
         "loaded": [],
         "skipped": [],
     }
+    supported = [name for name in dtypes if _dtype_supported(getattr(torch, name), torch_device)]
+    rates = {name: gemm_rate(getattr(torch, name), torch_device) for name in supported}
+    report["machine"]["gemm_gmacs"] = {name: rate / 1e9 for name, rate in rates.items()}
     jobs = [(shape, dtype) for shape in shapes for dtype in dtypes]
     iterator: Any = jobs
     if progress:
@@ -348,14 +427,13 @@ def run(
         iterator = tqdm(jobs, desc="hmfusion bench", unit="case")
     for shape, dtype_name in iterator:
         dtype = getattr(torch, dtype_name)
-        if not _dtype_supported(dtype, torch_device):
-            report["skipped"].append(
-                {
-                    "shape": shape._asdict(),
-                    "dtype": dtype_name,
-                    "why": "dtype not supported on this device",
-                }
-            )
+        why = (
+            "dtype not supported on this device"
+            if dtype_name not in rates
+            else _too_slow(shape, dtype, modes, rates, max_call_seconds)
+        )
+        if why is not None:
+            report["skipped"].append({"shape": shape._asdict(), "dtype": dtype_name, "why": why})
             continue
         case = _Case(shape, dtype, torch_device)
         quiet = {"shape": shape._asdict(), "dtype": dtype_name, "modes": []}

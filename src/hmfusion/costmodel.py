@@ -9,6 +9,11 @@ their multiply-adds over the share of vector lanes their output columns fill
 (`TILED_ROW_FACTOR`) plus a call (`TILED_CALL_MACS`); [`tiled_pays`][hmfusion.costmodel.tiled_pays]
 says when they run rather than its BLAS GEMMs.
 
+16-bit GEMMs on CPU run on oneDNN only where the CPU has the instructions for them
+([`half_gemms_fast`][hmfusion.costmodel.half_gemms_fast]); elsewhere torch runs them with
+portable single-threaded loops, two orders of magnitude slower than float32, and the planner
+computes 16-bit inputs in float32 (`Plan.upcast`; the tiled loops do so by themselves).
+
 On accelerators ([`estimate`][hmfusion.costmodel.estimate] with `device_type != "cpu"`) work
 runs `DEVICE_SPEEDUP` times faster, but every dispatched operator costs host time
 (`DEVICE_OP_MACS`, ≈ 15 µs): up to m = D = 4096 the H200 run was launch-bound (dense
@@ -35,6 +40,7 @@ __all__ = [
     "tiled_pays",
     "device_ops",
     "estimate",
+    "half_gemms_fast",
     "native_chunk_rows",
     "split_pays",
 ]
@@ -71,7 +77,7 @@ class KronSpec(NamedTuple):
 #: machine): ≈ 0.43 at d = 16, 0.6 at 32, 0.8 at 64, ~1 from 128 on. Modelled as
 #: min(1, 0.8·(d/64)^0.45).
 GEMM_EFFICIENCY_AT_64 = 0.8
-#: 16-bit GEMMs: large ones run ≈ 6× faster than float32 on the benchmark CPU (AMX), the
+#: 16-bit GEMMs: large ones ran ≈ 6× faster than float32 on an AVX-512 benchmark CPU (oneDNN), the
 #: fused kernel's small ones only ≈ 1.5–2×; their efficiency relative to a large GEMM drops.
 HALF_SMALL_GEMM_FACTOR = 0.3
 #: A batched GEMM costs at least this per row and call (tiny per-row matrices: ≈ 0.1 µs).
@@ -136,6 +142,56 @@ COMPOSITE_ELEMENT_MACS = 30.0
 COMPOSITE_ELEMENT_MACS_CACHED = 8.0
 #: Working sets up to this size stay in cache (the benchmark machine's L2 + L3 share).
 CACHE_BYTES = 8 << 20
+
+
+def _half_gemms_supported(dtype: torch.dtype) -> bool:
+    """Whether torch dispatches CPU GEMMs in `dtype` to oneDNN (which needs AVX-512, AMX or
+    AVX-NE-CONVERT on x86; the check is torch's own)."""
+    check = {
+        torch.bfloat16: "_is_mkldnn_bf16_supported",
+        torch.float16: "_is_mkldnn_fp16_supported",
+    }[dtype]
+    try:
+        return bool(torch.backends.mkldnn.is_available() and getattr(torch.ops.mkldnn, check)())
+    except (AttributeError, RuntimeError):  # a build without oneDNN: ATen's own loops
+        return False
+
+
+#: Per 16-bit dtype, whether this CPU's GEMMs in it are fast (read once, at import; tests
+#: patch it). Measured on an AVX2 AMD EPYC without them, 2 threads: bfloat16 matmul
+#: 0.47 GMAC/s at 1024³ and 1.05 at (8192 × 64) · (64 × 64), float32 66 and 59.
+HALF_GEMMS_FAST: dict[torch.dtype, bool] = {
+    dtype: _half_gemms_supported(dtype) for dtype in (torch.bfloat16, torch.float16)
+}
+
+
+def half_gemms_fast(dtype: torch.dtype, device_type: str = "cpu") -> bool:
+    """Whether GEMMs in `dtype` run at least at float32's rate on `device_type`.
+
+    True for float32, float64 and every dtype off the CPU. For bfloat16 and float16 on the
+    CPU, whether torch runs their matmuls on oneDNN (x86 CPUs with AVX-512, AMX or
+    AVX-NE-CONVERT): without those instructions torch falls back to portable loops on one
+    thread, ≈ 1 % of float32's rate (an AVX2 AMD EPYC: bfloat16 0.47 GMAC/s at 1024³,
+    float32 66). There the planner computes 16-bit inputs in float32 (`Plan.upcast`, or the
+    tiled loops, which stage them in float32 anyway), and `hmfusion bench` leaves out the
+    16-bit cases whose dense baseline would take longer than its per-call budget.
+
+    Args:
+        dtype: a floating dtype.
+        device_type: `"cpu"`, `"cuda"`, …
+
+    Returns:
+        Whether its GEMMs are fast there.
+
+    Example:
+        >>> import torch
+        >>> from hmfusion.costmodel import half_gemms_fast
+        >>> half_gemms_fast(torch.float32), half_gemms_fast(torch.bfloat16, "cuda")
+        (True, True)
+    """
+    if device_type != "cpu" or dtype.itemsize >= 4:
+        return True
+    return HALF_GEMMS_FAST.get(dtype, False)
 
 
 def _efficiency(dim: int, itemsize: int = 4) -> float:

@@ -85,6 +85,10 @@ class Plan(NamedTuple):
     `chunk_rows` is the number of rows computed at once (m for the unchunked methods);
     `kernel` says which code runs a fused plan: the compiled operator's register-tiled loops
     (`"tiled"`) or BLAS GEMMs (`"native"`), or the pure-PyTorch kernel (`"pytorch"`).
+    `upcast` says that 16-bit inputs and factors are cast to float32 for the computation and
+    Y back to their dtype: on a CPU whose 16-bit GEMMs are slow
+    ([`half_gemms_fast`][hmfusion.costmodel.half_gemms_fast]), for every plan but the tiled
+    loops, which stage 16-bit values in float32 themselves.
     """
 
     method: Method
@@ -93,6 +97,7 @@ class Plan(NamedTuple):
     chunk_rows: int
     reason: str = ""
     kernel: Kernel = "pytorch"
+    upcast: bool = False
 
 
 _FORCED: tuple[tuple[str, object], ...] = ()
@@ -170,9 +175,22 @@ def _native_runs(dtype: torch.dtype, device_type: str) -> bool:
     return native.available()
 
 
+def _upcasts(dtype: torch.dtype, device_type: str) -> bool:
+    """Whether a plan computes in float32 rather than in `dtype` (16-bit on a CPU without fast
+    16-bit GEMMs)."""
+    return not costmodel.half_gemms_fast(dtype, device_type)
+
+
 def _choose(
     spec: KronSpec, m: int, dims: tuple[int, ...], dtype: torch.dtype, device_type: str, grad: bool
 ) -> Plan:
+    if _upcasts(dtype, device_type):
+        # priced and run as float32 (the casts are two passes over X and Y, against 16-bit
+        # GEMMs at ≈ 1 % of float32's rate); the tiled loops read the 16-bit values directly
+        plan = _choose(spec, m, dims, torch.float32, device_type, grad)
+        note = f"{dtype} GEMMs are slow on this CPU: computed in float32"
+        reason = f"{note}; {plan.reason}" if plan.reason else ""
+        return plan._replace(upcast=plan.kernel != "tiled", reason=reason)
     m_eff = max(m, 1)
     dense_order: Order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, None, None)
     compiled = _native_runs(dtype, device_type)
@@ -226,8 +244,9 @@ def _apply_forced(
     same = method == plan.method
     inputs = cast("Inputs | None", forced.get("inputs", plan.inputs if same else None))
     wanted = cast("Kernel | None", forced.get("kernel", plan.kernel if same else None))
+    upcast = _upcasts(dtype, device_type)
     if method != "fused":
-        return Plan(method, order, "cat", max(m, 1), "forced by force_plan")
+        return Plan(method, order, "cat", max(m, 1), "forced by force_plan", upcast=upcast)
     compiled = _native_runs(dtype, device_type)
     if inputs in (None, "cat"):
         pays = wanted == "pytorch" or not compiled
@@ -240,18 +259,21 @@ def _apply_forced(
     kernel: Kernel = "pytorch"
     if inputs == "gather" and compiled and wanted != "pytorch":
         if wanted is None:
-            wanted = "tiled" if costmodel.tiled_pays(spec, max(m, 1), dtype.itemsize) else "native"
+            pays = upcast or costmodel.tiled_pays(spec, max(m, 1), dtype.itemsize)
+            wanted = "tiled" if pays else "native"
         kernel = wanted
     # the plan's chunk holds only where the plan's own kernel runs
     own = plan.chunk_rows if same and kernel == plan.kernel else None
     chunk_rows = cast("int | None", forced.get("chunk_rows", own))
+    upcast = upcast and kernel != "tiled"
+    itemsize = 4 if upcast else dtype.itemsize
     if chunk_rows is None and kernel == "tiled":
-        chunk_rows = costmodel.tiled_chunk_rows(spec, max(m, 1), dtype.itemsize)
+        chunk_rows = costmodel.tiled_chunk_rows(spec, max(m, 1), itemsize)
     elif chunk_rows is None and kernel == "native":
-        chunk_rows = costmodel.native_chunk_rows(spec, max(m, 1), dtype.itemsize)
+        chunk_rows = costmodel.native_chunk_rows(spec, max(m, 1), itemsize)
     elif chunk_rows is None:
-        chunk_rows = costmodel.chunk_rows(spec, max(m, 1), dtype.itemsize, device_type)
-    return Plan("fused", order, inputs, int(chunk_rows), "forced by force_plan", kernel)
+        chunk_rows = costmodel.chunk_rows(spec, max(m, 1), itemsize, device_type)
+    return Plan("fused", order, inputs, int(chunk_rows), "forced by force_plan", kernel, upcast)
 
 
 def choose_plan(
@@ -372,6 +394,15 @@ def _run(spec: KronSpec, xs: Sequence[Tensor], left: Factor, right: Factor) -> T
     plan = choose_plan(
         spec, first.shape[0], tuple([x.shape[1] for x in xs]), first.dtype, first.device.type, grad
     )
+    if plan.upcast:  # (casts are differentiable: the gradients come back in the inputs' dtypes)
+        xs = [x.float() for x in xs]
+        left, right = _cast(left, torch.float32), _cast(right, torch.float32)
+        return _apply(plan, spec, xs, left, right).to(first.dtype)
+    return _apply(plan, spec, xs, left, right)
+
+
+def _apply(plan: Plan, spec: KronSpec, xs: Sequence[Tensor], left: Factor, right: Factor) -> Tensor:
+    first = xs[0]
     if plan.method == "materialize":
         x = torch.cat(list(xs), dim=-1) if len(xs) > 1 else first
         return kernels.kron_linear(x, _as_stack(left), _as_stack(right), spec.n, spec.D)
