@@ -35,7 +35,7 @@ def kernel(request, monkeypatch, device):
     if request.param == "tiled":
         original = native.fused_kron_concat
 
-        def tiled(xs, a, b, order, chunk_rows, inputs="gather", tiled=True):
+        def tiled(xs, a, b, order, chunk_rows, inputs="gather", tiled=True, fallback=False):
             return original(xs, a, b, order, chunk_rows, inputs, tiled=inputs == "gather")
 
         monkeypatch.setattr(native, "fused_kron_concat", tiled)

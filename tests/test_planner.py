@@ -13,7 +13,14 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from hmfusion import DualLPHMConcatFusion, HMConcatFusion, LPHMConcatFusion, costmodel, planner
+from hmfusion import (
+    DualLPHMConcatFusion,
+    HMConcatFusion,
+    LPHMConcatFusion,
+    costmodel,
+    native,
+    planner,
+)
 from hmfusion.structures import KroneckerStructure
 
 F64 = torch.float64
@@ -212,6 +219,19 @@ def test_compiled_kernel_gathers_and_runs_where_loaded(monkeypatch, fast_half_ge
     assert (plan.method, plan.inputs, plan.kernel) == ("fused", "gather", "native")
 
 
+def test_without_wide_vectors_large_blocks_of_b_run_blas(monkeypatch):
+    # found on an AVX2 EPYC: at p = 2 (a 512 × 512 B) the tiled loops took 193 ms where the
+    # BLAS kernel took 134 (forward+backward, float32), and hmfusion lost to the einsum code
+    monkeypatch.setattr(planner, "_native_runs", lambda dtype, device_type: True)
+    spec = _spec(1024, 1024, 2, 2)
+    for wide, kernel in ((False, "native"), (True, "tiled")):
+        monkeypatch.setattr(costmodel, "WIDE_VECTORS", wide)
+        monkeypatch.setattr(planner, "_CACHE", {})
+        assert planner.choose_plan(spec, 4096, (256,) * 4).kernel == kernel
+        # a 64 × 64 B keeps the tiled loops either way
+        assert planner.choose_plan(_spec(4096, 4096, 64, 64), 4096, (1024,) * 4).kernel == "tiled"
+
+
 def test_small_layers_run_the_tiled_loops_in_one_chunk(monkeypatch):
     # the main job's layer: 100 µs of work, where BLAS set-up and a parallel region's wake-up
     # cost more than the arithmetic (tiled 510 µs against the BLAS kernel's 969 µs)
@@ -247,6 +267,35 @@ def test_force_plan_picks_the_kernel(monkeypatch):
     with pytest.raises(ValueError, match="kernel must be one of"):
         with planner.force_plan(kernel="blas"):  # type: ignore[arg-type]
             pass
+
+
+class _OpNames(TorchDispatchMode):
+    """The namespaces of the operators dispatched."""
+
+    def __init__(self):
+        super().__init__()
+        self.namespaces: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.namespaces.add(func.namespace)
+        return func(*args, **(kwargs or {}))
+
+
+def test_forcing_the_pytorch_kernel_runs_it_where_the_compiled_one_is_loaded():
+    # found while testing upcast plans: force_plan(kernel="pytorch") said "pytorch" and gathered
+    # the inputs, but the compiled operator ran
+    if not native.available():
+        pytest.skip(f"compiled kernel unavailable (status {native.status()})")
+    module = HMConcatFusion([32, 32], n=64, p=8, q=8, dtype=F64)
+    xs = [torch.randn(10, 32, dtype=F64, requires_grad=True) for _ in range(2)]
+    for kernel, compiled in (("pytorch", False), ("native", True), ("tiled", True)):
+        names = _OpNames()
+        with planner.force_plan(method="fused", kernel=kernel, inputs="gather"), names:
+            y = module(xs)
+            y.sum().backward()
+        assert ("hmfusion_native" in names.namespaces) == compiled, kernel
+        reference = torch.cat(xs, -1) @ torch.kron(module.A, module.B).T
+        assert _relative(y, reference) < 1e-12
 
 
 def test_unaligned_or_padded_inputs_are_gathered():

@@ -132,6 +132,14 @@ TILED_HALF_MAX_B = 4096
 #: Rows per chunk of the tiled loops: ≈ 64 KiB of staged (float32) input rows (16 to 128
 #: rows), and a single chunk (no parallel region, whose thread wake-up costs ≈ 20–40 µs under
 #: OMP_WAIT_POLICY=PASSIVE) while the whole input is below TILED_SINGLE_CHUNK_BYTES.
+#: Without 512-bit vectors (AVX2 and older; the loops are built with `-march=native`) the tiled
+#: loops lose to BLAS GEMMs once B holds more than this many values (AVX2 EPYC, float32,
+#: forward+backward, tiled / BLAS kernel: 4096 × 1024 at p = 2, a 512 × 512 B, 193 / 134 ms;
+#: 256 × 4096 at p = 16, 256 × 256, 25.6 / 22.8 ms; 4096² at p = 64, 64 × 64, 196 / 215 ms;
+#: with AVX-512 the tiled loops won at every one of those shapes).
+TILED_MAX_B_NARROW = 128 * 128
+#: Whether this CPU has 512-bit vectors (torch's own dispatch level).
+WIDE_VECTORS = torch.backends.cpu.get_cpu_capability() == "AVX512"
 TILED_CHUNK_BYTES = 64 << 10
 TILED_SINGLE_CHUNK_BYTES = 224 << 10
 
@@ -297,9 +305,10 @@ def native_chunk_rows(spec: KronSpec, m: int, itemsize: int) -> int:
 def tiled_pays(spec: KronSpec, m: int, itemsize: int) -> bool:
     """Whether a compiled fused plan runs the register-tiled loops rather than BLAS GEMMs.
 
-    Always for float32 and float64 (faster at every measured shape, up to m = D = 4096 at
-    p = 64); for 16-bit inputs below `TILED_HALF_MAX_ELEMENTS` input elements with A and B
-    within `TILED_HALF_MAX_A` and `TILED_HALF_MAX_B` values.
+    For float32 and float64 on CPUs with 512-bit vectors always (faster at every measured
+    shape, up to m = D = 4096 at p = 64), elsewhere while B holds at most
+    `TILED_MAX_B_NARROW` values; for 16-bit inputs below `TILED_HALF_MAX_ELEMENTS` input
+    elements with A and B within `TILED_HALF_MAX_A` and `TILED_HALF_MAX_B` values.
 
     Args:
         spec: the structure of W.
@@ -315,7 +324,7 @@ def tiled_pays(spec: KronSpec, m: int, itemsize: int) -> bool:
         True
     """
     if itemsize >= 4:
-        return True
+        return WIDE_VECTORS or spec.s * spec.t <= TILED_MAX_B_NARROW
     small_blocks = spec.p * spec.q <= TILED_HALF_MAX_A and spec.s * spec.t <= TILED_HALF_MAX_B
     return m * spec.q * spec.t < TILED_HALF_MAX_ELEMENTS and small_blocks
 

@@ -48,7 +48,7 @@ NATIVE_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 def _use_native(tensors: Sequence[Tensor], variant: str) -> bool:
     first = tensors[0]
     return (
-        variant != "split"
+        variant not in ("split", "pytorch")
         and first.device.type == "cpu"
         and first.dtype in NATIVE_DTYPES
         and available()
@@ -318,6 +318,7 @@ def fused_kron_concat(
     inputs: Literal["gather", "split"] = "gather",
     *,
     tiled: bool = False,
+    fallback: bool = False,
 ) -> Tensor:
     """`cat(xs, -1) (Σ_τ a[τ] ⊗ b[τ])ᵀ` through the native operator (or its fallback).
 
@@ -335,6 +336,9 @@ def fused_kron_concat(
             call, 16-bit inputs accumulated in float32) instead of its per-chunk BLAS GEMMs;
             the planner's `Plan.kernel == "tiled"`. Needs `inputs="gather"`; where the
             compiled operator is unavailable the fallback runs either way.
+        fallback: run the pure-PyTorch kernel even where the compiled operator is loaded
+            (the planner's `Plan.kernel == "pytorch"`, e.g. under
+            `force_plan(kernel="pytorch")`).
 
     Returns:
         (m, p·s), differentiable in xs, a and b.
@@ -344,7 +348,8 @@ def fused_kron_concat(
 
     Raises:
         ValueError: an unknown order or inputs, a chunk_rows below 1, `inputs="split"`
-            with an input boundary off a multiple of t, or `tiled` with `inputs="split"`.
+            with an input boundary off a multiple of t, `tiled` with `inputs="split"`, or
+            `tiled` with `fallback`.
 
     Example:
         >>> import torch
@@ -363,7 +368,9 @@ def fused_kron_concat(
     split = inputs == "split"
     if split and tiled:
         raise ValueError("tiled=True reads the inputs by gathering; it needs inputs='gather'")
-    variant = "split" if split else ("tiled" if tiled else "gather")
+    if tiled and fallback:
+        raise ValueError("tiled=True runs the compiled operator; it excludes fallback=True")
+    variant = "split" if split else ("tiled" if tiled else "pytorch" if fallback else "gather")
     if split and not fused.split_aligned([x.shape[1] for x in xs], b.shape[-1]):
         raise ValueError(
             f"inputs='split' needs every input boundary on a multiple of t={b.shape[-1]}, "

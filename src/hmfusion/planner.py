@@ -420,6 +420,7 @@ def _apply(plan: Plan, spec: KronSpec, xs: Sequence[Tensor], left: Factor, right
             plan.chunk_rows,
             inputs,
             tiled=plan.kernel == "tiled",
+            fallback=plan.kernel == "pytorch",
         )
     return y[:, : spec.n] if spec.p * spec.s != spec.n else y
 
