@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from hmfusion import bench, benchmark_cases, benchmark_report, benchmarking
+from hmfusion import bench, benchmark_cases, benchmark_report, benchmarking, costmodel
 from hmfusion.benchmarking import Shape
 from hmfusion.cli_common import run_command
 
@@ -88,6 +88,7 @@ def test_cases_over_the_call_budget_are_left_out_with_the_reason(tmp_path, monke
     # bfloat16 baseline take minutes a call, and the CI's benchmark hours
     rates = {"float32": 5e10, "bfloat16": 5e8}
     monkeypatch.setattr(benchmarking, "gemm_rate", lambda dtype, device: rates[str(dtype)[6:]])
+    monkeypatch.setattr(costmodel, "HALF_GEMMS_FAST", {torch.bfloat16: False, torch.float16: False})
     out = tmp_path / "out"
     options = "--shape 64,32,32,4,4,2 --shape 4096,1024,1024,32,32,4 --dtypes float32,bfloat16"
     options += f" --repeats 1 --warmup 0 --threads 1 --quiet --load 0 --methods {FAST_METHODS}"
@@ -108,25 +109,24 @@ def test_cases_over_the_call_budget_are_left_out_with_the_reason(tmp_path, monke
 
 
 def test_no_call_budget_measures_every_case(monkeypatch):
+    # only 16-bit cases on a CPU without fast 16-bit GEMMs are ever left out
     monkeypatch.setattr(benchmarking, "gemm_rate", lambda dtype, device: 1.0)
-    report = benchmarking.run(
-        [Shape(8, 8, 8, 2, 2, 2)],
-        ("float32",),
-        methods=("dense",),
-        repeats=1,
-        warmup=0,
-        max_call_seconds=None,
-    )
-    assert len(report["results"]) == 1 and not report["skipped"]
-    report = benchmarking.run(
-        [Shape(8, 8, 8, 2, 2, 2)],
-        ("float32",),
-        methods=("dense",),
-        repeats=1,
-        warmup=0,
-        max_call_seconds=10.0,
-    )
-    assert not report["results"] and "dense would take" in report["skipped"][0]["why"]
+    monkeypatch.setattr(costmodel, "HALF_GEMMS_FAST", {torch.bfloat16: False, torch.float16: False})
+    reports = {
+        budget: benchmarking.run(
+            [Shape(8, 8, 8, 2, 2, 2)],
+            ("float32", "bfloat16"),
+            methods=("dense",),
+            repeats=1,
+            warmup=0,
+            max_call_seconds=budget,
+        )
+        for budget in (None, 10.0)
+    }
+    assert len(reports[None]["results"]) == 2 and not reports[None]["skipped"]
+    assert [row["dtype"] for row in reports[10.0]["results"]] == ["float32"]
+    (skipped,) = reports[10.0]["skipped"]
+    assert skipped["dtype"] == "bfloat16" and "dense would take" in skipped["why"]
 
 
 def test_gemm_rate_is_a_rate():

@@ -232,6 +232,15 @@ def test_without_wide_vectors_large_blocks_of_b_run_blas(monkeypatch):
         assert planner.choose_plan(_spec(4096, 4096, 64, 64), 4096, (1024,) * 4).kernel == "tiled"
 
 
+def test_forced_fused_upcast_plans_follow_the_tiled_rule(monkeypatch, slow_half_gemms):
+    # found in review: a forced fused bfloat16 plan ran the tiled loops at a 512 × 512 B
+    monkeypatch.setattr(planner, "_native_runs", lambda dtype, device_type: True)
+    monkeypatch.setattr(costmodel, "WIDE_VECTORS", False)
+    with planner.force_plan(method="fused"):
+        plan = planner.choose_plan(_spec(1024, 1024, 2, 2), 4096, (256,) * 4, torch.bfloat16)
+    assert (plan.kernel, plan.upcast) == ("native", True)
+
+
 def test_small_layers_run_the_tiled_loops_in_one_chunk(monkeypatch):
     # the main job's layer: 100 µs of work, where BLAS set-up and a parallel region's wake-up
     # cost more than the arithmetic (tiled 510 µs against the BLAS kernel's 969 µs)

@@ -303,9 +303,11 @@ def _too_slow(
     modes: Sequence[Mode],
     rates: dict[str, float],
     max_call_seconds: float | None,
+    device_type: str = "cpu",
 ) -> str | None:
-    """Why a case is left out (its dense call predicted over the budget), or None."""
-    if max_call_seconds is None:
+    """Why a case is left out (a 16-bit case on a CPU without fast 16-bit GEMMs whose dense call
+    is predicted over the budget), or None."""
+    if max_call_seconds is None or costmodel.half_gemms_fast(dtype, device_type):
         return None
     name = str(dtype).removeprefix("torch.")
     rate = rates[name]
@@ -316,8 +318,7 @@ def _too_slow(
         f"dense would take ≈ {seconds:.0f} s a call (a {name} matmul runs "
         f"{rate / 1e9:.2g} GMAC/s here"
     )
-    if not costmodel.half_gemms_fast(dtype):
-        why += ": this CPU has no instructions for 16-bit GEMMs"
+    why += ": this CPU has no instructions for 16-bit GEMMs"
     return why + f"), over --max-call-seconds {max_call_seconds:g}"
 
 
@@ -389,9 +390,9 @@ def run(
         device: a torch device string.
         load: competing busy processes for the loaded measurement (0: none).
         progress: show a progress bar.
-        max_call_seconds: leave out (into `skipped`, with the reason) each case whose dense
-            call is predicted to take longer (m·n·D multiply-adds, ×3 with a backward, at
-            `gemm_rate`); None: no limit.
+        max_call_seconds: leave out (into `skipped`, with the reason) each 16-bit case on a
+            CPU without fast 16-bit GEMMs whose dense call is predicted to take longer
+            (m·n·D multiply-adds, ×3 with a backward, at `gemm_rate`); None: no limit.
 
     Returns:
         The report written to `results.json`: `machine`, `config`, `results` (quiet
@@ -430,7 +431,7 @@ def run(
         why = (
             "dtype not supported on this device"
             if dtype_name not in rates
-            else _too_slow(shape, dtype, modes, rates, max_call_seconds)
+            else _too_slow(shape, dtype, modes, rates, max_call_seconds, torch_device.type)
         )
         if why is not None:
             report["skipped"].append({"shape": shape._asdict(), "dtype": dtype_name, "why": why})

@@ -188,9 +188,13 @@ def _choose(
         # priced and run as float32 (the casts are two passes over X and Y, against 16-bit
         # GEMMs at ≈ 1 % of float32's rate); the tiled loops read the 16-bit values directly
         plan = _choose(spec, m, dims, torch.float32, device_type, grad)
-        note = f"{dtype} GEMMs are slow on this CPU: computed in float32"
-        reason = f"{note}; {plan.reason}" if plan.reason else ""
-        return plan._replace(upcast=plan.kernel != "tiled", reason=reason)
+        reason = ""
+        if plan.reason:  # (empty while torch.compile traces)
+            reason = f"{dtype} GEMMs are slow on this CPU: computed in float32; {plan.reason}"
+        upcast = plan.kernel != "tiled"
+        return Plan(
+            plan.method, plan.order, plan.inputs, plan.chunk_rows, reason, plan.kernel, upcast
+        )
     m_eff = max(m, 1)
     dense_order: Order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, None, None)
     compiled = _native_runs(dtype, device_type)
@@ -259,7 +263,7 @@ def _apply_forced(
     kernel: Kernel = "pytorch"
     if inputs == "gather" and compiled and wanted != "pytorch":
         if wanted is None:
-            pays = upcast or costmodel.tiled_pays(spec, max(m, 1), dtype.itemsize)
+            pays = costmodel.tiled_pays(spec, max(m, 1), 4 if upcast else dtype.itemsize)
             wanted = "tiled" if pays else "native"
         kernel = wanted
     # the plan's chunk holds only where the plan's own kernel runs
