@@ -314,12 +314,11 @@ def _too_slow(
     seconds = _dense_seconds(shape, modes, rate)
     if seconds <= max_call_seconds:
         return None
-    why = (
+    return (
         f"dense would take ≈ {seconds:.0f} s a call (a {name} matmul runs "
-        f"{rate / 1e9:.2g} GMAC/s here"
+        f"{rate / 1e9:.2g} GMAC/s here: this CPU has no instructions for 16-bit GEMMs), "
+        f"over --max-call-seconds {max_call_seconds:g}"
     )
-    why += ": this CPU has no instructions for 16-bit GEMMs"
-    return why + f"), over --max-call-seconds {max_call_seconds:g}"
 
 
 # entry point -------------------------------------------------------------------------------
