@@ -40,6 +40,7 @@ __all__ = [
     "tiled_pays",
     "device_ops",
     "estimate",
+    "fused_order",
     "half_gemms_fast",
     "native_chunk_rows",
     "split_pays",
@@ -80,6 +81,12 @@ GEMM_EFFICIENCY_AT_64 = 0.8
 #: 16-bit GEMMs: large ones ran ≈ 6× faster than float32 on an AVX-512 benchmark CPU (oneDNN), the
 #: fused kernel's small ones only ≈ 1.5–2×; their efficiency relative to a large GEMM drops.
 HALF_SMALL_GEMM_FACTOR = 0.3
+#: A fused plan with grad leaves the forward rule's order only where the other one saves at
+#: least this much a row: below it per-row overhead decides (p = q = 1, D = 128, n = 64,
+#: m = 4096, tiled: left first saves ≈ 9,400 and measured 3.95 ms against 4.09, both slower
+#: than forming W, 3.60; p = q = 4 at D = n = 256 ≈ 18,400 and measured 0.86 ms against
+#: 0.92 at m = 256, 6.5 against 7.4 at m = 4096).
+ORDER_MIN_SAVING_MACS = 1.0e4
 #: A batched GEMM costs at least this per row and call (tiny per-row matrices: ≈ 0.1 µs).
 BMM_ROW_MACS = 1.0e4
 #: Cost of one extra kernel launch, in multiply-adds of a large GEMM (≈ 11 µs at 90 GMAC/s).
@@ -220,19 +227,34 @@ def _batched_gemm_row_cost(macs: int, *dims: int, itemsize: int = 4) -> float:
 def _factored_row_cost(
     spec: KronSpec, order: Order, grad: bool, itemsize: int, composite: bool = False
 ) -> float:
-    """Cost per row of the two contractions with dense factors, forward (+ backward)."""
+    """Cost per row of the two contractions with dense factors, forward (+ backward).
+
+    Right first, `Z = X Bᵀ` is one GEMM over the rows (rows·q, t) and `Y_r = A Z_r` a
+    batched one; left first, `U_r = A X_r` is the batched one and `Y = U Bᵀ` the GEMM over
+    (rows·p, t). The backward recomputes the first contraction (the fused kernels save
+    nothing), so right first runs the GEMM over B three more times (Z again, dB, dX) and the
+    batched one twice (dA, G); left first the GEMM twice (dB, V) and the batched one three times
+    (U again, dA, dX).
+    """
     p, q, s, t = spec.p, spec.q, spec.s, spec.t
-    if order == "left_first":  # the same kernel with the roles of (p, q) and (s, t) swapped
-        p, q, s, t = s, t, p, q
-    last_axis = _gemm_cost(q * s * t, s, t, itemsize=itemsize)  # (rows·q, t) @ Bᵀ
-    # A (q, s) per row. Unchunked (the composite path), one batched GEMM over all m rows runs
-    # at the rate of its middle dimension (p = q = 512 with s = 2 ran at a large GEMM's rate:
-    # two-matmul code 1.5× faster than forming W); per chunk, at that of its smallest.
-    dims = sorted((p, q, s))[1:] if composite else (p, q, s)
-    middle_axis = _batched_gemm_row_cost(p * q * s, *dims, itemsize=itemsize)
+    if order == "right_first":
+        last_axis = _gemm_cost(q * s * t, s, t, itemsize=itemsize)  # (rows·q, t) @ Bᵀ
+        middle_macs, middle_dims = p * q * s, (p, q, s)  # A (q, s) per row
+    else:
+        last_axis = _gemm_cost(p * t * s, s, t, itemsize=itemsize)  # (rows·p, t) @ Bᵀ
+        middle_macs, middle_dims = p * q * t, (p, q, t)  # A (q, t) per row
+    # Unchunked (the composite path), one batched GEMM over all m rows runs at the rate of its
+    # middle dimension (p = q = 512 with s = 2 ran at a large GEMM's rate: two-matmul code
+    # 1.5× faster than forming W); per chunk, at that of its smallest.
+    dims = sorted(middle_dims)[1:] if composite else middle_dims
+    middle_axis = _batched_gemm_row_cost(middle_macs, *dims, itemsize=itemsize)
     forward = last_axis + middle_axis
-    # backward: Z again + dA, G, dB, dX (dA accumulates per-row products: one more pass)
-    backward = 3 * last_axis + 2 * middle_axis + BMM_ROW_MACS if grad else 0.0
+    backward = 0.0
+    if grad:  # (dA accumulates per-row products: one more pass)
+        if order == "right_first":
+            backward = 3 * last_axis + 2 * middle_axis + BMM_ROW_MACS
+        else:
+            backward = 2 * last_axis + 3 * middle_axis + BMM_ROW_MACS
     return spec.terms * (forward + backward)
 
 
@@ -252,10 +274,13 @@ def _tiled_row_cost(spec: KronSpec, order: Order, grad: bool, itemsize: int = 4)
     p, q, s, t = spec.p, spec.q, spec.s, spec.t
     size = 8 if itemsize == 8 else 4
     if order == "right_first":  # Z = X Bᵀ (s wide), Y = A Z (s wide)
-        forward = (q * s * t + p * q * s) / _lanes(s, size)
+        first, second = q * s * t / _lanes(s, size), p * q * s / _lanes(s, size)
     else:  # U = A X (t wide), Y = U Bᵀ (s wide)
-        forward = p * q * t / _lanes(t, size) + p * t * s / _lanes(s, size)
-    return spec.terms * TILED_ROW_FACTOR * (size / 4) * forward * (4 if grad else 1)
+        first, second = p * q * t / _lanes(t, size), p * t * s / _lanes(s, size)
+    # with grad the first contraction runs twice more (recomputed, then dB or dA) and dX;
+    # the second three times (dA or dB, G or V, and the forward)
+    work = 4 * first + 3 * second if grad else first + second
+    return spec.terms * TILED_ROW_FACTOR * (size / 4) * work
 
 
 def _lowrank_row_cost(spec: KronSpec, order: Order, grad: bool, itemsize: int) -> float:
@@ -268,6 +293,44 @@ def _lowrank_row_cost(spec: KronSpec, order: Order, grad: bool, itemsize: int) -
     else:
         forward = spec.t * cost_a + spec.p * cost_b
     return spec.terms * _gemm_cost(forward, rank, itemsize=itemsize) * (3 if grad else 1)
+
+
+def fused_order(spec: KronSpec, grad: bool, tiled: bool, itemsize: int = 4) -> Order:
+    """The contraction order of a fused plan: the cheaper one forward and, with grad, backward.
+
+    The fused kernels' backward recomputes the first contraction of a chunk (`X Bᵀ` right
+    first, `A X` left first) instead of saving it, so with grad the order whose first
+    contraction is the cheap one wins even where both orders cost the same forward: for
+    p = q = 2 and s = t = 512 (m = 4096, D = n = 1024), left first runs 4 · 2 · 2 · 512 +
+    3 · 2 · 512 · 512 multiply-adds per row against right first's 4 · 2 · 512 · 512 + 3 · 2 · 2
+    · 512 (measured forward+backward with the BLAS kernel: 80 ms against 101). Savings below
+    `ORDER_MIN_SAVING_MACS` a row keep [`kron_order`][hmfusion.kernels.kron_order]'s forward
+    rule.
+
+    Args:
+        spec: the structure of W (dense factors; low-rank ones are multiplied out first).
+        grad: whether a backward follows.
+        tiled: whether the register-tiled loops run (their cost counts vector lanes).
+        itemsize: bytes per value of the computation.
+
+    Returns:
+        `"right_first"` or `"left_first"`.
+
+    Example:
+        >>> from hmfusion.costmodel import KronSpec, fused_order
+        >>> spec = KronSpec(1024, 1024, 2, 2, 512, 512)
+        >>> fused_order(spec, grad=False, tiled=False), fused_order(spec, grad=True, tiled=False)
+        ('right_first', 'left_first')
+    """
+    forward: Order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, None, None)
+    if not grad:
+        return forward
+    other: Order = "left_first" if forward == "right_first" else "right_first"
+    if tiled:
+        costs = [_tiled_row_cost(spec, order, grad, itemsize) for order in (forward, other)]
+    else:
+        costs = [_factored_row_cost(spec, order, grad, itemsize) for order in (forward, other)]
+    return other if costs[0] - costs[1] >= ORDER_MIN_SAVING_MACS else forward
 
 
 def _pytorch_fused_ops(k: int, terms: int, chunks: int, grad: bool, split: bool) -> int:
@@ -487,7 +550,8 @@ def estimate(
     itemsize = dtype.itemsize
     chunks = -(-m // fused_chunk_rows)
     dense_order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, None, None)
-    row_cost = _factored_row_cost(spec, dense_order, grad, itemsize)
+    order = fused_order(spec, grad, native and tiled, itemsize)
+    row_cost = _factored_row_cost(spec, order, grad, itemsize)
     # materialize: the dense GEMMs, forming W (and, with grad, forming it again, reading dW
     # twice and rearranging it once)
     dense_gemm = _gemm_cost(spec.n * spec.D * m, spec.n, spec.D, m, itemsize=itemsize)
@@ -497,8 +561,8 @@ def estimate(
     # efficiency); full-size intermediates X, the middle product and Y, passed ≈ 4× forward,
     # 12× with grad
     if spec.rank_a is not None or spec.rank_b is not None:
-        order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, spec.rank_a, spec.rank_b)
-        composite_rows = _lowrank_row_cost(spec, order, grad, 4)
+        lowrank_order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, spec.rank_a, spec.rank_b)
+        composite_rows = _lowrank_row_cost(spec, lowrank_order, grad, 4)
     else:
         composite_rows = _factored_row_cost(spec, dense_order, grad, 4, composite=True)
     widths = spec.q * spec.t + spec.p * spec.s + min(spec.q * spec.s, spec.p * spec.t)
@@ -519,7 +583,7 @@ def estimate(
             "fused": on_device(row_cost * m + passes, "fused", chunks),
         }
     if native and tiled:
-        fused = _tiled_row_cost(spec, dense_order, grad, itemsize) * m + (
+        fused = _tiled_row_cost(spec, order, grad, itemsize) * m + (
             TILED_CALL_MACS_GRAD if grad else TILED_CALL_MACS
         )
     elif native:

@@ -20,7 +20,9 @@ m rows the candidates (the `Method` vocabulary) are:
     accelerators, and unchunked GEMMs where those beat the chunked kernel.
 
 Each contraction runs right first, `A (X Bᵀ)`, or left first, `(A X) Bᵀ` (`Order`;
-the cheaper: `min(q·s·(t + p), p·t·(q + s))` per row and term). The inputs are read as
+the cheaper: `min(q·s·(t + p), p·t·(q + s))` per row and term forward; a fused plan with
+grad takes [`fused_order`][hmfusion.costmodel.fused_order], which counts its backward's
+recomputed first contraction). The inputs are read as
 (`Inputs`) `gather` (a chunk of rows of every input copied into one cache-sized
 buffer; one unpadded input is read in place), `split` (each input contracted with its own
 columns of A; pure PyTorch only) or `cat` (`torch.cat` of the zero-padded inputs, for the
@@ -231,7 +233,8 @@ def _choose(
     if method == "fused":
         inputs: Inputs = "split" if split else "gather"
         kernel: Kernel = "tiled" if tiled else "native" if compiled else "pytorch"
-        return Plan("fused", dense_order, inputs, chunk_rows, reason, kernel)
+        order = costmodel.fused_order(spec, grad, tiled, dtype.itemsize)
+        return Plan("fused", order, inputs, chunk_rows, reason, kernel)
     if method == "composite":
         order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, spec.rank_a, spec.rank_b)
     else:
@@ -240,16 +243,26 @@ def _choose(
 
 
 def _apply_forced(
-    plan: Plan, spec: KronSpec, m: int, dims: tuple[int, ...], dtype: torch.dtype, device_type: str
+    plan: Plan,
+    spec: KronSpec,
+    m: int,
+    dims: tuple[int, ...],
+    dtype: torch.dtype,
+    device_type: str,
+    grad: bool,
 ) -> Plan:
     forced = dict(_FORCED)
     method = cast(Method, forced.get("method", plan.method))
-    order = cast(Order, forced.get("order", plan.order))
     same = method == plan.method
+    order = cast("Order | None", forced.get("order"))
     inputs = cast("Inputs | None", forced.get("inputs", plan.inputs if same else None))
     wanted = cast("Kernel | None", forced.get("kernel", plan.kernel if same else None))
     upcast = _upcasts(dtype, device_type)
     if method != "fused":
+        if order is None and same:
+            order = plan.order
+        elif order is None:
+            order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, spec.rank_a, spec.rank_b)
         return Plan(method, order, "cat", max(m, 1), "forced by force_plan", upcast=upcast)
     compiled = _native_runs(dtype, device_type)
     if inputs in (None, "cat"):
@@ -271,6 +284,10 @@ def _apply_forced(
     chunk_rows = cast("int | None", forced.get("chunk_rows", own))
     upcast = upcast and kernel != "tiled"
     itemsize = 4 if upcast else dtype.itemsize
+    if order is None and own is not None:  # the plan's own kernel: its own order
+        order = plan.order
+    elif order is None:
+        order = costmodel.fused_order(spec, grad, kernel == "tiled", itemsize)
     if chunk_rows is None and kernel == "tiled":
         chunk_rows = costmodel.tiled_chunk_rows(spec, max(m, 1), itemsize)
     elif chunk_rows is None and kernel == "native":
@@ -310,7 +327,9 @@ def choose_plan(
     if torch.compiler.is_compiling():  # traced once per graph: no cache, no logging
         dims = tuple(int(d) for d in dims)
         plan = _choose(spec, m, dims, dtype, device_type, requires_grad)
-        return _apply_forced(plan, spec, m, dims, dtype, device_type) if _FORCED else plan
+        if _FORCED:
+            return _apply_forced(plan, spec, m, dims, dtype, device_type, requires_grad)
+        return plan
     key = (spec, m, tuple(dims), dtype, device_type, requires_grad)
     cached = _CACHE.get(key)
     if cached is not None:
@@ -332,7 +351,8 @@ def choose_plan(
             plan,
         )
     if _FORCED:
-        return _apply_forced(plan, spec, int(m), tuple(int(d) for d in dims), dtype, device_type)
+        dims = tuple(int(d) for d in dims)
+        return _apply_forced(plan, spec, int(m), dims, dtype, device_type, requires_grad)
     return plan
 
 
