@@ -234,6 +234,23 @@ def test_without_wide_vectors_large_blocks_of_b_run_blas(monkeypatch):
         assert planner.choose_plan(_spec(4096, 4096, 64, 64), 4096, (1024,) * 4).kernel == "tiled"
 
 
+def test_a_large_a_with_a_tiny_b_runs_the_transposed_blas_kernel(monkeypatch):
+    # found at p = q = 512, m = 4096, D = n = 1024 (a 2 × 2 B): the planner ran the composite
+    # path, which is the two-matmul code (0.98× of it); the tiled loops took 652 ms and the BLAS
+    # kernel's per-row GEMMs of 2 columns 1.8 s, its transposed path 109 ms (two-matmul 138)
+    monkeypatch.setattr(planner, "_native_runs", lambda dtype, device_type: True)
+    for wide in (False, True):
+        monkeypatch.setattr(costmodel, "WIDE_VECTORS", wide)
+        monkeypatch.setattr(planner, "_CACHE", {})
+        for p in (512, 256):
+            plan = planner.choose_plan(_spec(1024, 1024, p, p), 4096, (256,) * 4)
+            assert (plan.method, plan.kernel, plan.order) == ("fused", "native", "right_first")
+            assert costmodel.native_transposed(_spec(1024, 1024, p, p), plan.order)
+        # an A of 128 × 128 and an 8 × 8 B keep the tiled loops (47 ms against 61)
+        plan = planner.choose_plan(_spec(1024, 1024, 128, 128), 4096, (256,) * 4)
+        assert plan.kernel == "tiled"
+
+
 def test_forced_fused_upcast_plans_follow_the_tiled_rule(monkeypatch, slow_half_gemms):
     # found in review: a forced fused bfloat16 plan ran the tiled loops at a 512 × 512 B
     monkeypatch.setattr(planner, "_native_runs", lambda dtype, device_type: True)
@@ -314,9 +331,14 @@ def test_unaligned_or_padded_inputs_are_gathered():
     assert planner.choose_plan(_spec(100, 110, 10, 11), 4096, (55, 55)).inputs in ("gather", "cat")
 
 
-def test_tiny_blocks_of_b_run_the_two_matmuls(fast_half_gemms):
+def test_tiny_blocks_of_b_run_the_two_matmuls_without_the_compiled_kernel(
+    monkeypatch, fast_half_gemms
+):
     # s = t = 2 beside a 512×512 A: the planner formed W, but the two unchunked matmuls ran
-    # 1.5× faster (121 against 179 ms forward+backward; float32 and bfloat16 alike)
+    # 1.5× faster (121 against 179 ms forward+backward; float32 and bfloat16 alike); the
+    # compiled kernel's transposed path is faster still (the test above)
+    monkeypatch.setattr(planner, "_native_runs", lambda dtype, device_type: False)
+    monkeypatch.setattr(planner, "_CACHE", {})
     for dtype in (torch.float32, torch.bfloat16):
         plan = planner.choose_plan(_spec(1024, 1024, 512, 512), 4096, (256,) * 4, dtype)
         assert plan.method == "composite" and (plan.inputs, plan.chunk_rows) == ("cat", 4096)

@@ -43,6 +43,7 @@ __all__ = [
     "fused_order",
     "half_gemms_fast",
     "native_chunk_rows",
+    "native_transposed",
     "split_pays",
 ]
 
@@ -145,6 +146,16 @@ TILED_HALF_MAX_B = 4096
 #: 256 × 4096 at p = 16, 256 × 256, 25.6 / 22.8 ms; 4096² at p = 64, 64 × 64, 196 / 215 ms;
 #: with AVX-512 the tiled loops won at every one of those shapes).
 TILED_MAX_B_NARROW = 128 * 128
+#: The compiled operator's BLAS kernel runs right-first plans whose B is smaller than this both
+#: ways transposed: A's product as one GEMM over the chunk's rows·s rows, B's as plain loops
+#: (`kTransposedMaxS` in `csrc/kron_concat.cpp`). There it beats the tiled loops once A holds
+#: more than `TILED_MAX_A_SMALL_B` values (AVX2 EPYC, float32, forward+backward, m = 4096,
+#: D = n = 1024: p = 512, s = 2, BLAS 109 ms, tiled 652, two-matmul code 138; p = 256, s = 4,
+#: 74 / 154 / 95; p = 128, s = 8, 61 / 47 / 71).
+TRANSPOSED_MAX_S = 16
+TILED_MAX_A_SMALL_B = 128 * 128
+#: The transposed path's loops over B run at this fraction of a large GEMM's rate.
+SMALL_B_LOOP_EFFICIENCY = 0.1
 #: Whether this CPU has 512-bit vectors (torch's own dispatch level).
 WIDE_VECTORS = torch.backends.cpu.get_cpu_capability() == "AVX512"
 TILED_CHUNK_BYTES = 64 << 10
@@ -225,7 +236,12 @@ def _batched_gemm_row_cost(macs: int, *dims: int, itemsize: int = 4) -> float:
 
 
 def _factored_row_cost(
-    spec: KronSpec, order: Order, grad: bool, itemsize: int, composite: bool = False
+    spec: KronSpec,
+    order: Order,
+    grad: bool,
+    itemsize: int,
+    composite: bool = False,
+    transposed: bool = False,
 ) -> float:
     """Cost per row of the two contractions with dense factors, forward (+ backward).
 
@@ -234,7 +250,8 @@ def _factored_row_cost(
     (rows·p, t). The backward recomputes the first contraction (the fused kernels save
     nothing), so right first runs the GEMM over B three more times (Z again, dB, dX) and the
     batched one twice (dA, G); left first the GEMM twice (dB, V) and the batched one three times
-    (U again, dA, dX).
+    (U again, dA, dX). `transposed` (the BLAS kernel's path for a small B, `native_transposed`):
+    A's product is one GEMM over rows·s rows and B's runs as loops.
     """
     p, q, s, t = spec.p, spec.q, spec.s, spec.t
     if order == "right_first":
@@ -248,6 +265,9 @@ def _factored_row_cost(
     # 1.5× faster than forming W); per chunk, at that of its smallest.
     dims = sorted(middle_dims)[1:] if composite else middle_dims
     middle_axis = _batched_gemm_row_cost(middle_macs, *dims, itemsize=itemsize)
+    if transposed:
+        last_axis = q * s * t / SMALL_B_LOOP_EFFICIENCY
+        middle_axis = _gemm_cost(middle_macs, p, q, itemsize=itemsize)
     forward = last_axis + middle_axis
     backward = 0.0
     if grad:  # (dA accumulates per-row products: one more pass)
@@ -295,7 +315,9 @@ def _lowrank_row_cost(spec: KronSpec, order: Order, grad: bool, itemsize: int) -
     return spec.terms * _gemm_cost(forward, rank, itemsize=itemsize) * (3 if grad else 1)
 
 
-def fused_order(spec: KronSpec, grad: bool, tiled: bool, itemsize: int = 4) -> Order:
+def fused_order(
+    spec: KronSpec, grad: bool, tiled: bool, itemsize: int = 4, native: bool = False
+) -> Order:
     """The contraction order of a fused plan: the cheaper one forward and, with grad, backward.
 
     The fused kernels' backward recomputes the first contraction of a chunk (`X Bᵀ` right
@@ -312,6 +334,7 @@ def fused_order(spec: KronSpec, grad: bool, tiled: bool, itemsize: int = 4) -> O
         grad: whether a backward follows.
         tiled: whether the register-tiled loops run (their cost counts vector lanes).
         itemsize: bytes per value of the computation.
+        native: whether the compiled operator's BLAS kernel runs (`native_transposed`).
 
     Returns:
         `"right_first"` or `"left_first"`.
@@ -323,13 +346,18 @@ def fused_order(spec: KronSpec, grad: bool, tiled: bool, itemsize: int = 4) -> O
         ('right_first', 'left_first')
     """
     forward: Order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, None, None)
-    if not grad:
+    if not grad and not (native and not tiled):
         return forward
     other: Order = "left_first" if forward == "right_first" else "right_first"
     if tiled:
         costs = [_tiled_row_cost(spec, order, grad, itemsize) for order in (forward, other)]
     else:
-        costs = [_factored_row_cost(spec, order, grad, itemsize) for order in (forward, other)]
+        costs = [
+            _factored_row_cost(
+                spec, order, grad, itemsize, transposed=native and native_transposed(spec, order)
+            )
+            for order in (forward, other)
+        ]
     return other if costs[0] - costs[1] >= ORDER_MIN_SAVING_MACS else forward
 
 
@@ -365,12 +393,35 @@ def native_chunk_rows(spec: KronSpec, m: int, itemsize: int) -> int:
     return max(1, min(m, max(min(rows, balanced), NATIVE_MIN_CHUNK_ROWS)))
 
 
+def native_transposed(spec: KronSpec, order: Order) -> bool:
+    """Whether the compiled operator's BLAS kernel runs A's product transposed: right first
+    with B smaller than `TRANSPOSED_MAX_S` both ways (one GEMM over rows·s rows instead of a
+    GEMM of s columns per row).
+
+    Args:
+        spec: the structure of W.
+        order: the plan's order.
+
+    Returns:
+        Whether that path runs.
+
+    Example:
+        >>> from hmfusion.costmodel import KronSpec, native_transposed
+        >>> native_transposed(KronSpec(1024, 1024, 512, 512, 2, 2), "right_first")
+        True
+    """
+    small = spec.s < TRANSPOSED_MAX_S and spec.t < TRANSPOSED_MAX_S
+    return order == "right_first" and small
+
+
 def tiled_pays(spec: KronSpec, m: int, itemsize: int) -> bool:
     """Whether a compiled fused plan runs the register-tiled loops rather than BLAS GEMMs.
 
-    For float32 and float64 on CPUs with 512-bit vectors always (faster at every measured
-    shape, up to m = D = 4096 at p = 64), elsewhere while B holds at most
-    `TILED_MAX_B_NARROW` values; for 16-bit inputs below `TILED_HALF_MAX_ELEMENTS` input
+    Never where B is smaller than `TRANSPOSED_MAX_S` both ways and A holds more than
+    `TILED_MAX_A_SMALL_B` values (the BLAS kernel's transposed path). Otherwise, for float32
+    and float64 on CPUs with 512-bit vectors always (faster at every measured shape, up to
+    m = D = 4096 at p = 64), elsewhere while B holds at most `TILED_MAX_B_NARROW` values;
+    for 16-bit inputs below `TILED_HALF_MAX_ELEMENTS` input
     elements with A and B within `TILED_HALF_MAX_A` and `TILED_HALF_MAX_B` values.
 
     Args:
@@ -386,6 +437,8 @@ def tiled_pays(spec: KronSpec, m: int, itemsize: int) -> bool:
         >>> tiled_pays(KronSpec(64, 384, 8, 8, 8, 48), 128, 2)
         True
     """
+    if native_transposed(spec, "right_first") and spec.p * spec.q > TILED_MAX_A_SMALL_B:
+        return False
     if itemsize >= 4:
         return WIDE_VECTORS or spec.s * spec.t <= TILED_MAX_B_NARROW
     small_blocks = spec.p * spec.q <= TILED_HALF_MAX_A and spec.s * spec.t <= TILED_HALF_MAX_B
@@ -550,7 +603,7 @@ def estimate(
     itemsize = dtype.itemsize
     chunks = -(-m // fused_chunk_rows)
     dense_order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, None, None)
-    order = fused_order(spec, grad, native and tiled, itemsize)
+    order = fused_order(spec, grad, native and tiled, itemsize, native=native)
     row_cost = _factored_row_cost(spec, order, grad, itemsize)
     # materialize: the dense GEMMs, forming W (and, with grad, forming it again, reading dW
     # twice and rearranging it once)
@@ -587,7 +640,9 @@ def estimate(
             TILED_CALL_MACS_GRAD if grad else TILED_CALL_MACS
         )
     elif native:
-        fused = NATIVE_ROW_FACTOR * row_cost * m + (
+        transposed = native_transposed(spec, order)
+        native_row = _factored_row_cost(spec, order, grad, itemsize, transposed=transposed)
+        fused = NATIVE_ROW_FACTOR * native_row * m + (
             NATIVE_CALL_MACS_GRAD if grad else NATIVE_CALL_MACS
         )
     else:

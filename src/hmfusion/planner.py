@@ -11,7 +11,8 @@ m rows the candidates (the `Method` vocabulary) are:
     handed out to the threads of one parallel region, W never formed. Its CPU code
     (`Plan.kernel`) is `"tiled"`, compiled loops over register tiles (float32 and float64
     always, 16-bit where A and B are small: no BLAS set-up, so small layers pay ≈ 20 µs a call),
-    `"native"`, the same walk with a BLAS GEMM per chunk (16-bit at large sizes), or
+    `"native"`, the same walk with a BLAS GEMM per chunk (16-bit at large sizes, large B
+    blocks without 512-bit vectors, a large A beside a B under 16 × 16 run transposed), or
     `"pytorch"`, the pure-PyTorch chunked kernel where the build failed or on other devices.
     Low-rank factors are multiplied out first (p×q and s×t only).
 `composite`
@@ -233,7 +234,7 @@ def _choose(
     if method == "fused":
         inputs: Inputs = "split" if split else "gather"
         kernel: Kernel = "tiled" if tiled else "native" if compiled else "pytorch"
-        order = costmodel.fused_order(spec, grad, tiled, dtype.itemsize)
+        order = costmodel.fused_order(spec, grad, tiled, dtype.itemsize, native=compiled)
         return Plan("fused", order, inputs, chunk_rows, reason, kernel)
     if method == "composite":
         order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, spec.rank_a, spec.rank_b)
@@ -287,7 +288,8 @@ def _apply_forced(
     if order is None and own is not None:  # the plan's own kernel: its own order
         order = plan.order
     elif order is None:
-        order = costmodel.fused_order(spec, grad, kernel == "tiled", itemsize)
+        tiled = kernel == "tiled"
+        order = costmodel.fused_order(spec, grad, tiled, itemsize, native=kernel == "native")
     if chunk_rows is None and kernel == "tiled":
         chunk_rows = costmodel.tiled_chunk_rows(spec, max(m, 1), itemsize)
     elif chunk_rows is None and kernel == "native":
