@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from hmfusion import bench, benchmark_cases, benchmark_report, benchmarking, costmodel
 from hmfusion.benchmarking import Shape
@@ -132,6 +133,36 @@ def test_no_call_budget_measures_every_case(monkeypatch):
 def test_gemm_rate_is_a_rate():
     rate = benchmarking.gemm_rate(torch.float32)
     assert 1e7 < rate < 1e14
+
+
+class _MatmulCalls(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += func is torch.ops.aten.mm.default
+        return func(*args, **(kwargs or {}))
+
+
+def test_gemm_rate_times_warm_calls(monkeypatch):
+    # found in review: with 16-bit GEMMs at 0.5 GMAC/s one 256³ call takes ≈ 35 ms, so the
+    # 50 ms loop timed one or two calls, the first of them cold; now one untimed call, then ≥ 3
+    clock = iter(range(0, 10_000, 1))  # each perf_counter() call one second later
+    monkeypatch.setattr(benchmarking.time, "perf_counter", lambda: float(next(clock)))
+    calls = _MatmulCalls()
+    with calls:
+        benchmarking.gemm_rate(torch.float32)
+    assert calls.calls == 4
+
+
+def test_plan_column_says_when_16_bit_is_computed_in_float32():
+    # found in review: a bfloat16 row computed in float32 (Plan.upcast) read like a bfloat16 plan
+    plan = {"method": "fused", "kernel": "native", "order": "left_first", "chunk_rows": 256}
+    assert benchmark_report._plan(plan) == "fused/native left_first 256"
+    assert benchmark_report._plan({**plan, "upcast": True}).endswith("256 in float32")
+    composite = {"method": "composite", "order": "right_first", "upcast": True}
+    assert benchmark_report._plan(composite) == "composite right_first in float32"
 
 
 def test_memory_is_measured(tiny_run):

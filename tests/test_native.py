@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import doctest
 import os
+import re
 import threading
 import time
 import warnings
@@ -18,7 +19,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from hmfusion import bench, benchmark_report, extension, fused, kernels, native
+from hmfusion import bench, benchmark_report, costmodel, extension, fused, kernels, native
 
 F64 = torch.float64
 
@@ -74,8 +75,20 @@ CASES = {
     # a B under 16 × 16 both ways runs A's product transposed right first (the BLAS kernel);
     # s = 1 writes Y and reads dY in place
     "one_row_b": (21, (12, 8), 6, 4, 1, 5, 2),
+    "one_row_b_padded": (21, (7, 9), 6, 4, 1, 5, 2),
     "scalar_b": (13, (12,), 6, 12, 1, 1, 1),
+    # either side of the transposed path's bound (s, t < 16)
+    "transposed_edge": (11, (30, 30), 2, 4, 15, 15, 1),
+    "untransposed_edge": (11, (64,), 2, 4, 15, 16, 1),
 }
+
+
+def test_transposed_bound_matches_the_cost_model():
+    # the planner prices the BLAS kernel's transposed path where the C++ takes it
+    source = (Path(native.__file__).parent / "csrc" / "kron_concat.cpp").read_text()
+    match = re.search(r"constexpr int64_t kTransposedMaxS = (\d+);", source)
+    assert match and int(match.group(1)) == costmodel.TRANSPOSED_MAX_S
+    assert "s < kTransposedMaxS && t < kTransposedMaxS" in source
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -113,8 +126,14 @@ def test_many_chunks_over_every_thread(kernel, device):
 
 
 @pytest.mark.parametrize("order", ["right_first", "left_first"])
-def test_gradients_only_where_needed(kernel, device, order):
-    xs, a, b = _data(9, (10, 14), 3, 4, 5, 6, 1, device)
+@pytest.mark.parametrize(
+    "geometry",
+    [((10, 14), 3, 4, 5, 6), ((40, 40), 3, 4, 5, 20)],  # the transposed path, and not (t ≥ 16)
+    ids=["small_b", "wide_b"],
+)
+def test_gradients_only_where_needed(kernel, device, order, geometry):
+    dims, p, q, s, t = geometry
+    xs, a, b = _data(9, dims, p, q, s, t, 1, device)
     for wanted, frozen in (
         ([b], (xs, a.detach(), b)),
         ([a], (xs, a, b.detach())),
@@ -144,15 +163,20 @@ def test_gradcheck_and_gradgradcheck(kernel, device):
     assert torch.autograd.gradgradcheck(fn, (*xs, a, b))
 
 
-def test_float32_and_bfloat16(kernel, device):
-    xs, a, b = _data(50, (16, 16), 4, 4, 8, 8, 1, device)
+@pytest.mark.parametrize("p, s", [(4, 8), (8, 1)])  # s = 1: Y written in place
+def test_float32_and_16_bit(kernel, device, p, s):
+    xs, a, b = _data(50, (16, 16), p, 4, s, 8, 1, device)
     expected = _reference(xs, a, b)
-    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 5e-2)):
-        cast = [v.detach().to(dtype) for v in (*xs, a, b)]
+    dy = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad(expected, [*xs, a, b], dy)
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)):
+        cast = [v.detach().to(dtype).requires_grad_() for v in (*xs, a, b)]
         y = native.fused_kron_concat(cast[:2], cast[2], cast[3], "right_first", 16)
-        assert y.dtype == dtype
-        error = (y.double() - expected).norm() / expected.norm()
-        assert error < tolerance, (dtype, error.item())
+        grads = torch.autograd.grad(y, cast, dy.to(dtype))
+        assert y.dtype == dtype and all(grad.dtype == dtype for grad in grads)
+        for got, reference in zip((y, *grads), (expected, *expected_grads)):
+            error = (got.double() - reference).norm() / reference.norm()
+            assert error < tolerance, (dtype, error.item())
 
 
 def test_split_inputs_need_aligned_boundaries(device):

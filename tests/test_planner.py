@@ -443,10 +443,30 @@ def test_fused_training_order_has_the_fewest_multiply_adds(n, D, p, q):
         flops[order] = counter.get_total_flops()
     with planner.force_plan(method="fused", kernel="pytorch"):
         chosen = planner.choose_plan(spec, 8, (D,)).order
+        forward = planner.choose_plan(spec, 8, (D,), requires_grad=False).order
     other = "left_first" if chosen == "right_first" else "right_first"
     assert flops[chosen] <= flops[other], flops
-    forward = planner.choose_plan(spec, 8, (D,), requires_grad=False)
-    assert forward.order == kernels.kron_order(p, q, n // p, D // q, None, None)
+    assert forward == kernels.kron_order(p, q, n // p, D // q, None, None)
+
+
+def test_forced_plans_take_their_own_method_s_order(monkeypatch):
+    # found in review: a forced method or kernel kept the order chosen for the plan's own
+    monkeypatch.setattr(planner, "_native_runs", lambda dtype, device_type: True)
+    monkeypatch.setattr(planner, "_CACHE", {})
+    spec = _spec(1024, 1024, 2, 2)
+    plan = planner.choose_plan(spec, 4096, (256,) * 4)
+    assert (plan.method, plan.kernel, plan.order) == ("fused", "native", "left_first")
+    with planner.force_plan(method="composite"):  # autograd keeps Z: the forward rule
+        assert planner.choose_plan(spec, 4096, (256,) * 4).order == "right_first"
+    with planner.force_plan(kernel="pytorch"):  # its own backward recomputes too
+        assert planner.choose_plan(spec, 4096, (256,) * 4).order == "left_first"
+    with planner.force_plan(order="right_first"):
+        assert planner.choose_plan(spec, 4096, (256,) * 4).order == "right_first"
+    # a forced left-first order at a 512 × 512 A beside a 2 × 2 B: the BLAS kernel's
+    # transposed path is right first only, so the tiled loops run
+    with planner.force_plan(method="fused", order="left_first"):
+        plan = planner.choose_plan(_spec(1024, 1024, 512, 512), 4096, (256,) * 4)
+    assert (plan.kernel, plan.order) == ("tiled", "left_first")
 
 
 def test_plan_is_cached_and_logged(caplog):

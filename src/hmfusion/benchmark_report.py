@@ -141,9 +141,13 @@ def _load(values: Sequence[float] | None) -> str:
 
 
 def _plan(plan: dict[str, Any]) -> str:
+    """The plan column: method (fused: with its kernel and rows per chunk) and order, and
+    "in float32" for a 16-bit case computed in float32 (`Plan.upcast`)."""
     if plan["method"] == "fused":
-        return f"fused/{plan.get('kernel', 'pytorch')} {plan['order']} {plan['chunk_rows']}"
-    return f"{plan['method']} {plan['order']}"
+        text = f"fused/{plan.get('kernel', 'pytorch')} {plan['order']} {plan['chunk_rows']}"
+    else:
+        text = f"{plan['method']} {plan['order']}"
+    return f"{text} in float32" if plan.get("upcast") else text
 
 
 def _rows_table(rows: list[dict], methods: Sequence[str], memory: bool) -> list[str]:

@@ -171,8 +171,8 @@ CACHE_BYTES = 8 << 20
 
 
 def _half_gemms_supported(dtype: torch.dtype) -> bool:
-    """Whether torch dispatches CPU GEMMs in `dtype` to oneDNN (which needs AVX-512, AMX or
-    AVX-NE-CONVERT on x86; the check is torch's own)."""
+    """Whether torch dispatches CPU GEMMs in `dtype` to oneDNN (the check is torch's own; on
+    x86 bfloat16 needs AVX-512 or AVX-NE-CONVERT, float16 AVX512-FP16 or AMX-FP16)."""
     check = {
         torch.bfloat16: "_is_mkldnn_bf16_supported",
         torch.float16: "_is_mkldnn_fp16_supported",
@@ -195,8 +195,10 @@ def half_gemms_fast(dtype: torch.dtype, device_type: str = "cpu") -> bool:
     """Whether GEMMs in `dtype` run at least at float32's rate on `device_type`.
 
     True for float32, float64 and every dtype off the CPU. For bfloat16 and float16 on the
-    CPU, whether torch runs their matmuls on oneDNN (x86 CPUs with AVX-512, AMX or
-    AVX-NE-CONVERT): without those instructions torch falls back to portable loops on one
+    CPU, whether torch runs their matmuls on oneDNN (torch's own check; on x86 bfloat16
+    needs AVX-512 or AVX-NE-CONVERT, float16 AVX512-FP16 or AMX-FP16, so a CPU with plain
+    AVX-512 but neither float16 extension runs bfloat16 on oneDNN and float16 on the slow
+    loops): without those instructions torch falls back to portable loops on one
     thread, ≈ 1 % of float32's rate (an AVX2 AMD EPYC: bfloat16 0.47 GMAC/s at 1024³,
     float32 66). There the planner computes 16-bit inputs in float32 (`Plan.upcast`, or the
     tiled loops, which stage them in float32 anyway), and `hmfusion bench` leaves out the
@@ -247,11 +249,13 @@ def _factored_row_cost(
 
     Right first, `Z = X Bᵀ` is one GEMM over the rows (rows·q, t) and `Y_r = A Z_r` a
     batched one; left first, `U_r = A X_r` is the batched one and `Y = U Bᵀ` the GEMM over
-    (rows·p, t). The backward recomputes the first contraction (the fused kernels save
+    (rows·p, t). The fused kernels' backward recomputes the first contraction (they save
     nothing), so right first runs the GEMM over B three more times (Z again, dB, dX) and the
     batched one twice (dA, G); left first the GEMM twice (dB, V) and the batched one three times
-    (U again, dA, dX). `transposed` (the BLAS kernel's path for a small B, `native_transposed`):
-    A's product is one GEMM over rows·s rows and B's runs as loops.
+    (U again, dA, dX). The composite path (`composite`: autograd keeps Z or U) is charged the
+    same counts, which its constants were calibrated with. `transposed` (the BLAS kernel's
+    path for a small B, `native_transposed`): A's product is one GEMM over rows·s rows and
+    B's runs as loops.
     """
     p, q, s, t = spec.p, spec.q, spec.s, spec.t
     if order == "right_first":
@@ -270,11 +274,12 @@ def _factored_row_cost(
         middle_axis = _gemm_cost(middle_macs, p, q, itemsize=itemsize)
     forward = last_axis + middle_axis
     backward = 0.0
-    if grad:  # (dA accumulates per-row products: one more pass)
+    if grad:  # (dA accumulates per-row products, one more pass; transposed: one GEMM)
+        per_row_da = 0.0 if transposed else BMM_ROW_MACS
         if order == "right_first":
-            backward = 3 * last_axis + 2 * middle_axis + BMM_ROW_MACS
+            backward = 3 * last_axis + 2 * middle_axis + per_row_da
         else:
-            backward = 2 * last_axis + 3 * middle_axis + BMM_ROW_MACS
+            backward = 2 * last_axis + 3 * middle_axis + per_row_da
     return spec.terms * (forward + backward)
 
 
@@ -414,20 +419,26 @@ def native_transposed(spec: KronSpec, order: Order) -> bool:
     return order == "right_first" and small
 
 
-def tiled_pays(spec: KronSpec, m: int, itemsize: int) -> bool:
+def tiled_pays(
+    spec: KronSpec, m: int, itemsize: int, grad: bool = True, order: Order | None = None
+) -> bool:
     """Whether a compiled fused plan runs the register-tiled loops rather than BLAS GEMMs.
 
-    Never where B is smaller than `TRANSPOSED_MAX_S` both ways and A holds more than
-    `TILED_MAX_A_SMALL_B` values (the BLAS kernel's transposed path). Otherwise, for float32
-    and float64 on CPUs with 512-bit vectors always (faster at every measured shape, up to
+    Never where the BLAS kernel would run its transposed path (`native_transposed`: right
+    first, the order it would take or `order`, with B smaller than `TRANSPOSED_MAX_S` both
+    ways) and A holds more than `TILED_MAX_A_SMALL_B` values. Otherwise, for float32 and
+    float64 on CPUs with 512-bit vectors always (faster at every measured shape, up to
     m = D = 4096 at p = 64), elsewhere while B holds at most `TILED_MAX_B_NARROW` values;
-    for 16-bit inputs below `TILED_HALF_MAX_ELEMENTS` input
-    elements with A and B within `TILED_HALF_MAX_A` and `TILED_HALF_MAX_B` values.
+    for 16-bit inputs below `TILED_HALF_MAX_ELEMENTS` input elements with A and B within
+    `TILED_HALF_MAX_A` and `TILED_HALF_MAX_B` values.
 
     Args:
         spec: the structure of W.
         m: rows of the batch.
         itemsize: bytes per element of the computation's dtype.
+        grad: whether a backward follows (it can change the BLAS kernel's order).
+        order: the plan's order where it is forced (None: the one the BLAS kernel would take,
+            `fused_order`).
 
     Returns:
         Whether the tiled kernel runs.
@@ -436,9 +447,13 @@ def tiled_pays(spec: KronSpec, m: int, itemsize: int) -> bool:
         >>> from hmfusion.costmodel import KronSpec, tiled_pays
         >>> tiled_pays(KronSpec(64, 384, 8, 8, 8, 48), 128, 2)
         True
+        >>> tiled_pays(KronSpec(1024, 1024, 512, 512, 2, 2), 4096, 4)
+        False
     """
-    if native_transposed(spec, "right_first") and spec.p * spec.q > TILED_MAX_A_SMALL_B:
-        return False
+    if spec.p * spec.q > TILED_MAX_A_SMALL_B and native_transposed(spec, "right_first"):
+        blas_order = order or fused_order(spec, grad, False, itemsize, native=True)
+        if blas_order == "right_first":
+            return False
     if itemsize >= 4:
         return WIDE_VECTORS or spec.s * spec.t <= TILED_MAX_B_NARROW
     small_blocks = spec.p * spec.q <= TILED_HALF_MAX_A and spec.s * spec.t <= TILED_HALF_MAX_B

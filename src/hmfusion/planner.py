@@ -9,8 +9,9 @@ m rows the candidates (the `Method` vocabulary) are:
 `fused`
     the operator `hmfusion::fused_kron_concat` (`hmfusion.native.fused_kron_concat`): row chunks
     handed out to the threads of one parallel region, W never formed. Its CPU code
-    (`Plan.kernel`) is `"tiled"`, compiled loops over register tiles (float32 and float64
-    always, 16-bit where A and B are small: no BLAS set-up, so small layers pay ≈ 20 µs a call),
+    (`Plan.kernel`) is `"tiled"`, compiled loops over register tiles (float32 and float64 but
+    for the BLAS cases below, 16-bit where A and B are small: no BLAS set-up, so small layers
+    pay ≈ 20 µs a call),
     `"native"`, the same walk with a BLAS GEMM per chunk (16-bit at large sizes, large B
     blocks without 512-bit vectors, a large A beside a B under 16 × 16 run transposed), or
     `"pytorch"`, the pure-PyTorch chunked kernel where the build failed or on other devices.
@@ -201,7 +202,7 @@ def _choose(
     m_eff = max(m, 1)
     dense_order: Order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, None, None)
     compiled = _native_runs(dtype, device_type)
-    tiled = compiled and costmodel.tiled_pays(spec, m_eff, dtype.itemsize)
+    tiled = compiled and costmodel.tiled_pays(spec, m_eff, dtype.itemsize, grad)
     if tiled:
         chunk_rows = costmodel.tiled_chunk_rows(spec, m_eff, dtype.itemsize)
     elif compiled:
@@ -257,7 +258,8 @@ def _apply_forced(
     same = method == plan.method
     order = cast("Order | None", forced.get("order"))
     inputs = cast("Inputs | None", forced.get("inputs", plan.inputs if same else None))
-    wanted = cast("Kernel | None", forced.get("kernel", plan.kernel if same else None))
+    own_kernel = same and order in (None, plan.order)  # (another order may want another kernel)
+    wanted = cast("Kernel | None", forced.get("kernel", plan.kernel if own_kernel else None))
     upcast = _upcasts(dtype, device_type)
     if method != "fused":
         if order is None and same:
@@ -277,7 +279,8 @@ def _apply_forced(
     kernel: Kernel = "pytorch"
     if inputs == "gather" and compiled and wanted != "pytorch":
         if wanted is None:
-            pays = costmodel.tiled_pays(spec, max(m, 1), 4 if upcast else dtype.itemsize)
+            itemsize = 4 if upcast else dtype.itemsize
+            pays = costmodel.tiled_pays(spec, max(m, 1), itemsize, grad, order)
             wanted = "tiled" if pays else "native"
         kernel = wanted
     # the plan's chunk holds only where the plan's own kernel runs
