@@ -267,11 +267,12 @@ def _factored_row_cost(
     # Unchunked (the composite path), one batched GEMM over all m rows runs at the rate of its
     # middle dimension (p = q = 512 with s = 2 ran at a large GEMM's rate: two-matmul code
     # 1.5× faster than forming W); per chunk, at that of its smallest.
-    dims = sorted(middle_dims)[1:] if composite else middle_dims
-    middle_axis = _batched_gemm_row_cost(middle_macs, *dims, itemsize=itemsize)
     if transposed:
         last_axis = q * s * t / SMALL_B_LOOP_EFFICIENCY
         middle_axis = _gemm_cost(middle_macs, p, q, itemsize=itemsize)
+    else:
+        dims = sorted(middle_dims)[1:] if composite else middle_dims
+        middle_axis = _batched_gemm_row_cost(middle_macs, *dims, itemsize=itemsize)
     forward = last_axis + middle_axis
     backward = 0.0
     if grad:  # (dA accumulates per-row products, one more pass; transposed: one GEMM)
@@ -351,7 +352,7 @@ def fused_order(
         ('right_first', 'left_first')
     """
     forward: Order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, None, None)
-    if not grad and not (native and not tiled):
+    if not grad and (tiled or not native):  # (the BLAS kernel's orders differ forward too)
         return forward
     other: Order = "left_first" if forward == "right_first" else "right_first"
     if tiled:
@@ -619,7 +620,8 @@ def estimate(
     chunks = -(-m // fused_chunk_rows)
     dense_order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, None, None)
     order = fused_order(spec, grad, native and tiled, itemsize, native=native)
-    row_cost = _factored_row_cost(spec, order, grad, itemsize)
+    transposed = native and native_transposed(spec, order)  # (the BLAS kernel's path)
+    row_cost = _factored_row_cost(spec, order, grad, itemsize, transposed=transposed)
     # materialize: the dense GEMMs, forming W (and, with grad, forming it again, reading dW
     # twice and rearranging it once)
     dense_gemm = _gemm_cost(spec.n * spec.D * m, spec.n, spec.D, m, itemsize=itemsize)
@@ -655,9 +657,7 @@ def estimate(
             TILED_CALL_MACS_GRAD if grad else TILED_CALL_MACS
         )
     elif native:
-        transposed = native_transposed(spec, order)
-        native_row = _factored_row_cost(spec, order, grad, itemsize, transposed=transposed)
-        fused = NATIVE_ROW_FACTOR * native_row * m + (
+        fused = NATIVE_ROW_FACTOR * row_cost * m + (
             NATIVE_CALL_MACS_GRAD if grad else NATIVE_CALL_MACS
         )
     else:

@@ -37,6 +37,12 @@ struct Geometry {
   bool left_first;
 
   bool transposed() const { return !left_first && s < kTransposedMaxS && t < kTransposedMaxS; }
+
+  // Scratch values per row of a chunk: the intermediate (U or Z), or, transposed, Zᵀ (or Gᵀ)
+  // and Yᵀ (or dYᵀ).
+  int64_t scratch_per_row() const {
+    return left_first ? p * t : transposed() ? s * (q + p) : q * s;
+  }
 };
 
 Geometry geometry(const std::vector<Tensor>& xs, const Tensor& a, const Tensor& b,
@@ -238,8 +244,7 @@ Tensor forward(const std::vector<Tensor>& xs_in, const Tensor& a_in, const Tenso
     const int64_t r0 = chunk * g.chunk, c = std::min(g.chunk, g.m - r0);
     Tensor x3 = rows.read(r0, c, stage[w]);
     Tensor y3 = y.narrow(0, r0, c).view({c, g.p, g.s});
-    // the intermediate per row (transposed: Zᵀ and Yᵀ)
-    const int64_t inner = left_first ? g.p * g.t : transposed ? g.s * (g.q + g.p) : g.q * g.s;
+    const int64_t inner = g.scratch_per_row();
     if (!scratch[w].defined()) {
       scratch[w] = at::empty({std::min(g.chunk, g.m) * inner}, y.options());
     }
@@ -322,8 +327,7 @@ std::tuple<std::vector<Tensor>, Tensor, Tensor> backward(
   std::vector<std::vector<Tensor>> da_acc(workers), db_acc(workers);
   std::vector<Tensor> stage(workers), dx_stage(workers), scratch(workers);
   const bool transposed = g.transposed();
-  // the intermediate per row (transposed: Zᵀ or Gᵀ, and dYᵀ)
-  const int64_t inner = left_first ? g.p * g.t : transposed ? g.s * (g.q + g.p) : g.q * g.s;
+  const int64_t inner = g.scratch_per_row();
   for_each_chunk(chunks, workers, [&](int64_t w, int64_t index) {
     const int64_t r0 = index * g.chunk, c = std::min(g.chunk, g.m - r0);
     if (!scratch[w].defined()) {  // the worker's first chunk: its accumulators and scratch
