@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import hmfusion.train
-from hmfusion import training
-from hmfusion.cli import main
+import hmfusion.apps.train.command
+from hmfusion.apps.train import loop as training
+from hmfusion.apps.cli import main
 from hmfusion.data import DataError
 
 
@@ -56,7 +56,7 @@ if __name__ == "__main__":
 
     if dump != "-":
         training.fit = dumping(training.fit, Path(dump))
-    hmfusion.train.load_data = perturbing(
-        hmfusion.train.load_data, mode, int(os.environ.get("RANK", "0"))
+    hmfusion.apps.train.command.load_data = perturbing(
+        hmfusion.apps.train.command.load_data, mode, int(os.environ.get("RANK", "0"))
     )
     sys.exit(main(argv))

@@ -16,9 +16,10 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from hmfusion import bench, benchmark_cases, benchmark_report, benchmarking, costmodel
-from hmfusion.benchmarking import Shape
-from hmfusion.cli_common import run_command
+from hmfusion.apps.bench import command as bench, cases as benchmark_cases, report as benchmark_report, engine as benchmarking
+from hmfusion.ops import costmodel
+from hmfusion.apps.bench.engine import Shape
+from hmfusion.apps.common import run_command
 
 FAST_METHODS = "dense,kron,tinybig,einsum,two_matmul,hmfusion"  # compiled: see the slow test
 

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hmfusion import HMConcatFusion, blocksizes
-from hmfusion.blocksizes import MAX_SIZE, choose_block_sizes, divisors, num_parameters
+from hmfusion import HMConcatFusion
+from hmfusion.structures import blocksizes
+from hmfusion.structures.blocksizes import MAX_SIZE, choose_block_sizes, divisors, num_parameters
 
 # A generous bound for "bounded cost": each case below took < 0.05 s on the 2-core CI machine;
 # before the fix they took 35 s to > 60 s. 5 s leaves room for a loaded machine.

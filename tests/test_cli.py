@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from hmfusion import cli
+from hmfusion.apps import cli
 
 
 def test_top_level_help_lists_commands(capsys):
@@ -26,11 +26,11 @@ def test_command_help(command, capsys):
 
 @pytest.mark.parametrize(
     "command,absent",
-    [("train", "hmfusion.bench"), ("bench", "hmfusion.train"), (None, "hmfusion.train")],
+    [("train", "hmfusion.apps.bench.command"), ("bench", "hmfusion.apps.train.command"), (None, "hmfusion.apps.train.command")],
 )
 def test_a_command_imports_only_what_it_needs(command, absent):
     code = (
-        f"import sys; from hmfusion import cli; cli.build_parser({command!r}); "
+        f"import sys; from hmfusion.apps import cli; cli.build_parser({command!r}); "
         f"print({absent!r} in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -84,7 +84,7 @@ def test_importing_the_cli_does_not_load_torch():
 
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_SRC, env.get("PYTHONPATH")]))
-    code = "import sys, hmfusion.cli; print('torch' in sys.modules)"
+    code = "import sys, hmfusion.apps.cli; print('torch' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )

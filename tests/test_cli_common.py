@@ -1,4 +1,4 @@
-"""hmfusion.cli_common: the one error path and the device."""
+"""hmfusion.apps.common: the one error path and the device."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import errno
 import pytest
 import torch
 
-from hmfusion.cli_common import (
+from hmfusion.apps.common import (
     EXIT_INTERRUPTED,
     UsageError,
     error,

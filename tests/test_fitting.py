@@ -8,7 +8,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hmfusion.fitting import fit_kronecker, nearest_kronecker, truncated_svd
+from hmfusion.structures.fitting import fit_kronecker, nearest_kronecker, truncated_svd
 
 F64 = torch.float64
 

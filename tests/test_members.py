@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import hmfusion
-from hmfusion import _validation, blocksizes, fitting, fusion, structures
+from hmfusion import _validation, fusion, structures
+from hmfusion.structures import blocksizes, fitting
 from hmfusion.fusion import base, dense, kronecker
 from registry import F64, MEMBERS, RecordShapes, reference_forward, reference_weight, rel_err
 from registry import samples as registry_samples

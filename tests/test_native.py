@@ -19,7 +19,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from hmfusion import bench, benchmark_report, costmodel, extension, fused, kernels, native
+from hmfusion.apps.bench import command as bench, report as benchmark_report
+from hmfusion.ops import costmodel, build as extension, fused, kernels, native
 
 F64 = torch.float64
 

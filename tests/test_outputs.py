@@ -1,4 +1,4 @@
-"""hmfusion.outputs: output directories and files that appear whole or not at all."""
+"""hmfusion.apps.outputs: output directories and files that appear whole or not at all."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from hmfusion.outputs import OutputDirectory, OutputFile, UsageError
+from hmfusion.apps.outputs import OutputDirectory, OutputFile, UsageError
 
 
 # OutputDirectory ------------------------------------------------------------------------------

@@ -14,15 +14,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from hmfusion import (
-    DualLPHMConcatFusion,
-    HMConcatFusion,
-    LPHMConcatFusion,
-    costmodel,
-    kernels,
-    native,
-    planner,
-)
+from hmfusion import DualLPHMConcatFusion, HMConcatFusion, LPHMConcatFusion
+from hmfusion.ops import costmodel, kernels, native, planner
 from hmfusion.structures import KroneckerStructure
 
 F64 = torch.float64
@@ -471,7 +464,7 @@ def test_forced_plans_take_their_own_method_s_order(monkeypatch):
 
 def test_plan_is_cached_and_logged(caplog):
     spec = _spec(96, 96, 8, 8)
-    with caplog.at_level(logging.DEBUG, logger="hmfusion.planner"):
+    with caplog.at_level(logging.DEBUG, logger="hmfusion.ops.planner"):
         first = planner.choose_plan(spec, 12345, (48, 48))
         second = planner.choose_plan(spec, 12345, (48, 48))
     assert first is second

@@ -12,8 +12,8 @@ import shutil
 import pytest
 import torch
 
-from hmfusion.checkpoint import load_checkpoint
-from hmfusion.cli import main as cli
+from hmfusion.apps.train.checkpoint import load_checkpoint
+from hmfusion.apps.cli import main as cli
 from hmfusion.data import DataError
 
 
@@ -189,12 +189,12 @@ def test_predict_cuda_without_cuda_is_one_line(run, capsys):
 
 
 def test_predict_out_is_checked_before_any_work(run, tmp_path, capsys, monkeypatch):
-    import hmfusion.predict
+    import hmfusion.apps.predict
 
     def never(*args, **kwargs):
         raise AssertionError("the checkpoint was read before --out was checked")
 
-    monkeypatch.setattr(hmfusion.predict, "load_checkpoint", never)
+    monkeypatch.setattr(hmfusion.apps.predict, "load_checkpoint", never)
     (tmp_path / "f").write_text("x")
     for out, message in [
         (tmp_path / "f" / "p.csv", "is a file, not a directory"),
@@ -208,12 +208,12 @@ def test_predict_out_is_checked_before_any_work(run, tmp_path, capsys, monkeypat
 
 def test_predict_out_in_a_directory_that_is_not_writable(run, tmp_path, capsys, monkeypatch):
     """Found in the reliability review: an unwritable --out surfaced only after predicting."""
-    import hmfusion.predict
+    import hmfusion.apps.predict
 
     def never(*args, **kwargs):
         raise AssertionError("the checkpoint was read before --out was checked")
 
-    monkeypatch.setattr(hmfusion.predict, "load_checkpoint", never)
+    monkeypatch.setattr(hmfusion.apps.predict, "load_checkpoint", never)
     (tmp_path / "ro").mkdir()
     real = os.access
     monkeypatch.setattr(
@@ -242,12 +242,12 @@ def test_predict_out_is_written_whole_or_not_at_all(run, tmp_path, capsys, monke
 
 
 def test_predict_ctrl_c_is_one_line_and_writes_nothing(run, tmp_path, capsys, monkeypatch):
-    import hmfusion.predict
+    import hmfusion.apps.predict
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(hmfusion.predict, "predict", interrupted)
+    monkeypatch.setattr(hmfusion.apps.predict, "predict", interrupted)
     code = cli(
         [
             "predict",

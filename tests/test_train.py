@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from hmfusion.checkpoint import load_checkpoint
-from hmfusion.cli import main as cli
+from hmfusion.apps.train.checkpoint import load_checkpoint
+from hmfusion.apps.cli import main as cli
 from hmfusion.data import load_mfeat
 
 TINY = ["--seeds", "1", "--epochs", "2", "--max-rows", "300", "--quiet"]
@@ -431,7 +431,7 @@ def test_torchrun_two_processes_match_one(tmp_path, monkeypatch, capsys):
     assert launched.stdout.count("| hm | ") == 1  # only rank 0 reports
 
     from ddp_worker import dumping
-    from hmfusion import training
+    from hmfusion.apps.train import loop as training
 
     monkeypatch.setattr(training, "fit", dumping(training.fit, tmp_path / "single"))
     assert train(tmp_path / "one", *flags) == 0
@@ -482,7 +482,7 @@ def one_line_error(capsys) -> str:
 @pytest.fixture
 def no_training(monkeypatch):
     """Fail the test if a model is trained (the problem had to be found before)."""
-    from hmfusion import training
+    from hmfusion.apps.train import loop as training
 
     def never(*args, **kwargs):
         raise AssertionError("training started before the problem was reported")
@@ -545,19 +545,19 @@ def test_an_unusable_out_is_one_line_before_any_training(
 def test_disk_full_while_writing_leaves_nothing(tmp_path, capsys, monkeypatch):
     import errno
 
-    import hmfusion.checkpoint
+    import hmfusion.apps.train.checkpoint
 
     def full(obj, path, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(hmfusion.checkpoint.torch, "save", full)
+    monkeypatch.setattr(hmfusion.apps.train.checkpoint.torch, "save", full)
     assert train(tmp_path / "out", "--fusion", "hm", *TINY) == 2
     assert "hm.pt': No space left on device" in one_line_error(capsys)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_ctrl_c_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
-    from hmfusion import training
+    from hmfusion.apps.train import loop as training
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -34,7 +34,7 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    # The modules are imported on first use (PEP 562), so that `import hmfusion.cli` does not
+    # The modules are imported on first use (PEP 562), so that `import hmfusion.apps.cli` does not
     # load torch: the `hmfusion` command sets its OpenMP defaults before torch starts.
     if name in __all__:
         value = getattr(importlib.import_module("hmfusion.fusion"), name)

@@ -2,6 +2,6 @@
 
 import sys
 
-from hmfusion.cli import main
+from hmfusion.apps.cli import main
 
 sys.exit(main())

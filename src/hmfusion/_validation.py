@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hmfusion import blocksizes, kernels
+from hmfusion.ops import kernels
+from hmfusion.structures import blocksizes
 
 __all__ = [
     "AUTO",
@@ -59,7 +60,7 @@ def check_positive_int(name: str, value: object) -> int:
 
 
 def check_size(name: str, value: object) -> int:
-    """A width: a positive int of at most `hmfusion.blocksizes.MAX_SIZE` (2⁴⁸)."""
+    """A width: a positive int of at most `hmfusion.structures.blocksizes.MAX_SIZE` (2⁴⁸)."""
     value = check_positive_int(name, value)
     if value > blocksizes.MAX_SIZE:
         raise ValueError(

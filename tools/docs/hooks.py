@@ -37,8 +37,23 @@ BENCHMARK_FILES = {
     "benchmark/speedup.png": "benchmarks/speedup.png",
     "benchmark/results.json": "benchmarks/results.json",
 }
-# Modules that need no page of their own: the entry point's dispatch and ``python -m``.
-NOT_REFERENCED = {"hmfusion.cli", "hmfusion.__main__"}
+#: The packages whose modules get a reference page (a page of its own or a generated one).
+PACKAGES = (
+    "hmfusion",
+    "hmfusion.compat",
+    "hmfusion.structures",
+    "hmfusion.ops",
+    "hmfusion.apps",
+    "hmfusion.apps.train",
+    "hmfusion.apps.bench",
+)
+# Modules that need no page of their own: the entry point's dispatch, ``python -m``, and the
+# modules of ``hmfusion.structures`` whose names that package's page shows.
+NOT_REFERENCED = {
+    "hmfusion.apps.cli",
+    "hmfusion.__main__",
+    *(f"hmfusion.structures.{name}" for name in ("base", "dense", "kronecker", "random_matrix")),
+}
 _DIRECTIVE = re.compile(r"^:::\s+([\w.]+)", re.M)
 # module -> URI of its generated reference page (filled by on_config for this build)
 _GENERATED: dict[str, str] = {}
@@ -79,14 +94,14 @@ def reference_slug(module_name: str) -> str:
 
 
 def public_modules() -> set[str]:
-    """``hmfusion.<name>`` and ``hmfusion.compat.<name>`` for every name without a leading _."""
+    """Every module without a leading _ in the packages of ``PACKAGES`` (not ``NOT_REFERENCED``)."""
     names = set()
-    for package_name in ("hmfusion", "hmfusion.compat"):
+    for package_name in PACKAGES:
         package = importlib.import_module(package_name)
         for info in pkgutil.iter_modules(package.__path__, prefix=package_name + "."):
-            if not info.name.rsplit(".", 1)[1].startswith("_") and info.name != "hmfusion.compat":
+            if not info.name.rsplit(".", 1)[1].startswith("_"):
                 names.add(info.name)
-    return names
+    return names - {"hmfusion.compat"} - NOT_REFERENCED
 
 
 def _documented_modules(docs_dir: Path) -> set[str]:

@@ -12,8 +12,8 @@ from typing import Literal
 import torch
 
 from hmfusion import _validation as V
-from hmfusion import planner
 from hmfusion.fusion.base import ConcatFusion, Device, setup_sizes
+from hmfusion.ops import planner
 from hmfusion.structures import KroneckerStructure
 
 __all__ = ["BlockSize", "DualLPHMConcatFusion", "HMConcatFusion", "LPHMConcatFusion"]
@@ -78,7 +78,8 @@ class _KroneckerFusion(ConcatFusion):
         dtype and device (cached per shape). `plan(m).method == "materialize"` means that W
         is formed for that call (where one dense GEMM is cheaper, e.g. p = q = 1); `"fused"`
         and `"composite"` never form it. `requires_grad` defaults to whether the
-        parameters train. [`hmfusion.planner.force_plan`][hmfusion.planner.force_plan] overrides the
+        parameters train. [`hmfusion.ops.planner.force_plan`][hmfusion.ops.planner.force_plan]
+        overrides the
         choice.
 
         Raises:

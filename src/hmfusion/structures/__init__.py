@@ -24,14 +24,16 @@ D work: n is rounded up to n' = p·⌈n/p⌉ and D to D' = q·⌈D/q⌉, s = n'/
 top-left n×D block of the n'×D' Kronecker product (equivalently: X is zero-padded to D' columns
 and the first n outputs are kept). Padding costs (n'·D' − n·D)/(p·q) extra entries of B.
 
-The Kronecker members apply Wᵀ without forming W (see [`hmfusion.kernels`][hmfusion.kernels]): per
+The Kronecker members apply Wᵀ without forming W (see
+[`hmfusion.ops.kernels`][hmfusion.ops.kernels]): per
 row the cost is min(q·s·(t + p), p·t·(q + s)) multiply-adds instead of n·D — except under the
 planner's `materialize` plan, which forms W and runs one dense GEMM. Its cost model picks that plan
 when forming W costs less than the factored product saves: block sizes that save nothing
 (p = q = 1) over a large batch. `plan(m)` tells, per number of rows m.
 The low-rank and random-matrix members never form W; the dense member's W is its parameter. Block
-sizes are chosen in [`hmfusion.blocksizes`][hmfusion.blocksizes], factors fitted in
-[`hmfusion.fitting`][hmfusion.fitting].
+sizes are chosen in [`hmfusion.structures.blocksizes`][hmfusion.structures.blocksizes], factors
+fitted in
+[`hmfusion.structures.fitting`][hmfusion.structures.fitting].
 
 The package holds one module per job: `hmfusion.structures.base` the contract every structure
 follows ([`Structure`][hmfusion.structures.Structure], its factors and flat vector w, the

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hmfusion import fitting, kernels
+from hmfusion.ops import kernels
+from hmfusion.structures import fitting
 from hmfusion.structures.base import (
     Factors,
     FactorSpec,

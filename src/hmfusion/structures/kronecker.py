@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 
 from hmfusion import _validation as V
-from hmfusion import blocksizes, fitting, kernels, planner
+from hmfusion.ops import kernels, planner
+from hmfusion.structures import blocksizes, fitting
 from hmfusion.structures.base import (
     Factors,
     FactorSpec,
@@ -36,10 +37,10 @@ class KroneckerStructure(Structure):
     - LPHM: `rank_b = r`: A (p×q), B = S Tᵀ with S: s×r, T: t×r; w = [A | S | Tᵀ].
     - dual-LPHM: `rank_a = rank_b = r`: A = P Qᵀ with P: p×r, Q: q×r; w = [P | Qᵀ | S | Tᵀ].
 
-    The sizes live in one place, `spec` (the planner's [`KronSpec`][hmfusion.planner.KronSpec],
+    The sizes live in one place, `spec` (the planner's [`KronSpec`][hmfusion.ops.planner.KronSpec],
     with s = ⌈n/p⌉ and t = ⌈D/q⌉); `n`, `p`, `s`… read it. Use `create` to validate
     arguments and resolve `"auto"` block sizes
-    ([`hmfusion.blocksizes.choose_block_sizes`][hmfusion.blocksizes.choose_block_sizes]).
+    ([`hmfusion.structures.blocksizes.choose_block_sizes`][hmfusion.structures.blocksizes.choose_block_sizes]).
 
     Args:
         spec: the sizes n, D, p, q, s, t, terms and ranks (not checked: `create` checks them).
@@ -162,8 +163,8 @@ class KroneckerStructure(Structure):
     ) -> planner.Plan:
         """How `apply_concat` computes m rows of inputs of widths `dims` (default: one
         input of width D): materialize, fused or composite, order, input handling, row chunk.
-        See [`hmfusion.planner`][hmfusion.planner];
-        [`force_plan`][hmfusion.planner.force_plan] overrides it.
+        See [`hmfusion.ops.planner`][hmfusion.ops.planner];
+        [`force_plan`][hmfusion.ops.planner.force_plan] overrides it.
 
         Args:
             m: the number of rows (not checked here: the fusion module's `plan` checks it).
@@ -197,7 +198,8 @@ class KroneckerStructure(Structure):
 
     def fit(self, weight: Tensor) -> dict[str, Tensor]:
         """Nearest sum of Kronecker products
-        ([`hmfusion.fitting.fit_kronecker`][hmfusion.fitting.fit_kronecker]: Van Loan & Pitsianis,
+        ([`hmfusion.structures.fitting.fit_kronecker`][hmfusion.structures.fitting.fit_kronecker]:
+        Van Loan & Pitsianis,
         with hard impute of the padded entries); a low-rank Kronecker factor is
         then truncated by SVD (not jointly optimal, but exact when W has that structure)."""
         a, b = fitting.fit_kronecker(weight, self.p, self.q, self.s, self.t, self.terms)

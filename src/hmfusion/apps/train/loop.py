@@ -1,11 +1,12 @@
 """The training loop of `hmfusion train`, driven by a frozen
-[`TrainConfig`][hmfusion.training.TrainConfig].
+[`TrainConfig`][hmfusion.apps.train.loop.TrainConfig].
 
 For every fusion and seed: a stratified train/validation/test split picked by the seed (the same
 for every fusion), AdamW, early stopping on the validation loss, and the test accuracy at the
 best epoch. Under torchrun the model is wrapped in DistributedDataParallel and the global batch
-is split over the processes (see [`hmfusion.distributed`][hmfusion.distributed]). What a run
-writes is [`hmfusion.results`][hmfusion.results]'s job.
+is split over the processes (see
+[`hmfusion.apps.train.distributed`][hmfusion.apps.train.distributed]). What a run
+writes is [`hmfusion.apps.train.results`][hmfusion.apps.train.results]'s job.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from hmfusion.apps.train.distributed import Processes
+from hmfusion.apps.train.model import FUSIONS, KRONECKER_FUSIONS, MultiViewClassifier
 from hmfusion.data import MultiViewData, stratified_split
-from hmfusion.distributed import Processes
-from hmfusion.model import FUSIONS, KRONECKER_FUSIONS, MultiViewClassifier
 
 __all__ = ["DEFAULT_FUSIONS", "Run", "TrainConfig", "fit", "model_config", "train_all"]
 
@@ -37,7 +38,7 @@ class TrainConfig:
     """Everything a training run is asked to do, fixed before it starts.
 
     Attributes:
-        fusions: the fusions to compare, names of [`FUSIONS`][hmfusion.model.FUSIONS].
+        fusions: the fusions to compare, names of [`FUSIONS`][hmfusion.apps.train.model.FUSIONS].
         hidden: width of every view's encoder; 0 fuses the standardized views directly.
         fused_width: output width n of the fusion layer; None means `hidden` (or 64).
         rank: rank r of lowrank, lphm, dual_lphm and random.
@@ -141,7 +142,8 @@ def _fusion_options(name: str, config: TrainConfig, seed: int) -> dict[str, Any]
 def model_config(
     data: MultiViewData, fusion: str, config: TrainConfig, seed: int
 ) -> dict[str, Any]:
-    """The [`MultiViewClassifier`][hmfusion.model.MultiViewClassifier] config of one run; an
+    """The [`MultiViewClassifier`][hmfusion.apps.train.model.MultiViewClassifier] config of one
+    run; an
     explicit p or q that does not divide n or D turns on zero padding."""
     options = _fusion_options(fusion, config, seed)
     model = MultiViewClassifier.make_config(
@@ -305,8 +307,8 @@ def train_all(
     procs: Processes,
     on_run: Callable[[Run], None] | None = None,
 ) -> list[Run]:
-    """[`fit`][hmfusion.training.fit] every fusion with every seed, in that order; `on_run`
-    (if given) sees each [`Run`][hmfusion.training.Run] as it finishes (on every process)."""
+    """[`fit`][hmfusion.apps.train.loop.fit] every fusion with every seed, in that order; `on_run`
+    (if given) sees each [`Run`][hmfusion.apps.train.loop.Run] as it finishes (on every process)."""
     show = procs.is_main and not config.quiet
     runs = []
     with tqdm(

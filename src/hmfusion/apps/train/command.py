@@ -29,7 +29,7 @@ import uuid
 
 import torch
 
-from hmfusion.cli_common import (
+from hmfusion.apps.common import (
     UsageError,
     add_data_arguments,
     block_size,
@@ -43,12 +43,12 @@ from hmfusion.cli_common import (
     probability,
     resolve_device,
 )
+from hmfusion.apps.outputs import OutputDirectory
+from hmfusion.apps.train.distributed import Processes, environment, fingerprint, processes
+from hmfusion.apps.train.loop import DEFAULT_FUSIONS, TrainConfig, model_config, train_all
+from hmfusion.apps.train.model import FUSIONS, MultiViewClassifier
+from hmfusion.apps.train.results import results, write_outputs
 from hmfusion.data import DataError, MultiViewData, check_classes, stratified_subsample
-from hmfusion.distributed import Processes, environment, fingerprint, processes
-from hmfusion.model import FUSIONS, MultiViewClassifier
-from hmfusion.outputs import OutputDirectory
-from hmfusion.results import results, write_outputs
-from hmfusion.training import DEFAULT_FUSIONS, TrainConfig, model_config, train_all
 
 __all__ = ["add_arguments", "main"]
 

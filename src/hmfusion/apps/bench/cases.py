@@ -1,7 +1,7 @@
 """The cases of `hmfusion bench`: the grid of shapes and, per shape and dtype, every method.
 
 The methods (`METHODS`) are the ways a user can compute `cat(xs) Wᵀ` with W = A ⊗ B (n×D);
-[`hmfusion.benchmarking`][hmfusion.benchmarking] times them.
+[`hmfusion.apps.bench.engine`][hmfusion.apps.bench.engine] times them.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def _square(m: int, d: int, p: int, k: int = 4) -> Shape:
 MAIN_JOB_SHAPE = Shape(128, 384, 64, 8, 8, 6)
 
 #: The shapes of the performance targets (float32, 2 threads, forward+backward; the speed-up
-#: each must reach is in `hmfusion.benchmark_report`).
+#: each must reach is in `hmfusion.apps.bench.report`).
 TARGET_SHAPES = {
     "compute_1024": _square(4096, 1024, 32),
     "small_batch_4096": _square(256, 4096, 64),

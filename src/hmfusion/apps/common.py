@@ -1,8 +1,9 @@
 """What every `hmfusion` command shares: argument types, the data arguments, the device and the
 one error path (one line on stderr, exit status 2).
 
-The outputs that appear whole or not at all are [`hmfusion.outputs`][hmfusion.outputs]'s job;
-its [`UsageError`][hmfusion.outputs.UsageError] is exported here too, as the error of every
+The outputs that appear whole or not at all are [`hmfusion.apps.outputs`][hmfusion.apps.outputs]'s
+job;
+its [`UsageError`][hmfusion.apps.outputs.UsageError] is exported here too, as the error of every
 argument, environment or output location that cannot work.
 """
 
@@ -16,8 +17,8 @@ from typing import Literal
 
 import torch
 
+from hmfusion.apps.outputs import UsageError
 from hmfusion.data import DataError, MultiViewData, load_files, load_mfeat
-from hmfusion.outputs import UsageError
 
 __all__ = [
     "EXIT_INTERRUPTED",
@@ -61,14 +62,14 @@ def error(message: str, *, show: bool = True, status: int = EXIT_USAGE) -> int:
 
 
 def run_command(main: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a command's `main`; a [`UsageError`][hmfusion.outputs.UsageError],
+    """Run a command's `main`; a [`UsageError`][hmfusion.apps.outputs.UsageError],
     [`DataError`][hmfusion.data.DataError] or `OSError` it lets through, or Ctrl-C, ends as one
     line on stderr.
 
-    Returns `main`'s status, [`EXIT_USAGE`][hmfusion.cli_common.EXIT_USAGE] after an error,
-    [`EXIT_INTERRUPTED`][hmfusion.cli_common.EXIT_INTERRUPTED] after Ctrl-C. Outputs are atomic
-    ([`OutputDirectory`][hmfusion.outputs.OutputDirectory],
-    [`OutputFile`][hmfusion.outputs.OutputFile]), so nothing is half-written when this
+    Returns `main`'s status, [`EXIT_USAGE`][hmfusion.apps.common.EXIT_USAGE] after an error,
+    [`EXIT_INTERRUPTED`][hmfusion.apps.common.EXIT_INTERRUPTED] after Ctrl-C. Outputs are atomic
+    ([`OutputDirectory`][hmfusion.apps.outputs.OutputDirectory],
+    [`OutputFile`][hmfusion.apps.outputs.OutputFile]), so nothing is half-written when this
     reports.
     """
     try:

@@ -4,8 +4,8 @@ An output is first written beside its destination (`.<name>.tmp-<random>`) and r
 place once complete, so an interrupted or failed command never leaves a half-written file or
 directory where the user asked for one. Every location is checked when the output is
 constructed, before any work; a location that cannot work is a
-[`UsageError`][hmfusion.outputs.UsageError], which the commands report as one line with exit
-status 2 ([`run_command`][hmfusion.cli_common.run_command]).
+[`UsageError`][hmfusion.apps.outputs.UsageError], which the commands report as one line with exit
+status 2 ([`run_command`][hmfusion.apps.common.run_command]).
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ class UsageError(ValueError):
     """Arguments, an environment or an output location that cannot work (bad data is a
     [`hmfusion.data.DataError`][hmfusion.data.DataError]).
 
-    Defined in [`hmfusion.outputs`][hmfusion.outputs], the lowest module that raises it, and
-    exported by [`hmfusion.cli_common`][hmfusion.cli_common] with the rest of the error path.
+    Defined in [`hmfusion.apps.outputs`][hmfusion.apps.outputs], the lowest module that raises it,
+    and
+    exported by [`hmfusion.apps.common`][hmfusion.apps.common] with the rest of the error path.
     """
 
 
@@ -46,10 +47,10 @@ class OutputDirectory:
     directory, and is absent or empty unless `overwrite` — which replaces only a directory
     holding `marker` (a file every output of the command has, so that `--out . --overwrite`
     cannot delete a project), and never the working directory or one above it.
-    [`open`][hmfusion.outputs.OutputDirectory.open] creates the staging directory
+    [`open`][hmfusion.apps.outputs.OutputDirectory.open] creates the staging directory
     `.<name>.tmp-<random>` beside `path` (proving it writable); files go into `staging`;
-    [`commit`][hmfusion.outputs.OutputDirectory.commit] renames it to `path` (replacing the
-    old one whole with `overwrite`); [`discard`][hmfusion.outputs.OutputDirectory.discard]
+    [`commit`][hmfusion.apps.outputs.OutputDirectory.commit] renames it to `path` (replacing the
+    old one whole with `overwrite`); [`discard`][hmfusion.apps.outputs.OutputDirectory.discard]
     removes it. Used as a context manager it opens, and discards on any exception. A kill
     leaves at most a `.tmp-` directory, never a mixed `path`.
 
@@ -126,7 +127,7 @@ class OutputDirectory:
 
     def discard(self) -> None:
         """Remove the staging directory and the parents
-        [`open`][hmfusion.outputs.OutputDirectory.open] created."""
+        [`open`][hmfusion.apps.outputs.OutputDirectory.open] created."""
         if self.staging is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
             self.staging = None
@@ -144,7 +145,7 @@ class OutputFile:
     """A file that appears at `path` whole, or not at all (write, then rename into place).
 
     Checked at construction: `path` is not a directory, lies under a writable directory, and
-    does not exist unless `overwrite`. [`write`][hmfusion.outputs.OutputFile.write] stages
+    does not exist unless `overwrite`. [`write`][hmfusion.apps.outputs.OutputFile.write] stages
     the text beside `path` and renames it over `path`.
 
     Raises:

@@ -7,10 +7,10 @@ named after a hash of the sources, the compiler flags and the CPU (`-march=nativ
 so that checkouts with different sources never rebuild over each other and a build for one
 CPU's instructions is never loaded on another; later processes load it from there. It
 registers the operators `torch.ops.hmfusion_native.{forward, backward, tiled_forward,
-tiled_backward}`, which [`hmfusion.native`][hmfusion.native] wraps.
+tiled_backward}`, which [`hmfusion.ops.native`][hmfusion.ops.native] wraps.
 
 Where the build fails (no compiler, no ninja, missing headers) a one-line `RuntimeWarning` is
-issued once and [`available`][hmfusion.extension.available] answers False: the operator then
+issued once and [`available`][hmfusion.ops.build.available] answers False: the operator then
 runs its pure-PyTorch fallback. Setting the environment variable `HMFUSION_NATIVE=0` skips the
 build. This module never changes the process environment.
 """
@@ -34,7 +34,7 @@ _SOURCE = Path(__file__).with_name("csrc") / "kron_concat.cpp"
 #: Every file of the extension (the operator and the register-tiled loops it includes).
 _SOURCES = (_SOURCE, _SOURCE.with_name("tiled.h"))
 _EXTENSION = "hmfusion_native"
-#: Where the compiled path stands in this process (see [`status`][hmfusion.extension.status]).
+#: Where the compiled path stands in this process (see [`status`][hmfusion.ops.build.status]).
 _STATE: Literal["unloaded", "loaded", "disabled", "failed"] = "unloaded"
 _LOCK = threading.Lock()
 

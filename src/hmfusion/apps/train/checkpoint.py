@@ -3,12 +3,13 @@
 A checkpoint is two files of one name: `<name>.pt` (the `state_dict`, tensors only, read with
 `torch.load(weights_only=True)`) and `<name>.json` (the model config and the run's metadata).
 The JSON records the SHA-256 of the `.pt` bytes and the run id, so
-[`load_checkpoint`][hmfusion.checkpoint.load_checkpoint] refuses weights that do not belong to
+[`load_checkpoint`][hmfusion.apps.train.checkpoint.load_checkpoint] refuses weights that do not
+belong to
 the config (another run, a partial write), as well as non-finite weights and a degenerate
 standardization. The config's `"format"` and `"version"` fields are
-[`CHECKPOINT_FORMAT`][hmfusion.model.CHECKPOINT_FORMAT] and
-[`CHECKPOINT_VERSION`][hmfusion.model.CHECKPOINT_VERSION], which
-[`make_config`][hmfusion.model.MultiViewClassifier.make_config] writes into every config.
+[`CHECKPOINT_FORMAT`][hmfusion.apps.train.model.CHECKPOINT_FORMAT] and
+[`CHECKPOINT_VERSION`][hmfusion.apps.train.model.CHECKPOINT_VERSION], which
+[`make_config`][hmfusion.apps.train.model.MultiViewClassifier.make_config] writes into every config.
 """
 
 from __future__ import annotations
@@ -22,8 +23,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hmfusion.apps.train.model import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    FUSIONS,
+    MultiViewClassifier,
+)
 from hmfusion.data import DataError
-from hmfusion.model import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, FUSIONS, MultiViewClassifier
 
 __all__ = ["load_checkpoint", "save_checkpoint"]
 
@@ -38,7 +44,7 @@ def save_checkpoint(
     `.pt` bytes) into `directory`; returns the `.pt` path.
 
     `meta` must hold `"model"` (the config) and `"run_id"`; write into a staging directory
-    ([`OutputDirectory`][hmfusion.outputs.OutputDirectory]) so that the pair appears
+    ([`OutputDirectory`][hmfusion.apps.outputs.OutputDirectory]) so that the pair appears
     together.
     """
     weights = directory / f"{name}.pt"

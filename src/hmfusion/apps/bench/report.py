@@ -1,6 +1,6 @@
 """The benchmark's reports: Markdown tables, the `RESULTS.md` document and the figure.
 
-Everything here reads a report of [`run`][hmfusion.benchmarking.run] (the `results.json`
+Everything here reads a report of [`run`][hmfusion.apps.bench.engine.run] (the `results.json`
 `hmfusion bench` writes), so `benchmarks/RESULTS.md` is regenerated from a stored run with
 `hmfusion bench --render results.json --out DIR` without measuring again.
 """
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hmfusion import reporting
-from hmfusion.benchmarking import METHODS, TARGET_SHAPES, Shape
+from hmfusion.apps import reporting
+from hmfusion.apps.bench.engine import METHODS, TARGET_SHAPES, Shape
 
 __all__ = ["check_targets", "document", "markdown_table", "plot"]
 
@@ -223,7 +223,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     """The quiet table, the loaded table (if measured) and the target checks, as Markdown.
 
     Args:
-        report: a report of [`run`][hmfusion.benchmarking.run].
+        report: a report of [`run`][hmfusion.apps.bench.engine.run].
 
     Returns:
         Markdown text ending in a newline.
@@ -243,7 +243,7 @@ def document(report: dict[str, Any]) -> str:
     """`benchmarks/RESULTS.md`: how the run was made, the targets, every table.
 
     Args:
-        report: a report of [`run`][hmfusion.benchmarking.run].
+        report: a report of [`run`][hmfusion.apps.bench.engine.run].
 
     Returns:
         The Markdown document.
@@ -315,7 +315,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     and bfloat16, forward+backward) and the best simple code, written to `path` (PNG).
 
     Args:
-        report: a report of [`run`][hmfusion.benchmarking.run].
+        report: a report of [`run`][hmfusion.apps.bench.engine.run].
         path: the PNG file to write.
     """
     plt = reporting.pyplot()

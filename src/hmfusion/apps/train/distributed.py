@@ -1,7 +1,8 @@
 """The processes of a training run: torchrun's environment, the process group, and agreement.
 
 Outside torchrun a run is one process and every collective is a no-op. Under torchrun, ranks must
-agree before training: [`Processes.agree`][hmfusion.distributed.Processes.agree] is a collective
+agree before training: [`Processes.agree`][hmfusion.apps.train.distributed.Processes.agree] is a
+collective
 that every rank reaches whatever happened to it (a load error is passed in, not raised), so a
 failure on one rank stops all of them with that rank's message instead of leaving the others waiting
 in a collective.
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hmfusion.cli_common import UsageError
+from hmfusion.apps.common import UsageError
 from hmfusion.data import MultiViewData
 
 __all__ = ["Processes", "environment", "fingerprint", "processes"]
@@ -83,7 +84,8 @@ class Processes:
         """The first problem of any rank, or None when every rank is fine and holds the same data.
 
         A collective that every rank must reach exactly once per call, with its own `problem` (a
-        one-line message, or None) and the [`fingerprint`][hmfusion.distributed.fingerprint] of its
+        one-line message, or None) and the
+        [`fingerprint`][hmfusion.apps.train.distributed.fingerprint] of its
         data (None when it has none). Every rank gets the same answer, so all stop or all go on.
         """
         if not self.distributed:
@@ -130,7 +132,8 @@ def fingerprint(data: MultiViewData) -> str:
 def processes(
     device: torch.device, rank: int, world_size: int, local_rank: int
 ) -> Iterator[Processes]:
-    """The run's [`Processes`][hmfusion.distributed.Processes]; under torchrun (`world_size > 1`)
+    """The run's [`Processes`][hmfusion.apps.train.distributed.Processes]; under torchrun
+    (`world_size > 1`)
     the process group is set up on entry (gloo on CPU, nccl on CUDA) and torn down on exit."""
     procs = Processes(rank, world_size, local_rank, device)
     if device.type == "cuda":

@@ -41,8 +41,7 @@ from typing import Any
 
 import torch
 
-from hmfusion import costmodel, native
-from hmfusion.benchmark_cases import (
+from hmfusion.apps.bench.cases import (
     FULL_GRID,
     MAIN_JOB_SHAPE,
     METHODS,
@@ -55,7 +54,8 @@ from hmfusion.benchmark_cases import (
     Shape,
     _Case,
 )
-from hmfusion.planner import ideal_speedup
+from hmfusion.ops import costmodel, native
+from hmfusion.ops.planner import ideal_speedup
 
 __all__ = [
     "FULL_GRID",
@@ -76,7 +76,7 @@ __all__ = [
 MAX_LOAD_PER_CPU = 4
 #: A case is left out when one forward+backward call of its dense baseline is predicted to take
 #: longer than this (`--max-call-seconds`): 16-bit GEMMs on a CPU without instructions for
-#: them run at ≈ 1 % of float32's rate (`hmfusion.costmodel.half_gemms_fast`), and dense
+#: them run at ≈ 1 % of float32's rate (`hmfusion.ops.costmodel.half_gemms_fast`), and dense
 #: bfloat16 at m = D = n = 4096 would take ≈ 7 minutes a call there.
 MAX_CALL_SECONDS = 10.0
 
@@ -185,7 +185,7 @@ def busy_processes(count: int) -> Iterator[list[subprocess.Popen]]:
         ValueError: count out of that range.
 
     Example:
-        >>> from hmfusion.benchmarking import busy_processes
+        >>> from hmfusion.apps.bench.engine import busy_processes
         >>> with busy_processes(1) as children:
         ...     len(children)
         1
@@ -277,7 +277,7 @@ def gemm_rate(dtype: torch.dtype, device: torch.device | str = "cpu") -> float:
 
     Example:
         >>> import torch
-        >>> from hmfusion.benchmarking import gemm_rate
+        >>> from hmfusion.apps.bench.engine import gemm_rate
         >>> gemm_rate(torch.float32) > 1e8
         True
     """
@@ -399,7 +399,7 @@ def run(
     Returns:
         The report written to `results.json`: `machine`, `config`, `results` (quiet
         rows), `loaded` (rows under load) and `skipped`
-        (`hmfusion.benchmark_report.check_targets` adds `targets`).
+        (`hmfusion.apps.bench.report.check_targets` adds `targets`).
     """
     torch_device = torch.device(device)
     chosen = [m for m in METHODS if m in methods or m in ("dense", "hmfusion")]

@@ -13,7 +13,7 @@ than `--max-call-seconds` (10) are left out, with the reason, into `skipped` and
 document's "Left out" section. `--render results.json` rewrites the
 document and figure from a stored run. Every argument, `--device` and `--out` are checked
 before measuring; a problem is one line on stderr and exit status 2, with nothing written.
-See `hmfusion.benchmarking` for how it measures.
+See `hmfusion.apps.bench.engine` for how it measures.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from typing import Any
 
 import torch
 
-from hmfusion import benchmark_report, benchmarking
-from hmfusion.benchmarking import MAX_LOAD_PER_CPU, METHODS, MODES, QUICK_METHODS, Shape
-from hmfusion.cli_common import (
+from hmfusion.apps.bench import engine
+from hmfusion.apps.bench import report as bench_report
+from hmfusion.apps.bench.engine import MAX_LOAD_PER_CPU, METHODS, MODES, QUICK_METHODS, Shape
+from hmfusion.apps.common import (
     UsageError,
     describe_failure,
     nonnegative_float,
@@ -37,7 +38,7 @@ from hmfusion.cli_common import (
     positive_int,
     resolve_device,
 )
-from hmfusion.outputs import OutputDirectory
+from hmfusion.apps.outputs import OutputDirectory
 
 __all__ = ["add_arguments", "main"]
 
@@ -152,11 +153,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-call-seconds",
         type=nonnegative_float,
-        default=benchmarking.MAX_CALL_SECONDS,
+        default=engine.MAX_CALL_SECONDS,
         metavar="S",
         help="leave out cases whose dense call is predicted to take longer than S seconds "
         "(16-bit on CPUs without 16-bit GEMM instructions; "
-        f"default {benchmarking.MAX_CALL_SECONDS:g}, 0: no limit)",
+        f"default {engine.MAX_CALL_SECONDS:g}, 0: no limit)",
     )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument(
@@ -194,7 +195,7 @@ def main(args: argparse.Namespace) -> int:
             written or holds files (without `--overwrite`, or not an earlier run's); the
             `--render` file is not a readable `results.json`. The command line reports it as
             one line with exit status 2
-            ([`run_command`][hmfusion.cli_common.run_command]).
+            ([`run_command`][hmfusion.apps.common.run_command]).
     """
     device = resolve_device(args.device)
     output = OutputDirectory(args.out, overwrite=args.overwrite, marker=_MARKER)
@@ -202,12 +203,12 @@ def main(args: argparse.Namespace) -> int:
     with output as staging:
         report = stored if stored is not None else _measure(args, device)
         (staging / _MARKER).write_text(json.dumps(report, indent=1) + "\n")
-        (staging / "results.md").write_text(benchmark_report.document(report))
+        (staging / "results.md").write_text(bench_report.document(report))
         if not args.no_plot:
-            benchmark_report.plot(report, staging / "speedup.png")
+            bench_report.plot(report, staging / "speedup.png")
         output.commit()
     if not args.quiet:
-        print(benchmark_report.markdown_table(report))
+        print(bench_report.markdown_table(report))
     return 0
 
 
@@ -226,7 +227,7 @@ def _read_report(path: Path) -> dict[str, Any]:
 
 
 def _measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    shapes = args.shape or (benchmarking.QUICK_GRID if args.quick else benchmarking.FULL_GRID)
+    shapes = args.shape or (engine.QUICK_GRID if args.quick else engine.FULL_GRID)
     dtypes = args.dtypes or ("float32", "bfloat16")
     modes = args.modes or (("forward+backward",) if args.quick else MODES)
     methods = args.methods or (QUICK_METHODS if args.quick else METHODS)
@@ -235,7 +236,7 @@ def _measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        report = benchmarking.run(
+        report = engine.run(
             shapes,
             dtypes,
             methods=methods,
@@ -249,5 +250,5 @@ def _measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         )
     finally:
         torch.set_num_threads(threads)
-    report["targets"] = benchmark_report.check_targets(report["results"], report["loaded"])
+    report["targets"] = bench_report.check_targets(report["results"], report["loaded"])
     return report

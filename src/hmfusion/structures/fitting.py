@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from hmfusion import kernels
+from hmfusion.ops import kernels
 
 __all__ = ["IMPUTE_MAX_ITERATIONS", "fit_kronecker", "nearest_kronecker", "truncated_svd"]
 
@@ -94,10 +94,12 @@ def fit_kronecker(
 
     When the n×D `weight` is smaller than p·s × q·t, the padded entries are missing: they are
     filled with the current fit, alternating with
-    [`nearest_kronecker`][hmfusion.fitting.nearest_kronecker] (the error on the given block never
+    [`nearest_kronecker`][hmfusion.structures.fitting.nearest_kronecker] (the error on the given
+    block never
     increases), until the fit changes by less than 100 ulps of its norm or after
-    [`IMPUTE_MAX_ITERATIONS`][hmfusion.fitting.IMPUTE_MAX_ITERATIONS] rounds. Without padding this
-    is one [`nearest_kronecker`][hmfusion.fitting.nearest_kronecker].
+    [`IMPUTE_MAX_ITERATIONS`][hmfusion.structures.fitting.IMPUTE_MAX_ITERATIONS] rounds. Without
+    padding this
+    is one [`nearest_kronecker`][hmfusion.structures.fitting.nearest_kronecker].
 
     Args:
         weight: a floating (n, D) tensor with n ≤ p·s and D ≤ q·t.

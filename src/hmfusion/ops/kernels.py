@@ -13,20 +13,21 @@ A sum of Kronecker products is the sum of such contractions.
 A *factor* here is either a dense matrix (a `Tensor` of shape rows×cols) or a low-rank pair
 `(U, V)` standing for `U @ V.T` with U: rows×r and V: cols×r.
 
-Three ways to compute `cat(xs) Wᵀ` exist; [`hmfusion.planner`][hmfusion.planner] decides which
+Three ways to compute `cat(xs) Wᵀ` exist; [`hmfusion.ops.planner`][hmfusion.ops.planner] decides
+which
 one runs.
 
-- [`kron_linear`][hmfusion.kernels.kron_linear] forms W
-  ([`kron_weight`][hmfusion.kernels.kron_weight]), then one dense GEMM: the "materialize"
+- [`kron_linear`][hmfusion.ops.kernels.kron_linear] forms W
+  ([`kron_weight`][hmfusion.ops.kernels.kron_weight]), then one dense GEMM: the "materialize"
   plan, for shapes where the factored product saves nothing (p = q = 1 over a large batch).
-- [`kron_matmul`][hmfusion.kernels.kron_matmul] composes differentiable torch ops; autograd
+- [`kron_matmul`][hmfusion.ops.kernels.kron_matmul] composes differentiable torch ops; autograd
   derives the backward. It is the path for low-rank factors, whose thin matmuls are cheaper
   than any dense factor.
 - the fused path, row chunk by row chunk without forming W, lives in
-  [`hmfusion.fused`][hmfusion.fused] (its names are re-exported here):
-  [`fused_forward`][hmfusion.fused.fused_forward] and
-  [`fused_backward`][hmfusion.fused.fused_backward], the pure-PyTorch fallback of the operator
-  [`hmfusion.native`][hmfusion.native] registers.
+  [`hmfusion.ops.fused`][hmfusion.ops.fused] (its names are re-exported here):
+  [`fused_forward`][hmfusion.ops.fused.fused_forward] and
+  [`fused_backward`][hmfusion.ops.fused.fused_backward], the pure-PyTorch fallback of the operator
+  [`hmfusion.ops.native`][hmfusion.ops.native] registers.
 """
 
 from __future__ import annotations
@@ -38,12 +39,12 @@ import torch
 from torch import Tensor
 
 # The fused path's names, re-exported for the planner (`kernels.fused_forward`, …): the one
-# import of this module it needs. They are documented in `hmfusion.fused`.
-from hmfusion.fused import FusedLayout as FusedLayout
-from hmfusion.fused import fused_backward as fused_backward
-from hmfusion.fused import fused_forward as fused_forward
-from hmfusion.fused import input_blocks as input_blocks
-from hmfusion.fused import split_aligned as split_aligned
+# import of this module it needs. They are documented in `hmfusion.ops.fused`.
+from hmfusion.ops.fused import FusedLayout as FusedLayout
+from hmfusion.ops.fused import fused_backward as fused_backward
+from hmfusion.ops.fused import fused_forward as fused_forward
+from hmfusion.ops.fused import input_blocks as input_blocks
+from hmfusion.ops.fused import split_aligned as split_aligned
 
 #: A factor: a dense (rows, cols) matrix, or a low-rank pair (U, V) standing for U Vᵀ.
 Factor = Tensor | tuple[Tensor, Tensor]
@@ -125,7 +126,7 @@ def autocast_dtype_for(device_type: str) -> torch.dtype | None:
 
 
 def autocast_dtype(tensors: Sequence[Tensor]) -> torch.dtype | None:
-    """[`autocast_dtype_for`][hmfusion.kernels.autocast_dtype_for] the first tensor's device."""
+    """[`autocast_dtype_for`][hmfusion.ops.kernels.autocast_dtype_for] the first tensor's device."""
     return autocast_dtype_for(tensors[0].device.type)
 
 
@@ -265,7 +266,7 @@ def kron_matmul(
         right: the right factors, each s×t, as many as `left`.
         shape: (p, q, s, t).
         order: `"right_first"` (X Bᵀ, then A) or `"left_first"` (A X, then Bᵀ); see
-            [`kron_order`][hmfusion.kernels.kron_order].
+            [`kron_order`][hmfusion.ops.kernels.kron_order].
 
     Returns:
         Of shape (m, p·s).

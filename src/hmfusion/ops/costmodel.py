@@ -6,19 +6,20 @@ runs at a fraction min(1, 0.8·(d/64)^0.45) of a large GEMM's rate, a batched GE
 least `BMM_ROW_MACS` per row, a kernel launch `OP_OVERHEAD_MACS` and a pass over a formed W
 `WEIGHT_ELEMENT_MACS` per element. The compiled operator's register-tiled loops are charged
 their multiply-adds over the share of vector lanes their output columns fill
-(`TILED_ROW_FACTOR`) plus a call (`TILED_CALL_MACS`); [`tiled_pays`][hmfusion.costmodel.tiled_pays]
+(`TILED_ROW_FACTOR`) plus a call (`TILED_CALL_MACS`);
+[`tiled_pays`][hmfusion.ops.costmodel.tiled_pays]
 says when they run rather than its BLAS GEMMs.
 
 16-bit GEMMs on CPU run on oneDNN only where the CPU has the instructions for them
-([`half_gemms_fast`][hmfusion.costmodel.half_gemms_fast]); elsewhere torch runs them with
+([`half_gemms_fast`][hmfusion.ops.costmodel.half_gemms_fast]); elsewhere torch runs them with
 portable single-threaded loops, two orders of magnitude slower than float32, and the planner
 computes 16-bit inputs in float32 (`Plan.upcast`; the tiled loops do so by themselves).
 
-On accelerators ([`estimate`][hmfusion.costmodel.estimate] with `device_type != "cpu"`) work
+On accelerators ([`estimate`][hmfusion.ops.costmodel.estimate] with `device_type != "cpu"`) work
 runs `DEVICE_SPEEDUP` times faster, but every dispatched operator costs host time
 (`DEVICE_OP_MACS`, ≈ 15 µs): up to m = D = 4096 the H200 run was launch-bound (dense
 forward+backward ≈ 0.5–0.7 ms at every size). So there each method is charged its operator
-count ([`device_ops`][hmfusion.costmodel.device_ops], counted with a dispatch mode), which
+count ([`device_ops`][hmfusion.ops.costmodel.device_ops], counted with a dispatch mode), which
 grows with the number of chunks; the pure-PyTorch fused kernel also pays the composite path's
 full-size passes, and no compiled operator runs.
 """
@@ -29,7 +30,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from hmfusion import kernels
+from hmfusion.ops import kernels
 
 __all__ = [
     "KronSpec",
@@ -47,7 +48,7 @@ __all__ = [
     "split_pays",
 ]
 
-#: How W is applied (see [`hmfusion.planner`][hmfusion.planner]).
+#: How W is applied (see [`hmfusion.ops.planner`][hmfusion.ops.planner]).
 Method = Literal["materialize", "fused", "composite"]
 #: Which contraction comes first.
 Order = Literal["right_first", "left_first"]
@@ -59,7 +60,7 @@ class KronSpec(NamedTuple):
     `rank_a` / `rank_b` are the ranks of low-rank factors (None: dense).
 
     Example:
-        >>> from hmfusion.costmodel import KronSpec
+        >>> from hmfusion.ops.costmodel import KronSpec
         >>> KronSpec(64, 64, 8, 8, 8, 8).terms
         1
     """
@@ -213,7 +214,7 @@ def half_gemms_fast(dtype: torch.dtype, device_type: str = "cpu") -> bool:
 
     Example:
         >>> import torch
-        >>> from hmfusion.costmodel import half_gemms_fast
+        >>> from hmfusion.ops.costmodel import half_gemms_fast
         >>> half_gemms_fast(torch.float32), half_gemms_fast(torch.bfloat16, "cuda")
         (True, True)
     """
@@ -332,7 +333,7 @@ def fused_order(
     p = q = 2 and s = t = 512 (m = 4096, D = n = 1024), left first runs 4 · 2 · 2 · 512 +
     3 · 2 · 512 · 512 multiply-adds per row against right first's 4 · 2 · 512 · 512 + 3 · 2 · 2
     · 512 (measured forward+backward with the BLAS kernel: 80 ms against 101). Savings below
-    `ORDER_MIN_SAVING_MACS` a row keep [`kron_order`][hmfusion.kernels.kron_order]'s forward
+    `ORDER_MIN_SAVING_MACS` a row keep [`kron_order`][hmfusion.ops.kernels.kron_order]'s forward
     rule.
 
     Args:
@@ -346,7 +347,7 @@ def fused_order(
         `"right_first"` or `"left_first"`.
 
     Example:
-        >>> from hmfusion.costmodel import KronSpec, fused_order
+        >>> from hmfusion.ops.costmodel import KronSpec, fused_order
         >>> spec = KronSpec(1024, 1024, 2, 2, 512, 512)
         >>> fused_order(spec, grad=False, tiled=False), fused_order(spec, grad=True, tiled=False)
         ('right_first', 'left_first')
@@ -387,7 +388,7 @@ def native_chunk_rows(spec: KronSpec, m: int, itemsize: int) -> int:
         The rows per chunk (m for a single chunk).
 
     Example:
-        >>> from hmfusion.costmodel import KronSpec, native_chunk_rows
+        >>> from hmfusion.ops.costmodel import KronSpec, native_chunk_rows
         >>> native_chunk_rows(KronSpec(64, 64, 8, 8, 8, 8), 128, 4)
         128
     """
@@ -412,7 +413,7 @@ def native_transposed(spec: KronSpec, order: Order) -> bool:
         Whether that path runs.
 
     Example:
-        >>> from hmfusion.costmodel import KronSpec, native_transposed
+        >>> from hmfusion.ops.costmodel import KronSpec, native_transposed
         >>> native_transposed(KronSpec(1024, 1024, 512, 512, 2, 2), "right_first")
         True
     """
@@ -445,7 +446,7 @@ def tiled_pays(
         Whether the tiled kernel runs.
 
     Example:
-        >>> from hmfusion.costmodel import KronSpec, tiled_pays
+        >>> from hmfusion.ops.costmodel import KronSpec, tiled_pays
         >>> tiled_pays(KronSpec(64, 384, 8, 8, 8, 48), 128, 2)
         True
         >>> tiled_pays(KronSpec(1024, 1024, 512, 512, 2, 2), 4096, 4)
@@ -473,7 +474,7 @@ def tiled_chunk_rows(spec: KronSpec, m: int, itemsize: int) -> int:
         The rows per chunk (m for a single chunk).
 
     Example:
-        >>> from hmfusion.costmodel import KronSpec, tiled_chunk_rows
+        >>> from hmfusion.ops.costmodel import KronSpec, tiled_chunk_rows
         >>> tiled_chunk_rows(KronSpec(1024, 1024, 32, 32, 32, 32), 4096, 4)
         16
     """
@@ -503,7 +504,7 @@ def chunk_rows(spec: KronSpec, m: int, itemsize: int, device_type: str) -> int:
         The rows per chunk (m for a single chunk).
 
     Example:
-        >>> from hmfusion.costmodel import KronSpec, chunk_rows
+        >>> from hmfusion.ops.costmodel import KronSpec, chunk_rows
         >>> chunk_rows(KronSpec(64, 64, 8, 8, 8, 8), 128, 4, "cuda")
         128
     """
@@ -529,7 +530,7 @@ def split_pays(spec: KronSpec, dims: tuple[int, ...]) -> bool:
         Whether splitting pays.
 
     Example:
-        >>> from hmfusion.costmodel import KronSpec, split_pays
+        >>> from hmfusion.ops.costmodel import KronSpec, split_pays
         >>> split_pays(KronSpec(64, 64, 8, 8, 8, 8), (64,))
         True
     """
@@ -566,7 +567,7 @@ def device_ops(method: Method, k: int, terms: int, chunks: int, grad: bool) -> i
         The operator count.
 
     Example:
-        >>> from hmfusion.costmodel import device_ops
+        >>> from hmfusion.ops.costmodel import device_ops
         >>> device_ops("composite", 4, 1, 1, True)
         64
     """
@@ -610,7 +611,7 @@ def estimate(
 
     Example:
         >>> import torch
-        >>> from hmfusion.costmodel import KronSpec, estimate
+        >>> from hmfusion.ops.costmodel import KronSpec, estimate
         >>> costs = estimate(KronSpec(64, 64, 8, 8, 8, 8), 32, (64,), torch.float32, "cuda",
         ...                  True, native=False, fused_chunk_rows=32, split=True)
         >>> min(costs, key=costs.__getitem__)

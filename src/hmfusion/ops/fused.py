@@ -1,14 +1,16 @@
 """The fused path in pure PyTorch: `cat(xs) (Σ_τ A_τ ⊗ B_τ)ᵀ` and its gradients, row chunk
 by row chunk, without forming W.
 
-[`fused_forward`][hmfusion.fused.fused_forward] and
-[`fused_backward`][hmfusion.fused.fused_backward] walk the rows in chunks and turn each
+[`fused_forward`][hmfusion.ops.fused.fused_forward] and
+[`fused_backward`][hmfusion.ops.fused.fused_backward] walk the rows in chunks and turn each
 contraction into one large GEMM or one strided batched GEMM, with the backward written out so
-that dA and dB are contractions (no n×D gradient). [`hmfusion.native`][hmfusion.native]
+that dA and dB are contractions (no n×D gradient). [`hmfusion.ops.native`][hmfusion.ops.native]
 registers them as the PyTorch operator `hmfusion::fused_kron_concat`, whose CPU kernel is
 compiled C++ when available; these functions are its fallback (and its `inputs="split"`
-layout). [`hmfusion.planner`][hmfusion.planner] decides when the fused plan runs and with which
-[`FusedLayout`][hmfusion.fused.FusedLayout]; [`hmfusion.kernels`][hmfusion.kernels] holds the
+layout). [`hmfusion.ops.planner`][hmfusion.ops.planner] decides when the fused plan runs and with
+which
+[`FusedLayout`][hmfusion.ops.fused.FusedLayout]; [`hmfusion.ops.kernels`][hmfusion.ops.kernels]
+holds the
 other two ways (forming W; plain torch ops).
 
 Layout (chosen by measurement on a 2-core AVX-512 CPU with MKL; the numbers are in
@@ -43,7 +45,8 @@ __all__ = ["FusedLayout", "fused_backward", "fused_forward", "input_blocks", "sp
 
 
 class FusedLayout(NamedTuple):
-    """How the fused kernel walks the inputs (decided by [`hmfusion.planner`][hmfusion.planner]).
+    """How the fused kernel walks the inputs (decided by
+    [`hmfusion.ops.planner`][hmfusion.ops.planner]).
 
     - `order`: `"right_first"` (B, then A) or `"left_first"` (A, then B).
     - `inputs`: `"split"` contracts each input with its own columns of A (no copy of the
@@ -259,7 +262,7 @@ def fused_backward(
     docstring); dA and dB are contractions, no n×D gradient is formed.
 
     Args:
-        layout: as in [`fused_forward`][hmfusion.fused.fused_forward].
+        layout: as in [`fused_forward`][hmfusion.ops.fused.fused_forward].
         shape: (p, q, s, t).
         a: the left factors, (p, q) or (terms, p, q).
         b: the right factors, (s, t) or (terms, s, t).

@@ -2,7 +2,8 @@
 
 Pure functions of integers, in time polynomial in the number of digits of n and D: divisors come
 from a factorisation (trial division to 2¹⁶, then Miller–Rabin and Pollard's rho), and the
-search never walks every size up to n. Sizes are at most [`MAX_SIZE`][hmfusion.blocksizes.MAX_SIZE].
+search never walks every size up to n. Sizes are at most
+[`MAX_SIZE`][hmfusion.structures.blocksizes.MAX_SIZE].
 """
 
 from __future__ import annotations
@@ -109,10 +110,10 @@ def divisors(value: int) -> list[int]:
     `value` and its number of divisors (at most 2·10⁴ for `value` ≤ 2⁴⁸), not with √value.
 
     Args:
-        value: an integer in [1, [`MAX_SIZE`][hmfusion.blocksizes.MAX_SIZE]].
+        value: an integer in [1, [`MAX_SIZE`][hmfusion.structures.blocksizes.MAX_SIZE]].
 
     Raises:
-        ValueError: `value` is outside [1, [`MAX_SIZE`][hmfusion.blocksizes.MAX_SIZE]].
+        ValueError: `value` is outside [1, [`MAX_SIZE`][hmfusion.structures.blocksizes.MAX_SIZE]].
 
     Example:
         >>> divisors(12)
@@ -226,17 +227,17 @@ def choose_block_sizes(
     other), then toward smaller p. The result is exact and its cost bounded: without padding
     only the two divisors of D around the real optimum are tried per p (l is strictly convex
     in q); with padding only the smallest block size of each ⌈n/p⌉ (and ⌈D/q⌉), O(√n + √D)
-    of them, up to [`PAD_SEARCH_BUDGET`][hmfusion.blocksizes.PAD_SEARCH_BUDGET] pairs.
+    of them, up to [`PAD_SEARCH_BUDGET`][hmfusion.structures.blocksizes.PAD_SEARCH_BUDGET] pairs.
 
     Args:
-        n: output width, in [1, [`MAX_SIZE`][hmfusion.blocksizes.MAX_SIZE]].
-        D: input width, in [1, [`MAX_SIZE`][hmfusion.blocksizes.MAX_SIZE]].
+        n: output width, in [1, [`MAX_SIZE`][hmfusion.structures.blocksizes.MAX_SIZE]].
+        D: input width, in [1, [`MAX_SIZE`][hmfusion.structures.blocksizes.MAX_SIZE]].
         p: rows of A: a positive int or `"auto"`.
         q: columns of A: a positive int, `"auto"`, or `None` (q = p).
         pad: whether n and D may be rounded up to multiples of p and q (as in the Kronecker
             members); without it p must divide n and q must divide D.
         terms: the number of Kronecker products, as in
-            [`num_parameters`][hmfusion.blocksizes.num_parameters].
+            [`num_parameters`][hmfusion.structures.blocksizes.num_parameters].
         rank_a: the rank of A, or `None` for a dense A.
         rank_b: the rank of B, or `None` for a dense B.
 
@@ -244,9 +245,10 @@ def choose_block_sizes(
         (p, q). Values given as ints are returned unchanged (they are checked by the caller).
 
     Raises:
-        ValueError: n or D is outside [1, [`MAX_SIZE`][hmfusion.blocksizes.MAX_SIZE]]; with
-            `pad=True`, the search would need more than
-            [`PAD_SEARCH_BUDGET`][hmfusion.blocksizes.PAD_SEARCH_BUDGET] candidate pairs
+        ValueError: n or D is outside
+            [1, [`MAX_SIZE`][hmfusion.structures.blocksizes.MAX_SIZE]]; with `pad=True`, the
+            search would need more than
+            [`PAD_SEARCH_BUDGET`][hmfusion.structures.blocksizes.PAD_SEARCH_BUDGET] candidate pairs
             (give p or q).
 
     Example:

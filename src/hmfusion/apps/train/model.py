@@ -1,8 +1,10 @@
 """The multi-view classifier that `hmfusion train` fits, and the config it is rebuilt from.
 
-[`MultiViewClassifier`][hmfusion.model.MultiViewClassifier] is built from a JSON-compatible
+[`MultiViewClassifier`][hmfusion.apps.train.model.MultiViewClassifier] is built from a
+JSON-compatible
 config alone, so a checkpoint stores that config next to the `state_dict`; the checkpoint files
-themselves are written and verified by [`hmfusion.checkpoint`][hmfusion.checkpoint].
+themselves are written and verified by
+[`hmfusion.apps.train.checkpoint`][hmfusion.apps.train.checkpoint].
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ FUSIONS: dict[str, type[hmfusion.ConcatFusion] | None] = {
 #: The fusions with Kronecker factors, whose `p`, `q` and `pad` a checkpoint records.
 KRONECKER_FUSIONS = ("hm", "lphm", "dual_lphm")
 #: The `"format"` field of every config, so of every checkpoint JSON;
-#: [`load_checkpoint`][hmfusion.checkpoint.load_checkpoint] refuses any other value.
+#: [`load_checkpoint`][hmfusion.apps.train.checkpoint.load_checkpoint] refuses any other value.
 CHECKPOINT_FORMAT = "hmfusion-multiview-classifier"
 #: 2: the JSON binds its `.pt` by SHA-256 and run id.
 CHECKPOINT_VERSION = 2
@@ -103,7 +105,8 @@ class MultiViewClassifier(nn.Module):
 
     Args:
         config: a JSON-compatible dict (see
-            [`make_config`][hmfusion.model.MultiViewClassifier.make_config]); it is all that is
+            [`make_config`][hmfusion.apps.train.model.MultiViewClassifier.make_config]); it is all
+            that is
             needed to rebuild the model, so checkpoints store it next to the `state_dict`.
         device: where to create the parameters (None: the default device).
         dtype: the parameters' dtype (None: the default dtype).

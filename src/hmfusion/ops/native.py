@@ -1,21 +1,22 @@
-"""The native CPU operator and its PyTorch registration (its build: `hmfusion.extension`).
+"""The native CPU operator and its PyTorch registration (its build: `hmfusion.ops.build`).
 
-[`fused_kron_concat`][hmfusion.native.fused_kron_concat] computes `cat(xs) (Σ_τ A_τ ⊗ B_τ)ᵀ`
+[`fused_kron_concat`][hmfusion.ops.native.fused_kron_concat] computes `cat(xs) (Σ_τ A_τ ⊗ B_τ)ᵀ`
 for factor stacks A (T, p, q) and B (T, s, t) without forming W. (This operator is the
 planner's "fused" plan; where factoring saves nothing, p = q = 1 over a large batch, the
 planner's "materialize" plan forms W instead, in
-[`kron_linear`][hmfusion.kernels.kron_linear].) On the CPU it runs `csrc/kron_concat.cpp`: one
+[`kron_linear`][hmfusion.ops.kernels.kron_linear].) On the CPU it runs `csrc/kron_concat.cpp`: one
 parallel region per call whose workers take row chunks from an atomic counter (dynamic
 scheduling, so a descheduled thread delays one chunk, not a static share of the rows) and run
 single-threaded GEMMs on cache-resident blocks, forward and backward (dX, dA, dB; per-worker
 dA/dB reduced at the end). For small factors (`Plan.kernel == "tiled"`) the same walk runs
 register-tiled loops of its own (`csrc/tiled.h`) instead of BLAS calls, whose set-up costs
-more than the arithmetic there. [`hmfusion.extension`][hmfusion.extension] builds and loads
-the compiled code ([`available`][hmfusion.extension.available] and
-[`status`][hmfusion.extension.status] are re-exported here).
+more than the arithmetic there. [`hmfusion.ops.build`][hmfusion.ops.build] builds and loads
+the compiled code ([`available`][hmfusion.ops.build.available] and
+[`status`][hmfusion.ops.build.status] are re-exported here).
 
 Fallback: where the build failed, or `HMFUSION_NATIVE=0`, the same operator runs the
-pure-PyTorch chunked kernel of [`hmfusion.fused`][hmfusion.fused]; so it does on other devices
+pure-PyTorch chunked kernel of [`hmfusion.ops.fused`][hmfusion.ops.fused]; so it does on other
+devices
 (CI runs the kernel tests both ways).
 
 The forward and the backward are operators registered with `torch.library.custom_op`
@@ -35,9 +36,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from hmfusion import fused, kernels
-from hmfusion.extension import available as available
-from hmfusion.extension import status as status
+from hmfusion.ops import fused, kernels
+from hmfusion.ops.build import available as available
+from hmfusion.ops.build import status as status
 
 __all__ = ["available", "fused_kron_concat", "status"]
 
@@ -264,7 +265,7 @@ def _differentiable_grads(
     gy: Tensor,
     needs: tuple[bool, bool, bool],
 ) -> tuple:
-    """The gradients through [`kron_matmul`][hmfusion.kernels.kron_matmul] (recorded for double
+    """The gradients through [`kron_matmul`][hmfusion.ops.kernels.kron_matmul] (recorded for double
     backward); only used with `create_graph=True`."""
     need_x, need_a, need_b = needs
     with torch.enable_grad():

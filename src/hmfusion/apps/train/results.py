@@ -1,9 +1,10 @@
 """What a training run leaves behind: the summary of `results.json` and the run's files.
 
-[`results`][hmfusion.results.results] gathers the runs of
-[`train_all`][hmfusion.training.train_all] into the contents of `results.json` (per fusion:
+[`results`][hmfusion.apps.train.results.results] gathers the runs of
+[`train_all`][hmfusion.apps.train.loop.train_all] into the contents of `results.json` (per fusion:
 mean and spread of the test accuracy over the seeds, sizes, times, the seed whose checkpoint is
-kept); [`write_outputs`][hmfusion.results.write_outputs] writes `results.json`, `results.md`,
+kept); [`write_outputs`][hmfusion.apps.train.results.write_outputs] writes `results.json`,
+`results.md`,
 the two figures and per fusion the checkpoint of its best seed into a staging directory.
 """
 
@@ -18,11 +19,11 @@ import numpy as np
 import torch
 
 import hmfusion
-from hmfusion.checkpoint import save_checkpoint
+from hmfusion.apps.reporting import plot_accuracy_vs_params, plot_training_curves, results_table
+from hmfusion.apps.train.checkpoint import save_checkpoint
+from hmfusion.apps.train.distributed import Processes
+from hmfusion.apps.train.loop import Run, TrainConfig
 from hmfusion.data import MultiViewData, stratified_split
-from hmfusion.distributed import Processes
-from hmfusion.reporting import plot_accuracy_vs_params, plot_training_curves, results_table
-from hmfusion.training import Run, TrainConfig
 
 __all__ = ["results", "write_outputs"]
 

@@ -20,10 +20,10 @@ import sys
 import numpy as np
 import torch
 
-from hmfusion.checkpoint import load_checkpoint
-from hmfusion.cli_common import add_data_arguments, load_data, resolve_device
+from hmfusion.apps.common import add_data_arguments, load_data, resolve_device
+from hmfusion.apps.outputs import OutputFile
+from hmfusion.apps.train.checkpoint import load_checkpoint
 from hmfusion.data import DataError, MultiViewData
-from hmfusion.outputs import OutputFile
 
 __all__ = ["add_arguments", "main", "predict"]
 
@@ -34,7 +34,8 @@ def predict(
     """Class indices (into the model's classes) and their softmax probabilities for every row.
 
     Args:
-        model: a [`MultiViewClassifier`][hmfusion.model.MultiViewClassifier] (any device).
+        model: a [`MultiViewClassifier`][hmfusion.apps.train.model.MultiViewClassifier]
+            (any device).
         data: views of the widths the model was trained on.
         batch_size: rows per forward pass.
 

@@ -1,10 +1,11 @@
 """Markdown tables and figures for the command reports (`train`'s results; `bench` too).
 
-The generic helpers — [`markdown_table`][hmfusion.reporting.markdown_table],
-[`pyplot`][hmfusion.reporting.pyplot], [`save_figure`][hmfusion.reporting.save_figure] — know
-nothing of training; [`results_table`][hmfusion.reporting.results_table],
-[`plot_accuracy_vs_params`][hmfusion.reporting.plot_accuracy_vs_params] and
-[`plot_training_curves`][hmfusion.reporting.plot_training_curves] draw `hmfusion train`'s
+The generic helpers — [`markdown_table`][hmfusion.apps.reporting.markdown_table],
+[`pyplot`][hmfusion.apps.reporting.pyplot], [`save_figure`][hmfusion.apps.reporting.save_figure] —
+know
+nothing of training; [`results_table`][hmfusion.apps.reporting.results_table],
+[`plot_accuracy_vs_params`][hmfusion.apps.reporting.plot_accuracy_vs_params] and
+[`plot_training_curves`][hmfusion.apps.reporting.plot_training_curves] draw `hmfusion train`'s
 results from plain dicts.
 """
 

@@ -1,9 +1,10 @@
 """The `hmfusion` command line: one sub-command per application module.
 
-Each application module (`hmfusion.train`, `hmfusion.predict`, `hmfusion.bench`) exposes
+Each application module (`hmfusion.apps.train.command`, `hmfusion.apps.predict`,
+`hmfusion.apps.bench.command`) exposes
 `add_arguments(parser)` and `main(args) -> int`; this module only wires them into
 `argparse`, so that `hmfusion <command> --help` documents every flag, and runs them through
-[`hmfusion.cli_common`][hmfusion.cli_common]'s one error path.
+[`hmfusion.apps.common`][hmfusion.apps.common]'s one error path.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ ENVIRONMENT_DEFAULTS: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
 # name -> (module, one-line help). Only the module of the command being run is imported, so
 # `hmfusion --help` and each command stay independent of the others' imports.
 _COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("hmfusion.train", "train and compare fusion models on multi-view data"),
-    "predict": ("hmfusion.predict", "predict labels for new rows with a trained checkpoint"),
+    "train": ("hmfusion.apps.train.command", "train and compare fusion models on multi-view data"),
+    "predict": ("hmfusion.apps.predict", "predict labels for new rows with a trained checkpoint"),
     "bench": (
-        "hmfusion.bench",
+        "hmfusion.apps.bench.command",
         "benchmark hmfusion against dense and the code users write, quiet and under load",
     ),
 }
@@ -65,12 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Bad arguments end as one line on stderr with status 2; a command's bad data, unusable output or
     Ctrl-C end as one line on stderr (see
-    [`run_command`][hmfusion.cli_common.run_command]).
+    [`run_command`][hmfusion.apps.common.run_command]).
     """
     for name, value in ENVIRONMENT_DEFAULTS.items():
         if "torch" not in sys.modules:  # (read once, when torch loads OpenMP)
             os.environ.setdefault(name, value)
-    from hmfusion.cli_common import run_command  # (imports torch)
+    from hmfusion.apps.common import run_command  # (imports torch)
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((arg for arg in argv if not arg.startswith("-")), None)

@@ -1,0 +1,13 @@
+"""How W is applied: the planner, its cost model, the kernels and the compiled operator.
+
+The library's lowest layer; it imports nothing else from hmfusion.
+
+- `planner`: which method, kernel, order and row chunk per shape, dtype and device;
+- `costmodel`: what each plan costs (the planner's ranking);
+- `kernels`: factor helpers, forming W (`materialize`), the thin two-matmul code (`composite`);
+- `fused`: the fused kernel in pure PyTorch (row chunks, hand-written backward);
+- `native`: the operator `hmfusion::fused_kron_concat` (registration, autograd, dispatch);
+- `build`: building and loading `csrc/` (the compiled CPU kernels) on first use.
+
+Users reach the planner's controls through [`hmfusion.planner`][hmfusion.planner].
+"""

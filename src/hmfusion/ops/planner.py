@@ -1,0 +1,475 @@
+"""The planner: how to apply `cat(xs) Wᵀ` for a Kronecker-structured W, per shape and dtype.
+
+W = Σ_τ A_τ ⊗ B_τ (A: p×q, B: s×t, each dense or low-rank; see `hmfusion.structures`). For
+m rows the candidates (the `Method` vocabulary) are:
+
+`materialize`
+    form W, then one dense GEMM (`hmfusion.ops.kernels.kron_linear`): m·n·D multiply-adds
+    plus writing W. Wins where factoring saves nothing (p = q = 1) over a large batch.
+`fused`
+    the operator `hmfusion::fused_kron_concat` (`hmfusion.ops.native.fused_kron_concat`): row chunks
+    handed out to the threads of one parallel region, W never formed. Its CPU code
+    (`Plan.kernel`) is `"tiled"`, compiled loops over register tiles (float32 and float64 but
+    for the BLAS cases below, 16-bit where A and B are small: no BLAS set-up, so small layers
+    pay ≈ 20 µs a call),
+    `"native"`, the same walk with a BLAS GEMM per chunk (16-bit at large sizes, large B
+    blocks without 512-bit vectors, a large A beside a B under 16 × 16 run transposed), or
+    `"pytorch"`, the pure-PyTorch chunked kernel where the build failed or on other devices.
+    Low-rank factors are multiplied out first (p×q and s×t only).
+`composite`
+    `hmfusion.ops.kernels.kron_matmul`, the two contractions as plain torch ops with
+    autograd's backward: the thin-matmul path for low-rank factors, the fewest launches on
+    accelerators, and unchunked GEMMs where those beat the chunked kernel.
+
+Each contraction runs right first, `A (X Bᵀ)`, or left first, `(A X) Bᵀ` (`Order`;
+the cheaper: `min(q·s·(t + p), p·t·(q + s))` per row and term forward; a fused plan with
+grad takes [`fused_order`][hmfusion.ops.costmodel.fused_order], which counts its backward's
+recomputed first contraction). The inputs are read as
+(`Inputs`) `gather` (a chunk of rows of every input copied into one cache-sized
+buffer; one unpadded input is read in place), `split` (each input contracted with its own
+columns of A; pure PyTorch only) or `cat` (`torch.cat` of the zero-padded inputs, for the
+unchunked methods). `chunk_rows` is the number of rows computed at once (m for the
+unchunked methods).
+
+The choice is the cost model of [`hmfusion.ops.costmodel`][hmfusion.ops.costmodel] (multiply-add
+equivalents with constants measured on the benchmark machine; on accelerators, operator
+launches counted honestly). Factors are normalised once here (a (terms, rows,
+cols) stack for the fused and materialize kernels, per-term factors for the composite one).
+The plan is evaluated once per (shape, input widths, dtype, device type, grad) and cached: a
+call on a known shape costs one dictionary lookup. `logging.getLogger("hmfusion.ops.planner")`
+logs each new plan at DEBUG (with the estimates in `Plan.reason`), and
+`hmfusion.structures.KroneckerStructure.plan` returns it. `force_plan` overrides it
+(for tests and benchmarks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from typing import Literal, NamedTuple, cast
+
+import torch
+from torch import Tensor
+
+from hmfusion.ops import costmodel, kernels, native
+from hmfusion.ops.costmodel import KronSpec, Method, Order
+from hmfusion.ops.kernels import Factor
+
+__all__ = [
+    "Inputs",
+    "Kernel",
+    "KronSpec",
+    "Method",
+    "Order",
+    "Plan",
+    "choose_plan",
+    "force_plan",
+    "ideal_speedup",
+    "kron_concat",
+]
+
+logger = logging.getLogger(__name__)
+
+#: How the k inputs are read.
+Inputs = Literal["split", "gather", "cat"]
+#: Which code runs a fused plan: the compiled operator with per-chunk BLAS GEMMs (`native`) or
+#: with its own register-tiled loops (`tiled`), or the pure-PyTorch kernels (`pytorch`).
+Kernel = Literal["native", "tiled", "pytorch"]
+METHODS: tuple[Method, ...] = ("materialize", "fused", "composite")
+KERNELS: tuple[Kernel, ...] = ("native", "tiled", "pytorch")
+ORDERS: tuple[Order, ...] = ("right_first", "left_first")
+INPUTS: tuple[Inputs, ...] = ("split", "gather", "cat")
+
+
+class Plan(NamedTuple):
+    """How `kron_concat` applies W (see the module docstring for the vocabulary).
+
+    `chunk_rows` is the number of rows computed at once (m for the unchunked methods);
+    `kernel` says which code runs a fused plan: the compiled operator's register-tiled loops
+    (`"tiled"`) or BLAS GEMMs (`"native"`), or the pure-PyTorch kernel (`"pytorch"`).
+    `upcast` says that 16-bit inputs and factors are cast to float32 for the computation and
+    Y back to their dtype: on a CPU whose 16-bit GEMMs are slow
+    ([`half_gemms_fast`][hmfusion.ops.costmodel.half_gemms_fast]), for every plan but the tiled
+    loops, which stage 16-bit values in float32 themselves.
+    """
+
+    method: Method
+    order: Order
+    inputs: Inputs
+    chunk_rows: int
+    reason: str = ""
+    kernel: Kernel = "pytorch"
+    upcast: bool = False
+
+
+_FORCED: tuple[tuple[str, object], ...] = ()
+_CACHE: dict[tuple, Plan] = {}
+
+
+@contextlib.contextmanager
+def force_plan(
+    method: Method | None = None,
+    order: Order | None = None,
+    inputs: Inputs | None = None,
+    chunk_rows: int | None = None,
+    kernel: Kernel | None = None,
+) -> Iterator[None]:
+    """Override the planner's choices inside the `with` block (fields left `None` stay free).
+
+    Args:
+        method: one of `METHODS`.
+        order: one of `ORDERS`.
+        inputs: `"split"` or `"gather"` (fused plans; the others read `"cat"`).
+        chunk_rows: rows per chunk of a fused plan (≥ 1).
+        kernel: the code of a fused plan, one of `KERNELS`: `"native"` or `"tiled"` (the
+            compiled operator; where it is unavailable, or the inputs are split, the
+            pure-PyTorch kernel runs and the plan says so) or `"pytorch"`.
+
+    Raises:
+        ValueError: an unknown method, order, inputs or kernel value, or a chunk_rows below 1.
+        TypeError: a chunk_rows that is not an int (a bool included).
+
+    Example:
+        >>> from hmfusion import HMConcatFusion, planner
+        >>> module = HMConcatFusion([8, 8], n=16, p=4)
+        >>> with planner.force_plan(method="materialize"):
+        ...     module.plan(10).method
+        'materialize'
+    """
+    global _FORCED
+    for name, value, allowed in (
+        ("method", method, METHODS),
+        ("order", order, ORDERS),
+        ("inputs", inputs, INPUTS),
+        ("kernel", kernel, KERNELS),
+    ):
+        if value is not None and value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    if chunk_rows is not None:
+        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int):
+            raise TypeError(
+                f"chunk_rows must be a positive int, got {type(chunk_rows).__name__} {chunk_rows!r}"
+            )
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
+    previous = _FORCED
+    forced = {
+        "method": method,
+        "order": order,
+        "inputs": inputs,
+        "chunk_rows": chunk_rows,
+        "kernel": kernel,
+    }
+    _FORCED = tuple((k, v) for k, v in forced.items() if v is not None)
+    try:
+        yield
+    finally:
+        _FORCED = previous
+
+
+def _native_runs(dtype: torch.dtype, device_type: str) -> bool:
+    """Whether a fused plan would run the compiled operator (building it on first use; while
+    torch.compile traces, only whether it is already loaded)."""
+    if device_type != "cpu" or dtype not in native.NATIVE_DTYPES:
+        return False
+    if torch.compiler.is_compiling():
+        return native.status() == "loaded"
+    return native.available()
+
+
+def _upcasts(dtype: torch.dtype, device_type: str) -> bool:
+    """Whether a plan computes in float32 rather than in `dtype` (16-bit on a CPU without fast
+    16-bit GEMMs)."""
+    return not costmodel.half_gemms_fast(dtype, device_type)
+
+
+def _choose(
+    spec: KronSpec, m: int, dims: tuple[int, ...], dtype: torch.dtype, device_type: str, grad: bool
+) -> Plan:
+    if _upcasts(dtype, device_type):
+        # priced and run as float32 (the casts are two passes over X and Y, against 16-bit
+        # GEMMs at ≈ 1 % of float32's rate); the tiled loops read the 16-bit values directly
+        plan = _choose(spec, m, dims, torch.float32, device_type, grad)
+        reason = ""
+        if plan.reason:  # (empty while torch.compile traces)
+            reason = f"{dtype} GEMMs are slow on this CPU: computed in float32; {plan.reason}"
+        upcast = plan.kernel != "tiled"
+        return Plan(
+            plan.method, plan.order, plan.inputs, plan.chunk_rows, reason, plan.kernel, upcast
+        )
+    m_eff = max(m, 1)
+    dense_order: Order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, None, None)
+    compiled = _native_runs(dtype, device_type)
+    tiled = compiled and costmodel.tiled_pays(spec, m_eff, dtype.itemsize, grad)
+    if tiled:
+        chunk_rows = costmodel.tiled_chunk_rows(spec, m_eff, dtype.itemsize)
+    elif compiled:
+        chunk_rows = costmodel.native_chunk_rows(spec, m_eff, dtype.itemsize)
+    else:
+        chunk_rows = costmodel.chunk_rows(spec, m_eff, dtype.itemsize, device_type)
+    split = not compiled and costmodel.split_pays(spec, dims)
+    candidates = costmodel.estimate(
+        spec,
+        m_eff,
+        dims,
+        dtype,
+        device_type,
+        grad,
+        native=compiled,
+        fused_chunk_rows=chunk_rows,
+        split=split,
+        tiled=tiled,
+    )
+    # (plain loops: this also runs while torch.compile traces, which lacks min(key=...))
+    method: Method = "fused"
+    best = math.inf
+    for name, cost in candidates.items():
+        if cost < best:
+            method, best = name, cost
+    reason = ""
+    if not torch.compiler.is_compiling():
+        costs = ", ".join(f"{name}≈{cost:.3g}" for name, cost in candidates.items())
+        reason = f"estimated multiply-add equivalents: {costs}"
+    if method == "fused":
+        inputs: Inputs = "split" if split else "gather"
+        kernel: Kernel = "tiled" if tiled else "native" if compiled else "pytorch"
+        order = costmodel.fused_order(spec, grad, tiled, dtype.itemsize, native=compiled)
+        return Plan("fused", order, inputs, chunk_rows, reason, kernel)
+    if method == "composite":
+        order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, spec.rank_a, spec.rank_b)
+    else:
+        order = dense_order
+    return Plan(method, order, "cat", m_eff, reason)
+
+
+def _apply_forced(
+    plan: Plan,
+    spec: KronSpec,
+    m: int,
+    dims: tuple[int, ...],
+    dtype: torch.dtype,
+    device_type: str,
+    grad: bool,
+) -> Plan:
+    forced = dict(_FORCED)
+    method = cast(Method, forced.get("method", plan.method))
+    same = method == plan.method
+    order = cast("Order | None", forced.get("order"))
+    inputs = cast("Inputs | None", forced.get("inputs", plan.inputs if same else None))
+    own_kernel = same and order in (None, plan.order)  # (another order may want another kernel)
+    wanted = cast("Kernel | None", forced.get("kernel", plan.kernel if own_kernel else None))
+    upcast = _upcasts(dtype, device_type)
+    if method != "fused":
+        if order is None and same:
+            order = plan.order
+        elif order is None:
+            order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, spec.rank_a, spec.rank_b)
+        return Plan(method, order, "cat", max(m, 1), "forced by force_plan", upcast=upcast)
+    compiled = _native_runs(dtype, device_type)
+    if inputs in (None, "cat"):
+        pays = wanted == "pytorch" or not compiled
+        inputs = "split" if pays and costmodel.split_pays(spec, dims) else "gather"
+    if inputs == "split" and not kernels.split_aligned(dims, spec.t):
+        raise ValueError(
+            f"inputs='split' needs every input boundary on a multiple of t={spec.t}; "
+            f"input widths {list(dims)} are not"
+        )
+    kernel: Kernel = "pytorch"
+    if inputs == "gather" and compiled and wanted != "pytorch":
+        if wanted is None:
+            itemsize = 4 if upcast else dtype.itemsize
+            pays = costmodel.tiled_pays(spec, max(m, 1), itemsize, grad, order)
+            wanted = "tiled" if pays else "native"
+        kernel = wanted
+    # the plan's chunk holds only where the plan's own kernel runs
+    own = plan.chunk_rows if same and kernel == plan.kernel else None
+    chunk_rows = cast("int | None", forced.get("chunk_rows", own))
+    upcast = upcast and kernel != "tiled"
+    itemsize = 4 if upcast else dtype.itemsize
+    if order is None and own is not None:  # the plan's own kernel: its own order
+        order = plan.order
+    elif order is None:
+        tiled = kernel == "tiled"
+        order = costmodel.fused_order(spec, grad, tiled, itemsize, native=kernel == "native")
+    if chunk_rows is None and kernel == "tiled":
+        chunk_rows = costmodel.tiled_chunk_rows(spec, max(m, 1), itemsize)
+    elif chunk_rows is None and kernel == "native":
+        chunk_rows = costmodel.native_chunk_rows(spec, max(m, 1), itemsize)
+    elif chunk_rows is None:
+        chunk_rows = costmodel.chunk_rows(spec, max(m, 1), itemsize, device_type)
+    return Plan("fused", order, inputs, int(chunk_rows), "forced by force_plan", kernel, upcast)
+
+
+def choose_plan(
+    spec: KronSpec,
+    m: int,
+    dims: Sequence[int],
+    dtype: torch.dtype = torch.float32,
+    device_type: str = "cpu",
+    requires_grad: bool = True,
+) -> Plan:
+    """The plan for m rows of inputs of widths `dims` (cached; see the module docstring).
+
+    Args:
+        spec: the structure of W.
+        m: rows of the batch.
+        dims: the input widths n_1 … n_k (Σ n_i = D).
+        dtype: the computation's dtype.
+        device_type: `"cpu"`, `"cuda"`, …
+        requires_grad: whether a backward will follow.
+
+    Returns:
+        The `Plan` (the one `force_plan` imposes, inside its block).
+
+    Example:
+        >>> from hmfusion import planner
+        >>> spec = planner.KronSpec(4096, 4096, 64, 64, 64, 64)
+        >>> planner.choose_plan(spec, 4096, (1024,) * 4).method
+        'fused'
+    """
+    if torch.compiler.is_compiling():  # traced once per graph: no cache, no logging
+        dims = tuple(int(d) for d in dims)
+        plan = _choose(spec, m, dims, dtype, device_type, requires_grad)
+        if _FORCED:
+            return _apply_forced(plan, spec, m, dims, dtype, device_type, requires_grad)
+        return plan
+    key = (spec, m, tuple(dims), dtype, device_type, requires_grad)
+    cached = _CACHE.get(key)
+    if cached is not None:
+        plan = cached
+    else:
+        dims = tuple(int(d) for d in dims)
+        plan = _choose(spec, int(m), dims, dtype, device_type, requires_grad)
+        if len(_CACHE) > 4096:
+            _CACHE.clear()
+        _CACHE[key] = plan
+        logger.debug(
+            "plan for %s, m=%d, dims=%s, %s on %s, grad=%s: %s",
+            spec,
+            m,
+            dims,
+            dtype,
+            device_type,
+            requires_grad,
+            plan,
+        )
+    if _FORCED:
+        dims = tuple(int(d) for d in dims)
+        return _apply_forced(plan, spec, int(m), dims, dtype, device_type, requires_grad)
+    return plan
+
+
+# applying a plan -----------------------------------------------------------------------------
+def _as_stack(factor: Factor) -> Tensor:
+    """A dense (terms, rows, cols) stack from a matrix, a stack or a low-rank pair."""
+    if isinstance(factor, tuple):
+        return kernels.dense_factor(factor).unsqueeze(0)
+    return factor if factor.dim() == 3 else factor.unsqueeze(0)
+
+
+def _as_list(factor: Factor) -> list[Factor]:
+    """Per-term factors (kernels.kron_matmul's form) from a matrix, a stack or a low-rank pair."""
+    if isinstance(factor, tuple):
+        return [factor]
+    return [factor] if factor.dim() == 2 else list(factor.unbind(0))
+
+
+def _cast(value: Factor, dtype: torch.dtype) -> Factor:
+    if isinstance(value, tuple):
+        return (_cast(value[0], dtype), _cast(value[1], dtype))  # type: ignore[return-value]
+    # autocast leaves float64 alone; so do we
+    return value if value.dtype in (dtype, torch.float64) else value.to(dtype)
+
+
+def kron_concat(spec: KronSpec, xs: Sequence[Tensor], left: Factor, right: Factor) -> Tensor:
+    """`cat(xs, -1) Wᵀ` for xs of shapes (m, n_i), Σ n_i = D, by the planner's choice.
+
+    Args:
+        spec: the structure of W.
+        xs: the inputs, (m, n_i) each, one dtype and device.
+        left: A as a (p, q) or (terms, p, q) tensor, or a low-rank pair (P, Q).
+        right: B likewise ((s, t), (terms, s, t) or (S, T)).
+
+    Returns:
+        Y of shape (m, n), differentiable in xs and the factors.
+
+    Under autocast the inputs and factors are cast to the autocast dtype (float64 excepted) and
+    the plan runs with autocast off, so that the fused kernel's forward and backward see one
+    dtype.
+
+    Example:
+        >>> import torch
+        >>> from hmfusion import planner
+        >>> spec = planner.KronSpec(6, 8, 2, 2, 3, 4)
+        >>> y = planner.kron_concat(spec, [torch.randn(5, 8)], torch.randn(2, 2),
+        ...                         torch.randn(3, 4))
+        >>> y.shape
+        torch.Size([5, 6])
+    """
+    autocast_dtype = kernels.autocast_dtype(xs)
+    if autocast_dtype is not None:
+        xs = [_cast(x, autocast_dtype) for x in xs]  # type: ignore[misc]
+        left, right = _cast(left, autocast_dtype), _cast(right, autocast_dtype)
+        with torch.autocast(xs[0].device.type, enabled=False):
+            return _run(spec, xs, left, right)
+    return _run(spec, xs, left, right)
+
+
+def _run(spec: KronSpec, xs: Sequence[Tensor], left: Factor, right: Factor) -> Tensor:
+    first = xs[0]
+    grad = kernels.needs_grad(xs, left, right)
+    plan = choose_plan(
+        spec, first.shape[0], tuple([x.shape[1] for x in xs]), first.dtype, first.device.type, grad
+    )
+    if plan.upcast:  # (casts are differentiable: the gradients come back in the inputs' dtypes)
+        xs = [x.float() for x in xs]
+        left, right = _cast(left, torch.float32), _cast(right, torch.float32)
+        return _apply(plan, spec, xs, left, right).to(first.dtype)
+    return _apply(plan, spec, xs, left, right)
+
+
+def _apply(plan: Plan, spec: KronSpec, xs: Sequence[Tensor], left: Factor, right: Factor) -> Tensor:
+    first = xs[0]
+    if plan.method == "materialize":
+        x = torch.cat(list(xs), dim=-1) if len(xs) > 1 else first
+        return kernels.kron_linear(x, _as_stack(left), _as_stack(right), spec.n, spec.D)
+    if plan.method == "composite":
+        x = kernels.pad_concat(xs, spec.q * spec.t)
+        shape = (spec.p, spec.q, spec.s, spec.t)
+        y = kernels.kron_matmul(x, _as_list(left), _as_list(right), shape, plan.order)
+    else:
+        inputs: Literal["gather", "split"] = "split" if plan.inputs == "split" else "gather"
+        y = native.fused_kron_concat(
+            xs,
+            _as_stack(left),
+            _as_stack(right),
+            plan.order,
+            plan.chunk_rows,
+            inputs,
+            tiled=plan.kernel == "tiled",
+            fallback=plan.kernel == "pytorch",
+        )
+    return y[:, : spec.n] if spec.p * spec.s != spec.n else y
+
+
+def ideal_speedup(p: int, q: int, s: int, t: int) -> float:
+    """n·D over the cheaper factored cost per row: max(p·t/(p + t), q·s/(q + s)).
+
+    Args:
+        p: rows of A.
+        q: columns of A.
+        s: rows of B.
+        t: columns of B.
+
+    Returns:
+        The flop ratio of a dense n×D GEMM to the cheaper contraction order.
+
+    Example:
+        >>> from hmfusion import planner
+        >>> planner.ideal_speedup(64, 64, 64, 64)
+        32.0
+    """
+    dense = p * q * s * t
+    return dense / min(q * s * (t + p), p * t * (q + s))
