@@ -415,7 +415,7 @@ def test_set_random_matrices_checks_them():
 
 
 # pre/post-processing ----------------------------------------------------------------------------
-def test_named_processing_functions_are_registered_modules():
+def test_named_processing_functions_are_registered_modules_on_request():
     f = parameterized_concatenation_fusion(
         n=4,
         dims=[4, 4],
@@ -428,7 +428,9 @@ def test_named_processing_functions_are_registered_modules():
             {"function_class": "dropout", "function_parameters": {"p": 0.5}},
         ],
         own_parameters=True,
+        register_processing=True,
     )
+    assert isinstance(f.postprocess_functions, nn.ModuleList)
     assert [type(m) for m in f.preprocess_functions] == [tinybig.LastDimLayerNorm, nn.ReLU]
     assert [type(m) for m in f.postprocess_functions] == [nn.LayerNorm, nn.Dropout]
     names = {name for name, _ in f.named_parameters()}
@@ -469,7 +471,7 @@ def test_processing_errors():
     with pytest.raises(ValueError, match="not an allowed processing function"):
         parameterized_concatenation_fusion(dims=[4], preprocess_functions="os.system")
     with pytest.raises(ValueError, match="not an allowed processing function"):
-        parameterized_concatenation_fusion(dims=[4], preprocess_functions=["softmax"])
+        parameterized_concatenation_fusion(dims=[4], preprocess_functions=["softsign"])
     with pytest.raises(ValueError, match="not both"):
         parameterized_concatenation_fusion(
             dims=[4],

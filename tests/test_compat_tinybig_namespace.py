@@ -316,7 +316,9 @@ def test_processing_strings(record):
         torch.testing.assert_close(ours, t64(record["output"]), **TOL)
     else:  # tinybig 0.2.1 warns and returns x unchanged; we apply the function named
         torch.testing.assert_close(t64(record["output"]), x, **TOL)
-        expected = F.relu(x) if record["name"] == "torch.nn.ReLU" else F.elu(x)
+        expected = {"torch.nn.ReLU": F.relu(x), "softmax": F.softmax(x, dim=-1)}.get(
+            record["name"], F.elu(x)
+        )
         torch.testing.assert_close(ours, expected, **TOL)
 
 
@@ -333,11 +335,19 @@ def test_processing_functions_are_assignable_with_tinybigs_semantics():
         ([], x),
     ]:
         f.preprocess_functions = value
-        assert isinstance(f.preprocess_functions, nn.ModuleList)
+        # tinybig's storage: a single module is an attribute torch registers, the rest a list
+        single = isinstance(value, nn.Module)
+        assert isinstance(f.preprocess_functions, nn.Module if single else list), value
         torch.testing.assert_close(f.pre_process(x), expected, **TOL)
     other = fusion.sum_fusion(dims=[2], preprocess_functions=["relu", "tanh"])
-    f.preprocess_functions = other.preprocess_functions  # a ModuleList is a list, not one step
+    f.preprocess_functions = other.preprocess_functions  # a list of two steps
     torch.testing.assert_close(f.pre_process(x), torch.tanh(F.relu(x)), **TOL)
+    f.preprocess_functions = nn.ModuleList([nn.ReLU(), nn.Tanh()])  # a ModuleList: its items
+    torch.testing.assert_close(f.pre_process(x), torch.tanh(F.relu(x)), **TOL)
+    f.postprocess_functions = [nn.LayerNorm(2, dtype=torch.float64)]  # held, as in tinybig
+    assert dict(f.named_parameters()) == {} and f.state_dict() == {}
+    f.register_processing = True  # registered from now on, the same modules
+    assert set(f.state_dict()) == {"postprocess_functions.0.weight", "postprocess_functions.0.bias"}
     f.postprocess_functions = [nn.LayerNorm(2, dtype=torch.float64)]
     assert "postprocess_functions.0.weight" in dict(f.named_parameters())
     with pytest.raises(ValueError, match="not an allowed processing function"):
@@ -480,3 +490,101 @@ def test_set_random_matrices_in_float64_is_exact():
     g = fusion.random_matrix_adaption_parameterized_concatenation_fusion(r=2, n=4, dims=[3, 3])
     g.set_random_matrices(R1, R2)  # a float32 module keeps its dtype (documented)
     assert g.R1.dtype == torch.float32 and torch.equal(g.R1, R1.float())
+
+
+# third round (issue 23) ---------------------------------------------------------------------------
+ROUND3_NORM = {"normalized_shape": 6, "dtype": torch.float64}
+
+
+@pytest.mark.parametrize("label", ["list", "module", "config", "config_list"])
+def test_processing_modules_registered_exactly_where_tinybig_registers_them(label):
+    record = RECORDED["processing_head"]
+    norm_config = {
+        "function_class": "torch.nn.LayerNorm",
+        "function_parameters": {"normalized_shape": 6},
+    }
+    kwargs = {
+        "list": {"preprocess_functions": [nn.LayerNorm(**ROUND3_NORM)]},
+        "module": {"preprocess_functions": nn.LayerNorm(**ROUND3_NORM)},
+        "config": {"preprocess_function_configs": norm_config},
+        "config_list": {"preprocess_function_configs": [norm_config]},
+    }[label]
+    f = fusion.hm_parameterized_concatenation_fusion(
+        **record["fusion"]["kwargs"], layout="tinybig-0.2.1", **kwargs
+    )
+    assert sorted(Head(f).state_dict()) == record["state_keys"][label]
+    # a config keeps the form, so that the rebuilt fusion registers the same keys
+    rebuilt = fusion.from_config(json.loads(json.dumps(f.to_config())))
+    assert sorted(Head(rebuilt).state_dict()) == record["state_keys"][label]
+
+
+def _norm_head(record, **kwargs):
+    norm = nn.LayerNorm(**ROUND3_NORM)
+    norm.load_state_dict(_state(record["norm_initial"]))
+    make = getattr(fusion, record["fusion"]["class"])
+    f = make(
+        **record["fusion"]["kwargs"], layout="tinybig-0.2.1", preprocess_functions=[norm], **kwargs
+    )
+    return Head(f), norm
+
+
+def _train(head, record):
+    optimizer = torch.optim.SGD(head.parameters(), lr=record["lr"])
+    train = [t64(x) for x in record["train_x"]]
+    losses = []
+    for _ in record["losses"]:
+        optimizer.zero_grad()
+        loss = (head(train) - t64(record["train_target"])).square().mean()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_layer_norm_preprocessing_trains_as_in_tinybig():
+    """Found in issue 23: a listed nn.LayerNorm was registered, entered the state_dict and
+    trained, so the losses left tinybig's from step 2 on."""
+    record = RECORDED["processing_head"]
+    head, norm = _norm_head(record)
+    assert set(head.state_dict()) == set(record["state_dict"])
+    head.load_state_dict(_state(record["initial_state_dict"]), strict=True)
+    torch.testing.assert_close(t64(_train(head, record)), t64(record["losses"]), **TOL)
+    for key, value in _state(record["state_dict"]).items():
+        torch.testing.assert_close(head.state_dict()[key], value, **TOL)
+    for key, value in _state(record["norm_after"]).items():  # the norm did not train
+        torch.testing.assert_close(norm.state_dict()[key], value, **TOL)
+    probe = [t64(x) for x in record["probe"]]
+    torch.testing.assert_close(head(probe), t64(record["output"]), **TOL)
+
+
+def test_register_processing_makes_the_norm_train():
+    record = RECORDED["processing_head"]
+    head, norm = _norm_head(record, register_processing=True)
+    keys = {
+        "channel_fusion.preprocess_functions.0.weight",
+        "channel_fusion.preprocess_functions.0.bias",
+    }
+    assert set(head.state_dict()) == set(record["state_dict"]) | keys
+    head.load_state_dict(_state(record["initial_state_dict"]), strict=False)
+    losses = _train(head, record)
+    assert losses[0] == pytest.approx(record["losses"][0], abs=1e-12)
+    assert abs(losses[1] - record["losses"][1]) > 1e-6  # the norm's step changes the model
+    assert not torch.equal(norm.weight, t64(record["norm_initial"]["weight"]))
+
+
+def test_held_processing_modules_follow_eval_and_to():
+    f = fusion.parameterized_concatenation_fusion(
+        n=2,
+        dims=[3, 3],
+        preprocess_functions=[nn.Dropout(0.5)],
+        postprocess_functions=[nn.LayerNorm(2)],
+    )
+    assert f.state_dict() == {}
+    xs = [torch.ones(4, 3, dtype=torch.float64), torch.ones(4, 3, dtype=torch.float64)]
+    w = torch.randn(1, 12, dtype=torch.float64)
+    f.double().eval()  # the held LayerNorm becomes float64, the dropout stops dropping
+    assert f.postprocess_functions[0].weight.dtype == torch.float64
+    expected = F.layer_norm(torch.cat(xs, -1) @ w.reshape(2, 6).T, (2,))
+    torch.testing.assert_close(f(xs, w=w), expected, **TOL)
+    f.train()
+    assert f.preprocess_functions[0].training

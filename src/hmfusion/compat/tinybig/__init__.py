@@ -53,7 +53,7 @@ from hmfusion.compat.tinybig.parameterized import (
     Layout,
     parameterized_concatenation_fusion,
 )
-from hmfusion.compat.tinybig.processing import Exp, LastDimLayerNorm
+from hmfusion.compat.tinybig.processing import Exp, LastDimLayerNorm, LastDimSoftmax
 from hmfusion.compat.tinybig.random_matrix import (
     random_matrix_adaption_parameterized_concatenation_fusion,
 )
@@ -72,6 +72,7 @@ __all__ = [
     "DimIndexError",
     "Exp",
     "LastDimLayerNorm",
+    "LastDimSoftmax",
     "Layout",
     "TinybigLegacyKronecker",
     "average_fusion",

@@ -61,6 +61,9 @@ class parameterized_concatenation_fusion(fusion):
         postprocess_function_configs: instead of `postprocess_functions`, as in
             [`fusion`][hmfusion.compat.tinybig.fusion].
         device: tinybig's device string, as in [`fusion`][hmfusion.compat.tinybig.fusion].
+        register_processing: register the processing modules as submodules (default `False`:
+            a list of them is held unregistered, as in tinybig; see
+            [`fusion`][hmfusion.compat.tinybig.fusion]).
         layout: `"kronecker"` (default) or `"tinybig-0.2.1"` (tinybig's W for HM, LPHM,
             dual-LPHM; the same for the other classes).
         dtype: dtype of owned parameters and fixed matrices (default: torch's default dtype).
@@ -97,6 +100,7 @@ class parameterized_concatenation_fusion(fusion):
         preprocess_function_configs: Any = None,
         postprocess_function_configs: Any = None,
         device: str | torch.device = "cpu",
+        register_processing: bool = False,
         layout: Layout = KRONECKER,
         dtype: torch.dtype | None = None,
         own_parameters: bool = False,
@@ -115,6 +119,7 @@ class parameterized_concatenation_fusion(fusion):
             preprocess_function_configs=preprocess_function_configs,
             postprocess_function_configs=postprocess_function_configs,
             device=device,
+            register_processing=register_processing,
         )
         self.require_parameters = True  # tinybig 0.2.1 forces it too
         if not isinstance(layout, str):

@@ -22,6 +22,7 @@ from hmfusion.compat.tinybig.configkeys import drop_module_state
 __all__ = [
     "Exp",
     "LastDimLayerNorm",
+    "LastDimSoftmax",
     "processing_configs",
     "processing_modules",
 ]
@@ -70,6 +71,27 @@ class Exp(nn.Module):
         return torch.exp(x)
 
 
+class LastDimSoftmax(nn.Softmax):
+    """Softmax over the last dimension: `"softmax"` as a processing name.
+
+    tinybig 0.2.1 warns and returns x unchanged for `"softmax"` (and for `F.softmax`); here
+    the function named is applied, over the last dimension (`torch.nn.Softmax(dim=-1)`).
+
+    Args:
+        dim: the dimension normalised (default -1, the last).
+
+    Shape:
+        - Input: any; Output: the same shape, summing to 1 along `dim`.
+
+    Example:
+        >>> LastDimSoftmax()(torch.zeros(1, 2))
+        tensor([[0.5000, 0.5000]])
+    """
+
+    def __init__(self, dim: int = -1) -> None:
+        super().__init__(dim=dim)
+
+
 class _CallableProcessing(nn.Module):
     """A user's callable as a processing step (works; cannot be written to a config)."""
 
@@ -111,6 +133,8 @@ _PROCESSING_CLASSES: dict[type, tuple[str, Callable[[Any], dict]]] = {
     nn.Dropout: ("torch.nn.Dropout", _attributes("p", "inplace")),
     nn.LayerNorm: ("torch.nn.LayerNorm", _layer_norm_arguments),
     nn.Identity: ("torch.nn.Identity", _attributes()),
+    nn.Softmax: ("torch.nn.Softmax", _attributes("dim")),
+    LastDimSoftmax: ("softmax", _attributes("dim")),
     LastDimLayerNorm: ("layer_norm", _attributes("eps")),
     Exp: ("torch.exp", _attributes()),
 }
@@ -129,6 +153,7 @@ _SHORT_NAMES: dict[str, type] = {
     "dropout": nn.Dropout,
     "layer_norm": LastDimLayerNorm,
     "identity": nn.Identity,
+    "softmax": LastDimSoftmax,
 }
 
 
@@ -165,6 +190,8 @@ _PROCESSING_CALLABLES: dict[Callable, type] = {
     F.dropout: nn.Dropout,
     F.layer_norm: LastDimLayerNorm,
     torch.exp: Exp,
+    F.softmax: LastDimSoftmax,
+    torch.softmax: LastDimSoftmax,
 }
 
 
