@@ -588,3 +588,56 @@ def test_held_processing_modules_follow_eval_and_to():
     torch.testing.assert_close(f(xs, w=w), expected, **TOL)
     f.train()
     assert f.preprocess_functions[0].training
+
+
+def _minimal_parameters(class_name):
+    parameters = {"dims": [2, 2]}
+    if class_name == "metric_fusion":
+        parameters["metric"] = "batch_max"
+    if "parameterized_concatenation" in class_name:
+        parameters["n"] = 2
+    if class_name.startswith(("hm_", "lphm_", "dual_lphm_")):
+        parameters["p"] = 2
+    if class_name.startswith(("lowrank_", "lphm_", "dual_lphm_", "random_")):
+        parameters["r"] = 1
+    return parameters
+
+
+@pytest.mark.parametrize("path", sorted(RECORDED["submodules"]))
+def test_tinybigs_submodule_paths_import(path):
+    """Found in issue 23: `from hmfusion.compat.tinybig.metric_fusion import l1_norm_fusion`
+    raised ModuleNotFoundError."""
+    import importlib
+
+    module = importlib.import_module(f"hmfusion.compat.tinybig.{path.rsplit('.', 1)[1]}")
+    for name, class_name in RECORDED["submodules"][path].items():
+        assert getattr(module, name) is getattr(fusion, class_name), (path, name)
+    assert sorted(module.__all__) == sorted(RECORDED["submodules"][path])
+    for class_name in set(
+        RECORDED["submodules"][path].values()
+    ):  # still the classes, as in tinybig
+        assert isinstance(getattr(fusion, class_name), type)
+        if class_name != "fusion":  # configs may name the class by this path
+            config = {
+                "function_class": f"hmfusion.compat.tinybig.{path.rsplit('.', 1)[1]}.{class_name}",
+                "function_parameters": _minimal_parameters(class_name),
+            }
+            assert type(fusion.from_config(config)) is getattr(fusion, class_name)
+
+
+def test_a_submodule_imported_first_leaves_the_class_names_alone():
+    code = (
+        "from hmfusion.compat.tinybig.metric_fusion import l1_norm_fusion\n"
+        "import hmfusion.compat.tinybig.concatenation_fusion as c\n"
+        "from hmfusion.compat.tinybig.parameterized_concatenation_fusion import "
+        "hm_parameterized_concatenation_fusion\n"
+        "import hmfusion.compat.tinybig as t\n"
+        "assert isinstance(c, type) and c is t.concatenation_fusion, c\n"  # as in tinybig
+        "assert isinstance(t.metric_fusion, type), t.metric_fusion\n"
+        "assert isinstance(t.parameterized_concatenation_fusion, type)\n"
+        "assert not isinstance(t.basic_fusion, type)\n"  # a module, as tinybig.fusion.basic_fusion
+    )
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

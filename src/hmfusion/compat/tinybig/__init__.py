@@ -16,6 +16,11 @@ interface. As in tinybig, w belongs to the layer that owns the fusion: a fusion 
 unless built with `own_parameters=True`. `layout="kronecker"` (default) gives the documented
 W = A ⊗ B; `layout="tinybig-0.2.1"` reproduces tinybig's own W (see `legacy`).
 
+tinybig's module paths work too: `base_fusion`, `basic_fusion`, `metric_fusion`,
+`concatenation_fusion` and `parameterized_concatenation_fusion` are modules here, so
+`from hmfusion.compat.tinybig.metric_fusion import l1_norm_fusion` works as in tinybig (and, as
+there, the package attribute of a class's name is the class).
+
 Modules: `base` (the `fusion` base class), `processing` (allowlisted processing
 functions), `basic` (sums, averages, concatenation), `metric`, `legacy`
 (tinybig's W), `parameterized` (the dense class and the shared arguments),
@@ -25,6 +30,14 @@ functions), `basic` (sums, averages, concatenation), `metric`, `legacy`
 deliberate difference from tinybig 0.2.1.
 """
 
+# tinybig's submodule paths, loaded first: as in tinybig.fusion, the class names bound below
+# (concatenation_fusion, metric_fusion, parameterized_concatenation_fusion) then replace the
+# package attributes that loading a submodule of the same name sets.
+from hmfusion.compat.tinybig import base_fusion as _m1  # noqa: F401
+from hmfusion.compat.tinybig import basic_fusion as _m2  # noqa: F401
+from hmfusion.compat.tinybig import concatenation_fusion as _m3  # noqa: F401
+from hmfusion.compat.tinybig import metric_fusion as _m4  # noqa: F401
+from hmfusion.compat.tinybig import parameterized_concatenation_fusion as _m5  # noqa: F401
 from hmfusion.compat.tinybig.base import DeviceName, DimIndexError, fusion
 from hmfusion.compat.tinybig.basic import (
     average_fusion,

@@ -61,6 +61,7 @@ for _submodule, _classes in _BY_SUBMODULE.items():
         for _alias in (
             _cls.__name__,
             f"{CONFIG_PREFIX}.{_cls.__name__}",
+            f"{CONFIG_PREFIX}.{_submodule}.{_cls.__name__}",
             f"tinybig.fusion.{_cls.__name__}",
             f"tinybig.fusion.{_submodule}.{_cls.__name__}",
         ):
@@ -89,10 +90,11 @@ def from_config(config: Mapping) -> fusion:
     """Rebuild a fusion from `{"function_class": ..., "function_parameters": {...}}`.
 
     `function_class` names one of the classes of
-    [`hmfusion.compat.tinybig`][hmfusion.compat.tinybig] (also spelled `tinybig.fusion.<class>` or
-    `tinybig.fusion.<submodule>.<class>`); processing configs inside must name allowlisted
-    functions. The keys tinybig's `to_config()` adds that are not constructor arguments (`training`,
-    `_parameters`, `_modules`, … and `parameter_fabrication`) are dropped.
+    [`hmfusion.compat.tinybig`][hmfusion.compat.tinybig] (also spelled `tinybig.fusion.<class>`,
+    `tinybig.fusion.<submodule>.<class>` or `hmfusion.compat.tinybig.<submodule>.<class>`);
+    processing configs inside must name allowlisted functions. The keys tinybig's
+    `to_config()` adds that are not constructor arguments (`training`, `_parameters`,
+    `_modules`, … and `parameter_fabrication`) are dropped.
 
     Args:
         config: the dict, e.g. from `to_config()`, JSON or `yaml.safe_load`.
