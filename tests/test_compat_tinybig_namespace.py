@@ -641,3 +641,31 @@ def test_a_submodule_imported_first_leaves_the_class_names_alone():
 
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_to_linear_route_to_a_true_kronecker_product_in_both_layouts():
+    """Found in issue 23: `f.fusion.to_linear()` raised AttributeError in the legacy layout."""
+    from hmfusion import HMConcatFusion
+
+    record = RECORDED["checkpoint"]
+    state = _state(record["state_dict"])
+    probe = [t64(x) for x in record["probe"]]
+    linear = nn.Linear(6, 6, dtype=torch.float64)
+    linear.load_state_dict({"weight": state["linear.weight"], "bias": state["linear.bias"]})
+    rows = torch.cat([linear(probe[0]), probe[1]], -1).detach()
+    make = getattr(fusion, record["fusion"]["class"])
+    for layout in ("tinybig-0.2.1", "kronecker"):
+        f = make(
+            **record["fusion"]["kwargs"], layout=layout, own_parameters=True, dtype=torch.float64
+        )
+        f.fusion.load_flat_parameters(state["w_channel_fusion"])
+        exported = f.fusion.to_linear()
+        torch.testing.assert_close(exported.weight, f.to_linear(state["w_channel_fusion"]).weight)
+        assert exported.bias is None and exported.weight.dtype == torch.float64
+        if layout == "tinybig-0.2.1":  # tinybig's trained head, through the exported weight
+            torch.testing.assert_close(exported(rows), t64(record["output"]), **TOL)
+        # a true Kronecker sum fitted to it: exact with min(p·q, s·t) = 6 terms
+        fitted = HMConcatFusion.from_linear(exported, [6, 6], p=2, q=3, terms=6)
+        torch.testing.assert_close(fitted.weight, exported.weight, atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match="w is required"):
+        make(**record["fusion"]["kwargs"]).to_linear()

@@ -226,6 +226,34 @@ class parameterized_concatenation_fusion(fusion):
         W = self._materialize(self._factors(w))
         return W if device is None else W.to(device)
 
+    def to_linear(self, w: Tensor | None = None) -> torch.nn.Linear:
+        """An `nn.Linear(D, n, bias=False)` holding W = ψ(w) (or of the own parameters), in
+        either layout: `y = cat(x) Wᵀ` is `linear(cat(x))`.
+
+        The route from a tinybig-trained model to a true Kronecker product: fit one to this
+        weight and fine-tune, `hmfusion.HMConcatFusion.from_linear(f.to_linear(w), dims, p=…,
+        terms=…)`.
+
+        Args:
+            w: the flat parameter vector, shape (1, l) or (l,); `None`: the own parameters.
+
+        Raises:
+            ValueError: w is `None` and the fusion owns no parameters; w does not hold l values.
+            TypeError: w is not a floating tensor.
+
+        Example:
+            >>> f = parameterized_concatenation_fusion(n=2, dims=[2])
+            >>> f.to_linear(torch.arange(4.0)).weight
+            Parameter containing:
+            tensor([[0., 1.],
+                    [2., 3.]], requires_grad=True)
+        """
+        W = self._materialize(self._factors(w)).detach()
+        linear = torch.nn.Linear(W.shape[1], W.shape[0], bias=False, device=W.device, dtype=W.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(W)
+        return linear
+
     def forward(
         self,
         x: Sequence[Tensor],
