@@ -669,3 +669,39 @@ def test_to_linear_route_to_a_true_kronecker_product_in_both_layouts():
         torch.testing.assert_close(fitted.weight, exported.weight, atol=1e-10, rtol=0)
     with pytest.raises(ValueError, match="w is required"):
         make(**record["fusion"]["kwargs"]).to_linear()
+
+
+def test_from_config_layout_of_a_tinybig_dump_reproduces_tinybig():
+    """Found in issue 23: a tinybig dump took the Kronecker layout silently (no way shown to
+    choose)."""
+    record = RECORDED["checkpoint"]
+    kwargs = record["fusion"]["kwargs"]
+    tinybig_name = f"tinybig.fusion.parameterized_concatenation_fusion.{record['fusion']['class']}"
+    state = _state(record["state_dict"])
+    probe = [t64(x) for x in record["probe"]]
+
+    def output(config, **options):
+        head = Head(fusion.from_config(config, **options))
+        head.load_state_dict(state, strict=True)
+        return head.channel_fusion, head(probe)
+
+    dump = {"function_class": tinybig_name, "function_parameters": dict(kwargs)}
+    f, y = output(dump)  # a tinybig spelling: tinybig's layout, tinybig's outputs
+    assert f.layout == "tinybig-0.2.1"
+    torch.testing.assert_close(y, t64(record["output"]), **TOL)
+    f, y = output(dump, layout="kronecker")  # chosen
+    assert f.layout == "kronecker" and not torch.allclose(y, t64(record["output"]))
+    ours = {"function_class": record["fusion"]["class"], "function_parameters": dict(kwargs)}
+    assert fusion.from_config(ours).layout == "kronecker"  # the constructor's default
+    assert fusion.from_config(ours, layout="tinybig-0.2.1").layout == "tinybig-0.2.1"
+    written = {**ours, "function_parameters": {**kwargs, "layout": "tinybig-0.2.1"}}
+    assert fusion.from_config(written).layout == "tinybig-0.2.1"
+    with pytest.raises(ValueError, match="differs from the config's layout"):
+        fusion.from_config(written, layout="kronecker")
+    with pytest.raises(ValueError, match="layout must be one of"):
+        fusion.from_config(ours, layout="kron")
+    with pytest.raises(ValueError, match="applies only to the parameterized"):
+        fusion.from_config(RECORDED["configs"][7]["to_config"], layout="kronecker")
+    hm_dump = RECORDED["configs"][3]["to_config"]  # tinybig's own to_config() of an HM fusion
+    assert hm_dump["function_class"].startswith("tinybig.")
+    assert fusion.from_config(hm_dump).layout == "tinybig-0.2.1"
