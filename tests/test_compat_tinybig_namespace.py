@@ -705,3 +705,93 @@ def test_from_config_layout_of_a_tinybig_dump_reproduces_tinybig():
     hm_dump = RECORDED["configs"][3]["to_config"]  # tinybig's own to_config() of an HM fusion
     assert hm_dump["function_class"].startswith("tinybig.")
     assert fusion.from_config(hm_dump).layout == "tinybig-0.2.1"
+
+
+def test_mixed_input_dtypes_promote_as_in_tinybig():
+    """Found in issue 23: float64 and float32 inputs with a float64 w raised TypeError."""
+    record = RECORDED["mixed_dtypes"]
+    f = fusion.hm_parameterized_concatenation_fusion(**record["kwargs"], layout="tinybig-0.2.1")
+    x = [t64(record["x"][0]), t64(record["x"][1]).float()]
+    assert [str(t.dtype) for t in x] == [f"torch.{d}" for d in record["x_dtypes"]]
+    y = f(x=x, w=t64(record["w"]))
+    assert str(y.dtype) == record["output_dtype"]
+    torch.testing.assert_close(y, t64(record["output"]), **TOL)
+    assert record["all_float32_error"] == "RuntimeError"  # tinybig: matmul's dtype mismatch
+    with pytest.raises(TypeError, match="dtype"):
+        f(x=[t.float() for t in x], w=t64(record["w"]))
+
+
+def test_extra_forward_arguments_are_ignored_as_in_tinybig():
+    """Found in issue 23: extra keywords to forward raised TypeError."""
+    record = RECORDED["mixed_dtypes"]
+    f = fusion.hm_parameterized_concatenation_fusion(**record["kwargs"], layout="tinybig-0.2.1")
+    x = [t64(record["x"][0]), t64(record["x"][1]).float()]
+    y = f(x=x, w=t64(record["w"]), foo=1, bar="baz")
+    torch.testing.assert_close(y, t64(record["extra_keywords_output"]), **TOL)
+    xs = [torch.ones(2, 3), torch.ones(2, 3)]
+    for other in (fusion.sum_fusion(dims=[3, 3]), fusion.concatenation_fusion(dims=[3, 3])):
+        torch.testing.assert_close(other(xs, None, "cpu", 7, foo=1), other(xs))
+
+
+def test_sizes_assigned_after_construction_are_followed_or_refused():
+    """Found in issue 23: `f.n = 8` was silently ignored (calculate_l() stayed 32)."""
+    record = RECORDED["assigned_sizes"]
+    case = record["hm_n"]
+    f = fusion.hm_parameterized_concatenation_fusion(**case["kwargs"], layout="tinybig-0.2.1")
+    f.n = case["n"]  # followed, as in tinybig
+    assert (f.calculate_l(), f.calculate_n()) == (case["l"], case["n"])
+    y = f(x=[t64(x) for x in case["x"]], w=t64(case["w"]))
+    torch.testing.assert_close(y, t64(case["output"]), **TOL)
+    assert f.to_config()["function_parameters"]["n"] == case["n"]
+
+    case = record["dense_dims"]
+    dense = fusion.parameterized_concatenation_fusion(**case["kwargs"])
+    dense.dims = case["dims"]
+    assert dense.calculate_l() == case["l"] and dense.get_dims() == case["dims"]
+    y = dense(x=[t64(x) for x in case["x"]], w=t64(case["w"]))
+    torch.testing.assert_close(y, t64(case["output"]), **TOL)
+
+    case = record["hm_p"]  # tinybig ignores p (its fabrication keeps its own): refused here
+    assert case["l_after"] == case["l_before"]
+    f = fusion.hm_parameterized_concatenation_fusion(**case["kwargs"])
+    with pytest.raises(AttributeError, match="p cannot change after construction"):
+        f.p = case["p"]
+    assert f.p == 4 and f.calculate_l() == case["l_before"]
+    with pytest.raises(ValueError, match="must divide n=6"):  # an invalid size leaves it as it was
+        f.n = 6
+    assert f.n == 16 and f.calculate_l() == case["l_before"]
+    own = fusion.hm_parameterized_concatenation_fusion(**case["kwargs"], own_parameters=True)
+    with pytest.raises(AttributeError, match="own_parameters=True"):
+        own.n = 8
+    rm = fusion.random_matrix_adaption_parameterized_concatenation_fusion(r=2, n=4, dims=[4, 4])
+    rm.n = 6  # the matrices are drawn anew from the same seed, in the new shape
+    assert rm.R1.shape == (6, 2) and rm.calculate_l() == 8
+    with pytest.raises(AttributeError, match="seed cannot change"):
+        rm.seed = 3
+
+
+def test_sizes_given_as_integral_float_or_tensor():
+    """Found in issue 23: p=4.0 and n=torch.tensor(16) raised TypeError."""
+    record = RECORDED["loose_sizes"]
+    x, w = [t64(v) for v in record["x"]], t64(record["w"])
+    kwargs = dict(record["kwargs"], layout="tinybig-0.2.1")
+    f_tensor = fusion.hm_parameterized_concatenation_fusion(p=4, **dict(kwargs, n=torch.tensor(16)))
+    assert f_tensor.calculate_l() == record["n_tensor"]["l"] and f_tensor.calculate_n() == 16
+    assert record["n_tensor"]["forward_error"] is None
+    torch.testing.assert_close(f_tensor(x=x, w=w), t64(record["n_tensor"]["output"]), **TOL)
+    # tinybig: l = 48.0 (a float) and forward fails (TypeError); here p is the int 4
+    assert record["p_float"]["l_type"] == "float" and record["p_float"]["forward_error"]
+    f_float = fusion.hm_parameterized_concatenation_fusion(p=4.0, **kwargs)
+    assert f_float.p == 4 and type(f_float.calculate_l()) is int
+    torch.testing.assert_close(f_float(x=x, w=w), t64(record["n_tensor"]["output"]), **TOL)
+    with pytest.raises(TypeError, match="p must be"):
+        fusion.hm_parameterized_concatenation_fusion(p=4.5, **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_random_matrices_on_an_unavailable_device_fail_at_construction():
+    # a deliberate difference: R1, R2 are drawn at construction (tinybig: at the first call)
+    with pytest.raises(ValueError, match="is not available"):
+        fusion.random_matrix_adaption_parameterized_concatenation_fusion(
+            r=2, n=4, dims=[4, 4], device="cuda"
+        )

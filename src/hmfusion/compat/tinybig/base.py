@@ -297,13 +297,17 @@ class fusion(nn.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} does not define calculate_l")
 
-    def forward(self, x: Any, w: Tensor | None = None, device: Any = None) -> Any:
+    def forward(
+        self, x: Any, w: Tensor | None = None, device: Any = None, *args: Any, **kwargs: Any
+    ) -> Any:
         """The fusion (subclasses define it).
 
         Args:
             x: the inputs, a list or tuple of tensors.
             w: the flat parameter vector, for the classes that take one.
             device: accepted for tinybig's signature.
+            *args: accepted for tinybig's signature (its classes ignore them).
+            **kwargs: accepted for tinybig's signature (its classes ignore them).
 
         Raises:
             NotImplementedError: the class does not define it.
