@@ -748,3 +748,37 @@ def test_a_config_with_huge_sizes_builds_or_refuses_within_a_second(params):
     except ValueError as error:
         assert "too large" in str(error)
     assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "base",
+        "basic",
+        "config",
+        "configkeys",
+        "legacy",
+        "metric",
+        "parameterized",
+        "processing",
+        "random_matrix",
+        "structured",
+        "basic_fusion",
+    ],
+)
+def test_docstring_examples_run(name):
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"hmfusion.compat.tinybig.{name}")
+    globs = {**vars(module), "torch": torch}
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    tests = [
+        t
+        for t in doctest.DocTestFinder().find(module, globs=globs)
+        if t.examples and t.name.startswith(module.__name__)
+    ]
+    assert tests, "no examples found"
+    for test in tests:
+        runner.run(test)
+    assert runner.failures == 0

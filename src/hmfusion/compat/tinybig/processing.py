@@ -2,8 +2,9 @@
 
 tinybig 0.2.1 accepts, wherever a fusion takes processing functions, `None`, a callable, a
 string or a list of those, and instantiates configs by importing whatever dotted path they name.
-Here every one of them becomes an `nn.Module` (registered as a submodule, so `eval()` turns
-dropout off and a norm's parameters train), names are looked up in fixed tables (nothing is
+Here every one of them becomes an `nn.Module` (stored by the fusion as tinybig stores it:
+a list unregistered, a single module registered, all registered with `register_processing=True`;
+see [`fusion`][hmfusion.compat.tinybig.fusion]), names are looked up in fixed tables (nothing is
 ever imported), and a preprocessing module that would write into the caller's tensors
 (`inplace=True`) is refused.
 """
