@@ -795,3 +795,39 @@ def test_random_matrices_on_an_unavailable_device_fail_at_construction():
         fusion.random_matrix_adaption_parameterized_concatenation_fusion(
             r=2, n=4, dims=[4, 4], device="cuda"
         )
+
+
+def test_softmax_by_name_and_in_configs():
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    f = fusion.concatenation_fusion(dims=[4], postprocess_functions="softmax")
+    torch.testing.assert_close(f([x]), torch.exp(x) / torch.exp(x).sum(-1, keepdim=True), **TOL)
+    config = json.loads(json.dumps(f.to_config()))
+    assert config["function_parameters"]["postprocess_function_configs"] == [
+        {"function_class": "softmax", "function_parameters": {"dim": -1}}
+    ]
+    torch.testing.assert_close(fusion.from_config(config)([x]), f([x]), **TOL)
+    g = fusion.concatenation_fusion(
+        dims=[4],
+        postprocess_function_configs={
+            "function_class": "torch.nn.Softmax",
+            "function_parameters": {"dim": 0},
+        },
+    )
+    torch.testing.assert_close(g([x]), torch.exp(x) / torch.exp(x).sum(0, keepdim=True), **TOL)
+    # the callable F.softmax is called as tinybig calls it (its implicit dim: 0 for 3-d input)
+    with pytest.warns(UserWarning, match="Implicit dimension"):
+        h = fusion.concatenation_fusion(dims=[4], postprocess_functions=[F.softmax])([x])
+    torch.testing.assert_close(h, torch.exp(x) / torch.exp(x).sum(0, keepdim=True), **TOL)
+
+
+def test_a_renamed_tinybig_dump_needs_from_config():
+    # a deliberate difference: the constructors refuse tinybig's bookkeeping keys (tinybig's own
+    # loader calls cls(**function_parameters)); from_config drops exactly those keys
+    dump = RECORDED["configs"][3]["to_config"]
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
+        fusion.hm_parameterized_concatenation_fusion(**dump["function_parameters"])
+    renamed = {
+        **dump,
+        "function_class": "hmfusion.compat.tinybig.hm_parameterized_concatenation_fusion",
+    }
+    assert fusion.from_config(renamed).calculate_l() == RECORDED["configs"][3]["l"]

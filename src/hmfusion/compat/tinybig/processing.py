@@ -75,8 +75,9 @@ class Exp(nn.Module):
 class LastDimSoftmax(nn.Softmax):
     """Softmax over the last dimension: `"softmax"` as a processing name.
 
-    tinybig 0.2.1 warns and returns x unchanged for `"softmax"` (and for `F.softmax`); here
-    the function named is applied, over the last dimension (`torch.nn.Softmax(dim=-1)`).
+    tinybig 0.2.1 warns and returns x unchanged for the string `"softmax"`; here the function
+    named is applied, over the last dimension (`torch.nn.Softmax(dim=-1)`). The callable
+    `F.softmax` is called as tinybig calls it.
 
     Args:
         dim: the dimension normalised (default -1, the last).
@@ -191,9 +192,7 @@ _PROCESSING_CALLABLES: dict[Callable, type] = {
     F.dropout: nn.Dropout,
     F.layer_norm: LastDimLayerNorm,
     torch.exp: Exp,
-    F.softmax: LastDimSoftmax,
-    torch.softmax: LastDimSoftmax,
-}
+}  # not F.softmax: called as tinybig calls it, its implicit dim is not always the last
 
 
 def _processing_class(label: str, name: str) -> type:
