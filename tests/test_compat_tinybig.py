@@ -757,6 +757,7 @@ def test_a_config_with_huge_sizes_builds_or_refuses_within_a_second(params):
         "basic",
         "config",
         "configkeys",
+        "formula",
         "legacy",
         "metric",
         "parameterized",

@@ -21,13 +21,12 @@ tinybig's module paths work too: `base_fusion`, `basic_fusion`, `metric_fusion`,
 `from hmfusion.compat.tinybig.metric_fusion import l1_norm_fusion` works as in tinybig (and, as
 there, the package attribute of a class's name is the class).
 
-Modules: `base` (the `fusion` base class), `processing` (allowlisted processing
-functions), `basic` (sums, averages, concatenation), `metric`, `legacy`
-(tinybig's W), `parameterized` (the dense class and the shared arguments),
-`structured` (low-rank, HM, LPHM, dual-LPHM), `random_matrix`, `config`
-(`from_config`),
-`configkeys` (the tinybig keys a config may carry). `docs/tinybig.md` lists every
-deliberate difference from tinybig 0.2.1.
+Modules: `base` (the `fusion` base class), `processing` (allowlisted processing functions),
+`formula` (`string_to_function`'s parser), `basic` (sums, averages, concatenation), `metric`,
+`legacy` (tinybig's W), `parameterized` (the dense class and the shared arguments), `structured`
+(low-rank, HM, LPHM, dual-LPHM), `random_matrix`, `config` (`from_config`), `configkeys` (the
+tinybig keys a config may carry). `docs/tinybig.md` lists every deliberate difference from
+tinybig 0.2.1.
 """
 
 # tinybig's submodule paths, loaded first: as in tinybig.fusion, the class names bound below

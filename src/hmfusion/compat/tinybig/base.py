@@ -7,18 +7,16 @@ constructor, accessors and static helpers (`func_x`, `str_func_x`, `functions_to
 
 from __future__ import annotations
 
-import ast
 import itertools
-import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from hmfusion import _validation as V
 from hmfusion.compat.tinybig import processing as P
+from hmfusion.compat.tinybig.formula import parse_formula
 
 __all__ = ["DeviceName", "DimIndexError", "fusion"]
 
@@ -418,7 +416,7 @@ class fusion(nn.Module):
             >>> fusion.string_to_function("2*x**2 + 1", "x")(3.0)
             19.0
         """
-        return _formula(formula, variable)
+        return parse_formula(formula, variable)
 
     # configs ------------------------------------------------------------------------------------
     def _config_parameters(self) -> dict[str, Any]:
@@ -456,51 +454,3 @@ class fusion(nn.Module):
             "function_class": f"{CONFIG_PREFIX}.{type(self).__name__}",
             "function_parameters": self._config_parameters(),
         }
-
-
-_BINARY = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.Pow: operator.pow,
-}
-_FUNCTIONS = {
-    name: getattr(np, name) for name in ("exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "abs")
-}
-
-
-def _formula(formula: object, variable: object) -> Callable[[Any], Any]:
-    if not isinstance(formula, str) or not isinstance(variable, str):
-        raise TypeError("formula and variable must be str")
-    try:
-        tree = ast.parse(formula, mode="eval").body
-    except SyntaxError as error:
-        raise ValueError(f"formula {formula!r} is not a formula: {error.msg}") from None
-
-    def evaluate(node: ast.AST, value: Any) -> Any:
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-            return node.value
-        if isinstance(node, ast.Name) and node.id == variable:
-            return value
-        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-            return _BINARY[type(node.op)](evaluate(node.left, value), evaluate(node.right, value))
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-            operand = evaluate(node.operand, value)
-            return -operand if isinstance(node.op, ast.USub) else operand
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id in _FUNCTIONS
-            and len(node.args) == 1
-            and not node.keywords
-        ):
-            return _FUNCTIONS[node.func.id](evaluate(node.args[0], value))
-        raise ValueError(
-            f"formula {formula!r} may use only numbers, {variable!r}, + - * / **, and "
-            f"{sorted(_FUNCTIONS)}; got {ast.unparse(node)!r}"
-        )
-
-    with np.errstate(all="ignore"):  # refuse a bad formula now, not at the first call
-        evaluate(tree, np.float64(1.0))
-    return lambda value: evaluate(tree, value)
