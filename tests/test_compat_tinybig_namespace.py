@@ -831,3 +831,10 @@ def test_a_renamed_tinybig_dump_needs_from_config():
         "function_class": "hmfusion.compat.tinybig.hm_parameterized_concatenation_fusion",
     }
     assert fusion.from_config(renamed).calculate_l() == RECORDED["configs"][3]["l"]
+
+
+def test_register_processing_assignment_is_checked():
+    f = fusion.parameterized_concatenation_fusion(n=2, dims=[2], preprocess_functions=["relu"])
+    with pytest.raises(TypeError, match="register_processing"):
+        f.register_processing = "yes"
+    assert f.register_processing is False and isinstance(f.preprocess_functions, list)

@@ -71,8 +71,9 @@ class fusion(nn.Module):
     single config dict) is registered under the attribute's name, as torch's attribute
     assignment does in tinybig (`state_dict` keys `preprocess_functions.<name>`).
     `register_processing=True` registers every processing module (an `nn.ModuleList`:
-    keys `preprocess_functions.<i>.<name>`), so that a norm trains. Either way the modules
-    follow `train()` / `eval()` and `.to()` (tinybig's list-held modules do not).
+    keys `preprocess_functions.<i>.<name>`), so that a norm trains; assigning it later stores
+    the current modules anew (registered, or as a plain list). Either way the modules follow
+    `train()` / `eval()` and `.to()` (tinybig's list-held modules do not).
 
     Args:
         dims: the input widths n_1 … n_k, or `None`; kept as given (list or tuple).
@@ -141,9 +142,10 @@ class fusion(nn.Module):
         if name in _PROCESSING_ATTRIBUTES:  # tinybig's assignable processing functions
             self._store_processing(name, value, None)
             return
+        if name == "register_processing":
+            V.check_bool("register_processing", value)
         super().__setattr__(name, value)
         if name == "register_processing" and "_device" in self.__dict__:  # store them anew
-            V.check_bool("register_processing", value)
             for attribute in _PROCESSING_ATTRIBUTES:
                 self._store_processing(attribute, self._processing(attribute), None)
 
