@@ -134,7 +134,12 @@ class metric_fusion(fusion):
         return 0
 
     def forward(
-        self, x: Sequence[Tensor], w: Tensor | None = None, device: str | torch.device | None = None
+        self,
+        x: Sequence[Tensor],
+        w: Tensor | None = None,
+        device: str | torch.device | None = None,
+        *args: Any,
+        **kwargs: Any,
     ) -> Tensor:
         """`post(metric(pre(x_1), …, pre(x_k)))` elementwise.
 
@@ -142,6 +147,8 @@ class metric_fusion(fusion):
             x: a list or tuple of k tensors of the same shape.
             w: accepted for tinybig's signature; unused.
             device: accepted for tinybig's signature; unused.
+            *args: ignored, as in tinybig.
+            **kwargs: ignored, as in tinybig.
 
         Raises:
             ValueError: x empty, of unequal shapes, or not matching dims.

@@ -14,6 +14,7 @@ from hmfusion.compat.tinybig.parameterized import (
     Family,
     parameterized_concatenation_fusion,
     shared_signature,
+    tinybig_size,
 )
 from hmfusion.fusion import RandomMatrixConcatFusion
 
@@ -62,7 +63,7 @@ class random_matrix_adaption_parameterized_concatenation_fusion(parameterized_co
         seed: int | None = None,
         **kwargs: Any,
     ) -> None:
-        self.r = V.check_positive_int("r", r)
+        self.r = V.check_positive_int("r", tinybig_size(r))
         self.seed = secrets.randbits(63) if seed is None else V.check_int("seed", seed)
         super().__init__(n, dims, name, **kwargs)
 

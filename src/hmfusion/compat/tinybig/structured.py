@@ -21,6 +21,7 @@ from hmfusion.compat.tinybig.parameterized import (
     Family,
     parameterized_concatenation_fusion,
     shared_signature,
+    tinybig_size,
 )
 from hmfusion.fusion import (
     DualLPHMConcatFusion,
@@ -94,7 +95,7 @@ class lowrank_parameterized_concatenation_fusion(parameterized_concatenation_fus
         dims: Sequence[int] | None = None,
         **kwargs: Any,
     ) -> None:
-        self.r = V.check_positive_int("r", r)
+        self.r = V.check_positive_int("r", tinybig_size(r))
         super().__init__(n, dims, name, **kwargs)
 
     def _family(self, dims: tuple[int, ...], factory: dict) -> Family:
@@ -109,7 +110,8 @@ class _KroneckerAdapter(parameterized_concatenation_fusion):
     _dual = False
 
     def _set_blocks(self, p: int, q: int | None, pad: bool, r: int | None = None) -> None:
-        self.p, self.q, self.pad, self.r = p, q, V.check_bool("pad", pad), r
+        self.p, self.q, self.pad = tinybig_size(p), tinybig_size(q), V.check_bool("pad", pad)
+        self.r = tinybig_size(r)
 
     def _family(self, dims: tuple[int, ...], factory: dict) -> Family:
         family = _kronecker_family(
