@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import pathlib
+import re
 import sys
 import types
 from typing import NamedTuple
@@ -11,8 +13,16 @@ from typing import NamedTuple
 import pytest
 
 pytest.importorskip("mkdocs", reason="the docs extra is not installed")
+yaml = pytest.importorskip("yaml", reason="pyyaml (the test extra) is not installed")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+class _Loader(yaml.SafeLoader):
+    """mkdocs.yml's own tags (``!!python/name:``) read as plain strings."""
+
+
+_Loader.add_multi_constructor("tag:yaml.org,2002:python/", lambda loader, suffix, node: None)
 
 
 @pytest.fixture(scope="module")
@@ -92,23 +102,58 @@ def test_a_module_without_docstring_is_found(hooks, module):
     assert "fake_public_module" in hooks.undocumented_names(module.__name__)
 
 
-def test_every_public_module_is_listed(hooks):
-    modules = hooks.public_modules()
-    assert {"hmfusion.fusion", "hmfusion.structures", "hmfusion.planner"} <= modules
-    assert "hmfusion.compat.tinybig" in modules
-    assert not any(name.rsplit(".", 1)[1].startswith("_") for name in modules)
+def test_public_and_internal_modules_are_apart(hooks):
+    internal = hooks.internal_modules()
+    assert not internal & set(hooks.PUBLIC)
+    assert {"hmfusion.ops.planner", "hmfusion.ops.costmodel", "hmfusion.apps.common"} <= internal
+    assert not any(name.rsplit(".", 1)[1].startswith("_") for name in internal)
+    for name in hooks.PUBLIC:  # every public module imports and documents itself
+        assert importlib.import_module(name).__doc__
 
 
 def test_modules_without_a_written_page_get_a_generated_one(hooks, tmp_path):
     (tmp_path / "reference").mkdir()
-    (tmp_path / "reference" / "fusion.md").write_text("# x\n\n::: hmfusion.fusion\n")
+    (tmp_path / "reference" / "fusion.md").write_text("# x\n\n::: hmfusion\n")
     config = types.SimpleNamespace(
-        docs_dir=str(tmp_path), nav=[{"Home": "index.md"}, {"Reference": ["reference/index.md"]}]
+        docs_dir=str(tmp_path),
+        nav=[
+            {"Home": "index.md"},
+            {"Reference": ["reference/index.md"]},
+            {"Internals": ["internals/index.md"]},
+        ],
     )
     hooks.on_config(config)
-    generated = dict(pair for entry in config.nav[1]["Reference"][1:] for pair in entry.items())
-    assert "hmfusion.fusion" not in generated
-    assert generated["hmfusion.structures"] == "reference/structures.md"
-    assert generated["hmfusion.compat.tinybig"] == "reference/compat-tinybig.md"
-    assert not hooks.NOT_REFERENCED & set(generated)
-    assert set(generated) == hooks.public_modules() - hooks.NOT_REFERENCED - {"hmfusion.fusion"}
+    public = dict(pair for entry in config.nav[1]["Reference"][1:] for pair in entry.items())
+    internal = dict(pair for entry in config.nav[2]["Internals"][1:] for pair in entry.items())
+    assert set(public) == set(hooks.PUBLIC) - {"hmfusion"}
+    assert public["hmfusion.compat.tinybig"] == "reference/compat-tinybig.md"
+    assert internal["hmfusion.ops.planner"] == "internals/ops-planner.md"
+    assert set(internal) == hooks.internal_modules()
+    assert not hooks.NOT_REFERENCED & (set(public) | set(internal))
+
+
+def _nav_modules(section: list) -> set[str]:
+    """The modules the pages of a nav section render (``::: module``)."""
+    pages = [
+        uri for entry in section for uri in (entry.values() if isinstance(entry, dict) else [entry])
+    ]
+    return {
+        name
+        for uri in pages
+        for name in re.findall(r"^:::\s+([\w.]+)", (ROOT / "docs" / uri).read_text(), re.M)
+    }
+
+
+def test_the_reference_shows_the_public_api_and_the_index_says_so(hooks):
+    # The nav's Reference renders exactly the public modules (the hook adds none that are written),
+    # Internals none of them, and docs/reference/index.md's table names each public module once.
+    nav = yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=_Loader)["nav"]
+    sections = {
+        title: pages for entry in nav if isinstance(entry, dict) for title, pages in entry.items()
+    }
+    written_public = _nav_modules(sections["Reference"])
+    assert written_public <= set(hooks.PUBLIC)
+    assert not _nav_modules(sections["Internals"]) & set(hooks.PUBLIC)
+    index = (ROOT / "docs" / "reference" / "index.md").read_text()
+    table = re.findall(r"^\| \[`([\w.]+)`\]", index, re.M)
+    assert sorted(table) == sorted(hooks.PUBLIC)

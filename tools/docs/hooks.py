@@ -8,11 +8,15 @@
   turns the warnings into a failed build. The names checked are those in ``__all__`` of every
   module a page renders with ``::: module``; a class's public methods and properties are
   checked too.
-- Every public module has a reference page: each ``hmfusion.<name>`` and
-  ``hmfusion.compat.<name>`` (not private, not listed in ``NOT_REFERENCED``) that no page under
-  docs/ renders with ``::: module`` gets a generated page, ``reference/<name>.md`` holding
-  ``::: module``, listed under Reference in the navigation after the written ones. Write
-  ``docs/reference/<name>.md`` (and its nav entry) to give a module an introduction.
+- The public API is stated once, here (``PUBLIC``), and docs/reference/index.md says it in
+  words (a test checks that both name the same modules). Each public module has a page under
+  Reference; every other module without a leading _ is an internal (``hmfusion.ops``,
+  ``hmfusion.apps``, the modules behind a package's names) and has its page under Internals,
+  apart from the public API, so that cross-references from the docstrings resolve. A module
+  that no page under docs/ renders with ``::: module`` gets a generated page,
+  ``reference/<name>.md`` or ``internals/<name>.md`` holding ``::: module``, listed in its
+  section after the written ones. Write the page (and its nav entry) to give a module an
+  introduction.
 """
 
 from __future__ import annotations
@@ -37,7 +41,18 @@ BENCHMARK_FILES = {
     "benchmark/speedup.png": "benchmarks/speedup.png",
     "benchmark/results.json": "benchmarks/results.json",
 }
-#: The packages whose modules get a reference page (a page of its own or a generated one).
+#: The public API: the modules a user imports from. Their names (``__all__``) are what the
+#: package promises; everything else may change without notice.
+PUBLIC = (
+    "hmfusion",  # the fusion layers (defined in hmfusion.fusion)
+    "hmfusion.planner",
+    "hmfusion.structures",
+    "hmfusion.structures.blocksizes",
+    "hmfusion.structures.fitting",
+    "hmfusion.compat.tinybig",
+    "hmfusion.data",
+)
+#: The packages whose modules are walked for internals (a page each, under Internals).
 PACKAGES = (
     "hmfusion",
     "hmfusion.compat",
@@ -47,13 +62,22 @@ PACKAGES = (
     "hmfusion.apps.train",
     "hmfusion.apps.bench",
 )
-# Modules that need no page of their own: the entry point's dispatch, ``python -m``, and the
-# modules of ``hmfusion.structures`` whose names that package's page shows.
+# Modules that need no page of their own: the entry point's dispatch, ``python -m``, the
+# packages whose pages are their modules' pages, and the modules whose names a public page
+# shows (``hmfusion.fusion``'s on the page of ``hmfusion``, ``hmfusion.structures``' own).
 NOT_REFERENCED = {
-    "hmfusion.apps.cli",
     "hmfusion.__main__",
+    "hmfusion.apps",
+    "hmfusion.apps.bench",
+    "hmfusion.apps.cli",
+    "hmfusion.apps.train",
+    "hmfusion.compat",
+    "hmfusion.fusion",
+    "hmfusion.ops",
     *(f"hmfusion.structures.{name}" for name in ("base", "dense", "kronecker", "random_matrix")),
 }
+#: The navigation sections: the public API, and the internals (for contributors).
+SECTIONS = {"reference": "Reference", "internals": "Internals"}
 _DIRECTIVE = re.compile(r"^:::\s+([\w.]+)", re.M)
 # module -> URI of its generated reference page (filled by on_config for this build)
 _GENERATED: dict[str, str] = {}
@@ -64,11 +88,16 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
         sys.path.insert(0, _SRC)
     written = _documented_modules(Path(config.docs_dir))
     _GENERATED.clear()
-    for module_name in sorted(public_modules() - written - NOT_REFERENCED):
+    for module_name in sorted(set(PUBLIC) - written):
         _GENERATED[module_name] = f"reference/{reference_slug(module_name)}.md"
+    for module_name in sorted(internal_modules() - written):
+        _GENERATED[module_name] = f"internals/{reference_slug(module_name)}.md"
     for entry in config.nav or []:
-        if isinstance(entry, dict) and isinstance(entry.get("Reference"), list):
-            entry["Reference"].extend({name: uri} for name, uri in _GENERATED.items())
+        for folder, title in SECTIONS.items():
+            if isinstance(entry, dict) and isinstance(entry.get(title), list):
+                entry[title].extend(
+                    {name: uri} for name, uri in _GENERATED.items() if uri.startswith(folder + "/")
+                )
     return config
 
 
@@ -93,15 +122,15 @@ def reference_slug(module_name: str) -> str:
     return module_name.removeprefix("hmfusion.").replace(".", "-")
 
 
-def public_modules() -> set[str]:
-    """Every module without a leading _ in the packages of ``PACKAGES`` (not ``NOT_REFERENCED``)."""
-    names = set()
+def internal_modules() -> set[str]:
+    """Every module without a leading _ in ``PACKAGES``, less ``PUBLIC`` and ``NOT_REFERENCED``."""
+    names = set(PACKAGES)
     for package_name in PACKAGES:
         package = importlib.import_module(package_name)
         for info in pkgutil.iter_modules(package.__path__, prefix=package_name + "."):
             if not info.name.rsplit(".", 1)[1].startswith("_"):
                 names.add(info.name)
-    return names - {"hmfusion.compat"} - NOT_REFERENCED
+    return names - set(PUBLIC) - NOT_REFERENCED
 
 
 def _documented_modules(docs_dir: Path) -> set[str]:
