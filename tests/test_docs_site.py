@@ -21,6 +21,7 @@ import http.server
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import threading
@@ -202,9 +203,122 @@ def test_math_renders_and_no_request_leaves(site, path, tmp_path):
 
 def test_hm_reference_page_shows_the_formula(site, tmp_path):
     page = load(f"{site}/reference/fusion/", tmp_path)
-    assert 'id="hmfusion.fusion.HMConcatFusion"' in page.dom
+    assert 'id="hmfusion.HMConcatFusion"' in page.dom  # the public path: hmfusion.HMConcatFusion
     tex = " ".join(math_report(page.dom).tex)
     assert "A_j \\otimes B_j" in tex
+
+
+class _VisibleText(HTMLParser):
+    """The text of a built page a reader sees as prose: not code, scripts or math (arithmatex)."""
+
+    SKIP = {"script", "style", "pre", "code", "noscript", "svg", "textarea", "math"}
+    VOID = {"br", "img", "hr", "meta", "link", "input", "source", "wbr", "path", "use"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text: list[str] = []
+        self._stack: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.VOID:
+            return
+        math = "arithmatex" in (dict(attrs).get("class") or "").split()
+        self._stack.append("math" if math else tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        # a math span or div ends with its own tag; its TeX holds no elements
+        while self._stack:
+            top = self._stack.pop()
+            if top == tag or (top == "math" and tag in ("span", "div")):
+                break
+
+    def handle_data(self, data: str) -> None:
+        if not self.SKIP.intersection(self._stack):
+            self.text.append(data)
+
+
+#: Markup that a page shows raw when a docstring or page is not Markdown as the site renders it.
+RAW_MARKUP = {
+    "reST role": re.compile(r":(math|class|func|meth|mod|attr|ref):`"),
+    "reST literal block": re.compile(r"\b\w+::\s*$", re.M),
+    "unrendered TeX delimiter": re.compile(r"\\[(\[]"),
+    "unrendered $…$": re.compile(r"\$[^$\s][^$]*\$"),
+    "unrendered `code`": re.compile(r"`[^`\n]+`"),
+}
+
+
+def raw_markup(html: str) -> list[str]:
+    parser = _VisibleText()
+    parser.feed(html)
+    text = "".join(parser.text)
+    return [
+        f"{what}: {text[max(0, m.start() - 40) : m.end() + 40]!r}"
+        for what, pattern in RAW_MARKUP.items()
+        for m in pattern.finditer(text)
+    ]
+
+
+def _built(path: pathlib.Path) -> None:
+    _require(path.is_file(), f"the site is not built ({path} is missing; mkdocs build --strict)")
+
+
+def test_no_page_shows_raw_markup():
+    _built(SITE / "index.html")
+    pages = sorted(SITE.rglob("*.html"))
+    assert len(pages) > 20
+    found = [
+        f"{page.relative_to(SITE)}: {problem}"
+        for page in pages
+        if page.name != "404.html"
+        for problem in raw_markup(page.read_text(encoding="utf-8"))
+    ]
+    assert found == []
+
+
+@pytest.mark.parametrize(
+    "html, what",
+    [
+        ("<p>b = :math:`\\sqrt{3}`</p>", "reST role"),
+        ("<p>Example::</p><pre><code>&gt;&gt;&gt; 1</code></pre>", "reST literal block"),
+        ("<p>the weight \\(W\\) as text</p>", "unrendered TeX delimiter"),
+        ("<td>U | shape (n, r), `V` shape</td>", "unrendered `code`"),
+        ("<p>costs $n D$ here</p>", "unrendered $…$"),
+    ],
+)
+def test_the_raw_markup_check_finds_raw_markup(html, what):
+    assert what in [p.split(":")[0] for p in raw_markup(html)]
+
+
+def test_rendered_markup_is_not_raw():
+    html = (
+        '<p>with <span class="arithmatex">\\(b = \\sqrt{3}\\)</span> and <code>`x`</code></p>'
+        '<div class="arithmatex">\\[ W = A \\otimes B \\]</div><pre><code>a :: b</code></pre>'
+        "<p>Example:</p><p>after</p>"
+    )
+    assert raw_markup(html) == []
+
+
+#: What only a function's source holds: its def line, or mkdocstrings' "Source code in" block.
+SOURCE = re.compile(r"\bdef \w+\(.*\)( -> [^:]+)?:|Source code in ")
+
+
+def test_the_search_index_holds_text_not_source_or_tex_delimiters():
+    index = SITE / "search" / "search_index.json"
+    _built(index)
+    docs = json.loads(index.read_text(encoding="utf-8"))["docs"]
+    assert len(docs) > 100
+    with_source = [d["location"] for d in docs if SOURCE.search(d["text"])]
+    with_tex = [d["location"] for d in docs if re.search(r"\\[()\[\]]", d["text"])]
+    with_rest = [d["location"] for d in docs if ":math:" in d["text"] or "Example::" in d["text"]]
+    assert (with_source, with_tex, with_rest) == ([], [], [])
+    # the formulas stay searchable, as TeX without delimiters
+    assert any("A_j \\otimes B_j" in d["text"] for d in docs)
+
+
+def test_the_source_check_sees_source():
+    assert SOURCE.search("Source code in <code>src/hmfusion/fusion/base.py</code>")
+    assert SOURCE.search("def forward(self, xs: Sequence[Tensor]) -> Tensor:\n    return")
+    assert not SOURCE.search("<code>forward(xs)</code> returns Y; define W as")
 
 
 def test_the_request_check_sees_a_page_that_calls_out(serve, tmp_path):

@@ -8,6 +8,9 @@
   turns the warnings into a failed build. The names checked are those in ``__all__`` of every
   module a page renders with ``::: module``; a class's public methods and properties are
   checked too.
+- The search index holds what a reader sees: the formulas' TeX without the ``\\(…\\)`` and
+  ``\\[…\\]`` delimiters that arithmatex wraps them in for KaTeX (the search results show
+  text, not rendered math); the reference pages carry no source (``show_source: false``).
 - The public API is stated once, here (``PUBLIC``), and docs/reference/index.md says it in
   words (a test checks that both name the same modules). Each public module has a page under
   Reference; every other module without a leading _ is an internal (``hmfusion.ops``,
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import logging
 import pkgutil
 import re
@@ -78,6 +82,8 @@ NOT_REFERENCED = {
 }
 #: The navigation sections: the public API, and the internals (for contributors).
 SECTIONS = {"reference": "Reference", "internals": "Internals"}
+# arithmatex's delimiters around TeX in the HTML: \( … \) inline, \[ … \] display
+_MATH = re.compile(r"\\\((.*?)\\\)|\\\[(.*?)\\\]", re.S)
 _DIRECTIVE = re.compile(r"^:::\s+([\w.]+)", re.M)
 # module -> URI of its generated reference page (filled by on_config for this build)
 _GENERATED: dict[str, str] = {}
@@ -115,6 +121,23 @@ def on_pre_build(config: MkDocsConfig) -> None:
     for module_name in sorted(documented):
         for name in undocumented_names(module_name):
             log.warning("%s has no docstring of its own (every public name needs one)", name)
+
+
+def on_post_build(config: MkDocsConfig) -> None:
+    index = Path(config.site_dir) / "search" / "search_index.json"
+    if not index.is_file():
+        return
+    data = json.loads(index.read_text(encoding="utf-8"))
+    for doc in data.get("docs", []):
+        for key in ("title", "text"):
+            if key in doc:
+                doc[key] = strip_math_delimiters(doc[key])
+    index.write_text(json.dumps(data, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+
+
+def strip_math_delimiters(text: str) -> str:
+    """``a \\(W\\) b`` -> ``a W b``: TeX as written, without arithmatex's delimiters."""
+    return _MATH.sub(lambda match: (match.group(1) or match.group(2) or "").strip(), text)
 
 
 def reference_slug(module_name: str) -> str:
