@@ -321,6 +321,72 @@ def test_the_source_check_sees_source():
     assert not SOURCE.search("<code>forward(xs)</code> returns Y; define W as")
 
 
+#: The pages read on a phone: none may be wider than the screen outside its scroll boxes.
+PHONE_PAGES = ("", "reference/fusion/", "how-it-works/", "training/", "benchmark/")
+PHONE_WIDTH = 390
+
+# Loads a page of the site in an iframe as wide as a phone and writes, into <pre id="result">,
+# the page's width and scroll width and the elements of its content that stick out of the
+# screen without an ancestor that scrolls or clips them (tables, code and display math scroll).
+_PROBE = """<!doctype html><meta charset="utf-8"><body style="margin:0">
+<iframe id="page" src="{src}" style="width:{width}px;height:900px;border:0"></iframe>
+<pre id="result">pending</pre>
+<script>
+document.getElementById("page").addEventListener("load", () => setTimeout(() => {{
+  const doc = document.getElementById("page").contentDocument, win = doc.defaultView;
+  const width = doc.documentElement.clientWidth;
+  const held = el => {{
+    for (let a = el.parentElement; a && a !== doc.body; a = a.parentElement)
+      if (win.getComputedStyle(a).overflowX !== "visible") return true;
+    return false;
+  }};
+  const wide = [];
+  for (const el of doc.querySelectorAll("{content} *")) {{
+    const r = el.getBoundingClientRect();
+    const where = `${{Math.round(r.left)}}..${{Math.round(r.right)}}`;
+    if (r.width && (r.right > width + 1 || r.left < -1) && !held(el))
+      wide.push(`${{el.tagName}}.${{el.className}} ${{where}}`);
+  }}
+  document.getElementById("result").textContent = JSON.stringify(
+    {{width, scrollWidth: doc.documentElement.scrollWidth, wide}});
+}}, 1000));
+</script>"""
+
+
+def phone_layout(serve, root: pathlib.Path, src: str, content: str, tmp_path) -> dict:
+    """The probe's report for ``src`` (a path under ``root``) at ``PHONE_WIDTH``."""
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "root").symlink_to(root, target_is_directory=True)
+    probe = _PROBE.format(src=f"root/{src}", width=PHONE_WIDTH, content=content)
+    (www / "probe.html").write_text(probe, encoding="utf-8")
+    dom = load(f"{serve(www)}/probe.html", tmp_path).dom
+    found = re.search(r'<pre id="result">(.*?)</pre>', dom, re.S)
+    assert found and found.group(1) != "pending", "the probe did not run"
+    return json.loads(found.group(1))
+
+
+@pytest.mark.parametrize("path", PHONE_PAGES, ids=lambda p: p or "home")
+def test_pages_fit_a_phone(site, serve, path, tmp_path):
+    report = phone_layout(serve, SITE, path, ".md-content", tmp_path)
+    assert report["width"] <= PHONE_WIDTH
+    assert report["scrollWidth"] <= report["width"], report
+    assert report["wide"] == []
+
+
+def test_the_phone_check_sees_a_page_too_wide(serve, tmp_path):
+    root = tmp_path / "wide"
+    root.mkdir()
+    (root / "index.html").write_text(
+        '<!doctype html><div class="md-content"><p style="width:700px">wide</p>'
+        '<div style="overflow-x:auto"><p style="width:900px">scrolls</p></div></div>',
+        encoding="utf-8",
+    )
+    report = phone_layout(serve, root, "index.html", ".md-content", tmp_path)
+    assert report["scrollWidth"] > report["width"]
+    assert [entry.split(" ")[0] for entry in report["wide"]] == ["P."]
+
+
 def test_the_request_check_sees_a_page_that_calls_out(serve, tmp_path):
     # The check above must be able to fail: a page loading a stylesheet from another host.
     root = tmp_path / "www"

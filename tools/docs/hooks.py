@@ -3,6 +3,10 @@
 - The benchmark's artefacts stay where the benchmark writes them (``benchmarks/``); the site
   serves them as ``benchmark/speedup.png`` and ``benchmark/results.json`` without copies, so
   the benchmark page (which includes ``benchmarks/RESULTS.md``) keeps its relative links.
+- The benchmark page leads with the run's headline (the targets met) and its one plot; the
+  rest of ``benchmarks/RESULTS.md`` follows, its generated tables folded (pymdownx.details)
+  and its hand-written notes open. ``RESULTS.md`` stays one document for GitHub readers; the
+  page rearranges it where it includes it (``on_page_markdown``), so both say the same.
 - Every name a reference page documents must have a docstring of its own: mkdocstrings shows
   undocumented names silently, so this hook logs a warning for each one, and ``--strict``
   turns the warnings into a failed build. The names checked are those in ``__all__`` of every
@@ -35,7 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from mkdocs.config.defaults import MkDocsConfig
+from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files
+from mkdocs.structure.pages import Page
 
 log = logging.getLogger("mkdocs.hooks.hmfusion")
 
@@ -84,6 +90,9 @@ NOT_REFERENCED = {
 SECTIONS = {"reference": "Reference", "internals": "Internals"}
 # arithmatex's delimiters around TeX in the HTML: \( … \) inline, \[ … \] display
 _MATH = re.compile(r"\\\((.*?)\\\)|\\\[(.*?)\\\]", re.S)
+BENCHMARK_PAGE = "benchmark/index.md"
+BENCHMARK_INCLUDE = '--8<-- "benchmarks/RESULTS.md"'
+_PLOT = re.compile(r"^!\[[^\]]*\]\(speedup\.png\)\s*$", re.M)
 _DIRECTIVE = re.compile(r"^:::\s+([\w.]+)", re.M)
 # module -> URI of its generated reference page (filled by on_config for this build)
 _GENERATED: dict[str, str] = {}
@@ -114,6 +123,48 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
         content = f"# {module_name}\n\n::: {module_name}\n"
         files.append(File.generated(config, uri, content=content))
     return files
+
+
+def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Files) -> str:
+    if page.file.src_uri != BENCHMARK_PAGE:
+        return markdown
+    results = (ROOT / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8")
+    if BENCHMARK_INCLUDE not in markdown:
+        raise PluginError(f"{BENCHMARK_PAGE} must include the results: {BENCHMARK_INCLUDE}")
+    return markdown.replace(BENCHMARK_INCLUDE, benchmark_page(results))
+
+
+def benchmark_page(results: str) -> str:
+    """``benchmarks/RESULTS.md`` for the benchmark page: the targets' headline and the plot first,
+    then how the run was made, the generated tables folded, and the notes open.
+
+    ``RESULTS.md`` is a title, its introduction, and ``## `` sections; those whose title starts
+    with ``Notes`` are written by hand and stay open, the others are tables and fold.
+    """
+    head, *sections = re.split(r"^## ", results, flags=re.M)
+    intro = "\n".join(line for line in head.splitlines() if not line.startswith("# ")).strip()
+    folded, notes, headline = [], [], ""
+    for section in sections:
+        title, _, body = section.partition("\n")
+        body = _PLOT.sub("", body).strip()
+        if title.startswith("Notes"):
+            notes.append(f"## {title}\n\n{body}")
+            continue
+        if title.startswith("Targets"):
+            headline = title
+        indented = "\n".join(f"    {line}" if line else "" for line in body.splitlines())
+        folded.append(f'??? note "{title}"\n\n{indented}')
+    lead = f"**{headline}.**\n\n" if headline else ""
+    return (
+        f"{lead}![Measured and ideal speed-up of hmfusion over dense](speedup.png)\n\n"
+        f"## How the run was made\n\n{intro}\n\n"
+        "## The tables\n\nEvery figure of the run "
+        "([`results.json`](results.json)); click a title to unfold it.\n\n"
+        + "\n\n".join(folded)
+        + "\n\n"
+        + "\n\n".join(notes)
+        + "\n"
+    )
 
 
 def on_pre_build(config: MkDocsConfig) -> None:
