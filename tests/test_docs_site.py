@@ -273,6 +273,9 @@ def test_no_page_shows_raw_markup():
         for problem in raw_markup(page.read_text(encoding="utf-8"))
     ]
     assert found == []
+    # no page quotes: a docstring's ">>>" example read as Markdown is three nested block quotes
+    quoting = [str(p.relative_to(SITE)) for p in pages if "<blockquote" in p.read_text("utf-8")]
+    assert quoting == []
 
 
 @pytest.mark.parametrize(
@@ -296,6 +299,23 @@ def test_rendered_markup_is_not_raw():
         "<p>Example:</p><p>after</p>"
     )
     assert raw_markup(html) == []
+
+
+def test_the_benchmark_page_leads_with_a_summary_and_one_plot():
+    page = SITE / "benchmark" / "index.html"
+    _built(page)
+    html = page.read_text(encoding="utf-8")
+    article = html[html.index("<article") : html.index("</article>")]
+    assert len(re.findall(r'<img[^>]*src="speedup.png"', article)) == 1
+    plot, first_table = article.index("speedup.png"), article.index("<table")
+    assert article.index("Targets: ") < plot < first_table
+    # every generated table is folded: inside a <details> block (the notes, written by hand,
+    # come after the folds and stay open)
+    tables = article[: article.index('id="notes')]
+    starts = [m.start() for m in re.finditer("<table", tables)]
+    assert starts and all(
+        tables[:at].count("<details") == tables[:at].count("</details>") + 1 for at in starts
+    )
 
 
 #: What only a function's source holds: its def line, or mkdocstrings' "Source code in" block.
