@@ -9,6 +9,13 @@ request, and chromium's own background requests (updates, time, autofill) carry 
 not the site's doing. ``--host-resolver-rules`` also makes every other host unresolvable, so
 nothing can leave while the test runs.
 
+Over every built page (no browser needed): no raw markup a reader would see (reST roles, ``::``
+blocks, TeX delimiters, ``$…$``, backtick pairs, a ``>>>`` example read as block quotes), no
+source code or TeX delimiters in the search index, and the benchmark page's order (headline,
+one plot, then the tables folded). In the browser, at a phone's 390 px: no page is wider than
+the screen, and nothing in its content sticks out except inside a box that scrolls (tables,
+code, display math).
+
 Marked ``docs``. `.ci/run` builds the site, installs chromium and runs these tests with
 HMFUSION_DOCS_REQUIRED=1 (a missing site or browser then fails); elsewhere they skip cleanly
 when either is missing.
