@@ -54,8 +54,7 @@ class ConcatFusion(nn.Module):
         ValueError: `structure.D != sum(dims)`; device is not available; a factor cannot
             be allocated.
 
-    Example::
-
+    Example:
         >>> from hmfusion.structures import DenseStructure
         >>> fusion = ConcatFusion([2, 3], DenseStructure(4, 5))
         >>> fusion([torch.ones(1, 2), torch.ones(1, 3)]).shape

@@ -43,6 +43,12 @@ from hmfusion.apps.outputs import OutputDirectory
 __all__ = ["add_arguments", "main"]
 
 _DTYPES = ("float32", "float64", "bfloat16", "float16")
+#: How long `--quick --load 1` (the CI grid, quiet and loaded) takes on 2 CPU cores: the help
+#: text says it and the README quotes it; benchmarks/RESULTS.md's notes hold the measured run
+#: (tests/test_docs_claims.py checks all three).
+QUICK_DURATION = "under 4 minutes on 2 CPU cores"
+#: Where the outputs go unless `--out` says otherwise (the help text and the README say it).
+DEFAULT_OUT = Path("bench-out")
 #: The file every output folder of `hmfusion bench` holds (`--overwrite` replaces only those).
 _MARKER = "results.json"
 
@@ -99,7 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--quick",
         action="store_true",
         help="CI grid: the target shapes and two small layers, "
-        "forward+backward, float32 and bfloat16, ~2 minutes",
+        f"forward+backward, float32 and bfloat16; with --load 1 {QUICK_DURATION}",
     )
     parser.add_argument(
         "--shape",
@@ -163,8 +169,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("bench-out"),
-        help="output folder for results.json, results.md, speedup.png",
+        default=DEFAULT_OUT,
+        help="output folder for results.json, results.md, speedup.png "
+        f"(default: {DEFAULT_OUT}/ in the current directory)",
     )
     parser.add_argument(
         "--overwrite",
