@@ -98,7 +98,7 @@ def from_config(config: Mapping, *, layout: Layout | None = None) -> fusion:
     `_modules`, … and `parameter_fabrication`) are dropped.
 
     The layout of a parameterized concatenation fusion (which matters for HM, LPHM and
-    dual-LPHM, see [`legacy`][hmfusion.compat.tinybig.legacy]) is, in this order: the `layout`
+    dual-LPHM, see `legacy`) is, in this order: the `layout`
     argument; the config's own `"layout"` parameter (which `to_config()` writes); for a
     `function_class` spelled `tinybig.…` (a tinybig dump, or a config written for tinybig)
     `"tinybig-0.2.1"`, so that it computes what tinybig computes from it; otherwise the

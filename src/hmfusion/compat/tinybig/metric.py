@@ -186,10 +186,10 @@ class max_fusion(_NamedMetricFusion):
     Args:
         name: returned by `get_name` (default `"max_fusion"`).
         *args: `metric_fusion`'s positional arguments after `name` (`dims` first), as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion]; its `metric` is fixed by the
+            `metric_fusion`; its `metric` is fixed by the
             class.
         **kwargs: `dims`, the processing functions and `device`, as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion].
+            `metric_fusion`.
 
     Example:
         >>> max_fusion(dims=[1, 1])([torch.tensor([[1.0]]), torch.tensor([[2.0]])])
@@ -208,10 +208,10 @@ class min_fusion(_NamedMetricFusion):
     Args:
         name: returned by `get_name` (default `"min_fusion"`).
         *args: `metric_fusion`'s positional arguments after `name` (`dims` first), as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion]; its `metric` is fixed by the
+            `metric_fusion`; its `metric` is fixed by the
             class.
         **kwargs: `dims`, the processing functions and `device`, as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion].
+            `metric_fusion`.
 
     Example:
         >>> min_fusion(dims=[1, 1])([torch.tensor([[1.0]]), torch.tensor([[2.0]])])
@@ -230,10 +230,10 @@ class sum_fusion(_NamedMetricFusion):
     Args:
         name: returned by `get_name` (default `"sum_fusion"`).
         *args: `metric_fusion`'s positional arguments after `name` (`dims` first), as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion]; its `metric` is fixed by the
+            `metric_fusion`; its `metric` is fixed by the
             class.
         **kwargs: `dims`, the processing functions and `device`, as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion].
+            `metric_fusion`.
 
     Example:
         >>> sum_fusion(dims=[1, 1])([torch.tensor([[1.0]]), torch.tensor([[2.0]])])
@@ -252,10 +252,10 @@ class mean_fusion(_NamedMetricFusion):
     Args:
         name: returned by `get_name` (default `"mean_fusion"`).
         *args: `metric_fusion`'s positional arguments after `name` (`dims` first), as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion]; its `metric` is fixed by the
+            `metric_fusion`; its `metric` is fixed by the
             class.
         **kwargs: `dims`, the processing functions and `device`, as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion].
+            `metric_fusion`.
 
     Example:
         >>> mean_fusion(dims=[1, 1])([torch.tensor([[1.0]]), torch.tensor([[2.0]])])
@@ -274,10 +274,10 @@ class prod_fusion(_NamedMetricFusion):
     Args:
         name: returned by `get_name` (default `"prod_fusion"`).
         *args: `metric_fusion`'s positional arguments after `name` (`dims` first), as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion]; its `metric` is fixed by the
+            `metric_fusion`; its `metric` is fixed by the
             class.
         **kwargs: `dims`, the processing functions and `device`, as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion].
+            `metric_fusion`.
 
     Example:
         >>> prod_fusion(dims=[1, 1])([torch.tensor([[3.0]]), torch.tensor([[2.0]])])
@@ -296,10 +296,10 @@ class median_fusion(_NamedMetricFusion):
     Args:
         name: returned by `get_name` (default `"median_fusion"`).
         *args: `metric_fusion`'s positional arguments after `name` (`dims` first), as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion]; its `metric` is fixed by the
+            `metric_fusion`; its `metric` is fixed by the
             class.
         **kwargs: `dims`, the processing functions and `device`, as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion].
+            `metric_fusion`.
 
     Example:
         >>> median_fusion(dims=[1, 1])([torch.tensor([[3.0]]), torch.tensor([[2.0]])])
@@ -318,10 +318,10 @@ class l1_norm_fusion(_NamedMetricFusion):
     Args:
         name: returned by `get_name` (default `"l1_norm_fusion"`).
         *args: `metric_fusion`'s positional arguments after `name` (`dims` first), as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion]; its `metric` is fixed by the
+            `metric_fusion`; its `metric` is fixed by the
             class.
         **kwargs: `dims`, the processing functions and `device`, as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion].
+            `metric_fusion`.
 
     Example:
         >>> l1_norm_fusion(dims=[1, 1])([torch.tensor([[-3.0]]), torch.tensor([[2.0]])])
@@ -340,10 +340,10 @@ class l2_norm_fusion(_NamedMetricFusion):
     Args:
         name: returned by `get_name` (default `"l2_norm_fusion"`).
         *args: `metric_fusion`'s positional arguments after `name` (`dims` first), as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion]; its `metric` is fixed by the
+            `metric_fusion`; its `metric` is fixed by the
             class.
         **kwargs: `dims`, the processing functions and `device`, as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion].
+            `metric_fusion`.
 
     Example:
         >>> l2_norm_fusion(dims=[1, 1])([torch.tensor([[3.0]]), torch.tensor([[4.0]])])

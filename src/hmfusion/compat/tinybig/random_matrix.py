@@ -35,15 +35,15 @@ class random_matrix_adaption_parameterized_concatenation_fusion(parameterized_co
         r: inner dimension (default 2).
         name: returned by `get_name`.
         n: output width, as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
         dims: the input widths, as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
         seed: (hmfusion) seed of R₁ and R₂; `None` (default) draws a fresh seed from the
             operating system, so every fusion gets independent matrices; `self.seed` and
             `to_config` hold the seed used.
         **kwargs: the shared keyword arguments (`layout`, `dtype`, `own_parameters`, the
             processing functions, `device`, …), as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
 
     Example:
         >>> f = random_matrix_adaption_parameterized_concatenation_fusion(r=2, n=3, dims=[4])

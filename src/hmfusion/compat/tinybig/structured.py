@@ -2,7 +2,7 @@
 
 Each keeps tinybig's signature (its own arguments first, then `name, n, dims`) and takes the
 shared keyword arguments of
-[`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+`parameterized_concatenation_fusion`.
 The Kronecker classes compute the documented W = A ⊗ B (LPHM: A ⊗ (S Tᵀ), dual-LPHM:
 (P Qᵀ) ⊗ (S Tᵀ)) through hmfusion's planner (which forms W only under its `materialize` plan,
 for small layers), or tinybig's own W, formed, with `layout="tinybig-0.2.1"`.
@@ -73,12 +73,12 @@ class lowrank_parameterized_concatenation_fusion(parameterized_concatenation_fus
         r: the rank (default 2).
         name: returned by `get_name`.
         n: output width, as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
         dims: the input widths, as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
         **kwargs: the shared keyword arguments (`layout`, `dtype`, `own_parameters`, the
             processing functions, `device`, …), as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
 
     Example:
         >>> lowrank_parameterized_concatenation_fusion(r=1, n=2, dims=[3]).calculate_l()
@@ -143,13 +143,13 @@ class hm_parameterized_concatenation_fusion(_KroneckerAdapter):
         q: columns of A; must divide D unless `pad`; defaults to p.
         name: returned by `get_name`.
         n: output width, as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
         dims: the input widths, as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
         pad: (hmfusion, `layout="kronecker"` only) allow p ∤ n or q ∤ D by zero-padding.
         **kwargs: the shared keyword arguments (`layout`, `dtype`, `own_parameters`, the
             processing functions, `device`, …), as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
 
     Raises:
         ValueError: p does not divide n or q does not divide D (the message lists the valid
@@ -189,14 +189,14 @@ class lphm_parameterized_concatenation_fusion(_KroneckerAdapter):
             [`hm_parameterized_concatenation_fusion`][hmfusion.compat.tinybig.hm_parameterized_concatenation_fusion].
         name: returned by `get_name`.
         n: output width, as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
         dims: the input widths, as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
         pad: zero-padding, as in
             [`hm_parameterized_concatenation_fusion`][hmfusion.compat.tinybig.hm_parameterized_concatenation_fusion].
         **kwargs: the shared keyword arguments (`layout`, `dtype`, `own_parameters`, the
             processing functions, `device`, …), as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
 
     Example:
         >>> lphm_parameterized_concatenation_fusion(1, 2, n=4, dims=[4]).calculate_l()
@@ -236,14 +236,14 @@ class dual_lphm_parameterized_concatenation_fusion(_KroneckerAdapter):
             [`hm_parameterized_concatenation_fusion`][hmfusion.compat.tinybig.hm_parameterized_concatenation_fusion].
         name: returned by `get_name`.
         n: output width, as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
         dims: the input widths, as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
         pad: zero-padding, as in
             [`hm_parameterized_concatenation_fusion`][hmfusion.compat.tinybig.hm_parameterized_concatenation_fusion].
         **kwargs: the shared keyword arguments (`layout`, `dtype`, `own_parameters`, the
             processing functions, `device`, …), as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
 
     Example:
         >>> dual_lphm_parameterized_concatenation_fusion(1, 2, n=4, dims=[4]).calculate_l()
