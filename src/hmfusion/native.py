@@ -16,7 +16,10 @@ the compiled code ([`available`][hmfusion.extension.available] and
 
 Fallback: where the build failed, or `HMFUSION_NATIVE=0`, the same operator runs the
 pure-PyTorch chunked kernel of [`hmfusion.fused`][hmfusion.fused]; so it does on other devices
-(CI runs the kernel tests both ways).
+(CI runs the kernel tests both ways). On CUDA the variant `"triton"` (the planner's
+`Plan.kernel == "triton"`) runs the Triton kernels of
+[`hmfusion.ops.triton_kernels`][hmfusion.ops.triton_kernels] (one launch forward, three
+backward), imported on the first such call; without Triton, or for float64, the fallback runs.
 
 The forward and the backward are operators registered with `torch.library.custom_op`
 (`hmfusion::fused_kron_concat` and `hmfusion::fused_kron_concat_backward`, with fake
@@ -29,7 +32,10 @@ through differentiable composite ops.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Any, Literal
 
 import torch
@@ -39,20 +45,76 @@ from hmfusion import fused, kernels
 from hmfusion.extension import available as available
 from hmfusion.extension import status as status
 
-__all__ = ["available", "fused_kron_concat", "status"]
+__all__ = ["available", "fused_kron_concat", "status", "triton_runs"]
 
 #: dtypes the compiled operator handles (others run the fallback).
 NATIVE_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+#: dtypes the Triton kernels handle (`hmfusion.ops.triton_kernels.DTYPES`; others, float64
+#: included, run the fallback).
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+#: `hmfusion.ops.triton_kernels` once imported (None: Triton is missing or does not load).
+_TRITON: dict[str, ModuleType | None] = {}
 
 
 def _use_native(tensors: Sequence[Tensor], variant: str) -> bool:
     first = tensors[0]
     return (
-        variant not in ("split", "pytorch")
+        variant not in ("split", "pytorch", "triton")
         and first.device.type == "cpu"
         and first.dtype in NATIVE_DTYPES
         and available()
     )
+
+
+def _triton_kernels() -> ModuleType | None:
+    """The Triton kernels' module, imported on first use: only a call with `variant="triton"`
+    (which the planner chooses on CUDA) imports Triton."""
+    if "module" not in _TRITON:
+        try:
+            from hmfusion.ops import triton_kernels
+        except ImportError:  # (no Triton, or one that cannot load: the fallback runs)
+            _TRITON["module"] = None
+        else:
+            _TRITON["module"] = triton_kernels
+    return _TRITON["module"]
+
+
+def _use_triton(tensors: Sequence[Tensor], variant: str) -> bool:
+    """`variant="triton"` on CUDA tensors of `TRITON_DTYPES` with Triton installed, or on CPU
+    tensors where the kernels run in Triton's interpreter (`TRITON_INTERPRET=1`, the tests)."""
+    first = tensors[0]
+    if variant != "triton" or first.dtype not in TRITON_DTYPES:
+        return False
+    device = first.device.type
+    if device != "cuda" and not (device == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
+        return False
+    kernels_module = _triton_kernels()
+    return kernels_module is not None and (device == "cuda" or kernels_module.interpreted())
+
+
+def triton_runs(dtype: torch.dtype, device_type: str) -> bool:
+    """Whether a fused plan with `kernel="triton"` would run the Triton kernels: CUDA, a dtype
+    of `TRITON_DTYPES`, Triton installed (importing it on first use; while torch.compile traces,
+    whether it is imported already, as torch.compile does itself on CUDA).
+
+    Args:
+        dtype: the computation's dtype.
+        device_type: `"cpu"`, `"cuda"`, …
+
+    Returns:
+        Whether the Triton kernels run.
+
+    Example:
+        >>> import torch
+        >>> from hmfusion import native
+        >>> native.triton_runs(torch.float32, "cpu"), native.triton_runs(torch.float64, "cuda")
+        (False, False)
+    """
+    if device_type != "cuda" or dtype not in TRITON_DTYPES:
+        return False
+    if torch.compiler.is_compiling():  # (no import while tracing)
+        return _TRITON.get("module") is not None or sys.modules.get("triton") is not None
+    return _triton_kernels() is not None
 
 
 def _layout(left_first: bool, variant: str, chunk_rows: int) -> fused.FusedLayout:
@@ -73,6 +135,8 @@ def _forward_kernel(
     variant: str,
     chunk_rows: int,
 ) -> Tensor:
+    if _use_triton(xs, variant):
+        return _triton_kernels().forward(xs, a, b, left_first)  # type: ignore[union-attr]
     if _use_native(xs, variant):
         ops = torch.ops.hmfusion_native
         op = ops.tiled_forward if variant == "tiled" else ops.forward
@@ -110,6 +174,16 @@ def _backward_kernel(
     need_b: bool,
 ) -> list[Tensor]:
     """[dA, dB, dX_1 … dX_k]; gradients not needed come back as empty tensors."""
+    if _use_triton(xs, variant):
+        dxs, da, db = _triton_kernels().backward(  # type: ignore[union-attr]
+            gy, xs, a, b, left_first, (need_x, need_a, need_b)
+        )
+        empty = a.new_empty(0)
+        return [
+            empty if da is None else da,
+            empty.clone() if db is None else db,
+            *(dxs if dxs is not None else []),
+        ]
     if _use_native(xs, variant):
         ops = torch.ops.hmfusion_native
         op = ops.tiled_backward if variant == "tiled" else ops.backward
@@ -319,6 +393,7 @@ def fused_kron_concat(
     *,
     tiled: bool = False,
     fallback: bool = False,
+    triton: bool = False,
 ) -> Tensor:
     """`cat(xs, -1) (Σ_τ a[τ] ⊗ b[τ])ᵀ` through the native operator (or its fallback).
 
@@ -339,6 +414,11 @@ def fused_kron_concat(
         fallback: run the pure-PyTorch kernel even where the compiled operator is loaded
             (the planner's `Plan.kernel == "pytorch"`, e.g. under
             `force_plan(kernel="pytorch")`).
+        triton: run the Triton kernels of
+            [`hmfusion.ops.triton_kernels`][hmfusion.ops.triton_kernels] (the planner's
+            `Plan.kernel == "triton"`, on CUDA): one launch forward, three backward. Needs
+            `inputs="gather"`; where they cannot run (not CUDA, float64, no Triton; CPU tensors
+            run them under `TRITON_INTERPRET=1`) the pure-PyTorch kernel runs.
 
     Returns:
         (m, p·s), differentiable in xs, a and b.
@@ -349,7 +429,8 @@ def fused_kron_concat(
     Raises:
         ValueError: an unknown order or inputs, a chunk_rows below 1, `inputs="split"`
             with an input boundary off a multiple of t, `tiled` with `inputs="split"`, or
-            `tiled` with `fallback`.
+            `tiled` with `fallback`, or `triton` with `inputs="split"`, `tiled` or
+            `fallback`.
 
     Example:
         >>> import torch
@@ -370,7 +451,13 @@ def fused_kron_concat(
         raise ValueError("tiled=True reads the inputs by gathering; it needs inputs='gather'")
     if tiled and fallback:
         raise ValueError("tiled=True runs the compiled operator; it excludes fallback=True")
+    if triton and (split or tiled or fallback):
+        raise ValueError(
+            "triton=True runs the Triton kernels on gathered inputs; it excludes "
+            "inputs='split', tiled=True and fallback=True"
+        )
     variant = "split" if split else ("tiled" if tiled else "pytorch" if fallback else "gather")
+    variant = "triton" if triton else variant
     if split and not fused.split_aligned([x.shape[1] for x in xs], b.shape[-1]):
         raise ValueError(
             f"inputs='split' needs every input boundary on a multiple of t={b.shape[-1]}, "
