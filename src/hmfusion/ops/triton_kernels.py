@@ -74,6 +74,15 @@ def _tile(ptr, rows, cols, stride_row, stride_col, n_rows, n_cols, limit):
 
 
 @triton.jit
+def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """a · b in float32; `UPCAST` (bfloat16 in the interpreter, whose bfloat16 dot multiplies
+    the raw bits) converts the operands to float32 first: the same products, exactly."""
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
 def _chain(
     acc,
     l_ptr,
@@ -100,6 +109,7 @@ def _chain(
     BLOCK_RIGHT: tl.constexpr,
     RIGHT_FIRST: tl.constexpr,
     PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     """acc + L[rows, :] · C · R[:, cols] for L (n_rows, inner_left), C (inner_left, inner_right)
     and R (inner_right, n_cols), each given by its pointer, strides and offset limit.
@@ -115,11 +125,11 @@ def _chain(
                     c_ptr, middle, k, c_stride_row, c_stride_col, inner_left, inner_right, c_limit
                 )
                 r = _tile(r_ptr, k, cols, r_stride_row, r_stride_col, inner_right, n_cols, r_limit)
-                part += tl.dot(c, r, input_precision=PRECISION)
+                part += _dot(c, r, PRECISION, UPCAST)
             left = _tile(
                 l_ptr, rows, middle, l_stride_row, l_stride_col, n_rows, inner_left, l_limit
             )
-            acc += tl.dot(left, part.to(left.dtype), input_precision=PRECISION)
+            acc += _dot(left, part.to(left.dtype), PRECISION, UPCAST)
     else:
         for start in range(0, inner_right, BLOCK_RIGHT):
             middle = start + tl.arange(0, BLOCK_RIGHT)
@@ -132,9 +142,9 @@ def _chain(
                 c = _tile(
                     c_ptr, k, middle, c_stride_row, c_stride_col, inner_left, inner_right, c_limit
                 )
-                part += tl.dot(left, c, input_precision=PRECISION)
+                part += _dot(left, c, PRECISION, UPCAST)
             r = _tile(r_ptr, middle, cols, r_stride_row, r_stride_col, inner_right, n_cols, r_limit)
-            acc += tl.dot(part.to(r.dtype), r, input_precision=PRECISION)
+            acc += _dot(part.to(r.dtype), r, PRECISION, UPCAST)
     return acc
 
 
@@ -165,6 +175,7 @@ def _rows_kernel(
     BLOCK_RIGHT: tl.constexpr,
     RIGHT_FIRST: tl.constexpr,
     PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     """Row `program_id(0)` of the output, tile `program_id(1)`: Σ_τ L_τ · C_r · R_τ, with C_r
     the row of the (·, c_stride) input viewed as an (inner_left, inner_right) matrix (offsets
@@ -206,6 +217,7 @@ def _rows_kernel(
             BLOCK_RIGHT,
             RIGHT_FIRST,
             PRECISION,
+            UPCAST,
         )
     offsets = rows[:, None] * n_cols + cols[None, :]
     inside = (rows[:, None] < n_rows) & (cols[None, :] < n_cols) & (offsets < out_limit)
@@ -240,6 +252,7 @@ def _row_sum_tile(
     BLOCK_RIGHT: tl.constexpr,
     RIGHT_FIRST: tl.constexpr,
     PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     """Tile `tile` (of term τ = tile // tiles per term) of Σ_r L_r · C_τ · R_r over `count` rows
     from `gy_row` and `x_row` (L_r read from dY's row, R_r from X's), stored in float32 at
@@ -279,6 +292,7 @@ def _row_sum_tile(
             BLOCK_RIGHT,
             RIGHT_FIRST,
             PRECISION,
+            UPCAST,
         )
         gy_row += gy_stride
         x_row += x_stride
@@ -313,6 +327,7 @@ def _partials_kernel(
     RIGHT_FIRST: tl.constexpr,
     LEFT_FIRST: tl.constexpr,
     PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     """Program (group g, tile i): the sum over the group's rows of one tile of dA_τ (the first
     `tiles_a` tiles: Σ_r dY_r · B_τ · X_rᵀ) or of dB_τ (the others: Σ_r dY_rᵀ · A_τ · X_r),
@@ -333,7 +348,7 @@ def _partials_kernel(
             b_ptr, T, 1,
             x_row, x_stride, 1, T, width,
             P, S, T, Q,
-            BP, BQ, BS, BT, RIGHT_FIRST, PRECISION,
+            BP, BQ, BS, BT, RIGHT_FIRST, PRECISION, UPCAST,
         )  # fmt: skip
     else:  # L = dY_rᵀ (S, P), C = A_τ, R = X_r (Q, T); left first: A X first
         _row_sum_tile(
@@ -342,7 +357,7 @@ def _partials_kernel(
             a_ptr, Q, 1,
             x_row, x_stride, T, 1, width,
             S, P, Q, T,
-            BS, BT, BP, BQ, LEFT_FIRST, PRECISION,
+            BS, BT, BP, BQ, LEFT_FIRST, PRECISION, UPCAST,
         )  # fmt: skip
 
 
@@ -393,6 +408,11 @@ def precision(dtype: torch.dtype) -> str:
     """
     tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
     return "tf32" if tf32 and not interpreted() else "ieee"
+
+
+def _upcast(dtype: torch.dtype) -> bool:
+    """bfloat16 in the interpreter: multiplied in float32 (see `_dot`)."""
+    return dtype == torch.bfloat16 and interpreted()
 
 
 def _block(size: int) -> int:
@@ -448,7 +468,7 @@ def forward(xs: Sequence[Tensor], a: Tensor, b: Tensor, left_first: bool) -> Ten
         y, y.stride(0), p * s,
         p, q, t, s, terms,
         BLOCK_ROWS=bp, BLOCK_COLS=bs, BLOCK_LEFT=bq, BLOCK_RIGHT=bt,
-        RIGHT_FIRST=not left_first, PRECISION=precision(x.dtype),
+        RIGHT_FIRST=not left_first, PRECISION=precision(x.dtype), UPCAST=_upcast(x.dtype),
     )  # fmt: skip
     return y
 
@@ -500,7 +520,7 @@ def backward(
                 dx, dx.stride(0), width,
                 q, p, s, t, terms,
                 BLOCK_ROWS=bq, BLOCK_COLS=bt, BLOCK_LEFT=bp, BLOCK_RIGHT=bs,
-                RIGHT_FIRST=left_first, PRECISION=mode,
+                RIGHT_FIRST=left_first, PRECISION=mode, UPCAST=_upcast(gy.dtype),
             )  # fmt: skip
         if len(xs) > 1:
             torch.split_with_sizes_copy(dx, dims, dim=1, out=dxs)
@@ -524,6 +544,7 @@ def backward(
         m, rows_per_group, p, q, s, t, tiles_a,
         BP=bp, BQ=bq, BS=bs, BT=bt,
         RIGHT_FIRST=not left_first, LEFT_FIRST=left_first, PRECISION=mode,
+        UPCAST=_upcast(gy.dtype),
     )  # fmt: skip
     out_a = da if da is not None else db
     out_b = db if db is not None else da

@@ -1,0 +1,63 @@
+"""Test helper, run by tests/test_triton.py in a subprocess with `TRITON_INTERPRET=1`:
+
+    python triton_interpret_worker.py CASES.pt RESULTS.pt
+
+CASES.pt: a list of dicts (name, xs, a, b, gy as float64 tensors; order; dtype; needs =
+which of (dX, dA, dB) to compute). For each case the inputs are cast to dtype and run through
+the operator with `triton=True` (`hmfusion.native.fused_kron_concat`), forward and autograd
+backward, on CPU tensors in Triton's interpreter. RESULTS.pt: per case name, Y and the
+gradients (float64), and how many times the Triton launchers ran (forward, backward), so that
+the test can tell the kernels from the fallback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+from hmfusion import native
+from hmfusion.ops import triton_kernels
+
+
+def main(cases_path: str, results_path: str) -> None:
+    if os.environ.get("TRITON_INTERPRET") != "1" or not triton_kernels.interpreted():
+        raise SystemExit("run with TRITON_INTERPRET=1: the kernels must run in the interpreter")
+    calls = {"forward": 0, "backward": 0}
+    forward, backward = triton_kernels.forward, triton_kernels.backward
+
+    def counted_forward(*args, **kwargs):
+        calls["forward"] += 1
+        return forward(*args, **kwargs)
+
+    def counted_backward(*args, **kwargs):
+        calls["backward"] += 1
+        return backward(*args, **kwargs)
+
+    triton_kernels.forward = counted_forward
+    triton_kernels.backward = counted_backward
+    results = {}
+    for case in torch.load(cases_path):
+        calls.update(forward=0, backward=0)
+        dtype = case["dtype"]
+        need_x, need_a, need_b = case["needs"]
+        xs = [x.to(dtype).requires_grad_(need_x) for x in case["xs"]]
+        a = case["a"].to(dtype).requires_grad_(need_a)
+        b = case["b"].to(dtype).requires_grad_(need_b)
+        m = xs[0].shape[0]
+        y = native.fused_kron_concat(xs, a, b, case["order"], max(m, 1), triton=True)
+        wanted = [*(xs if need_x else []), *([a] if need_a else []), *([b] if need_b else [])]
+        grads = list(torch.autograd.grad(y, wanted, case["gy"].to(dtype)))
+        results[case["name"]] = {
+            "y": y.detach().double(),
+            "dxs": [grads.pop(0).double() for _ in xs] if need_x else None,
+            "da": grads.pop(0).double() if need_a else None,
+            "db": grads.pop(0).double() if need_b else None,
+            "calls": (calls["forward"], calls["backward"]),
+        }
+    torch.save(results, results_path)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
