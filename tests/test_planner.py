@@ -23,6 +23,7 @@ from hmfusion import (
     native,
     planner,
 )
+from hmfusion.ops import triton_dispatch
 from hmfusion.structures import KroneckerStructure
 
 F64 = torch.float64
@@ -646,7 +647,7 @@ def test_cuda_plan_for_small_shapes_dispatches_the_fewest_operators(
     candidate is tests/test_triton.py's)."""
     from hmfusion import HMConcatFusion
 
-    monkeypatch.setattr(native, "triton_runs", lambda dtype, device_type: False)
+    monkeypatch.setattr(triton_dispatch, "runs", lambda dtype, device_type: False)
     monkeypatch.setattr(planner, "_CACHE", {})
 
     dims = [D // k] * k

@@ -26,6 +26,7 @@ import torch
 
 import hmfusion
 from hmfusion import HMConcatFusion, costmodel, native, planner
+from hmfusion.ops import triton_dispatch
 
 triton = pytest.importorskip("triton")
 
@@ -243,7 +244,7 @@ def test_cuda_plans_rank_the_triton_kernels(monkeypatch):
     assert narrow.method == "composite"
     assert planner.choose_plan(spec, 4096, dims, torch.float64, "cuda").kernel != "triton"
     assert planner.choose_plan(spec, 4096, dims, torch.float32, "cpu").kernel != "triton"
-    monkeypatch.setattr(native, "_TRITON", {"module": None})  # Triton missing
+    monkeypatch.setattr(triton_dispatch, "_LOADED", {"module": None})  # Triton missing
     monkeypatch.setattr(planner, "_CACHE", {})
     assert planner.choose_plan(spec, 4096, dims, torch.float32, "cuda").kernel != "triton"
 

@@ -32,10 +32,7 @@ through differentiable composite ops.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Sequence
-from types import ModuleType
 from typing import Any, Literal
 
 import torch
@@ -44,16 +41,12 @@ from torch import Tensor
 from hmfusion import fused, kernels
 from hmfusion.extension import available as available
 from hmfusion.extension import status as status
+from hmfusion.ops import triton_dispatch
 
-__all__ = ["available", "fused_kron_concat", "status", "triton_runs"]
+__all__ = ["available", "fused_kron_concat", "status"]
 
 #: dtypes the compiled operator handles (others run the fallback).
 NATIVE_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-#: dtypes the Triton kernels handle (`hmfusion.ops.triton_kernels.DTYPES`; others, float64
-#: included, run the fallback).
-TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-#: `hmfusion.ops.triton_kernels` once imported (None: Triton is missing or does not load).
-_TRITON: dict[str, ModuleType | None] = {}
 
 
 def _use_native(tensors: Sequence[Tensor], variant: str) -> bool:
@@ -64,57 +57,6 @@ def _use_native(tensors: Sequence[Tensor], variant: str) -> bool:
         and first.dtype in NATIVE_DTYPES
         and available()
     )
-
-
-def _triton_kernels() -> ModuleType | None:
-    """The Triton kernels' module, imported on first use: only a call with `variant="triton"`
-    (which the planner chooses on CUDA) imports Triton."""
-    if "module" not in _TRITON:
-        try:
-            from hmfusion.ops import triton_kernels
-        except ImportError:  # (no Triton, or one that cannot load: the fallback runs)
-            _TRITON["module"] = None
-        else:
-            _TRITON["module"] = triton_kernels
-    return _TRITON["module"]
-
-
-def _use_triton(tensors: Sequence[Tensor], variant: str) -> bool:
-    """`variant="triton"` on CUDA tensors of `TRITON_DTYPES` with Triton installed, or on CPU
-    tensors where the kernels run in Triton's interpreter (`TRITON_INTERPRET=1`, the tests)."""
-    first = tensors[0]
-    if variant != "triton" or first.dtype not in TRITON_DTYPES:
-        return False
-    device = first.device.type
-    if device != "cuda" and not (device == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
-        return False
-    kernels_module = _triton_kernels()
-    return kernels_module is not None and (device == "cuda" or kernels_module.interpreted())
-
-
-def triton_runs(dtype: torch.dtype, device_type: str) -> bool:
-    """Whether a fused plan with `kernel="triton"` would run the Triton kernels: CUDA, a dtype
-    of `TRITON_DTYPES`, Triton installed (importing it on first use; while torch.compile traces,
-    whether it is imported already, as torch.compile does itself on CUDA).
-
-    Args:
-        dtype: the computation's dtype.
-        device_type: `"cpu"`, `"cuda"`, …
-
-    Returns:
-        Whether the Triton kernels run.
-
-    Example:
-        >>> import torch
-        >>> from hmfusion import native
-        >>> native.triton_runs(torch.float32, "cpu"), native.triton_runs(torch.float64, "cuda")
-        (False, False)
-    """
-    if device_type != "cuda" or dtype not in TRITON_DTYPES:
-        return False
-    if torch.compiler.is_compiling():  # (no import while tracing)
-        return _TRITON.get("module") is not None or sys.modules.get("triton") is not None
-    return _triton_kernels() is not None
 
 
 def _layout(left_first: bool, variant: str, chunk_rows: int) -> fused.FusedLayout:
@@ -135,8 +77,8 @@ def _forward_kernel(
     variant: str,
     chunk_rows: int,
 ) -> Tensor:
-    if _use_triton(xs, variant):
-        return _triton_kernels().forward(xs, a, b, left_first)  # type: ignore[union-attr]
+    if triton_dispatch.use(xs, variant):
+        return triton_dispatch.kernels().forward(xs, a, b, left_first)  # type: ignore[union-attr]
     if _use_native(xs, variant):
         ops = torch.ops.hmfusion_native
         op = ops.tiled_forward if variant == "tiled" else ops.forward
@@ -174,8 +116,8 @@ def _backward_kernel(
     need_b: bool,
 ) -> list[Tensor]:
     """[dA, dB, dX_1 … dX_k]; gradients not needed come back as empty tensors."""
-    if _use_triton(xs, variant):
-        dxs, da, db = _triton_kernels().backward(  # type: ignore[union-attr]
+    if triton_dispatch.use(xs, variant):
+        dxs, da, db = triton_dispatch.kernels().backward(  # type: ignore[union-attr]
             gy, xs, a, b, left_first, (need_x, need_a, need_b)
         )
         empty = a.new_empty(0)

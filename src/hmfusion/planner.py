@@ -58,6 +58,7 @@ from torch import Tensor
 from hmfusion import costmodel, kernels, native
 from hmfusion.costmodel import KronSpec, Method, Order
 from hmfusion.kernels import Factor
+from hmfusion.ops import triton_dispatch
 
 __all__ = [
     "Inputs",
@@ -220,7 +221,7 @@ def _choose_triton(
 def _choose(
     spec: KronSpec, m: int, dims: tuple[int, ...], dtype: torch.dtype, device_type: str, grad: bool
 ) -> Plan:
-    if native.triton_runs(dtype, device_type):
+    if triton_dispatch.runs(dtype, device_type):
         return _choose_triton(spec, m, dims, dtype, grad)
     if _upcasts(dtype, device_type):
         # priced and run as float32 (the casts are two passes over X and Y, against 16-bit
@@ -301,7 +302,11 @@ def _apply_forced(
         elif order is None:
             order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, spec.rank_a, spec.rank_b)
         return Plan(method, order, "cat", max(m, 1), "forced by force_plan", upcast=upcast)
-    if inputs != "split" and wanted in (None, "triton") and native.triton_runs(dtype, device_type):
+    if (
+        inputs != "split"
+        and wanted in (None, "triton")
+        and triton_dispatch.runs(dtype, device_type)
+    ):
         if order is None:
             own_order = plan.kernel == "triton" and same
             order = plan.order if own_order else costmodel.fused_order(spec, grad, False)
