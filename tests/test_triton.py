@@ -213,6 +213,24 @@ def test_triton_variant_falls_back_off_the_gpu(monkeypatch):
             _close(actual.double(), expected, torch.float32)
 
 
+def test_cpu_use_does_not_import_triton():
+    """Triton is imported by the first CUDA plan or `triton=True` call only: a CPU layer's
+    forward, backward and plans leave it unimported (a fresh process)."""
+    code = (
+        "import sys, torch\n"
+        "from hmfusion import HMConcatFusion\n"
+        "module = HMConcatFusion([8, 8], n=16, p=4)\n"
+        "module([torch.randn(3, 8, requires_grad=True), torch.randn(3, 8)]).sum().backward()\n"
+        "module.plan(3)\n"
+        "assert 'triton' not in sys.modules, 'Triton imported'\n"
+    )
+    source = str(Path(hmfusion.__file__).resolve().parents[1])
+    path = os.pathsep.join([source, os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, "HMFUSION_NATIVE": "0"}  # (no C++ build here)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_triton_variant_rejects_other_kernels():
     xs, a, b, _ = _inputs(3, (10,), 2, 2, 2, 5, 1, F64)
     for options in ({"tiled": True}, {"fallback": True}, {"inputs": "split"}):
@@ -224,6 +242,7 @@ def test_cuda_plans_rank_the_triton_kernels(monkeypatch):
     """With Triton installed, a CUDA plan is triton, composite or materialize, whichever the
     cost model's launch counting ranks first; float64, the CPU, or no Triton never plan it."""
     monkeypatch.setattr(planner, "_CACHE", {})
+    monkeypatch.setattr(planner, "_native_runs", lambda dtype, device_type: False)
     spec = planner.KronSpec(4096, 4096, 64, 64, 64, 64)
     dims = (1024,) * 4
     plan = planner.choose_plan(spec, 4096, dims, torch.float32, "cuda")
@@ -268,6 +287,7 @@ def test_forced_triton_plans(monkeypatch):
     pure-PyTorch kernel (the plan says so); a forced fused plan on CUDA runs Triton unless its
     inputs are split."""
     monkeypatch.setattr(planner, "_CACHE", {})
+    monkeypatch.setattr(planner, "_native_runs", lambda dtype, device_type: False)
     spec = planner.KronSpec(64, 64, 8, 8, 8, 8)
     with planner.force_plan(kernel="triton"):
         assert planner.choose_plan(spec, 32, (64,), torch.float32, "cuda").kernel == "triton"
