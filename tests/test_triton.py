@@ -49,6 +49,8 @@ CASES = {
     "only_da": (7, (10, 14), 3, 4, 5, 6, 1, torch.float32, (False, True, False)),
     "only_db": (7, (10, 14), 3, 4, 5, 6, 1, torch.float32, (False, False, True)),
     "no_rows": (0, (12,), 3, 4, 5, 3, 1, torch.float32, (True, True, True)),
+    # the registered forward and backward ops under torch.compile (backend aot_eager)
+    "compiled": (7, (10, 14), 3, 4, 5, 6, 2, torch.float32, (True, True, True)),
 }
 ORDERS = ("right_first", "left_first")
 
@@ -95,6 +97,7 @@ def interpreted(tmp_path_factory):
                     "name": f"{name}-{order}",
                     **{"xs": xs, "a": a, "b": b, "gy": gy},
                     **{"order": order, "dtype": dtype, "needs": needs},
+                    "compiled": name == "compiled",
                 }
             )
     folder = tmp_path_factory.mktemp("triton")

@@ -3,9 +3,10 @@
     python triton_interpret_worker.py CASES.pt RESULTS.pt
 
 CASES.pt: a list of dicts (name, xs, a, b, gy as float64 tensors; order; dtype; needs =
-which of (dX, dA, dB) to compute). For each case the inputs are cast to dtype and run through
-the operator with `triton=True` (`hmfusion.native.fused_kron_concat`), forward and autograd
-backward, on CPU tensors in Triton's interpreter. RESULTS.pt: per case name, Y and the
+which of (dX, dA, dB) to compute; compiled: through `torch.compile(backend="aot_eager")`).
+For each case the inputs are cast to dtype and run through the operator with `triton=True`
+(`hmfusion.native.fused_kron_concat`), forward and autograd backward, on CPU tensors in
+Triton's interpreter. RESULTS.pt: per case name, Y and the
 gradients (float64), and how many times the Triton launchers ran (forward, backward), so that
 the test can tell the kernels from the fallback.
 """
@@ -45,8 +46,14 @@ def main(cases_path: str, results_path: str) -> None:
         xs = [x.to(dtype).requires_grad_(need_x) for x in case["xs"]]
         a = case["a"].to(dtype).requires_grad_(need_a)
         b = case["b"].to(dtype).requires_grad_(need_b)
-        m = xs[0].shape[0]
-        y = native.fused_kron_concat(xs, a, b, case["order"], max(m, 1), triton=True)
+        rows = max(xs[0].shape[0], 1)
+
+        def apply(xs, a, b, order=case["order"], rows=rows):
+            return native.fused_kron_concat(xs, a, b, order, rows, triton=True)
+
+        if case.get("compiled"):  # the registered ops under torch.compile (no Inductor)
+            apply = torch.compile(apply, backend="aot_eager", fullgraph=True)
+        y = apply(xs, a, b)
         wanted = [*(xs if need_x else []), *([a] if need_a else []), *([b] if need_b else [])]
         grads = list(torch.autograd.grad(y, wanted, case["gy"].to(dtype)))
         results[case["name"]] = {
