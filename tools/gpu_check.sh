@@ -8,18 +8,20 @@
 #    and bench dependencies that are missing; runs hmfusion from src/ (no install needed);
 # 2. the CUDA tests: tests/test_triton.py with every marker (the interpreter tests, the kernels
 #    on the GPU through the module, torch.compile, a CUDA graph, reduce-overhead);
-# 3. tools/gpu_plans.py --quick: forced triton / composite / materialize / planner against dense,
+# 3. hmfusion bench --device cuda --quick (no competing load);
+# 4. tools/gpu_plans.py --quick: forced triton / composite / materialize / planner against dense,
 #    eagerly and under CUDA graphs;
-# 4. hmfusion bench --device cuda --quick (no competing load);
 # 5. the full bench grid and the full plans grid, if the budget has time left.
 # Everything goes to benchmarks/gpu-<name>/ (name from the GPU, e.g. h100), with each step's
-# log; a step that fails or runs out of time is reported and the next one still runs.
+# log, and is copied to $OUT when it is set (the device runner returns only that folder); a step
+# that fails or runs out of time is reported and the next one still runs. Through the device
+# runner: `run(command="bash tools/gpu_check.sh", timeout_s=560)`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-BUDGET_S=${BUDGET_S:-450}
+BUDGET_S=${BUDGET_S:-460}
 started=$SECONDS
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-PY=${PYTHON:-python}
+PY=${PYTHON:-python3}
 
 left() { echo $((BUDGET_S - (SECONDS - started))); }
 step() {  # step NAME LIMIT_S COMMAND...: run with a time limit, log to $out/NAME.log
@@ -36,6 +38,8 @@ step() {  # step NAME LIMIT_S COMMAND...: run with a time limit, log to $out/NAM
     local status=$?
     echo "gpu_check: $name exit $status after $((SECONDS - begin))s" | tee -a "$out/summary.txt"
     tail -n 5 "$out/$name.log"
+    # the device runner returns only what is under $OUT: keep a copy there after every step
+    if [ -n "${OUT:-}" ]; then cp -r "$out" "$OUT/"; fi
 }
 
 if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
@@ -64,7 +68,9 @@ PY
 )
 if [ -n "$missing" ]; then
     echo "gpu_check: pip install $missing"
-    timeout 120 $PY -m pip install -q $missing || echo "gpu_check: pip install failed" >&2
+    # shellcheck disable=SC2086
+    timeout 60 $PY -m pip install -q --retries 0 --timeout 10 $missing ||
+        echo "gpu_check: pip install failed (no network?): carry wheels" >&2
 fi
 $PY - <<'PY' | tee "$out/environment.txt"
 import platform, torch
@@ -77,16 +83,19 @@ print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, "
       f"CUDA {torch.version.cuda}, triton {triton_version}, Python {platform.python_version()}")
 PY
 
-# 2. the tests (the kernels compile here for the first time: minutes of Triton JIT at most)
-step tests 200 $PY -m pytest -q -m "" -p no:cacheprovider tests/test_triton.py
-# 3. forced plans and CUDA graphs, quick grid
-step plans-quick 120 $PY tools/gpu_plans.py --quick --repeats 5 --out "$out/plans-quick"
-# 4. the bench's quick grid (its CUDA case includes the planner's Triton plan)
+# 2. the tests (the kernels compile here for the first time: Triton's JIT, cached on disk)
+# (--noconftest: these tests need none of conftest.py's fixtures, nor hypothesis)
+step tests 180 $PY -m pytest -q -m "" -p no:cacheprovider --noconftest tests/test_triton.py
+# 3. the bench's quick grid (its hmfusion case runs the planner's pick: the Triton kernels
+#    where the cost model ranks them first)
 step bench-quick 200 $PY -m hmfusion bench --device cuda --quick --load 0 --quiet \
     --overwrite --out "$out/quick"
+# 4. forced plans and CUDA graphs, quick grid
+step plans-quick 90 $PY tools/gpu_plans.py --quick --repeats 5 --out "$out/plans-quick"
 # 5. the full grids while time is left (the bench writes nothing if cut short; plans do)
 step plans-full 240 $PY tools/gpu_plans.py --repeats 5 --out "$out/plans-full"
 step bench-full 600 $PY -m hmfusion bench --device cuda --load 0 --quiet --repeats 3 \
     --modes forward+backward --overwrite --out "$out/full"
 echo "gpu_check: done in $((SECONDS - started))s; summary:"
 cat "$out/summary.txt"
+if [ -n "${OUT:-}" ]; then cp -r "$out" "$OUT/"; fi
