@@ -3,7 +3,8 @@
     python triton_interpret_worker.py CASES.pt RESULTS.pt
 
 CASES.pt: a list of dicts (name, xs, a, b, gy as float64 tensors; order; dtype; needs =
-which of (dX, dA, dB) to compute; compiled: through `torch.compile(backend="aot_eager")`).
+which of (dX, dA, dB) to compute; compiled: through `torch.compile(backend="aot_eager")`;
+func: the gradients by `torch.func.grad`, all three needed).
 For each case the inputs are cast to dtype and run through the operator with `triton=True`
 (`hmfusion.native.fused_kron_concat`), forward and autograd backward, on CPU tensors in
 Triton's interpreter. RESULTS.pt: per case name, Y and the
@@ -54,8 +55,19 @@ def main(cases_path: str, results_path: str) -> None:
         if case.get("compiled"):  # the registered ops under torch.compile (no Inductor)
             apply = torch.compile(apply, backend="aot_eager", fullgraph=True)
         y = apply(xs, a, b)
-        wanted = [*(xs if need_x else []), *([a] if need_a else []), *([b] if need_b else [])]
-        grads = list(torch.autograd.grad(y, wanted, case["gy"].to(dtype)))
+        gy = case["gy"].to(dtype)
+        if case.get("func"):  # torch.func.grad: the operator's forward again, then backward
+
+            def loss(xs, a, b, apply=apply, gy=gy):
+                return (apply(xs, a, b) * gy).sum()
+
+            dxs, da, db = torch.func.grad(loss, (0, 1, 2))(
+                [x.detach() for x in xs], a.detach(), b.detach()
+            )
+            grads = [*dxs, da, db]
+        else:
+            wanted = [*(xs if need_x else []), *([a] if need_a else []), *([b] if need_b else [])]
+            grads = list(torch.autograd.grad(y, wanted, gy))
         results[case["name"]] = {
             "y": y.detach().double(),
             "dxs": [grads.pop(0).double() for _ in xs] if need_x else None,
