@@ -120,6 +120,8 @@ def interpreted(tmp_path_factory):
         text=True,
         timeout=600,
     )
+    if done.returncode == 3:  # (the worker's UNSUPPORTED: an old Triton's interpreter)
+        pytest.skip(done.stderr.strip().splitlines()[-1])
     assert done.returncode == 0, done.stderr[-4000:]
     return torch.load(folder / "results.pt")
 

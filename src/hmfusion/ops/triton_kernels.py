@@ -228,7 +228,9 @@ def _rows_kernel(
 def _row_sum_tile(
     out_ptr,
     tile,
-    count,
+    first,
+    rows_per_group,
+    m,
     gy_row,
     gy_stride,
     l_stride_row,
@@ -254,9 +256,11 @@ def _row_sum_tile(
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    """Tile `tile` (of term τ = tile // tiles per term) of Σ_r L_r · C_τ · R_r over `count` rows
-    from `gy_row` and `x_row` (L_r read from dY's row, R_r from X's), stored in float32 at
-    `out_ptr` as the (terms, n_rows, n_cols) values."""
+    """Tile `tile` (of term τ = tile // tiles per term) of Σ_r L_r · C_τ · R_r over the rows
+    [first, first + rows_per_group) below m, from `gy_row` and `x_row` (L_r read from dY's
+    row, R_r from X's), stored in float32 at `out_ptr` as the (terms, n_rows, n_cols) values.
+    (A loop of fixed length with the rows past m read as zeros: the interpreter of Triton 3.6
+    takes no tensor as a loop bound.)"""
     col_tiles = tl.cdiv(n_cols, BLOCK_COLS)
     per_term = tl.cdiv(n_rows, BLOCK_ROWS) * col_tiles
     term = tile // per_term
@@ -265,13 +269,14 @@ def _row_sum_tile(
     cols = (rest % col_tiles) * BLOCK_COLS + tl.arange(0, BLOCK_COLS)
     c_size = inner_left * inner_right
     acc = tl.zeros((BLOCK_ROWS, BLOCK_COLS), dtype=tl.float32)
-    for _ in range(count):
+    for index in range(rows_per_group):
+        inside_m = first + index < m
         acc = _chain(
             acc,
             gy_row,
             l_stride_row,
             l_stride_col,
-            l_limit,
+            tl.where(inside_m, l_limit, 0),
             c_ptr + term * c_size,
             c_stride_row,
             c_stride_col,
@@ -279,7 +284,7 @@ def _row_sum_tile(
             x_row,
             r_stride_row,
             r_stride_col,
-            r_limit,
+            tl.where(inside_m, r_limit, 0),
             rows,
             cols,
             n_rows,
@@ -336,14 +341,12 @@ def _partials_kernel(
     group = tl.program_id(0)
     tile = tl.program_id(1)
     first = group * rows_per_group
-    count = tl.minimum(first + rows_per_group, m) - first
-    first = first.to(tl.int64)
     work = work_ptr + group.to(tl.int64) * work_stride
-    gy_row = gy_ptr + first * gy_stride
-    x_row = x_ptr + first * x_stride
+    gy_row = gy_ptr + first.to(tl.int64) * gy_stride
+    x_row = x_ptr + first.to(tl.int64) * x_stride
     if tile < tiles_a:  # L = dY_r (P, S), C = B_τ, R = X_rᵀ (T, Q); right first: B Xᵀ first
         _row_sum_tile(
-            work, tile, count,
+            work, tile, first, rows_per_group, m,
             gy_row, gy_stride, S, 1, P * S,
             b_ptr, T, 1,
             x_row, x_stride, 1, T, width,
@@ -352,7 +355,7 @@ def _partials_kernel(
         )  # fmt: skip
     else:  # L = dY_rᵀ (S, P), C = A_τ, R = X_r (Q, T); left first: A X first
         _row_sum_tile(
-            work + b_offset, tile - tiles_a, count,
+            work + b_offset, tile - tiles_a, first, rows_per_group, m,
             gy_row, gy_stride, 1, S, P * S,
             a_ptr, Q, 1,
             x_row, x_stride, T, 1, width,
