@@ -124,7 +124,7 @@ def status() -> Literal["unloaded", "loaded", "disabled", "failed"]:
         or `"failed"` (the build failed; the fallback runs).
 
     Example:
-        >>> from hmfusion import native
+        >>> from hmfusion.ops import native
         >>> native.status() in ("unloaded", "loaded", "disabled", "failed")
         True
     """
@@ -141,7 +141,7 @@ def available() -> bool:
         True when `torch.ops.hmfusion_native` runs the CPU kernels.
 
     Example:
-        >>> from hmfusion import native
+        >>> from hmfusion.ops import native
         >>> isinstance(native.available(), bool)
         True
     """

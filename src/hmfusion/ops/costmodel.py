@@ -21,7 +21,9 @@ runs `DEVICE_SPEEDUP` times faster, but every dispatched operator costs host tim
 forward+backward ≈ 0.5–0.7 ms at every size). So there each method is charged its operator
 count ([`device_ops`][hmfusion.ops.costmodel.device_ops], counted with a dispatch mode), which
 grows with the number of chunks; the pure-PyTorch fused kernel also pays the composite path's
-full-size passes, and no compiled operator runs.
+full-size passes, and no compiled operator runs. On CUDA with Triton the fused plan runs the
+Triton kernels instead, charged their multiply-adds on padded tiles and their launches
+([`triton_ops`][hmfusion.ops.costmodel.triton_ops]: 1 forward, 3 backward).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ __all__ = [
     "tiled_chunk_rows",
     "tiled_pays",
     "device_ops",
+    "triton_ops",
     "estimate",
     "fused_order",
     "half_gemms_fast",
@@ -579,6 +582,62 @@ def device_ops(method: Method, k: int, terms: int, chunks: int, grad: bool) -> i
     return terms * (first + (chunks - 1) * (12 * k if grad else 4 * k))
 
 
+#: Host time of one Triton launch (argument binding and specialisation in Python), in
+#: dispatched ATen operators: a guess until measured on a GPU (issue 20).
+TRITON_LAUNCH_OPS = 2
+#: The Triton kernels' tiles: edges of 16 (the least `tl.dot` takes) to 64, powers of two.
+TRITON_MIN_BLOCK, TRITON_MAX_BLOCK = 16, 64
+
+
+def triton_ops(k: int, grad: bool) -> int:
+    """Host-side cost of one call of the Triton kernels (`hmfusion.ops.triton_kernels`), in
+    dispatched operators: forward one launch (`TRITON_LAUNCH_OPS`) and Y's allocation;
+    backward three launches (dX; dA and dB's partial sums; their sum) and the allocations of
+    dX, dA, dB and the workspace; for k > 1 inputs the forward's `torch.cat`, the backward's
+    `torch.cat` and dX's buffer and split.
+
+    Args:
+        k: the number of inputs.
+        grad: whether a backward follows.
+
+    Returns:
+        The operator count.
+
+    Example:
+        >>> from hmfusion.ops.costmodel import triton_ops
+        >>> triton_ops(1, False), triton_ops(4, True)
+        (3, 20)
+    """
+    forward = 1 + TRITON_LAUNCH_OPS + (1 if k > 1 else 0)
+    if not grad:
+        return forward
+    return forward + 3 + k + 3 * TRITON_LAUNCH_OPS + (3 if k > 1 else 0)
+
+
+def _triton_block(size: int) -> int:
+    block = TRITON_MIN_BLOCK
+    while block < min(size, TRITON_MAX_BLOCK):
+        block *= 2
+    return block
+
+
+def _triton_row_macs(spec: KronSpec, order: Order, grad: bool) -> float:
+    """Multiply-adds per row of the Triton kernels on their padded tiles: the forward's first
+    product is recomputed for every tile of the second's rows (p / BP of them right first,
+    s / BS left first); with grad ≈ 4× that (dX, dA and dB are chained products of the same
+    size)."""
+    dims = []
+    for size in (spec.p, spec.q, spec.s, spec.t):
+        block = _triton_block(size)
+        dims.append((-(-size // block) * block, -(-size // block)))
+    (p, p_tiles), (q, _), (s, s_tiles), (t, _) = dims
+    if order == "right_first":
+        forward = p_tiles * q * t * s + p * q * s
+    else:
+        forward = s_tiles * p * q * t + p * t * s
+    return spec.terms * forward * (4 if grad else 1)
+
+
 def estimate(
     spec: KronSpec,
     m: int,
@@ -591,6 +650,7 @@ def estimate(
     fused_chunk_rows: int,
     split: bool,
     tiled: bool = False,
+    triton: bool = False,
 ) -> dict[Method, float]:
     """The estimated cost of each method for m rows (see the module docstring).
 
@@ -605,6 +665,8 @@ def estimate(
         fused_chunk_rows: rows per chunk of a fused plan.
         split: whether a pure-PyTorch fused plan reads the inputs in place.
         tiled: whether the compiled operator runs its register-tiled loops (`tiled_pays`).
+        triton: whether a fused plan runs the Triton kernels (on accelerators: their
+            multiply-adds on padded tiles and `triton_ops`).
 
     Returns:
         `{method: multiply-add equivalents}` for fused, materialize and composite.
@@ -648,10 +710,15 @@ def estimate(
             ops = device_ops(method, k, spec.terms, chunks, grad)
             return work / DEVICE_SPEEDUP + ops * DEVICE_OP_MACS
 
+        if triton:  # (reads X and writes Y once: no full-size passes)
+            work = _triton_row_macs(spec, order, grad) * m
+            fused_device = work / DEVICE_SPEEDUP + triton_ops(k, grad) * DEVICE_OP_MACS
+        else:
+            fused_device = on_device(row_cost * m + passes, "fused", chunks)
         return {  # (on a tie the first wins: the composite path, the simplest code)
             "composite": on_device(composite, "composite"),
             "materialize": on_device(materialize, "materialize"),
-            "fused": on_device(row_cost * m + passes, "fused", chunks),
+            "fused": fused_device,
         }
     if native and tiled:
         fused = _tiled_row_cost(spec, order, grad, itemsize) * m + (

@@ -15,6 +15,8 @@ m rows the candidates (the `Method` vocabulary) are:
     `"native"`, the same walk with a BLAS GEMM per chunk (16-bit at large sizes, large B
     blocks without 512-bit vectors, a large A beside a B under 16 × 16 run transposed), or
     `"pytorch"`, the pure-PyTorch chunked kernel where the build failed or on other devices.
+    On CUDA with Triton installed (float32, bfloat16, float16) it is `"triton"`, the Triton
+    kernels of `hmfusion.ops.triton_kernels` (one launch forward, three backward).
     Low-rank factors are multiplied out first (p×q and s×t only).
 `composite`
     `hmfusion.ops.kernels.kron_matmul`, the two contractions as plain torch ops with
@@ -53,7 +55,7 @@ from typing import Literal, NamedTuple, cast
 import torch
 from torch import Tensor
 
-from hmfusion.ops import costmodel, kernels, native
+from hmfusion.ops import costmodel, kernels, native, triton_dispatch
 from hmfusion.ops.costmodel import KronSpec, Method, Order
 from hmfusion.ops.kernels import Factor
 
@@ -75,10 +77,11 @@ logger = logging.getLogger(__name__)
 #: How the k inputs are read.
 Inputs = Literal["split", "gather", "cat"]
 #: Which code runs a fused plan: the compiled operator with per-chunk BLAS GEMMs (`native`) or
-#: with its own register-tiled loops (`tiled`), or the pure-PyTorch kernels (`pytorch`).
-Kernel = Literal["native", "tiled", "pytorch"]
+#: with its own register-tiled loops (`tiled`), the pure-PyTorch kernels (`pytorch`), or on
+#: CUDA the Triton kernels (`triton`).
+Kernel = Literal["native", "tiled", "pytorch", "triton"]
 METHODS: tuple[Method, ...] = ("materialize", "fused", "composite")
-KERNELS: tuple[Kernel, ...] = ("native", "tiled", "pytorch")
+KERNELS: tuple[Kernel, ...] = ("native", "tiled", "pytorch", "triton")
 ORDERS: tuple[Order, ...] = ("right_first", "left_first")
 INPUTS: tuple[Inputs, ...] = ("split", "gather", "cat")
 
@@ -88,7 +91,8 @@ class Plan(NamedTuple):
 
     `chunk_rows` is the number of rows computed at once (m for the unchunked methods);
     `kernel` says which code runs a fused plan: the compiled operator's register-tiled loops
-    (`"tiled"`) or BLAS GEMMs (`"native"`), or the pure-PyTorch kernel (`"pytorch"`).
+    (`"tiled"`) or BLAS GEMMs (`"native"`), the pure-PyTorch kernel (`"pytorch"`), or the
+    Triton kernels on CUDA (`"triton"`).
     `upcast` says that 16-bit inputs and factors are cast to float32 for the computation and
     Y back to their dtype: on a CPU whose 16-bit GEMMs are slow
     ([`half_gemms_fast`][hmfusion.ops.costmodel.half_gemms_fast]), for every plan but the tiled
@@ -125,7 +129,8 @@ def force_plan(
         chunk_rows: rows per chunk of a fused plan (≥ 1).
         kernel: the code of a fused plan, one of `KERNELS`: `"native"` or `"tiled"` (the
             compiled operator; where it is unavailable, or the inputs are split, the
-            pure-PyTorch kernel runs and the plan says so) or `"pytorch"`.
+            pure-PyTorch kernel runs and the plan says so), `"pytorch"`, or `"triton"` (CUDA
+            with Triton; elsewhere the pure-PyTorch kernel runs and the plan says so).
 
     Raises:
         ValueError: an unknown method, order, inputs or kernel value, or a chunk_rows below 1.
@@ -185,9 +190,38 @@ def _upcasts(dtype: torch.dtype, device_type: str) -> bool:
     return not costmodel.half_gemms_fast(dtype, device_type)
 
 
+def _choose_triton(
+    spec: KronSpec, m: int, dims: tuple[int, ...], dtype: torch.dtype, grad: bool
+) -> Plan:
+    """On CUDA with Triton: the Triton kernels (a fused plan), composite or materialize,
+    ranked by the cost model's launch counting (`costmodel.estimate(..., triton=True)`)."""
+    m_eff = max(m, 1)
+    candidates = costmodel.estimate(
+        spec, m_eff, dims, dtype, "cuda", grad,
+        native=False, fused_chunk_rows=m_eff, split=False, triton=True,
+    )  # fmt: skip
+    method: Method = "fused"
+    best = math.inf
+    for name, cost in candidates.items():
+        if cost < best:
+            method, best = name, cost
+    reason = ""
+    if not torch.compiler.is_compiling():
+        costs = ", ".join(f"{name}≈{cost:.3g}" for name, cost in candidates.items())
+        reason = f"estimated multiply-add equivalents (fused: Triton): {costs}"
+    if method == "fused":
+        order = costmodel.fused_order(spec, grad, False, dtype.itemsize)
+        return Plan("fused", order, "gather", m_eff, reason, "triton")
+    rank_a, rank_b = (spec.rank_a, spec.rank_b) if method == "composite" else (None, None)
+    order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, rank_a, rank_b)
+    return Plan(method, order, "cat", m_eff, reason)
+
+
 def _choose(
     spec: KronSpec, m: int, dims: tuple[int, ...], dtype: torch.dtype, device_type: str, grad: bool
 ) -> Plan:
+    if triton_dispatch.runs(dtype, device_type):
+        return _choose_triton(spec, m, dims, dtype, grad)
     if _upcasts(dtype, device_type):
         # priced and run as float32 (the casts are two passes over X and Y, against 16-bit
         # GEMMs at ≈ 1 % of float32's rate); the tiled loops read the 16-bit values directly
@@ -267,6 +301,18 @@ def _apply_forced(
         elif order is None:
             order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, spec.rank_a, spec.rank_b)
         return Plan(method, order, "cat", max(m, 1), "forced by force_plan", upcast=upcast)
+    if (
+        inputs != "split"
+        and wanted in (None, "triton")
+        and triton_dispatch.runs(dtype, device_type)
+    ):
+        if order is None:
+            own_order = plan.kernel == "triton" and same
+            order = plan.order if own_order else costmodel.fused_order(spec, grad, False)
+        rows = cast(int, forced.get("chunk_rows", max(m, 1)))
+        return Plan("fused", order, "gather", rows, "forced by force_plan", "triton")
+    if wanted == "triton":  # (Triton does not run here: the pure-PyTorch kernel does)
+        wanted = "pytorch"
     compiled = _native_runs(dtype, device_type)
     if inputs in (None, "cat"):
         pays = wanted == "pytorch" or not compiled
@@ -324,7 +370,7 @@ def choose_plan(
         The `Plan` (the one `force_plan` imposes, inside its block).
 
     Example:
-        >>> from hmfusion import planner
+        >>> from hmfusion.ops import planner
         >>> spec = planner.KronSpec(4096, 4096, 64, 64, 64, 64)
         >>> planner.choose_plan(spec, 4096, (1024,) * 4).method
         'fused'
@@ -401,7 +447,7 @@ def kron_concat(spec: KronSpec, xs: Sequence[Tensor], left: Factor, right: Facto
 
     Example:
         >>> import torch
-        >>> from hmfusion import planner
+        >>> from hmfusion.ops import planner
         >>> spec = planner.KronSpec(6, 8, 2, 2, 3, 4)
         >>> y = planner.kron_concat(spec, [torch.randn(5, 8)], torch.randn(2, 2),
         ...                         torch.randn(3, 4))
@@ -450,6 +496,7 @@ def _apply(plan: Plan, spec: KronSpec, xs: Sequence[Tensor], left: Factor, right
             inputs,
             tiled=plan.kernel == "tiled",
             fallback=plan.kernel == "pytorch",
+            triton=plan.kernel == "triton",
         )
     return y[:, : spec.n] if spec.p * spec.s != spec.n else y
 
@@ -467,7 +514,7 @@ def ideal_speedup(p: int, q: int, s: int, t: int) -> float:
         The flop ratio of a dense n×D GEMM to the cheaper contraction order.
 
     Example:
-        >>> from hmfusion import planner
+        >>> from hmfusion.ops import planner
         >>> planner.ideal_speedup(64, 64, 64, 64)
         32.0
     """
