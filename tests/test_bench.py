@@ -20,6 +20,7 @@ from hmfusion.apps.bench import command as bench, cases as benchmark_cases, repo
 from hmfusion.ops import costmodel
 from hmfusion.apps.bench.engine import Shape
 from hmfusion.apps.common import run_command
+from hmfusion.apps.outputs import MANIFEST
 
 FAST_METHODS = "dense,kron,tinybig,einsum,two_matmul,hmfusion"  # compiled: see the slow test
 
@@ -362,21 +363,23 @@ def test_out_with_files_needs_overwrite(tmp_path, monkeypatch, capsys):
     (out / "notes.txt").write_text("mine")
     error = _run_failing(["--out", str(out), "--quiet", "--quick"], capsys)
     assert "already holds files" in error and "--overwrite" in error
-    # --overwrite replaces only an earlier run's folder (one holding results.json)
+    # --overwrite replaces only an earlier run's folder (every entry in its manifest); issue 21,
+    # case 1: a hand-written results.json made any folder replaceable
+    (out / "results.json").write_text("{}")
     error = _run_failing(["--out", str(out), "--overwrite", "--quiet", "--quick"], capsys)
-    assert "no results.json" in error
+    assert "holds no .hmfusion-manifest.json" in error
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
-    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "results.json"]
 
 
 def test_overwrite_replaces_an_earlier_run_whole(tiny_run, tmp_path):
     stored, report = tiny_run
     out = tmp_path / "out"
-    argv = ["--render", str(stored / "results.json"), "--out", str(out), "--quiet", "--no-plot"]
+    argv = ["--render", str(stored / "results.json"), "--out", str(out), "--quiet"]
     assert bench.main(_parse(argv)) == 0
-    (out / "stale.txt").write_text("from an older run")
-    assert bench.main(_parse([*argv, "--overwrite"])) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md"]
+    assert (out / "speedup.png").is_file()
+    assert bench.main(_parse([*argv, "--overwrite", "--no-plot"])) == 0
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "results.json", "results.md"]
     assert json.loads((out / "results.json").read_text()) == report
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging left
 

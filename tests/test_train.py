@@ -556,6 +556,28 @@ def test_disk_full_while_writing_leaves_nothing(tmp_path, capsys, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_overwrite_never_deletes_a_folder_it_did_not_write(tmp_path, capsys, no_training):
+    # Issue 21, case 1: a home-like folder with a hand-written results.json was deleted whole.
+    home = tmp_path / "home"
+    (home / "code").mkdir(parents=True)
+    (home / "thesis.tex").write_text("\\documentclass{article}\n")
+    (home / "results.json").write_text("{}")
+    assert train(home, "--fusion", "hm", "--overwrite", *TINY) == 2
+    assert "--overwrite replaces only a folder hmfusion wrote" in one_line_error(capsys)
+    assert sorted(p.name for p in home.iterdir()) == ["code", "results.json", "thesis.tex"]
+
+
+def test_an_input_inside_out_is_refused(tmp_path, capsys):
+    # Issue 21, case 2: `train --views OUT/mydata.npz --out OUT --overwrite` deleted the input.
+    out = tmp_path / "out"
+    assert train(out, "--fusion", "mean", *TINY) == 0
+    views = mfeat_rows_npz(out / "mydata.npz", np.arange(0, 2000, 5))
+    capsys.readouterr()
+    assert train(out, "--views", str(views), "--fusion", "mean", "--overwrite", *TINY) == 2
+    assert "holds the input" in one_line_error(capsys)
+    assert views.is_file()
+
+
 def test_ctrl_c_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
     from hmfusion.apps.train import loop as training
 

@@ -198,7 +198,8 @@ def main(args: argparse.Namespace) -> int:
             ([`run_command`][hmfusion.apps.common.run_command]).
     """
     device = resolve_device(args.device)
-    output = OutputDirectory(args.out, overwrite=args.overwrite, marker=_MARKER)
+    inputs = () if args.render is None else (args.render,)
+    output = OutputDirectory(args.out, overwrite=args.overwrite, inputs=inputs)
     stored = None if args.render is None else _read_report(args.render)
     with output as staging:
         report = stored if stored is not None else _measure(args, device)

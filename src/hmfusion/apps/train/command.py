@@ -305,7 +305,9 @@ def main(args: argparse.Namespace) -> int:
             try:
                 if procs.is_main:
                     output = OutputDirectory(
-                        args.out, overwrite=args.overwrite, marker="results.json"
+                        args.out,
+                        overwrite=args.overwrite,
+                        inputs=[*(args.views or ()), *([args.labels] if args.labels else [])],
                     )
                 data = _prepare_data(args, config)
                 if output is not None:
@@ -339,7 +341,7 @@ def main(args: argparse.Namespace) -> int:
                 try:
                     table = write_outputs(output.staging, summary, runs)
                     output.commit()
-                except OSError as failure:
+                except (OSError, UsageError) as failure:
                     problem = describe_failure(failure)
             problem = procs.agree(problem, None)
             if problem is not None:
