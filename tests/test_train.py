@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from deadline import run_with_deadline
+
 from hmfusion.apps.train.checkpoint import load_checkpoint
 from hmfusion.apps.cli import main as cli
 from hmfusion.data import load_mfeat
@@ -385,7 +387,7 @@ def torchrun(tmp_path, dump, perturb, *flags):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if sys.platform.startswith("linux"):
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback only
-    return subprocess.run(
+    return run_with_deadline(
         [
             sys.executable,
             "-m",
@@ -402,10 +404,8 @@ def torchrun(tmp_path, dump, perturb, *flags):
             *flags,
         ],
         env=env,
-        capture_output=True,
-        text=True,
         timeout=300,
-        check=False,
+        what="torchrun with two gloo processes",
     )
 
 
