@@ -578,6 +578,17 @@ def test_an_input_inside_out_is_refused(tmp_path, capsys):
     assert views.is_file()
 
 
+def test_a_first_row_of_numbers_is_never_dropped_as_a_header(tmp_path, capsys, no_training):
+    # Issue 21, case 9: a headerless CSV whose first row is 0.1,0.2,0.3,0.4,zzz (the other 30
+    # rows labelled a/b/c) lost row 1 as a header.
+    rows = ["0.1,0.2,0.3,0.4,zzz"] + [f"{i},{i % 7},{i % 5},{i % 3},{'abc'[i % 3]}" for i in range(30)]
+    (tmp_path / "v.csv").write_text("\n".join(rows) + "\n")
+    flags = ["--views", str(tmp_path / "v.csv"), "--label-column", "-1", "--fusion", "mean"]
+    assert train(tmp_path / "out", *flags, *TINY) == 2
+    assert "cannot tell whether line 1 is a header or data" in one_line_error(capsys)
+    assert not (tmp_path / "out").exists()
+
+
 def test_ctrl_c_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
     from hmfusion.apps.train import loop as training
 
