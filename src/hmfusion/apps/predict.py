@@ -87,6 +87,12 @@ def main(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, meta = load_checkpoint(args.checkpoint, device=device)
     config = meta["model"]
+    if "model_sha256" not in meta:
+        print(
+            f"note: {args.checkpoint} predates config hashes; its classes and their order "
+            "are not verified",
+            file=sys.stderr,
+        )
     data = load_data(args, require_labels=False)
     if list(data.widths) != list(config["widths"]):
         raise DataError(
