@@ -539,3 +539,35 @@ def test_a_first_row_of_numbers_with_a_rare_label_is_not_a_header(tmp_path):
     # a header with text feature names is still found on its own
     named = write_csv(tmp_path / "n.csv", rows[1:], header=["f1", "f2", "f3", "f4", "y"])
     assert load_files([named], label_column=-1).csv_headers == (("n.csv", True),)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".npy", ".csv"])
+def test_an_unreadable_views_file_says_permission_denied(tmp_path, suffix, monkeypatch):
+    # Issue 21: a `chmod 000` views file was reported as "is not a NumPy .npz file".
+    import builtins
+    import os
+    from pathlib import Path
+
+    path = tmp_path / f"v{suffix}"
+    if suffix == ".npz":
+        np.savez(path, a=np.zeros((4, 2)))
+    elif suffix == ".npy":
+        np.save(path, np.zeros((4, 2)))
+    else:
+        path.write_text("1,2\n3,4\n")
+    path.chmod(0)
+    if os.geteuid() == 0:  # root reads anything: refuse as the kernel would for others
+        real_open, real_read_text = builtins.open, Path.read_text
+
+        def denied(file, *args, **kwargs):
+            if str(file) == str(path):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(file, *args, **kwargs)
+
+        def denied_text(self, *args, **kwargs):
+            return denied(self) if self == path else real_read_text(self, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", denied)
+        monkeypatch.setattr(Path, "read_text", denied_text)
+    with pytest.raises(DataError, match=r"v\.(npz|npy|csv) cannot be read: Permission denied"):
+        load_files([path], require_labels=False)

@@ -545,14 +545,43 @@ def test_an_unusable_out_is_one_line_before_any_training(
 def test_disk_full_while_writing_leaves_nothing(tmp_path, capsys, monkeypatch):
     import errno
 
-    import hmfusion.apps.train.checkpoint
+    real = Path.write_bytes
 
-    def full(obj, path, *args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    def full(self, data):
+        if self.suffix == ".pt":
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, data)
 
-    monkeypatch.setattr(hmfusion.apps.train.checkpoint.torch, "save", full)
+    monkeypatch.setattr(Path, "write_bytes", full)
     assert train(tmp_path / "out", "--fusion", "hm", *TINY) == 2
     assert "hm.pt': No space left on device" in one_line_error(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+FILE_SIZE_LIMITED = """
+import resource, signal, sys
+from hmfusion.apps.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE as on Linux")
+def test_a_checkpoint_that_does_not_fit_on_disk_is_one_line(tmp_path):
+    # Issue 21: `train --out` on a full disk was a traceback from torch.save (its writer raises
+    # a RuntimeError); a real write failure, from a file size limit of 16 KiB.
+    src = Path(__file__).resolve().parents[1] / "src"
+    done = run_with_deadline(
+        [sys.executable, "-c", FILE_SIZE_LIMITED, "train", "--out", str(tmp_path / "out"),
+         "--fusion", "dense", *TINY],
+        env={**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"},
+        timeout=300,
+        what="train under a file size limit",
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("hmfusion: error: ") and "dense.pt': File too large" in lines[0]
     assert list(tmp_path.iterdir()) == []
 
 

@@ -18,6 +18,7 @@ Checkpoints written before `"model_sha256"` existed still load, their config unv
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -51,14 +52,28 @@ def save_checkpoint(
     together.
     """
     weights = directory / f"{name}.pt"
-    torch.save(dict(state), weights)
+    # Serialized in memory, then written by Python: a full disk is an OSError naming the file
+    # (torch.save's own writer raises a RuntimeError without errno).
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    _write(weights, buffer.getvalue())
     record = {
         **meta,
         "weights_sha256": _sha256(weights),
         "model_sha256": _config_sha256(meta["model"]),
     }
-    (directory / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    _write(directory / f"{name}.json", (json.dumps(record, indent=2) + "\n").encode())
     return weights
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write `data` to `path`; a failure (a full disk) is an OSError naming `path`."""
+    try:
+        path.write_bytes(data)
+    except OSError as failure:
+        if failure.filename:
+            raise
+        raise OSError(failure.errno, failure.strerror, str(path)) from None
 
 
 def _config_sha256(config: Mapping[str, Any]) -> str:
