@@ -275,6 +275,10 @@ def test_quick_grid_holds_the_targets_and_small_layers():
         (["--load", "-1"], "must be 0 or more, got -1"),
         (["--load", "100000"], "must be at most"),
         (["--max-call-seconds", "-1"], "must be a finite number >= 0, got -1"),
+        # issue 21: an allocator traceback, and no upper bound
+        (["--shape", "10000000,4096,4096,64,64,4"], "GiB (inputs, outputs, the dense weight"),
+        (["--repeats", str(10**12)], "must be at most 1000, got 1000000000000"),
+        (["--warmup", str(10**12)], "must be at most 100, got 1000000000000"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
@@ -477,3 +481,23 @@ def test_compiled_baseline_never_hits_the_recompile_limit(monkeypatch):
                     case.prepare("compiled", mode)
                     case.step("compiled", mode)()
                 assert case.compile_seconds[mode] > 0
+
+
+def test_render_of_deeply_nested_json_is_one_line(tmp_path, monkeypatch, capsys):
+    # Issue 21: `bench --render` of deeply nested JSON was a RecursionError traceback.
+    monkeypatch.setattr(benchmarking, "run", _never_measure)
+    deep = tmp_path / "results.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    error = _run_failing(["--render", str(deep), "--out", str(tmp_path / "out")], capsys)
+    assert "nested too deeply to be a results.json" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_the_cli_refuses_a_shape_larger_than_memory_in_one_line(capsys):
+    from hmfusion.apps.cli import main as cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["bench", "--shape", "10000000,4096,4096,64,64,4"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "more than this machine's" in lines[0]
