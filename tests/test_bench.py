@@ -48,7 +48,12 @@ def test_writes_json_markdown_and_png(tiny_run):
     assert "Quiet:" in text and "Under load (1 busy process):" in text
     assert "| m | D | n | p | q | k | dtype | mode |" in text
     assert (out / "speedup.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md", "speedup.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        MANIFEST,
+        "results.json",
+        "results.md",
+        "speedup.png",
+    ]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging left
 
 

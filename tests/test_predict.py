@@ -324,3 +324,29 @@ def test_a_fusion_that_is_a_list_is_one_line(checkpoint, capsys):
     js.write_text(json.dumps(meta))
     err = predict_error(capsys, "--checkpoint", pt)
     assert "'fusion' must be one of" in err
+
+
+def test_predict_keeps_first_rows_that_look_like_column_numbers(tmp_path, capsys):
+    # Issue 21, case 9, as found: count views whose first rows are 0,1,2,9 and 0,1,7 lost those
+    # rows as "headers": 29 predictions for 30 rows, exit 0, flagged only on stderr.
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    first = [[0, 1, 2, 9], *rng.integers(0, 20, (29, 4)).tolist()]
+    second = [[0, 1, 7], *rng.integers(0, 20, (29, 3)).tolist()]
+    views = []
+    for name, rows in (("a.csv", first), ("b.csv", second)):
+        (tmp_path / name).write_text("".join(",".join(map(str, r)) + "\n" for r in rows))
+        views.append(str(tmp_path / name))
+    (tmp_path / "y.csv").write_text("".join(f"{'abc'[i % 3]}\n" for i in range(30)))
+    common = ["--views", *views, "--csv-header", "no"]
+    out = tmp_path / "run"
+    flags = ["--fusion", "mean", "--seeds", "1", "--epochs", "1", "--quiet"]
+    assert cli(["train", *common, "--labels", str(tmp_path / "y.csv"), "--out", str(out), *flags]) == 0
+    capsys.readouterr()
+    checkpoint = out / "checkpoints" / "mean.pt"
+    err = predict_error(capsys, "--checkpoint", checkpoint, "--views", *views)
+    assert "a.csv: cannot tell whether line 1 is a header or data" in err
+    assert cli(["predict", "--checkpoint", str(checkpoint), *common]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "row,prediction,probability" and len(lines) == 31
