@@ -561,3 +561,31 @@ def test_docstring_examples_run(module):
 @pytest.mark.parametrize("module", PERF_MODULES, ids=lambda m: m.__name__)
 def test_module_is_well_under_500_lines(module):
     assert len(Path(module.__file__).read_text(encoding="utf-8").splitlines()) < 450
+
+
+REAL_LOAD = """
+from hmfusion.ops import build
+print(build.available(), build.status())
+"""
+
+
+@pytest.mark.slow
+def test_a_truncated_build_is_rebuilt_and_works(monkeypatch, tmp_path):
+    # Issue 21, case 4, end to end: the real build, truncated, is rebuilt instead of mapped.
+    from deadline import run_with_deadline
+
+    if not native.available():
+        pytest.skip(f"compiled kernel unavailable (status {native.status()})")
+    folder, library = _cache(monkeypatch, tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    argv = [__import__("sys").executable, "-c", REAL_LOAD]
+    first = run_with_deadline(argv, timeout=900, what="the first build", env=env)
+    assert first.stdout.split() == ["True", "loaded"], first.stderr
+    assert "building the compiled operator once" in first.stderr
+    with open(library, "r+b") as stream:
+        stream.truncate(library.stat().st_size // 2)
+    second = run_with_deadline(argv, timeout=900, what="the rebuild", env=env)
+    assert second.returncode == 0 and second.stdout.split() == ["True", "loaded"], second.stderr
+    assert extension._verified(library)
+    third = run_with_deadline(argv, timeout=300, what="an ordinary load", env=env)
+    assert third.stdout.split() == ["True", "loaded"] and third.stderr == ""

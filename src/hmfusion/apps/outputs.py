@@ -104,15 +104,11 @@ def _writable_parent(path: Path, flag: str) -> Path:
     return parent
 
 
-def _inside(candidate: Path, folder: Path) -> bool:
-    """Whether `candidate` (resolved) is `folder` (resolved) or lies inside it."""
-    inner, outer = candidate.resolve(), folder.resolve()
-    return inner == outer or outer in inner.parents
-
-
 def _refuse_inputs(path: Path, inputs: Iterable[str | Path], flag: str) -> None:
+    """Refuse an input that is `path` or lies inside it (both resolved)."""
     for item in inputs:
-        if _inside(Path(item), path):
+        inner, outer = Path(item).resolve(), path.resolve()
+        if inner == outer or outer in inner.parents:
             raise UsageError(
                 f"{flag} {str(path)!r} holds the input {str(item)!r}; choose another {flag} "
                 "(replacing it would delete the input)"
@@ -127,7 +123,10 @@ def _aside(path: Path) -> list[Path]:
 def _exchange(first: Path, second: Path) -> bool:
     """Swap two paths in one step (Linux `renameat2(RENAME_EXCHANGE)`); False where the
     system or the file system cannot."""
-    function = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    try:
+        function = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    except (OSError, TypeError):  # no C library to ask (Windows)
+        return False
     if function is None:
         return False
     at_cwd, exchange = -100, 2
