@@ -614,6 +614,32 @@ def test_the_operator_is_built_before_the_clock_starts(tmp_path, monkeypatch):
     assert results["fusions"]["mean"]["train_seconds"] < results["total_seconds"]
 
 
+def test_two_runs_started_at_once_into_one_out_cannot_both_succeed(tmp_path):
+    # Issue 21, case 3, as found: two runs started at once into the same fresh --out both
+    # exited 0, the second silently replacing the first.
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+    }
+    argv = [sys.executable, "-m", "hmfusion", "train", "--out", str(tmp_path / "out")]
+    runs = [
+        subprocess.Popen(
+            [*argv, "--fusion", fusion, *TINY], env=env, stderr=subprocess.PIPE, text=True
+        )
+        for fusion in ("mean", "lowrank")
+    ]
+    errors = [run.communicate(timeout=600)[1] for run in runs]
+    codes = sorted(run.returncode for run in runs)
+    assert codes == [0, 2], errors
+    refused = next(e for e, run in zip(errors, runs) if run.returncode == 2).strip()
+    assert "being written by another run" in refused or "already holds files" in refused
+    written = json.loads((tmp_path / "out" / "results.json").read_text())
+    winner = ("mean", "lowrank")[[run.returncode for run in runs].index(0)]
+    assert list(written["fusions"]) == [winner]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 def test_overwrite_never_deletes_a_folder_it_did_not_write(tmp_path, capsys, no_training):
     # Issue 21, case 1: a home-like folder with a hand-written results.json was deleted whole.
     home = tmp_path / "home"
