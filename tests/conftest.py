@@ -29,3 +29,11 @@ def device() -> torch.device:
     if chosen.type not in ("cpu", "cuda") and not hasattr(torch, chosen.type):
         pytest.skip(f"device type {chosen.type!r} is not available")
     return chosen
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests (full training, compile, distributed) get 1800 s before pytest-timeout
+    (pyproject: 300 s for the rest) calls them hung, unless they name their own."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(1800))

@@ -783,3 +783,46 @@ def test_docstring_examples_run(name):
     for test in tests:
         runner.run(test)
     assert runner.failures == 0
+
+
+# issue 21: one line, not a traceback ------------------------------------------------------------
+def _hm_with(preprocess):
+    return {
+        "function_class": "hm_parameterized_concatenation_fusion",
+        "function_parameters": {
+            "n": 4,
+            "dims": [4, 4],
+            "p": 2,
+            "preprocess_function_configs": [preprocess],
+        },
+    }
+
+
+def test_config_with_a_huge_layer_norm_is_a_value_error():
+    # Issue 21: LayerNorm(normalized_shape=10**12) in a config was an allocator traceback.
+    layer_norm = {"function_class": "torch.nn.LayerNorm", "function_parameters": {}}
+    layer_norm["function_parameters"]["normalized_shape"] = 10**12
+    with pytest.raises(ValueError, match=r"torch.nn.LayerNorm cannot be built: .*allocate"):
+        from_config(_hm_with(layer_norm))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a build or machine without CUDA")
+@pytest.mark.parametrize("where", ["function_parameters", "config"])
+def test_config_naming_an_absent_device_is_a_value_error(where):
+    # Issue 21: device='cuda' on a CPU build was torch's AssertionError.
+    layer_norm = {"function_class": "torch.nn.LayerNorm", "function_parameters": {"normalized_shape": 4}}
+    (layer_norm["function_parameters"] if where == "function_parameters" else layer_norm)[
+        "device"
+    ] = "cuda"
+    with pytest.raises(ValueError, match=r"device='cuda' is not available"):
+        from_config(_hm_with(layer_norm))
+
+
+def test_random_matrix_fusion_with_a_huge_r_is_a_value_error():
+    # Issue 21: r=10**9 was an allocator traceback (the library class refused it cleanly).
+    config = {
+        "function_class": "random_matrix_adaption_parameterized_concatenation_fusion",
+        "function_parameters": {"n": 4, "dims": [4, 4], "r": 10**9},
+    }
+    with pytest.raises(ValueError, match=r"r=1000000000 .* cannot be allocated; choose a smaller r"):
+        from_config(config)

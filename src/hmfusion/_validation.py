@@ -236,12 +236,15 @@ def check_divides(name: str, value: int, total_name: str, total: int, hint: str 
         )
 
 
-def check_flat_vector(w: object, length: int, *, what: str = "w") -> Tensor:
-    """A flat parameter vector of `length` elements, shaped (l,) or (1, l); returned as (l,)."""
+def check_flat_vector(w: object, length: int, *, what: str = "w", meta_ok: bool = False) -> Tensor:
+    """A flat parameter vector of `length` elements, shaped (l,) or (1, l); returned as (l,).
+    A meta tensor (no values) only where `meta_ok` (the parameters are meta too)."""
     if not isinstance(w, Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(w).__name__}")
     if not w.is_floating_point():
         raise TypeError(f"{what} must be a floating-point tensor, got dtype {w.dtype}")
+    if w.is_meta and not meta_ok:
+        raise ValueError(f"{what} is a meta tensor: it holds no values to load")
     if w.dim() == 2 and w.shape[0] == 1:
         w = w[0]
     if w.dim() != 1 or w.shape[0] != length:

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from hmfusion.apps.outputs import follow_umask
+
 __all__ = [
     "markdown_table",
     "plot_accuracy_vs_params",
@@ -84,6 +86,7 @@ def save_figure(fig: Any, path: str | Path) -> None:
     os.close(handle)
     try:
         fig.savefig(staging)
+        follow_umask(staging)  # mkstemp made it 0600
         os.replace(staging, path)
     except BaseException:
         Path(staging).unlink(missing_ok=True)

@@ -165,9 +165,11 @@ class ConcatFusion(nn.Module):
 
         Raises:
             TypeError: w is not a floating tensor.
-            ValueError: w does not hold exactly l values.
+            ValueError: w does not hold exactly l values, or is a meta tensor (no values)
+                while the parameters are not.
         """
-        w = V.check_flat_vector(w, self.num_parameters)
+        meta = next(iter(self.factors().values())).is_meta
+        w = V.check_flat_vector(w, self.num_parameters, meta_ok=meta)
         with torch.no_grad():
             for name, value in self.structure.from_flat(w).items():
                 getattr(self, name).copy_(value)
@@ -197,7 +199,8 @@ class ConcatFusion(nn.Module):
         in Frobenius norm (see each structure's `fit`), with the same bias, device and dtype.
 
         `n` is `linear.out_features`; further arguments are the class's own, positional
-        after `n` or by keyword (`p`, `q`, `terms`, `r`, `pad`…).
+        after `n` or by keyword (`p`, `q`, `terms`, `r`, `pad`…). A `linear` on the meta device
+        (shapes, no values) gives the member on the meta device, unfitted.
 
         Raises:
             TypeError: `linear` is not an `nn.Linear`, or the class cannot be fitted
@@ -217,8 +220,10 @@ class ConcatFusion(nn.Module):
         if n != linear.out_features:
             raise ValueError(f"n={n!r} must equal linear.out_features={linear.out_features}")
         weight = linear.weight
-        V.check_finite("linear.weight", weight.detach())
-        if linear.bias is not None:
+        fitted = not weight.is_meta  # meta: shapes only, nothing to fit
+        if fitted:
+            V.check_finite("linear.weight", weight.detach())
+        if fitted and linear.bias is not None:
             V.check_finite("linear.bias", linear.bias.detach())
         module = cls(  # a member's signature: (dims, n, its own arguments…)
             dims_checked,
@@ -229,6 +234,8 @@ class ConcatFusion(nn.Module):
             dtype=weight.dtype,
             **kwargs,
         )
+        if not fitted:
+            return module
         with torch.no_grad():
             for name, value in module.structure.fit(weight.detach()).items():
                 getattr(module, name).copy_(value)

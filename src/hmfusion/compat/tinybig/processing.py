@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hmfusion import _validation as V
 from hmfusion.compat.tinybig.configkeys import drop_module_state
 
 __all__ = [
@@ -250,10 +251,19 @@ def _from_config(label: str, config: object, factory: dict) -> nn.Module:
         raise TypeError(f"{label}['function_parameters'] must be a dict with str keys")
     # tinybig's to_config dumps every attribute of the module (nn.Module's bookkeeping too).
     parameters = drop_module_state(parameters)
+    for where in (parameters, config):  # torch asserts (a traceback) on a missing backend
+        if where.get("device") is not None:
+            try:
+                V.check_device(where["device"])
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{label}: {error}") from None
     try:
         module = cls(**parameters)
     except TypeError as error:
         raise TypeError(f"{label}: invalid function_parameters for {name}: {error}") from None
+    except RuntimeError as error:  # the allocator's refusal (a huge normalized_shape, ...)
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise ValueError(f"{label}: {name} cannot be built: {first}") from None
     if isinstance(module, nn.GELU) and module.approximate not in ("none", "tanh"):
         raise ValueError(
             f"{label}: approximate must be 'none' or 'tanh', got {module.approximate!r}"
