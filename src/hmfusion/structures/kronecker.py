@@ -140,8 +140,8 @@ class KroneckerStructure(Structure):
 
     def _pair(self, f: Factors) -> tuple[kernels.Factor, kernels.Factor]:
         """A and B as the planner takes them: a tensor, or a low-rank pair (P, Q) / (S, T)."""
-        left = (f["P"], f["Q"]) if self.rank_a is not None else f["A"]
-        right = (f["S"], f["T"]) if self.rank_b is not None else f["B"]
+        left = (f["P"], f["Q"]) if self.spec.rank_a is not None else f["A"]
+        right = (f["S"], f["T"]) if self.spec.rank_b is not None else f["B"]
         return left, right
 
     def dense_factors(self, f: Factors) -> tuple[Tensor, Tensor]:
