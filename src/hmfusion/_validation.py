@@ -8,7 +8,8 @@ the argument and says what was expected. No `assert` is used for user input.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+import operator
+from collections.abc import MutableMapping, Sequence
 from typing import Literal, TypeGuard
 
 import numpy as np
@@ -30,6 +31,7 @@ __all__ = [
     "check_finite",
     "check_flat_vector",
     "check_inputs",
+    "check_inputs_once",
     "check_int",
     "check_kronecker_arguments",
     "check_positive_int",
@@ -337,3 +339,58 @@ def check_inputs(
                 f"convert the input or the module (module.to({dtype})), or use torch.autocast"
             )
     return list(xs), lead  # type: ignore[return-value]
+
+
+#: What `check_inputs` reads of each input (with the container's type, the parameters' dtype and
+#: device and the autocast state, the key under which a passed check is remembered).
+_INPUT_SIGNATURE = operator.attrgetter(
+    "__class__", "shape", "dtype", "device", "layout", "is_nested"
+)
+#: Signatures remembered per module at most (then forgotten all at once).
+_MAX_SIGNATURES = 64
+
+
+def check_inputs_once(
+    xs: object,
+    dims: tuple[int, ...],
+    checked: MutableMapping[tuple, torch.Size],
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> torch.Size:
+    """`check_inputs`, remembered per input signature: the leading shape of inputs that passed.
+
+    The key holds everything `check_inputs` reads (the container's type; per input its class,
+    shape, dtype, device, layout and nestedness; `dims`, the parameters' dtype and device, the
+    autocast dtype of their device), so a hit skips only checks that passed on the same
+    signature; anything new runs the full check (and raises its errors). Inputs are checked
+    for what they are, never for their values, so nothing is skipped that a value could fail.
+    While torch.compile traces, nothing is remembered (the traced graph holds the checks' guards).
+
+    Args:
+        xs: the inputs, as for `check_inputs`.
+        dims: the widths n_1 … n_k.
+        checked: the caller's memory of passed signatures (a dict kept by the module).
+        dtype: the parameters' dtype.
+        device: the parameters' device.
+
+    Returns:
+        The inputs' common leading shape.
+
+    Raises:
+        TypeError, ValueError: as `check_inputs`.
+    """
+    if type(xs) not in (list, tuple) or torch.compiler.is_compiling():
+        return check_inputs(xs, dims, dtype=dtype, device=device)[1]
+    try:
+        signature = tuple(map(_INPUT_SIGNATURE, xs))  # type: ignore[call-overload]
+    except (AttributeError, RuntimeError):  # not a tensor, or a nested one: the full check
+        return check_inputs(xs, dims, dtype=dtype, device=device)[1]
+    key = (type(xs), signature, dims, dtype, device, kernels.autocast_dtype_for(device.type))
+    lead = checked.get(key)
+    if lead is None:
+        lead = check_inputs(xs, dims, dtype=dtype, device=device)[1]
+        if len(checked) >= _MAX_SIGNATURES:
+            checked.clear()
+        checked[key] = lead
+    return lead
