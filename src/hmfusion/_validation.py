@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from hmfusion.ops import kernels
+from hmfusion.ops.costmodel import KronSpec
 from hmfusion.structures import blocksizes
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "check_inputs_once",
     "check_int",
     "check_kronecker_arguments",
+    "check_kronecker_structure",
     "check_positive_int",
     "check_row_count",
     "check_seed",
@@ -177,6 +179,29 @@ def check_kronecker_arguments(
     if checked[2] > 1 and (rank_a is not None or rank_b is not None):
         raise ValueError("terms > 1 is supported for HM factors only (no low-rank factors)")
     return checked
+
+
+def check_kronecker_structure(
+    n: object,
+    D: object,
+    p: object,
+    q: object,
+    terms: object,
+    rank_a: object,
+    rank_b: object,
+    pad: object,
+) -> tuple[KronSpec, bool]:
+    """The sizes of a Kronecker structure, each checked, `"auto"` block sizes resolved
+    ([`choose_block_sizes`][hmfusion.structures.blocksizes.choose_block_sizes]), with s = ⌈n/p⌉
+    and t = ⌈D/q⌉; and `pad` as a bool. Errors as `KroneckerStructure.create` states them."""
+    n, D = check_size("n", n), check_size("D", D)
+    p, q, terms, rank_a, rank_b, pad = check_kronecker_arguments(p, q, terms, rank_a, rank_b, pad)
+    p_val, q_val = blocksizes.choose_block_sizes(
+        n, D, p, q, pad=pad, terms=terms, rank_a=rank_a, rank_b=rank_b
+    )
+    check_block_sizes_fit(n, D, p_val, q_val, tied=q is None, pad=pad)
+    s, t = -(-n // p_val), -(-D // q_val)
+    return KronSpec(n, D, p_val, q_val, s, t, terms, rank_a, rank_b), pad
 
 
 def check_block_sizes_fit(n: int, D: int, p: int, q: int, *, tied: bool, pad: bool) -> None:
