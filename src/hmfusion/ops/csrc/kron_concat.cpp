@@ -607,8 +607,9 @@ std::tuple<std::vector<Tensor>, Tensor, Tensor> tiled_backward(
   return grads;
 }
 
-// The autograd node of kron_concat: an eager call pays no Python autograd.Function (≈ 25 µs
-// forward, 20 µs backward at the main job's layer, benchmarks/RESULTS.md). Factors may be
+// The autograd node of kron_concat: an eager call pays no Python autograd.Function (with the
+// other cuts of that round, the main job's layer went from 356 to 282 µs forward+backward;
+// benchmarks/RESULTS.md, Notes). Factors may be
 // (p, q) matrices or (terms, p, q) stacks; their gradients come back in their own shapes. The
 // node calls the operators above through the dispatcher, so that dispatch modes see them.
 Tensor as_stack(const Tensor& factor) { return factor.dim() == 2 ? factor.unsqueeze(0) : factor; }
