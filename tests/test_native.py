@@ -165,6 +165,19 @@ def test_gradcheck_and_gradgradcheck(kernel, device):
     assert torch.autograd.gradgradcheck(fn, (*xs, a, b))
 
 
+def test_gradgradcheck_padded_left_first_and_matrix_factors(kernel, device):
+    # the double backward of the compiled operator's C++ node: zero padding of D (3 + 4 < q·t),
+    # left first, and one term given as (p, q) and (s, t) matrices
+    xs, a, b = _data(4, (3, 4), 2, 2, 3, 4, 2, device)
+    a2, b2 = a.detach()[0].requires_grad_(), b.detach()[0].requires_grad_()
+
+    def fn(x0, x1, a, b):
+        return native.fused_kron_concat([x0, x1], a, b, "left_first", 3)
+
+    assert torch.autograd.gradgradcheck(fn, (*xs, a, b))
+    assert torch.autograd.gradgradcheck(fn, (*xs, a2, b2))
+
+
 def test_matrix_factors_get_gradients_of_their_own_shape(kernel, device):
     # one term may be passed as (p, q) and (s, t) matrices: no stack for autograd to record
     xs, a, b = _data(9, (10, 14), 3, 4, 5, 6, 1, device)
