@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import hmfusion
+from deadline import python, run_with_deadline
 from hmfusion import (
     DenseConcatFusion,
     DualLPHMConcatFusion,
@@ -22,7 +23,6 @@ from hmfusion import (
     LPHMConcatFusion,
     RandomMatrixConcatFusion,
 )
-from deadline import python, run_with_deadline
 from registry import KINDS, MEMBERS, reference_forward, reference_weight, rel_err
 
 F64 = torch.float64
@@ -536,3 +536,13 @@ def test_every_test_has_a_timeout(request):
     assert request.config.pluginmanager.hasplugin("timeout")
     assert float(request.config.getini("timeout")) == 300
     assert request.config.getini("timeout_method") == "thread"
+
+
+def test_kronecker_structure_stays_small():
+    # issue 22: the class that says what a Kronecker W is stays at most 150 lines (docstrings
+    # included); planning, validation and fitting live in ops/, _validation and fitting
+    import inspect
+
+    from hmfusion.structures import KroneckerStructure
+
+    assert len(inspect.getsourcelines(KroneckerStructure)[0]) <= 150

@@ -11,6 +11,7 @@ import doctest
 import json
 import os
 import re
+import sys
 import threading
 import time
 import warnings
@@ -163,6 +164,76 @@ def test_gradcheck_and_gradgradcheck(kernel, device):
 
     assert torch.autograd.gradcheck(fn, (*xs, a, b))
     assert torch.autograd.gradgradcheck(fn, (*xs, a, b))
+
+
+def test_gradgradcheck_padded_left_first_and_matrix_factors(kernel, device):
+    # the double backward of the compiled operator's C++ node: zero padding of D (3 + 4 < q·t),
+    # left first, and one term given as (p, q) and (s, t) matrices
+    xs, a, b = _data(4, (3, 4), 2, 2, 3, 4, 2, device)
+    a2, b2 = a.detach()[0].requires_grad_(), b.detach()[0].requires_grad_()
+
+    def fn(x0, x1, a, b):
+        return native.fused_kron_concat([x0, x1], a, b, "left_first", 3)
+
+    assert torch.autograd.gradgradcheck(fn, (*xs, a, b))
+    assert torch.autograd.gradgradcheck(fn, (*xs, a2, b2))
+
+
+def test_matrix_factors_get_gradients_of_their_own_shape(kernel, device):
+    # one term may be passed as (p, q) and (s, t) matrices: no stack for autograd to record
+    xs, a, b = _data(9, (10, 14), 3, 4, 5, 6, 1, device)
+    a2, b2 = a.detach()[0].requires_grad_(), b.detach()[0].requires_grad_()
+    for order in ("right_first", "left_first"):
+        y = native.fused_kron_concat(xs, a2, b2, order, 4)
+        dy = torch.randn_like(y)
+        grads = torch.autograd.grad(y, [*xs, a2, b2], dy)
+        expected = _reference(xs, a, b)
+        expected_grads = torch.autograd.grad(expected, [*xs, a, b], dy)
+        torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+        assert grads[-2].shape == a2.shape and grads[-1].shape == b2.shape
+        for grad, reference in zip(grads, expected_grads):
+            torch.testing.assert_close(grad, reference.view_as(grad), rtol=1e-10, atol=1e-10)
+
+
+def test_inference_mode(kernel, device):
+    # under inference mode the autograd layer is skipped: the operator's own CPU kernel runs
+    xs, a, b = _data(9, (10, 14), 3, 4, 5, 6, 2, device)
+    with torch.inference_mode():
+        y = native.fused_kron_concat(xs, a, b, "left_first", 4)
+    torch.testing.assert_close(y, _reference(xs, a, b).detach(), rtol=1e-10, atol=1e-10)
+
+
+def _python_frames(fn):
+    """The hmfusion and torch.autograd.function frames that fn enters (profile hook)."""
+    frames = []
+
+    def hook(frame, event, arg):
+        name = frame.f_code.co_filename
+        if event == "call" and ("hmfusion" in name or name.endswith("autograd/function.py")):
+            frames.append(frame.f_code.co_name)
+
+    sys.setprofile(hook)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return frames
+
+
+def test_eager_backward_runs_no_python(kernel, device):
+    # the compiled operator's autograd node is C++: backward enters no Python frame of ours
+    # (nor a Python autograd.Function); the fallback's node is a Python Function
+    xs, a, b = _data(9, (10, 14), 3, 4, 5, 6, 1, device)
+    y = native.fused_kron_concat(xs, a, b, "right_first", 4)
+    frames = _python_frames(lambda: y.sum().backward())
+    if kernel in ("native", "tiled"):
+        assert "CppNode" in y.grad_fn.name() and "KronConcatFunction" in y.grad_fn.name()
+        assert frames == []
+    else:
+        assert "backward" in frames
+    torch.testing.assert_close(
+        a.grad, torch.autograd.grad(_reference(xs, a, b).sum(), a)[0], rtol=1e-10, atol=1e-10
+    )
 
 
 @pytest.mark.parametrize("p, s", [(4, 8), (8, 1)])  # s = 1: Y written in place

@@ -78,6 +78,8 @@ class ConcatFusion(nn.Module):
         self.structure = structure
         # (forward reads the factors by these names on every call: built once)
         self._factor_names = tuple(spec.name for spec in structure.factor_specs)
+        # input signatures that passed validation, with their leading shape (`V.check_inputs_once`)
+        self._checked: dict[tuple, torch.Size] = {}
         device, dtype = V.check_device(device), V.check_factory_dtype(dtype)
         for spec in structure.factor_specs:
             try:
@@ -266,8 +268,10 @@ class ConcatFusion(nn.Module):
         """
         factors = self.factors()
         reference = factors[self._factor_names[0]]
-        inputs, lead = V.check_inputs(xs, self.dims, dtype=reference.dtype, device=reference.device)
-        return self._fuse(inputs, lead, factors)
+        lead = V.check_inputs_once(
+            xs, self.dims, self._checked, dtype=reference.dtype, device=reference.device
+        )
+        return self._fuse(xs, lead, factors)
 
     def _fuse(
         self, inputs: Sequence[Tensor], lead: tuple[int, ...], factors: dict[str, Tensor]

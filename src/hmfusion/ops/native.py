@@ -29,6 +29,12 @@ implementations and a vmap rule), tied together by an autograd Function with
 `torch.func.vmap`. (A custom op's own `register_autograd` does not compose with torch.func
 transforms in torch 2.13.) A backward that is itself differentiated (`create_graph=True`) runs
 through differentiable composite ops.
+
+In plain eager mode (not tracing, no torch.func transform) where the compiled operator runs, the
+call skips all of that: `torch.ops.hmfusion_native.kron_concat` carries its own autograd node in
+C++ (`csrc/kron_concat.cpp`), so neither the forward nor the backward enters Python (a Python
+autograd Function and the custom-op dispatch cost more than the arithmetic of a small layer;
+see `benchmarks/RESULTS.md`).
 """
 
 from __future__ import annotations
@@ -173,8 +179,9 @@ def _(
 
 def _traced() -> bool:
     """Inside torch.compile or a torch.func transform: the registered operators must be called
-    (fake tensors, vmap rule); in plain eager mode their kernels are called directly, which
-    saves the custom-op dispatch (≈ 40 µs a call, most of a small layer's time)."""
+    (fake tensors, vmap rule); in plain eager mode the compiled operator with its C++ autograd
+    node runs (or, on the fallback, the kernels are called directly), which saves the custom-op
+    dispatch (≈ 40 µs a call, most of a small layer's time)."""
     return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
 
 
@@ -341,8 +348,8 @@ def fused_kron_concat(
 
     Args:
         xs: k tensors (m, n_i), Σ n_i ≤ q·t (missing columns are zero padding).
-        a: the stack (T, p, q) of left factors.
-        b: the stack (T, s, t) of right factors; one dtype and device with a and xs.
+        a: the left factors, a (p, q) matrix or a (T, p, q) stack.
+        b: the right factors likewise, (s, t) or (T, s, t); one dtype and device with a and xs.
         order: `"right_first"` (X Bᵀ, then A) or `"left_first"` (A X, then Bᵀ).
         chunk_rows: rows per chunk (≥ 1).
         inputs: `"gather"` copies each chunk of the k inputs into a cache-sized buffer (the
@@ -405,7 +412,13 @@ def fused_kron_concat(
             f"inputs='split' needs every input boundary on a multiple of t={b.shape[-1]}, "
             f"got widths {[x.shape[1] for x in xs]}"
         )
+    traced = _traced()
+    if not traced and _use_native(xs, variant):  # eager: the operator with its C++ autograd node
+        return torch.ops.hmfusion_native.kron_concat(
+            list(xs), a, b, order == "left_first", chunk_rows, variant == "tiled"
+        )
+    a, b = (factor if factor.dim() == 3 else factor.unsqueeze(0) for factor in (a, b))
     if not kernels.needs_grad(a, b, xs):  # inference: the operator alone
         return _forward(list(xs), a, b, order == "left_first", variant, chunk_rows)
-    function = _KronConcat if _traced() else _KronConcatEager
+    function = _KronConcat if traced else _KronConcatEager
     return function.apply(order == "left_first", variant, chunk_rows, a, b, *xs)

@@ -454,17 +454,13 @@ def kron_concat(spec: KronSpec, xs: Sequence[Tensor], left: Factor, right: Facto
         >>> y.shape
         torch.Size([5, 6])
     """
-    autocast_dtype = kernels.autocast_dtype(xs)
-    if autocast_dtype is not None:
+    first = xs[0]
+    autocast_dtype = kernels.autocast_dtype_for(first.device.type)
+    if autocast_dtype is not None:  # cast, then the same call with autocast off
         xs = [_cast(x, autocast_dtype) for x in xs]  # type: ignore[misc]
         left, right = _cast(left, autocast_dtype), _cast(right, autocast_dtype)
-        with torch.autocast(xs[0].device.type, enabled=False):
-            return _run(spec, xs, left, right)
-    return _run(spec, xs, left, right)
-
-
-def _run(spec: KronSpec, xs: Sequence[Tensor], left: Factor, right: Factor) -> Tensor:
-    first = xs[0]
+        with torch.autocast(first.device.type, enabled=False):
+            return kron_concat(spec, xs, left, right)
     grad = kernels.needs_grad(xs, left, right)
     plan = choose_plan(
         spec, first.shape[0], tuple([x.shape[1] for x in xs]), first.dtype, first.device.type, grad
@@ -487,10 +483,11 @@ def _apply(plan: Plan, spec: KronSpec, xs: Sequence[Tensor], left: Factor, right
         y = kernels.kron_matmul(x, _as_list(left), _as_list(right), shape, plan.order)
     else:
         inputs: Literal["gather", "split"] = "split" if plan.inputs == "split" else "gather"
+        # (a matrix or a stack as it is: no unsqueeze for autograd to record)
         y = native.fused_kron_concat(
             xs,
-            _as_stack(left),
-            _as_stack(right),
+            left if isinstance(left, Tensor) else kernels.dense_factor(left),
+            right if isinstance(right, Tensor) else kernels.dense_factor(right),
             plan.order,
             plan.chunk_rows,
             inputs,
