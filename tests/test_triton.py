@@ -1,4 +1,4 @@
-"""The Triton kernels of the operator (`hmfusion.ops.triton_kernels`), on CPU and on CUDA.
+"""The Triton kernels of the operator (`hmfusion.ops.triton_kernels`, launched by `hmfusion.ops.triton_launch`), on CPU and on CUDA.
 
 References are written plainly in float64: `cat(xs, zero padding) @ Σ_τ torch.kron(A_τ, B_τ).T`
 and autograd through it, from the inputs rounded to the dtype under test.
@@ -152,9 +152,9 @@ def test_interpreted_kernels_match_the_reference(interpreted, case, order):
 
 # without a GPU, in this process ---------------------------------------------------------------
 def _kernels_module():
-    from hmfusion.ops import triton_kernels
+    from hmfusion.ops import triton_kernels, triton_launch
 
-    if triton_kernels.interpreted():
+    if triton_launch.interpreted():
         pytest.skip("this process runs Triton's interpreter (TRITON_INTERPRET=1)")
     return triton_kernels
 
@@ -186,33 +186,35 @@ def test_kernels_compile_for_a_hopper_gpu(dtype):
     for right_first in (True, False):
         blocks = {"BLOCK_ROWS": 16, "BLOCK_COLS": 32, "BLOCK_LEFT": 64, "BLOCK_RIGHT": 16}
         flags = {"RIGHT_FIRST": right_first, "PRECISION": precision, "UPCAST": False}
-        compile_kernel(kernels._rows_kernel, {**blocks, **flags})
+        compile_kernel(kernels.rows_kernel, {**blocks, **flags})
         blocks = {"BP": 16, "BQ": 32, "BS": 64, "BT": 16}
         flags = {"RIGHT_FIRST": right_first, "LEFT_FIRST": not right_first, **flags}
-        compile_kernel(kernels._partials_kernel, {**blocks, **flags}, float32=("work_ptr",))
-    compile_kernel(kernels._sum_kernel, {"BLOCK": 256}, float32=("work_ptr",))
+        compile_kernel(kernels.partials_kernel, {**blocks, **flags}, float32=("work_ptr",))
+    compile_kernel(kernels.sum_kernel, {"BLOCK": 256}, float32=("work_ptr",))
 
 
 def test_float32_precision_follows_allow_tf32(monkeypatch):
-    kernels = _kernels_module()
+    _kernels_module()
+    from hmfusion.ops import triton_launch
+
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    assert kernels.precision(torch.float32) == "ieee"
+    assert triton_launch.precision(torch.float32) == "ieee"
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    assert kernels.precision(torch.float32) == "tf32"
-    assert kernels.precision(torch.bfloat16) == "ieee"
+    assert triton_launch.precision(torch.float32) == "tf32"
+    assert triton_launch.precision(torch.bfloat16) == "ieee"
 
 
 def test_triton_variant_falls_back_off_the_gpu(monkeypatch):
     """On CPU tensors without the interpreter (and for float64 anywhere) `triton=True` runs
     the pure-PyTorch kernel: same values, no Triton launch."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    from hmfusion.ops import triton_kernels
+    from hmfusion.ops import triton_launch
 
     def no_launch(*args, **kwargs):
         raise AssertionError("a Triton launcher ran")
 
-    monkeypatch.setattr(triton_kernels, "forward", no_launch)
-    monkeypatch.setattr(triton_kernels, "backward", no_launch)
+    monkeypatch.setattr(triton_launch, "forward", no_launch)
+    monkeypatch.setattr(triton_launch, "backward", no_launch)
     for dtype in (torch.float32, torch.float64):
         xs, a, b, gy = _inputs(5, (7, 9), 6, 4, 3, 5, 2, dtype)
         y, (dxs, da, db) = _reference(xs, a, b, gy)

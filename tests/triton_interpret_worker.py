@@ -20,14 +20,14 @@ import sys
 import torch
 
 from hmfusion.ops import native
-from hmfusion.ops import triton_kernels
+from hmfusion.ops import triton_launch
 
 
 def main(cases_path: str, results_path: str) -> None:
-    if os.environ.get("TRITON_INTERPRET") != "1" or not triton_kernels.interpreted():
+    if os.environ.get("TRITON_INTERPRET") != "1" or not triton_launch.interpreted():
         raise SystemExit("run with TRITON_INTERPRET=1: the kernels must run in the interpreter")
     calls = {"forward": 0, "backward": 0}
-    forward, backward = triton_kernels.forward, triton_kernels.backward
+    forward, backward = triton_launch.forward, triton_launch.backward
 
     def counted_forward(*args, **kwargs):
         calls["forward"] += 1
@@ -37,8 +37,8 @@ def main(cases_path: str, results_path: str) -> None:
         calls["backward"] += 1
         return backward(*args, **kwargs)
 
-    triton_kernels.forward = counted_forward
-    triton_kernels.backward = counted_backward
+    triton_launch.forward = counted_forward
+    triton_launch.backward = counted_backward
     results = {}
     for case in torch.load(cases_path):
         calls.update(forward=0, backward=0)

@@ -3,7 +3,7 @@
 [`hmfusion.ops.native`][hmfusion.ops.native] runs the variant `"triton"` of
 `hmfusion::fused_kron_concat`
 (the planner's `Plan.kernel == "triton"`) through
-[`hmfusion.ops.triton_kernels`][hmfusion.ops.triton_kernels] where
+[`hmfusion.ops.triton_launch`][hmfusion.ops.triton_launch] where
 [`use`][hmfusion.ops.triton_dispatch.use] says so, and the pure-PyTorch kernel elsewhere.
 Triton is imported only by the first such call (or the first CUDA plan), so CPU-only users
 without Triton are unaffected.
@@ -23,23 +23,23 @@ __all__ = ["DTYPES", "kernels", "runs", "use"]
 
 #: dtypes the Triton kernels handle (float64 runs the pure-PyTorch kernel).
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-#: `hmfusion.ops.triton_kernels` once imported (None: Triton is missing or does not load).
+#: `hmfusion.ops.triton_launch` once imported (None: Triton is missing or does not load).
 _LOADED: dict[str, ModuleType | None] = {}
 
 
 def kernels() -> ModuleType | None:
-    """`hmfusion.ops.triton_kernels`, imported on first use.
+    """`hmfusion.ops.triton_launch` (the launchers of the Triton kernels), imported on first use.
 
     Returns:
         The module, or None where Triton is not installed or does not load.
     """
     if "module" not in _LOADED:
         try:
-            from hmfusion.ops import triton_kernels
+            from hmfusion.ops import triton_launch
         except ImportError:  # (the pure-PyTorch kernel runs instead)
             _LOADED["module"] = None
         else:
-            _LOADED["module"] = triton_kernels
+            _LOADED["module"] = triton_launch
     return _LOADED["module"]
 
 
