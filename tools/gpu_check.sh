@@ -61,7 +61,8 @@ echo "gpu_check: results in $out"
 # 1. what is missing, and only that (torch and Triton come with the machine's CUDA torch)
 missing=$($PY - <<'PY'
 import importlib.util
-wanted = {"pytest": "pytest", "hypothesis": "hypothesis", "yaml": "pyyaml", "numpy": "numpy",
+wanted = {"pytest": "pytest", "pytest_timeout": "pytest-timeout", "hypothesis": "hypothesis",
+          "yaml": "pyyaml", "numpy": "numpy",
           "tqdm": "tqdm", "matplotlib": "matplotlib", "triton": "triton"}
 print(" ".join(pip for module, pip in wanted.items() if importlib.util.find_spec(module) is None))
 PY
