@@ -1,4 +1,11 @@
 import os
+import tempfile
+
+# The default suite runs with the measuring planner off, so that the cost model's choices are
+# what the plan tests check (tests/test_tuning.py turns it on where it is the subject), and any
+# wisdom goes to a folder of its own, never the user's cache.
+os.environ["HMFUSION_TUNE"] = "0"
+os.environ["HMFUSION_WISDOM_DIR"] = tempfile.mkdtemp(prefix="hmfusion-test-wisdom-")
 
 from hypothesis import HealthCheck, settings
 

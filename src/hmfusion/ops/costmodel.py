@@ -33,9 +33,12 @@ import torch
 from hmfusion.ops import kernels
 
 __all__ = [
+    "Candidate",
+    "Kernel",
     "KronSpec",
     "Method",
     "Order",
+    "candidates",
     "chunk_rows",
     "tiled_chunk_rows",
     "tiled_pays",
@@ -52,6 +55,9 @@ __all__ = [
 Method = Literal["materialize", "fused", "composite"]
 #: Which contraction comes first.
 Order = Literal["right_first", "left_first"]
+#: Which code runs a fused plan: the compiled operator with per-chunk BLAS GEMMs (`native`) or
+#: with its own register-tiled loops (`tiled`), or the pure-PyTorch kernels (`pytorch`).
+Kernel = Literal["native", "tiled", "pytorch"]
 
 
 class KronSpec(NamedTuple):
@@ -591,6 +597,7 @@ def estimate(
     fused_chunk_rows: int,
     split: bool,
     tiled: bool = False,
+    order: Order | None = None,
 ) -> dict[Method, float]:
     """The estimated cost of each method for m rows (see the module docstring).
 
@@ -605,6 +612,7 @@ def estimate(
         fused_chunk_rows: rows per chunk of a fused plan.
         split: whether a pure-PyTorch fused plan reads the inputs in place.
         tiled: whether the compiled operator runs its register-tiled loops (`tiled_pays`).
+        order: the fused plan's order (None: `fused_order`'s).
 
     Returns:
         `{method: multiply-add equivalents}` for fused, materialize and composite.
@@ -620,7 +628,7 @@ def estimate(
     itemsize = dtype.itemsize
     chunks = -(-m // fused_chunk_rows)
     dense_order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, None, None)
-    order = fused_order(spec, grad, native and tiled, itemsize, native=native)
+    order = order or fused_order(spec, grad, native and tiled, itemsize, native=native)
     transposed = native and native_transposed(spec, order)  # (the BLAS kernel's path)
     row_cost = _factored_row_cost(spec, order, grad, itemsize, transposed=transposed)
     # materialize: the dense GEMMs, forming W (and, with grad, forming it again, reading dW
@@ -670,3 +678,77 @@ def estimate(
         "materialize": materialize + (8 if grad else 3) * OP_OVERHEAD_MACS,
         "composite": composite + (10 if grad else 4) * spec.terms * OP_OVERHEAD_MACS,
     }
+
+
+class Candidate(NamedTuple):
+    """One way to run a plan key, with its estimated cost (multiply-add equivalents)."""
+
+    method: Method
+    kernel: Kernel
+    order: Order
+    cost: float
+
+
+def candidates(
+    spec: KronSpec,
+    m: int,
+    dims: tuple[int, ...],
+    dtype: torch.dtype,
+    device_type: str,
+    grad: bool,
+    *,
+    compiled: bool,
+) -> list[Candidate]:
+    """Every plan the planner may run for this key, cheapest estimate first.
+
+    Fused plans in both orders with each kernel that can run (the compiled operator's `tiled`
+    and `native` where it is loaded, else `pytorch`), the composite path in its cheaper order
+    and materialize; 16-bit inputs on a CPU whose 16-bit GEMMs are slow are priced in float32,
+    as they run. The measuring planner ([`hmfusion.ops.tuning`][hmfusion.ops.tuning]) times
+    the first few.
+
+    Args:
+        spec: the structure of W.
+        m: rows of the batch (≥ 1).
+        dims: the input widths.
+        dtype: the inputs' dtype.
+        device_type: `"cpu"`, `"cuda"`, …
+        grad: whether a backward follows.
+        compiled: whether the compiled operator runs fused plans here.
+
+    Returns:
+        The candidates, sorted by estimated cost.
+
+    Example:
+        >>> import torch
+        >>> from hmfusion.ops.costmodel import KronSpec, candidates
+        >>> ranked = candidates(KronSpec(64, 64, 8, 8, 8, 8), 32, (64,), torch.float32, "cpu",
+        ...                     True, compiled=False)
+        >>> sorted({c.method for c in ranked})
+        ['composite', 'fused', 'materialize']
+    """
+    if not half_gemms_fast(dtype, device_type):
+        dtype = torch.float32  # (computed in float32; the tiled loops stage in it too)
+    size = dtype.itemsize
+    split = not compiled and split_pays(spec, dims)
+    found: list[Candidate] = []
+    costs: dict[Method, float] = {}
+    for kernel in ("tiled", "native") if compiled else ("pytorch",):
+        tiled = kernel == "tiled"
+        if tiled:
+            rows = tiled_chunk_rows(spec, m, size)
+        elif compiled:
+            rows = native_chunk_rows(spec, m, size)
+        else:
+            rows = chunk_rows(spec, m, size, device_type)
+        for order in ("right_first", "left_first"):
+            costs = estimate(
+                spec, m, dims, dtype, device_type, grad,
+                native=compiled, fused_chunk_rows=rows, split=split, tiled=tiled, order=order,
+            )  # fmt: skip
+            found.append(Candidate("fused", kernel, order, costs["fused"]))
+    composite = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, spec.rank_a, spec.rank_b)
+    dense = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, None, None)
+    found.append(Candidate("composite", "pytorch", composite, costs["composite"]))
+    found.append(Candidate("materialize", "pytorch", dense, costs["materialize"]))
+    return sorted(found, key=lambda candidate: candidate.cost)

@@ -53,8 +53,8 @@ from typing import Literal, NamedTuple, cast
 import torch
 from torch import Tensor
 
-from hmfusion.ops import costmodel, kernels, native
-from hmfusion.ops.costmodel import KronSpec, Method, Order
+from hmfusion.ops import costmodel, kernels, native, tuning
+from hmfusion.ops.costmodel import Kernel, KronSpec, Method, Order
 from hmfusion.ops.kernels import Factor
 
 __all__ = [
@@ -74,9 +74,6 @@ logger = logging.getLogger(__name__)
 
 #: How the k inputs are read.
 Inputs = Literal["split", "gather", "cat"]
-#: Which code runs a fused plan: the compiled operator with per-chunk BLAS GEMMs (`native`) or
-#: with its own register-tiled loops (`tiled`), or the pure-PyTorch kernels (`pytorch`).
-Kernel = Literal["native", "tiled", "pytorch"]
 METHODS: tuple[Method, ...] = ("materialize", "fused", "composite")
 KERNELS: tuple[Kernel, ...] = ("native", "tiled", "pytorch")
 ORDERS: tuple[Order, ...] = ("right_first", "left_first")
@@ -252,8 +249,9 @@ def _apply_forced(
     dtype: torch.dtype,
     device_type: str,
     grad: bool,
+    forced: dict[str, object] | None = None,
 ) -> Plan:
-    forced = dict(_FORCED)
+    forced = dict(_FORCED) if forced is None else forced
     method = cast(Method, forced.get("method", plan.method))
     same = method == plan.method
     order = cast("Order | None", forced.get("order"))
@@ -302,6 +300,26 @@ def _apply_forced(
     return Plan("fused", order, inputs, int(chunk_rows), "forced by force_plan", kernel, upcast)
 
 
+def _options(pick: Plan, key: tuning.PlanKey) -> list[tuple[Plan, float]]:
+    """The plans worth measuring for a key, with their estimates: the cost model's pick first,
+    then every other candidate as `force_plan` would run it, cheapest first."""
+    spec, m, dims, dtype, device_type, grad = key
+    compiled = _native_runs(dtype, device_type)
+    ranked = costmodel.candidates(
+        spec, max(m, 1), dims, dtype, device_type, grad, compiled=compiled
+    )
+    own = [c.cost for c in ranked if (c.method, c.order) == (pick.method, pick.order)]
+    options = [(pick, min(own, default=ranked[0].cost))]
+    seen = {pick._replace(reason="")}
+    for candidate in ranked:
+        forced: dict[str, object] = dict(zip(("method", "kernel", "order"), candidate[:3]))
+        plan = _apply_forced(pick, spec, m, dims, dtype, device_type, grad, forced)
+        if plan._replace(reason="") not in seen:
+            seen.add(plan._replace(reason=""))
+            options.append((plan, candidate.cost))
+    return options
+
+
 def choose_plan(
     spec: KronSpec,
     m: int,
@@ -339,9 +357,13 @@ def choose_plan(
     cached = _CACHE.get(key)
     if cached is not None:
         plan = cached
+    elif _FORCED:  # (not measured, not cached: the next call outside the block decides)
+        plan = _choose(spec, int(m), tuple(int(d) for d in dims), dtype, device_type, requires_grad)
     else:
         dims = tuple(int(d) for d in dims)
         plan = _choose(spec, int(m), dims, dtype, device_type, requires_grad)
+        tuning_key = tuning.PlanKey(spec, int(m), dims, dtype, device_type, requires_grad)
+        plan = tuning.tuned(plan, tuning_key, lambda: _options(plan, tuning_key), _apply)
         if len(_CACHE) > 4096:
             _CACHE.clear()
         _CACHE[key] = plan
