@@ -3,7 +3,9 @@
 The library's lowest layer; it imports nothing else from hmfusion.
 
 - `planner`: which method, kernel, order and row chunk per shape, dtype and device;
-- `costmodel`: what each plan costs (the planner's ranking);
+- `costmodel`: what each plan costs (the planner's ranking and fallback);
+- `tuning`: the measuring planner (times the best candidates, keeps *wisdom* on disk);
+- `chunking`: how a fused plan walks the rows (chunk sizes, inputs read in place);
 - `kernels`: factor helpers, forming W (`materialize`), the thin two-matmul code (`composite`);
 - `fused`: the fused kernel in pure PyTorch (row chunks, hand-written backward);
 - `native`: the operator `hmfusion::fused_kron_concat` (registration, autograd, dispatch);

@@ -31,15 +31,14 @@ columns of A; pure PyTorch only) or `cat` (`torch.cat` of the zero-padded inputs
 unchunked methods). `chunk_rows` is the number of rows computed at once (m for the
 unchunked methods).
 
-The choice is the cost model of [`hmfusion.ops.costmodel`][hmfusion.ops.costmodel] (multiply-add
-equivalents with constants measured on the benchmark machine; on accelerators, operator
-launches counted honestly). Factors are normalised once here (a (terms, rows,
-cols) stack for the fused and materialize kernels, per-term factors for the composite one).
-The plan is evaluated once per (shape, input widths, dtype, device type, grad) and cached: a
-call on a known shape costs one dictionary lookup. `logging.getLogger("hmfusion.ops.planner")`
-logs each new plan at DEBUG (with the estimates in `Plan.reason`), and
-`hmfusion.structures.KroneckerStructure.plan` returns it. `force_plan` overrides it
-(for tests and benchmarks).
+The cost model ([`hmfusion.ops.costmodel`][hmfusion.ops.costmodel]) ranks the candidates and
+picks one; for a key whose call it predicts at ≥ 0.1 ms the measuring planner
+([`hmfusion.ops.tuning`][hmfusion.ops.tuning]) times the best few on this machine and keeps
+the fastest (remembered as *wisdom* across processes; `HMFUSION_TUNE=0` turns it off). The
+plan is chosen once per (shape, input widths, dtype, device type, grad) and cached: a call on a
+known key costs one dictionary lookup. `logging.getLogger("hmfusion.ops.planner")` logs each
+new plan at DEBUG (with the estimates or the measured times in `Plan.reason`),
+`hmfusion.structures.KroneckerStructure.plan` returns it, and `force_plan` overrides it.
 """
 
 from __future__ import annotations
@@ -53,7 +52,7 @@ from typing import Literal, NamedTuple, cast
 import torch
 from torch import Tensor
 
-from hmfusion.ops import costmodel, kernels, native, tuning
+from hmfusion.ops import chunking, costmodel, kernels, native, tuning
 from hmfusion.ops.costmodel import Kernel, KronSpec, Method, Order
 from hmfusion.ops.kernels import Factor
 
@@ -64,6 +63,7 @@ __all__ = [
     "Method",
     "Order",
     "Plan",
+    "candidate_plans",
     "choose_plan",
     "force_plan",
     "ideal_speedup",
@@ -201,12 +201,12 @@ def _choose(
     compiled = _native_runs(dtype, device_type)
     tiled = compiled and costmodel.tiled_pays(spec, m_eff, dtype.itemsize, grad)
     if tiled:
-        chunk_rows = costmodel.tiled_chunk_rows(spec, m_eff, dtype.itemsize)
+        chunk_rows = chunking.tiled_chunk_rows(spec, m_eff, dtype.itemsize)
     elif compiled:
-        chunk_rows = costmodel.native_chunk_rows(spec, m_eff, dtype.itemsize)
+        chunk_rows = chunking.native_chunk_rows(spec, m_eff, dtype.itemsize)
     else:
-        chunk_rows = costmodel.chunk_rows(spec, m_eff, dtype.itemsize, device_type)
-    split = not compiled and costmodel.split_pays(spec, dims)
+        chunk_rows = chunking.chunk_rows(spec, m_eff, dtype.itemsize, device_type)
+    split = not compiled and chunking.split_pays(spec, dims)
     candidates = costmodel.estimate(
         spec,
         m_eff,
@@ -268,7 +268,7 @@ def _apply_forced(
     compiled = _native_runs(dtype, device_type)
     if inputs in (None, "cat"):
         pays = wanted == "pytorch" or not compiled
-        inputs = "split" if pays and costmodel.split_pays(spec, dims) else "gather"
+        inputs = "split" if pays and chunking.split_pays(spec, dims) else "gather"
     if inputs == "split" and not kernels.split_aligned(dims, spec.t):
         raise ValueError(
             f"inputs='split' needs every input boundary on a multiple of t={spec.t}; "
@@ -292,11 +292,11 @@ def _apply_forced(
         tiled = kernel == "tiled"
         order = costmodel.fused_order(spec, grad, tiled, itemsize, native=kernel == "native")
     if chunk_rows is None and kernel == "tiled":
-        chunk_rows = costmodel.tiled_chunk_rows(spec, max(m, 1), itemsize)
+        chunk_rows = chunking.tiled_chunk_rows(spec, max(m, 1), itemsize)
     elif chunk_rows is None and kernel == "native":
-        chunk_rows = costmodel.native_chunk_rows(spec, max(m, 1), itemsize)
+        chunk_rows = chunking.native_chunk_rows(spec, max(m, 1), itemsize)
     elif chunk_rows is None:
-        chunk_rows = costmodel.chunk_rows(spec, max(m, 1), itemsize, device_type)
+        chunk_rows = chunking.chunk_rows(spec, max(m, 1), itemsize, device_type)
     return Plan("fused", order, inputs, int(chunk_rows), "forced by force_plan", kernel, upcast)
 
 
@@ -377,10 +377,52 @@ def choose_plan(
             requires_grad,
             plan,
         )
-    if _FORCED:
-        dims = tuple(int(d) for d in dims)
-        return _apply_forced(plan, spec, int(m), dims, dtype, device_type, requires_grad)
+    if _FORCED:  # (kept beside the plans, so that a forced call costs one lookup too)
+        forced = _CACHE.get((key, _FORCED))
+        if forced is None:
+            dims = tuple(int(d) for d in dims)
+            forced = _apply_forced(plan, spec, int(m), dims, dtype, device_type, requires_grad)
+            _CACHE[(key, _FORCED)] = forced
+        return forced
     return plan
+
+
+def candidate_plans(
+    spec: KronSpec,
+    m: int,
+    dims: Sequence[int],
+    dtype: torch.dtype = torch.float32,
+    device_type: str = "cpu",
+    requires_grad: bool = True,
+) -> list[tuple[Plan, float]]:
+    """Every plan the planner considers for a key, each as `force_plan` would run it.
+
+    The cost model's own pick first, then the other candidates of
+    [`costmodel.candidates`][hmfusion.ops.costmodel.candidates], cheapest estimate first. The
+    measuring planner ([`hmfusion.ops.tuning`][hmfusion.ops.tuning]) times the first few;
+    `hmfusion bench` times them all to report the planner's regret.
+
+    Args:
+        spec: the structure of W.
+        m: rows of the batch.
+        dims: the input widths.
+        dtype: the computation's dtype.
+        device_type: `"cpu"`, `"cuda"`, …
+        requires_grad: whether a backward will follow.
+
+    Returns:
+        `(plan, estimated multiply-add equivalents)` pairs.
+
+    Example:
+        >>> from hmfusion.ops import planner
+        >>> spec = planner.KronSpec(256, 256, 4, 4, 64, 64)
+        >>> plans = planner.candidate_plans(spec, 256, (64,) * 4)
+        >>> sorted({plan.method for plan, _ in plans})
+        ['composite', 'fused', 'materialize']
+    """
+    dims = tuple(int(d) for d in dims)
+    pick = _choose(spec, int(m), dims, dtype, device_type, requires_grad)
+    return _options(pick, tuning.PlanKey(spec, int(m), dims, dtype, device_type, requires_grad))
 
 
 # applying a plan -----------------------------------------------------------------------------

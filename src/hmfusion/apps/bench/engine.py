@@ -14,6 +14,11 @@ user can compute `cat(xs) Wᵀ` with W = A ⊗ B (n×D) are timed (`METHODS`):
   separately);
 - `hmfusion`: `HMConcatFusion` (W never formed; the planner picks the kernel).
 
+In the quiet rounds the planner's candidates (`hmfusion.ops.planner.candidate_plans`, those the
+cost model prices within `PLAN_SPREAD` of its cheapest) also run, each forced with `force_plan`:
+a row's `regret` is hmfusion's time over the fastest forced plan's (≥ 1 where the planner's
+pick is not the fastest; the pick is itself a candidate, so below 1 only by noise).
+
 Methods are run interleaved (one call of each per round, the starting method rotated), after
 warm-up; a time is the median over rounds and a ratio divides medians of the same run, so load
 from other processes hits every method alike. Forward runs under `torch.no_grad`;
@@ -46,6 +51,7 @@ from hmfusion.apps.bench.cases import (
     MAIN_JOB_SHAPE,
     METHODS,
     MODES,
+    PLAN_SPREAD,
     QUICK_GRID,
     QUICK_METHODS,
     SIMPLE_METHODS,
@@ -62,6 +68,7 @@ __all__ = [
     "MAIN_JOB_SHAPE",
     "METHODS",
     "MODES",
+    "PLAN_SPREAD",
     "QUICK_GRID",
     "QUICK_METHODS",
     "SIMPLE_METHODS",
@@ -223,8 +230,13 @@ def _measure(
     case: _Case, methods: Sequence[str], mode: Mode, repeats: int, warmup: int, memory: bool
 ) -> dict[str, Any]:
     shape = case.shape
-    times = _time_interleaved(case, ("floor", *methods), mode, repeats, warmup)
+    forced = case.forced_plans(mode) if memory else []  # (quiet rows only)
+    times = _time_interleaved(case, ("floor", *methods, *forced), mode, repeats, warmup)
     median = {method: statistics.median(values) for method, values in times.items()}
+    plan_times = {name.removeprefix("plan:"): median.pop(name) for name in forced}
+    for name in forced:
+        times.pop(name)
+    fastest = min(plan_times, key=plan_times.__getitem__) if plan_times else None
     dense = median["dense"]
     s, t = shape.n // shape.p, shape.D // shape.q
     plan = case.module.structure.plan(
@@ -259,6 +271,9 @@ def _measure(
         ),
         "compile_seconds": case.compile_seconds.get(mode),
         "plan": plan._asdict(),
+        "plan_time_ms": {name: 1e3 * value for name, value in plan_times.items()},
+        "fastest_plan": fastest,
+        "regret": None if fastest is None else median["hmfusion"] / plan_times[fastest],
     }
 
 
