@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from hmfusion import HMConcatFusion, planner
 from hmfusion.ops import planner as ops_planner
 from hmfusion.ops import tuning
+from hmfusion.ops import wisdom as wisdom_store
 from hmfusion.structures import KroneckerStructure
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -30,7 +31,7 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 def wisdom(tmp_path, monkeypatch):
     """A fresh wisdom folder, nothing in memory, no plans cached, measuring on."""
     monkeypatch.setenv("HMFUSION_WISDOM_DIR", str(tmp_path))
-    monkeypatch.setattr(tuning, "_wisdom", {})
+    monkeypatch.setattr(wisdom_store, "_wisdom", {})
     monkeypatch.setattr(ops_planner, "_CACHE", {})
     monkeypatch.setattr(tuning, "_enabled", True)
     return tmp_path
@@ -214,20 +215,20 @@ def test_wisdom_is_used_only_for_its_own_fingerprint(wisdom, monkeypatch):
     key = _key(spec, m, dims)
     pick = ops_planner._choose(spec, m, dims, torch.float32, "cpu", True)
     other = next(p for p, _ in ops_planner._options(pick, key) if p.method != pick.method)
-    foreign = {**tuning.fingerprint(), "threads": torch.get_num_threads() + 1}
+    foreign = {**planner.fingerprint(), "threads": torch.get_num_threads() + 1}
     _wisdom_file(planner.wisdom_path(), foreign, key, other)
     with pytest.warns(UserWarning, match="another machine"):
         assert ops_planner.choose_plan(*SHAPE).method == pick.method
     # the same plan written for this machine is used, and import_wisdom takes it too
-    monkeypatch.setattr(tuning, "_wisdom", {})
+    monkeypatch.setattr(wisdom_store, "_wisdom", {})
     monkeypatch.setattr(ops_planner, "_CACHE", {})
-    _wisdom_file(planner.wisdom_path(), tuning.fingerprint(), key, other)
+    _wisdom_file(planner.wisdom_path(), planner.fingerprint(), key, other)
     plan = ops_planner.choose_plan(*SHAPE)
     assert plan._replace(reason="") == other._replace(reason="")
     assert "written by the test" in plan.reason
     exported = wisdom / "exported.json"
     assert planner.export_wisdom(exported) == 1
-    monkeypatch.setattr(tuning, "_wisdom", {})
+    monkeypatch.setattr(wisdom_store, "_wisdom", {})
     planner.wisdom_path().unlink()
     assert planner.import_wisdom(exported) == 1
     assert planner.wisdom_path().exists()
@@ -237,7 +238,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
     from hmfusion import HMConcatFusion
-    from hmfusion.ops import tuning
+    from hmfusion.ops import tuning, wisdom as wisdom_store
     if sys.argv[1] == "recall":
         def fail(*args, **kwargs):
             sys.exit("measured a known key")
@@ -270,7 +271,7 @@ DISTRIBUTED = textwrap.dedent(
     import json, sys, torch
     import torch.distributed as dist
     from hmfusion import HMConcatFusion
-    from hmfusion.ops import tuning
+    from hmfusion.ops import tuning, wisdom as wisdom_store
     rank, rendezvous = int(sys.argv[1]), sys.argv[2]
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
     if rank == 1:

@@ -19,8 +19,8 @@ and the fastest is kept, in the process and as *wisdom* on disk, so the next pro
   one ([`fingerprint`][hmfusion.planner.fingerprint] says what "like" means;
   [`wisdom_path`][hmfusion.planner.wisdom_path] where they are kept).
 
-The implementation lives in `hmfusion.ops.planner` and `hmfusion.ops.tuning`; this module is
-the stable import path.
+The implementation lives in `hmfusion.ops.planner`, `hmfusion.ops.tuning` and
+`hmfusion.ops.wisdom`; this module is the stable import path.
 
 Example:
     >>> import torch
@@ -35,15 +35,8 @@ Example:
 from __future__ import annotations
 
 from hmfusion.ops.planner import Plan, force_plan
-from hmfusion.ops.tuning import (
-    export_wisdom,
-    fingerprint,
-    import_wisdom,
-    measuring,
-    set_measuring,
-    tune,
-    wisdom_path,
-)
+from hmfusion.ops.tuning import measuring, set_measuring, tune
+from hmfusion.ops.wisdom import export_wisdom, fingerprint, import_wisdom, wisdom_path
 
 __all__ = [
     "Plan",

@@ -1,35 +1,19 @@
 """The planner: how to apply `cat(xs) Wᵀ` for a Kronecker-structured W, per shape and dtype.
 
 W = Σ_τ A_τ ⊗ B_τ (A: p×q, B: s×t, each dense or low-rank; see `hmfusion.structures`). For
-m rows the candidates (the `Method` vocabulary) are:
-
-`materialize`
-    form W, then one dense GEMM (`hmfusion.ops.kernels.kron_linear`): m·n·D multiply-adds
-    plus writing W. Wins where factoring saves nothing (p = q = 1) over a large batch.
-`fused`
-    the operator `hmfusion::fused_kron_concat` (`hmfusion.ops.native.fused_kron_concat`): row chunks
-    handed out to the threads of one parallel region, W never formed. Its CPU code
-    (`Plan.kernel`) is `"tiled"`, compiled loops over register tiles (float32 and float64 but
-    for the BLAS cases below, 16-bit where A and B are small: no BLAS set-up, so small layers
-    pay ≈ 20 µs a call),
-    `"native"`, the same walk with a BLAS GEMM per chunk (16-bit at large sizes, large B
-    blocks without 512-bit vectors, a large A beside a B under 16 × 16 run transposed), or
-    `"pytorch"`, the pure-PyTorch chunked kernel where the build failed or on other devices.
-    Low-rank factors are multiplied out first (p×q and s×t only).
-`composite`
-    `hmfusion.ops.kernels.kron_matmul`, the two contractions as plain torch ops with
-    autograd's backward: the thin-matmul path for low-rank factors, the fewest launches on
-    accelerators, and unchunked GEMMs where those beat the chunked kernel.
-
-Each contraction runs right first, `A (X Bᵀ)`, or left first, `(A X) Bᵀ` (`Order`;
-the cheaper: `min(q·s·(t + p), p·t·(q + s))` per row and term forward; a fused plan with
-grad takes [`fused_order`][hmfusion.ops.costmodel.fused_order], which counts its backward's
-recomputed first contraction). The inputs are read as
-(`Inputs`) `gather` (a chunk of rows of every input copied into one cache-sized
-buffer; one unpadded input is read in place), `split` (each input contracted with its own
-columns of A; pure PyTorch only) or `cat` (`torch.cat` of the zero-padded inputs, for the
-unchunked methods). `chunk_rows` is the number of rows computed at once (m for the
-unchunked methods).
+m rows the candidates (`Method`) are `materialize` (form W, one dense GEMM: wins where factoring
+saves nothing, p = q = 1, over a large batch), `fused` (the operator
+`hmfusion::fused_kron_concat`: row chunks over the threads of one parallel region, W never
+formed; `Plan.kernel` `"tiled"`, its register-tiled loops, `"native"`, a BLAS GEMM per chunk,
+or `"pytorch"`, the pure-PyTorch kernel where the build failed or on other devices; low-rank
+factors multiplied out first) and `composite` (`hmfusion.ops.kernels.kron_matmul`, the two
+contractions as plain torch ops: thin matmuls for low-rank factors, the fewest launches on
+accelerators). Each runs right first, `A (X Bᵀ)`, or left first, `(A X) Bᵀ` (`Order`; a fused
+plan with grad counts its backward's recomputed first contraction,
+[`fused_order`][hmfusion.ops.costmodel.fused_order]). The inputs are read as (`Inputs`)
+`gather` (a chunk of rows of every input copied into one buffer), `split` (each input with its
+own columns of A; pure PyTorch only) or `cat` (the unchunked methods); `chunk_rows` rows are
+computed at once (m for the unchunked methods).
 
 The cost model ([`hmfusion.ops.costmodel`][hmfusion.ops.costmodel]) ranks the candidates and
 picks one; for a key whose call it predicts at ≥ 0.1 ms the measuring planner
@@ -308,7 +292,7 @@ def _options(pick: Plan, key: tuning.PlanKey) -> list[tuple[Plan, float]]:
     ranked = costmodel.candidates(
         spec, max(m, 1), dims, dtype, device_type, grad, compiled=compiled
     )
-    own = [c.cost for c in ranked if (c.method, c.order) == (pick.method, pick.order)]
+    own = [c.cost for c in ranked if c[:3] == (pick.method, pick.kernel, pick.order)]
     options = [(pick, min(own, default=ranked[0].cost))]
     seen = {pick._replace(reason="")}
     for candidate in ranked:

@@ -25,13 +25,11 @@ Above it a training run makes thousands of calls of one key, so the ≤ 24 calls
 repaid by any saving over a few percent. [`tune`][hmfusion.ops.tuning.tune] measures every key a
 module meets, small ones included.
 
-**Wisdom.** Measured plans are kept per device fingerprint (CPU model, the vector capability
-and 16-bit GEMM support the cost model reads, torch's threads; GPU name and capability; torch
-and hmfusion versions) in `wisdom-<digest>.json` in `$HMFUSION_WISDOM_DIR`, else
-`$XDG_CACHE_HOME/hmfusion`, else `~/.cache/hmfusion`, written atomically. A second process on
-the same machine plans a known key from it without measuring. A corrupt file, or one written
-for another fingerprint, is ignored with a one-line warning; a remembered plan that is not a
-candidate here any more (the compiled operator did not build, say) is not used.
+**Wisdom.** Measured plans are kept on disk per machine
+([`hmfusion.ops.wisdom`][hmfusion.ops.wisdom]):
+a second process on the same machine plans a known key from it without measuring; a
+remembered plan that is not a candidate here any more (the compiled operator did not build,
+say) is not used.
 
 **The switch.** `HMFUSION_TUNE=0` in the environment,
 [`set_measuring`][hmfusion.ops.tuning.set_measuring] or the
@@ -49,26 +47,19 @@ all ranks must then meet new keys in the same order, as data-parallel training d
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
-import importlib.metadata
 import json
 import logging
 import os
-import platform
 import statistics
-import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from hmfusion.ops import costmodel
 from hmfusion.ops.costmodel import KronSpec
+from hmfusion.ops.wisdom import known, remember
 
 __all__ = [
     "BUDGET_SECONDS",
@@ -77,13 +68,9 @@ __all__ = [
     "REPEATS",
     "SPREAD",
     "PlanKey",
-    "export_wisdom",
-    "fingerprint",
-    "import_wisdom",
     "measuring",
     "set_measuring",
     "tune",
-    "wisdom_path",
 ]
 
 logger = logging.getLogger(__name__)
@@ -98,7 +85,6 @@ REPEATS = 5
 BUDGET_SECONDS = 2.0
 #: Keys whose pick the cost model prices below this (≈ 0.1 ms a call) are not measured.
 MIN_MEASURED_MACS = 1.0e7
-_FORMAT = 1
 
 
 class PlanKey(NamedTuple):
@@ -129,7 +115,6 @@ _enabled: bool | None = None  # None: HMFUSION_TUNE decides
 _everywhere = False  # inside tune(): measure every new key, small ones included
 _met: list[Any] | None = None  # inside tune(): the plans of the keys met
 _busy = False  # measuring now (the candidates' calls plan nothing new, but never recurse)
-_wisdom: dict[str, dict[str, dict[str, Any]]] = {}  # fingerprint digest → key text → entry
 
 
 # the switch ----------------------------------------------------------------------------------
@@ -208,210 +193,6 @@ def _blocked(device_type: str) -> str | None:
     if torch.utils._python_dispatch._get_current_dispatch_mode() is not None:
         return "under a TorchDispatchMode"
     return None
-
-
-# the fingerprint and wisdom ------------------------------------------------------------------
-@functools.cache
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-@functools.cache
-def _version() -> str:
-    try:
-        return importlib.metadata.version("hmfusion")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def fingerprint(device_type: str = "cpu") -> dict[str, Any]:
-    """What a measured plan depends on besides its key: the machine and the software.
-
-    The CPU's model name, architecture and the capability the cost model reads (torch's vector
-    dispatch level, whether 16-bit GEMMs run on oneDNN), torch's thread count, torch's and
-    hmfusion's versions; on CUDA also the GPU's name and compute capability.
-
-    Args:
-        device_type: `"cpu"`, `"cuda"`, …
-
-    Returns:
-        A JSON-able dict; wisdom is used only where it matches exactly.
-
-    Example:
-        >>> from hmfusion import planner
-        >>> sorted(planner.fingerprint())[:3]
-        ['cpu', 'cpu_capability', 'device_type']
-    """
-    found: dict[str, Any] = {
-        "device_type": device_type,
-        "cpu": _cpu_model(),
-        "machine": platform.machine(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "half_gemms_fast": {
-            str(k): v for k, v in sorted(costmodel.HALF_GEMMS_FAST.items(), key=str)
-        },
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "hmfusion": _version(),
-    }
-    if device_type == "cuda" and torch.cuda.is_available():
-        found["gpu"] = torch.cuda.get_device_name()
-        found["gpu_capability"] = list(torch.cuda.get_device_capability())
-    return found
-
-
-def _digest(found: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(found, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def wisdom_path(device_type: str = "cpu") -> Path:
-    """The file this machine's wisdom for `device_type` is kept in.
-
-    `wisdom-<digest of the fingerprint>.json` in `$HMFUSION_WISDOM_DIR`, else
-    `$XDG_CACHE_HOME/hmfusion`, else `~/.cache/hmfusion`.
-
-    Args:
-        device_type: `"cpu"`, `"cuda"`, …
-
-    Returns:
-        The path (the file may not exist yet).
-
-    Example:
-        >>> from hmfusion import planner
-        >>> planner.wisdom_path().name.startswith("wisdom-")
-        True
-    """
-    folder = os.environ.get("HMFUSION_WISDOM_DIR")
-    if not folder:
-        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-        folder = os.path.join(cache, "hmfusion")
-    return Path(folder) / f"wisdom-{_digest(fingerprint(device_type))}.json"
-
-
-def _read(path: Path, expected: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
-    """The plans of a wisdom file written for `expected`; None (with a warning) otherwise."""
-    try:
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict) or data.get("format") != _FORMAT:
-            raise ValueError(f"not hmfusion wisdom format {_FORMAT}")
-        plans = data["plans"]
-        if not isinstance(plans, dict) or not all(isinstance(v, dict) for v in plans.values()):
-            raise ValueError("'plans' is not a mapping of plans")
-    except (OSError, ValueError, KeyError) as error:
-        warnings.warn(f"hmfusion: ignoring wisdom file {path}: {error}", stacklevel=3)
-        return None
-    if data.get("fingerprint") != expected:
-        warnings.warn(
-            f"hmfusion: ignoring wisdom file {path}: written for another machine or version",
-            stacklevel=3,
-        )
-        return None
-    return plans
-
-
-def _memory(device_type: str) -> tuple[dict[str, dict[str, Any]], dict[str, Any], Path]:
-    """This fingerprint's wisdom in memory (read from its file on first use)."""
-    found = fingerprint(device_type)
-    digest = _digest(found)
-    path = wisdom_path(device_type)
-    if digest not in _wisdom:
-        _wisdom[digest] = (_read(path, found) or {}) if path.exists() else {}
-    return _wisdom[digest], found, path
-
-
-def _write(path: Path, found: dict[str, Any], plans: dict[str, dict[str, Any]]) -> None:
-    """Write a wisdom file atomically (a temporary file in its folder, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"format": _FORMAT, "fingerprint": found, "plans": plans}, indent=1)
-    handle, temporary = tempfile.mkstemp(prefix=".wisdom-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
-def _remember(device_type: str, key: str, entry: dict[str, Any]) -> None:
-    plans, found, path = _memory(device_type)
-    plans[key] = entry
-    try:
-        on_disk = (_read(path, found) or {}) if path.exists() else {}
-        _write(path, found, {**on_disk, **plans})  # (other processes' plans kept)
-    except OSError as error:
-        warnings.warn(f"hmfusion: could not save wisdom to {path}: {error}", stacklevel=2)
-
-
-def export_wisdom(path: str | os.PathLike[str], device_type: str = "cpu") -> int:
-    """Write this machine's wisdom (the plans measured for `device_type`) to `path`.
-
-    Args:
-        path: the file to write (JSON; replaced atomically).
-        device_type: `"cpu"`, `"cuda"`, …
-
-    Returns:
-        The number of plans written.
-
-    Example:
-        >>> import os, tempfile
-        >>> from hmfusion import planner
-        >>> path = os.path.join(tempfile.mkdtemp(), "wisdom.json")
-        >>> planner.export_wisdom(path) >= 0
-        True
-    """
-    plans, found, _ = _memory(device_type)
-    _write(Path(path), found, plans)
-    return len(plans)
-
-
-def import_wisdom(path: str | os.PathLike[str]) -> int:
-    """Add the plans of a wisdom file written on a machine like this one to this process and
-    to this machine's wisdom.
-
-    A file written for another fingerprint (another CPU, thread count, torch or hmfusion
-    version), or one that is not wisdom, is ignored with a warning.
-
-    Args:
-        path: a file written by [`export_wisdom`][hmfusion.ops.tuning.export_wisdom] (or a
-            wisdom file from the cache folder).
-
-    Returns:
-        The number of plans imported (0 where the file was ignored).
-
-    Raises:
-        FileNotFoundError: `path` does not exist.
-
-    Example:
-        >>> import os, tempfile
-        >>> from hmfusion import planner
-        >>> path = os.path.join(tempfile.mkdtemp(), "wisdom.json")
-        >>> count = planner.export_wisdom(path)
-        >>> planner.import_wisdom(path) == count
-        True
-    """
-    source = Path(path)
-    if not source.exists():
-        raise FileNotFoundError(f"no wisdom file at {source}")
-    try:
-        device_type = json.loads(source.read_text())["fingerprint"]["device_type"]
-    except (OSError, ValueError, KeyError, TypeError):
-        device_type = "cpu"  # (_read warns below)
-    plans, found, target = _memory(str(device_type))
-    imported = _read(source, found)
-    if not imported:
-        return 0
-    plans.update(imported)
-    with contextlib.suppress(OSError):
-        _write(target, found, plans)
-    return len(imported)
 
 
 # measuring -----------------------------------------------------------------------------------
@@ -522,6 +303,9 @@ def _measure(
     _busy = True
     try:
         medians, calls = _time(_steps(key, plans, apply), key.device_type)
+    except (RuntimeError, MemoryError) as error:  # (out of memory, say: the pick runs as planned)
+        logger.warning("measuring %s failed (%s): the cost model's plan runs", key.text(), error)
+        return None
     finally:
         _busy = False
     took = time.perf_counter() - begin
@@ -563,14 +347,14 @@ def tuned(
     text = key.text()
 
     def decide() -> dict[str, Any] | None:
-        remembered = _memory(key.device_type)[0].get(text)
+        remembered = known(key.device_type)[0].get(text)
         if remembered is not None:
             return remembered
         if not _everywhere and candidates[0][1] < MIN_MEASURED_MACS:
             return None
         entry = _measure(key, candidates, apply)
         if entry is not None:
-            _remember(key.device_type, text, entry)
+            remember(key.device_type, text, entry)
         return entry
 
     entry = _agree(decide)
