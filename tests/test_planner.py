@@ -167,24 +167,6 @@ def test_module_with_leading_dimensions():
 
 
 # the choices ---------------------------------------------------------------------------------
-# The CPUs the plan-choice tests simulate (never the host's): the AVX-512 Xeon with AMX, whose
-# bfloat16 and float16 GEMMs run on oneDNN, and the AVX2 EPYC, whose 16-bit GEMMs are slow.
-SIMULATED_CPUS = {
-    "avx512": (True, {torch.bfloat16: True, torch.float16: True}),
-    "avx2": (False, {torch.bfloat16: False, torch.float16: False}),
-}
-
-
-@pytest.fixture(params=sorted(SIMULATED_CPUS))
-def simulated_cpu(request, monkeypatch) -> str:
-    """Each plan-choice test runs once per simulated CPU (vector width, 16-bit GEMMs)."""
-    wide, half = SIMULATED_CPUS[request.param]
-    monkeypatch.setattr(costmodel, "WIDE_VECTORS", wide)
-    monkeypatch.setattr(costmodel, "HALF_GEMMS_FAST", half)
-    monkeypatch.setattr(planner, "_CACHE", {})
-    return request.param
-
-
 def _spec(n, D, p, q, **kwargs) -> planner.KronSpec:
     return KroneckerStructure.create(n, D, p, q, **kwargs).spec
 

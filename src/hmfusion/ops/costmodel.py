@@ -40,8 +40,7 @@ __all__ = [
 Method = Literal["materialize", "fused", "composite"]
 #: Which contraction comes first.
 Order = Literal["right_first", "left_first"]
-#: Which code runs a fused plan: the compiled operator with per-chunk BLAS GEMMs (`native`) or
-#: with its own register-tiled loops (`tiled`), or the pure-PyTorch kernels (`pytorch`).
+#: Which code runs a fused plan: the compiled BLAS (`native`) or tiled loops, or pure PyTorch.
 Kernel = Literal["native", "tiled", "pytorch"]
 
 
@@ -72,6 +71,9 @@ class KronSpec(NamedTuple):
 GEMM_EFFICIENCY_AT_64 = 0.8
 #: 16-bit GEMMs below 256 wide lose most of their speed-up over float32 (oneDNN, AVX-512).
 HALF_SMALL_GEMM_FACTOR = 0.3
+#: A fused plan with grad leaves the forward rule's order only where the other one saves at
+#: least this much a row (p = q = 1 at m = 4096 and p = 4 at m = 256 measured slower).
+ORDER_MIN_SAVING_MACS = 1.0e4
 #: A batched GEMM costs at least this per row and call (≈ 0.1 µs).
 BMM_ROW_MACS = 1.0e4
 #: One extra kernel launch (≈ 11 µs at 90 GMAC/s).
@@ -88,8 +90,7 @@ NATIVE_CALL_MACS_GRAD = 2.0e7
 TILED_ROW_FACTOR = 1.2
 TILED_CALL_MACS = 1.8e6
 TILED_CALL_MACS_GRAD = 6.0e6
-#: 16-bit inputs: from this many input elements (m·q·t) the BLAS kernel's 16-bit GEMMs beat
-#: the tiled loops, which compute in float32.
+#: 16-bit inputs: from this many elements (m·q·t) the BLAS kernel beats the tiled loops.
 TILED_HALF_MAX_ELEMENTS = 4096 * 1024
 #: Without 512-bit vectors the tiled loops lose to BLAS once B holds more than this many values
 #: (AVX2 EPYC; benchmarks/RESULTS.md, "The tiled loops on AVX2").
@@ -243,8 +244,9 @@ def fused_order(
 
     The fused kernels' backward recomputes a chunk's first contraction (`X Bᵀ` right first,
     `A X` left first), so with grad the order whose first contraction is cheap wins even where
-    both cost the same forward (p = q = 2, s = t = 512: left first 80 ms against 101). A tie
-    keeps [`kron_order`][hmfusion.ops.kernels.kron_order]'s forward rule. `tiled`: the
+    both cost the same forward (p = q = 2, s = t = 512: left first 80 ms against 101). Savings
+    below `ORDER_MIN_SAVING_MACS` a row keep [`kron_order`][hmfusion.ops.kernels.kron_order]'s
+    forward rule. `tiled`: the
     register-tiled loops run (their cost counts vector lanes); `native`: the BLAS kernel does
     (`native_transposed`); `itemsize`: bytes per value computed.
 
@@ -267,7 +269,7 @@ def fused_order(
             )
             for order in (forward, other)
         ]
-    return other if costs[1] < costs[0] else forward
+    return other if costs[0] - costs[1] >= ORDER_MIN_SAVING_MACS else forward
 
 
 def _pytorch_fused_ops(k: int, terms: int, chunks: int, grad: bool, split: bool) -> int:

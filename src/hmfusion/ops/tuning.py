@@ -388,7 +388,7 @@ def tune(module: nn.Module, *example_inputs: Any, grad: bool = True, **example_k
         **example_kwargs: keyword inputs of the forward.
 
     Returns:
-        The plans chosen, one per hmfusion call of the forward, in call order.
+        The plans chosen, one per distinct key the forward met, in the order met.
 
     Example:
         >>> import torch
