@@ -498,9 +498,9 @@ def test_force_plan_validation():
 
 
 def test_ideal_speedup():
-    assert planner.ideal_speedup(64, 64, 64, 64) == pytest.approx(32.0)
-    assert planner.ideal_speedup(16, 16, 16, 16) == pytest.approx(8.0)
-    assert planner.ideal_speedup(2, 64, 512, 16) == pytest.approx(
+    assert kernels.ideal_speedup(64, 64, 64, 64) == pytest.approx(32.0)
+    assert kernels.ideal_speedup(16, 16, 16, 16) == pytest.approx(8.0)
+    assert kernels.ideal_speedup(2, 64, 512, 16) == pytest.approx(
         max(2 * 16 / (2 + 16), 64 * 512 / (64 + 512))
     )
 

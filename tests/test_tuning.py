@@ -126,15 +126,24 @@ def test_measuring_a_new_key_keeps_to_the_stated_bound(wisdom, monkeypatch):
     assert seen["calls"] - seen["reported"] == 0 or seen["reported"] == seen["steps"]
 
 
-def test_small_keys_are_not_measured_but_tune_measures_them(wisdom, monkeypatch):
+def test_keys_priced_below_the_threshold_are_not_measured_but_tune_measures_them(
+    wisdom, monkeypatch
+):
     module = HMConcatFusion([64, 64], n=64, p=8)
-    xs = [torch.randn(8, 64), torch.randn(8, 64)]
+    spec, dims = module.structure.spec, (64, 64)
+    estimate = ops_planner.candidate_plans(spec, 8, dims)[0][1]  # the pick's
+    monkeypatch.setattr(tuning, "MIN_MEASURED_MACS", 1.01 * estimate)
     with monkeypatch.context() as patch:
         _never_measure(patch)
         assert not module.plan(8).reason.startswith("measured")
-    plans = planner.tune(module, xs)
+    monkeypatch.setattr(ops_planner, "_CACHE", {})
+    monkeypatch.setattr(tuning, "MIN_MEASURED_MACS", 0.99 * estimate)
+    assert module.plan(8).reason.startswith("measured")
+    # tune measures whatever the estimate
+    monkeypatch.setattr(tuning, "MIN_MEASURED_MACS", float("inf"))
+    plans = planner.tune(module, [torch.randn(5, 64), torch.randn(5, 64)])
     assert len(plans) == 1 and plans[0].reason.startswith("measured")
-    assert module.plan(8) == plans[0]
+    assert module.plan(5) == plans[0]
     assert planner.wisdom_path().exists()
 
 

@@ -50,7 +50,6 @@ __all__ = [
     "candidate_plans",
     "choose_plan",
     "force_plan",
-    "ideal_speedup",
     "kron_concat",
 ]
 
@@ -500,24 +499,3 @@ def _apply(plan: Plan, spec: KronSpec, xs: Sequence[Tensor], left: Factor, right
             fallback=plan.kernel == "pytorch",
         )
     return y[:, : spec.n] if spec.p * spec.s != spec.n else y
-
-
-def ideal_speedup(p: int, q: int, s: int, t: int) -> float:
-    """n·D over the cheaper factored cost per row: max(p·t/(p + t), q·s/(q + s)).
-
-    Args:
-        p: rows of A.
-        q: columns of A.
-        s: rows of B.
-        t: columns of B.
-
-    Returns:
-        The flop ratio of a dense n×D GEMM to the cheaper contraction order.
-
-    Example:
-        >>> from hmfusion import planner
-        >>> planner.ideal_speedup(64, 64, 64, 64)
-        32.0
-    """
-    dense = p * q * s * t
-    return dense / min(q * s * (t + p), p * t * (q + s))

@@ -61,7 +61,7 @@ from hmfusion.apps.bench.cases import (
     _Case,
 )
 from hmfusion.ops import costmodel, native
-from hmfusion.ops.planner import ideal_speedup
+from hmfusion.ops.kernels import ideal_speedup
 
 __all__ = [
     "FULL_GRID",
