@@ -284,8 +284,7 @@ def _apply_forced(
 
 
 def _options(pick: Plan, key: tuning.PlanKey) -> list[tuple[Plan, float]]:
-    """The plans worth measuring for a key, with their estimates: the cost model's pick first,
-    then every other candidate as `force_plan` would run it, cheapest first."""
+    """`candidate_plans` of a key whose cost-model pick is `pick`."""
     spec, m, dims, dtype, device_type, grad = key
     compiled = _native_runs(dtype, device_type)
     ranked = costmodel.candidates(
@@ -350,16 +349,7 @@ def choose_plan(
         if len(_CACHE) > 4096:
             _CACHE.clear()
         _CACHE[key] = plan
-        logger.debug(
-            "plan for %s, m=%d, dims=%s, %s on %s, grad=%s: %s",
-            spec,
-            m,
-            dims,
-            dtype,
-            device_type,
-            requires_grad,
-            plan,
-        )
+        logger.debug("plan for m=%d (key %s): %s", m, tuning_key.text(), plan)
     if _FORCED:  # (kept beside the plans, so that a forced call costs one lookup too)
         forced = _CACHE.get((key, _FORCED))
         if forced is None:

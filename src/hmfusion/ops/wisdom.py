@@ -66,9 +66,10 @@ def fingerprint(device_type: str = "cpu") -> dict[str, Any]:
         A JSON-able dict; wisdom is used only where it matches exactly.
 
     Example:
+        >>> import torch
         >>> from hmfusion import planner
-        >>> sorted(planner.fingerprint())[:3]
-        ['cpu', 'cpu_capability', 'device_type']
+        >>> planner.fingerprint()["threads"] == torch.get_num_threads()
+        True
     """
     found: dict[str, Any] = {
         "device_type": device_type,

@@ -60,7 +60,7 @@ from hmfusion.apps.bench.cases import (
     Shape,
     _Case,
 )
-from hmfusion.ops import costmodel, native
+from hmfusion.ops import costmodel, native, wisdom
 from hmfusion.ops.kernels import ideal_speedup
 
 __all__ = [
@@ -374,9 +374,14 @@ def _machine(device: torch.device) -> dict[str, Any]:
             "GOMP_SPINCOUNT",
             "MKL_NUM_THREADS",
             "HMFUSION_NATIVE",
+            "HMFUSION_TUNE",
+            "HMFUSION_WISDOM_DIR",
         )
         if name in os.environ
     }
+    # the measuring planner's remembered plans the run started from (none: it measures anew)
+    info["wisdom_file"] = str(wisdom.wisdom_path(device.type))
+    info["wisdom_plans_at_start"] = len(wisdom.known(device.type)[0])
     if hasattr(os, "getloadavg"):
         info["load_average_start"] = os.getloadavg()
     return info
