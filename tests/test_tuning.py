@@ -318,3 +318,22 @@ def test_every_rank_runs_rank_0_s_plan(tmp_path):
         assert child.returncode == 0, stderr
     plans = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
     assert plans[0] == plans[1] and plans[0]["reason"].startswith("measured")
+
+
+def test_measuring_under_inference_mode_times_the_forward(wisdom, monkeypatch):
+    monkeypatch.setattr(tuning, "MIN_MEASURED_MACS", 0.0)  # (a forward-only key: cheaper)
+    module = HMConcatFusion([64] * 4, n=256, p=4)
+    xs = [torch.randn(256, 64) for _ in range(4)]
+    with torch.inference_mode():
+        y = module(xs)
+    assert module.plan(256, requires_grad=False).reason.startswith("measured")
+    torch.testing.assert_close(y, torch.cat(xs, -1) @ torch.kron(module.A, module.B).T.detach())
+
+
+def test_wisdom_that_cannot_be_saved_is_a_warning_not_an_error(wisdom, monkeypatch):
+    blocker = wisdom / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("HMFUSION_WISDOM_DIR", str(blocker / "wisdom"))  # (under a file)
+    with pytest.warns(UserWarning, match="could not save wisdom"):
+        plan = ops_planner.choose_plan(*SHAPE)
+    assert plan.reason.startswith("measured")
