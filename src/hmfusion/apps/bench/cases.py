@@ -190,8 +190,9 @@ class _Case:
         self.forced: dict[str, dict[str, str]] = {}  # "plan:…" method → force_plan arguments
 
     def forced_plans(self, mode: Mode) -> list[str]:
-        """The planner's candidates for this case and mode as methods `plan:<label>` (those the
-        cost model prices within `PLAN_SPREAD` of its cheapest), each run under `force_plan`."""
+        """The planner's candidates for this case and mode as methods `plan:<label>` (its pick and
+        those the cost model prices within `PLAN_SPREAD` of its cheapest: every plan the
+        measuring planner may choose), each run under `force_plan`."""
         plans = candidate_plans(
             self.module.structure.spec,
             self.shape.m,
@@ -202,8 +203,8 @@ class _Case:
         )
         cheapest = min(cost for _, cost in plans)
         names = []
-        for plan, cost in plans:
-            if cost <= PLAN_SPREAD * cheapest:
+        for index, (plan, cost) in enumerate(plans):
+            if index == 0 or cost <= PLAN_SPREAD * cheapest:  # (the cost model's pick always)
                 name = f"plan:{plan_label(plan)}"
                 self.forced[name] = {"method": plan.method, "order": plan.order}
                 if plan.method == "fused":

@@ -16,8 +16,10 @@ user can compute `cat(xs) Wᵀ` with W = A ⊗ B (n×D) are timed (`METHODS`):
 
 In the quiet rounds the planner's candidates (`hmfusion.ops.planner.candidate_plans`, those the
 cost model prices within `PLAN_SPREAD` of its cheapest) also run, each forced with `force_plan`:
-a row's `regret` is hmfusion's time over the fastest forced plan's (≥ 1 where the planner's
-pick is not the fastest; the pick is itself a candidate, so below 1 only by noise).
+a row's `regret` is the time of the plan hmfusion ran, forced like the others, over the fastest
+forced plan's (1 where the planner's plan is the fastest). Both are timed alike, in the same
+rounds: hmfusion's own time follows another method in the rotation, which at sub-millisecond
+calls can differ from the same plan forced by more than the plans differ.
 
 Methods are run interleaved (one call of each per round, the starting method rotated), after
 warm-up; a time is the median over rounds and a ratio divides medians of the same run, so load
@@ -59,6 +61,7 @@ from hmfusion.apps.bench.cases import (
     Mode,
     Shape,
     _Case,
+    plan_label,
 )
 from hmfusion.ops import costmodel, native, wisdom
 from hmfusion.ops.kernels import ideal_speedup
@@ -246,6 +249,7 @@ def _measure(
         device=case.xs[0].device,
         requires_grad=mode == "forward+backward",
     )
+    chosen = plan_label(plan)  # (the plan hmfusion ran, also timed forced)
     speedups = {method: dense / median[method] for method in methods}
     simple = [name for name in SIMPLE_METHODS if name in speedups]
     best_simple: str | None = max(simple, key=lambda name: speedups[name]) if simple else None
@@ -273,7 +277,12 @@ def _measure(
         "plan": plan._asdict(),
         "plan_time_ms": {name: 1e3 * value for name, value in plan_times.items()},
         "fastest_plan": fastest,
-        "regret": None if fastest is None else median["hmfusion"] / plan_times[fastest],
+        "chosen_plan": chosen,
+        "regret": (
+            None
+            if fastest is None
+            else plan_times.get(chosen, median["hmfusion"]) / plan_times[fastest]
+        ),
     }
 
 
