@@ -56,3 +56,11 @@ def simulated_cpu(request, monkeypatch) -> str:
     monkeypatch.setattr(costmodel, "HALF_GEMMS_FAST", half)
     monkeypatch.setattr(planner, "_CACHE", {})
     return request.param
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests (full training, compile, distributed) get 1800 s before pytest-timeout
+    (pyproject: 300 s for the rest) calls them hung, unless they name their own."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(1800))

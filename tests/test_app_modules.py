@@ -11,6 +11,7 @@ import pytest
 APP_MODULES = [
     "apps.common",
     "apps.outputs",
+    "apps.manifest",
     "apps.train.model",
     "apps.train.checkpoint",
     "apps.train.loop",

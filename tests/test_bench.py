@@ -21,6 +21,7 @@ from hmfusion.ops import costmodel
 from hmfusion.ops import planner as planner_module
 from hmfusion.apps.bench.engine import Shape
 from hmfusion.apps.common import run_command
+from hmfusion.apps.outputs import MANIFEST
 
 FAST_METHODS = "dense,kron,tinybig,einsum,two_matmul,hmfusion"  # compiled: see the slow test
 
@@ -49,7 +50,12 @@ def test_writes_json_markdown_and_png(tiny_run):
     assert "| m | D | n | p | q | k | dtype | mode |" in text
     assert "regret (fastest plan)" in text and "| regret |" in text
     assert (out / "speedup.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md", "speedup.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        MANIFEST,
+        "results.json",
+        "results.md",
+        "speedup.png",
+    ]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging left
 
 
@@ -297,6 +303,10 @@ def test_quick_grid_holds_the_targets_and_small_layers():
         (["--load", "-1"], "must be 0 or more, got -1"),
         (["--load", "100000"], "must be at most"),
         (["--max-call-seconds", "-1"], "must be a finite number >= 0, got -1"),
+        # issue 21: an allocator traceback, and no upper bound
+        (["--shape", "10000000,4096,4096,64,64,4"], "GiB (inputs, outputs, the dense weight"),
+        (["--repeats", str(10**12)], "must be at most 1000, got 1000000000000"),
+        (["--warmup", str(10**12)], "must be at most 100, got 1000000000000"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
@@ -385,21 +395,23 @@ def test_out_with_files_needs_overwrite(tmp_path, monkeypatch, capsys):
     (out / "notes.txt").write_text("mine")
     error = _run_failing(["--out", str(out), "--quiet", "--quick"], capsys)
     assert "already holds files" in error and "--overwrite" in error
-    # --overwrite replaces only an earlier run's folder (one holding results.json)
+    # --overwrite replaces only an earlier run's folder (every entry in its manifest); issue 21,
+    # case 1: a hand-written results.json made any folder replaceable
+    (out / "results.json").write_text("{}")
     error = _run_failing(["--out", str(out), "--overwrite", "--quiet", "--quick"], capsys)
-    assert "no results.json" in error
+    assert "holds no .hmfusion-manifest.json" in error
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
-    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "results.json"]
 
 
 def test_overwrite_replaces_an_earlier_run_whole(tiny_run, tmp_path):
     stored, report = tiny_run
     out = tmp_path / "out"
-    argv = ["--render", str(stored / "results.json"), "--out", str(out), "--quiet", "--no-plot"]
+    argv = ["--render", str(stored / "results.json"), "--out", str(out), "--quiet"]
     assert bench.main(_parse(argv)) == 0
-    (out / "stale.txt").write_text("from an older run")
-    assert bench.main(_parse([*argv, "--overwrite"])) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md"]
+    assert (out / "speedup.png").is_file()
+    assert bench.main(_parse([*argv, "--overwrite", "--no-plot"])) == 0
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "results.json", "results.md"]
     assert json.loads((out / "results.json").read_text()) == report
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging left
 
@@ -497,3 +509,23 @@ def test_compiled_baseline_never_hits_the_recompile_limit(monkeypatch):
                     case.prepare("compiled", mode)
                     case.step("compiled", mode)()
                 assert case.compile_seconds[mode] > 0
+
+
+def test_render_of_deeply_nested_json_is_one_line(tmp_path, monkeypatch, capsys):
+    # Issue 21: `bench --render` of deeply nested JSON was a RecursionError traceback.
+    monkeypatch.setattr(benchmarking, "run", _never_measure)
+    deep = tmp_path / "results.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    error = _run_failing(["--render", str(deep), "--out", str(tmp_path / "out")], capsys)
+    assert "nested too deeply to be a results.json" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_the_cli_refuses_a_shape_larger_than_memory_in_one_line(capsys):
+    from hmfusion.apps.cli import main as cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["bench", "--shape", "10000000,4096,4096,64,64,4"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "more than this machine's" in lines[0]

@@ -415,7 +415,7 @@ def test_set_random_matrices_checks_them():
 
 
 # pre/post-processing ----------------------------------------------------------------------------
-def test_named_processing_functions_are_registered_modules():
+def test_named_processing_functions_are_registered_modules_on_request():
     f = parameterized_concatenation_fusion(
         n=4,
         dims=[4, 4],
@@ -428,7 +428,9 @@ def test_named_processing_functions_are_registered_modules():
             {"function_class": "dropout", "function_parameters": {"p": 0.5}},
         ],
         own_parameters=True,
+        register_processing=True,
     )
+    assert isinstance(f.postprocess_functions, nn.ModuleList)
     assert [type(m) for m in f.preprocess_functions] == [tinybig.LastDimLayerNorm, nn.ReLU]
     assert [type(m) for m in f.postprocess_functions] == [nn.LayerNorm, nn.Dropout]
     names = {name for name, _ in f.named_parameters()}
@@ -469,7 +471,7 @@ def test_processing_errors():
     with pytest.raises(ValueError, match="not an allowed processing function"):
         parameterized_concatenation_fusion(dims=[4], preprocess_functions="os.system")
     with pytest.raises(ValueError, match="not an allowed processing function"):
-        parameterized_concatenation_fusion(dims=[4], preprocess_functions=["softmax"])
+        parameterized_concatenation_fusion(dims=[4], preprocess_functions=["softsign"])
     with pytest.raises(ValueError, match="not both"):
         parameterized_concatenation_fusion(
             dims=[4],
@@ -746,3 +748,81 @@ def test_a_config_with_huge_sizes_builds_or_refuses_within_a_second(params):
     except ValueError as error:
         assert "too large" in str(error)
     assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "base",
+        "basic",
+        "config",
+        "configkeys",
+        "formula",
+        "legacy",
+        "metric",
+        "parameterized",
+        "processing",
+        "random_matrix",
+        "structured",
+        "basic_fusion",
+    ],
+)
+def test_docstring_examples_run(name):
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"hmfusion.compat.tinybig.{name}")
+    globs = {**vars(module), "torch": torch}
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    tests = [
+        t
+        for t in doctest.DocTestFinder().find(module, globs=globs)
+        if t.examples and t.name.startswith(module.__name__)
+    ]
+    assert tests, "no examples found"
+    for test in tests:
+        runner.run(test)
+    assert runner.failures == 0
+
+
+# issue 21: one line, not a traceback ------------------------------------------------------------
+def _hm_with(preprocess):
+    return {
+        "function_class": "hm_parameterized_concatenation_fusion",
+        "function_parameters": {
+            "n": 4,
+            "dims": [4, 4],
+            "p": 2,
+            "preprocess_function_configs": [preprocess],
+        },
+    }
+
+
+def test_config_with_a_huge_layer_norm_is_a_value_error():
+    # Issue 21: LayerNorm(normalized_shape=10**12) in a config was an allocator traceback.
+    layer_norm = {"function_class": "torch.nn.LayerNorm", "function_parameters": {}}
+    layer_norm["function_parameters"]["normalized_shape"] = 10**12
+    with pytest.raises(ValueError, match=r"torch.nn.LayerNorm cannot be built: .*allocate"):
+        from_config(_hm_with(layer_norm))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a build or machine without CUDA")
+@pytest.mark.parametrize("where", ["function_parameters", "config"])
+def test_config_naming_an_absent_device_is_a_value_error(where):
+    # Issue 21: device='cuda' on a CPU build was torch's AssertionError.
+    layer_norm = {"function_class": "torch.nn.LayerNorm", "function_parameters": {"normalized_shape": 4}}
+    (layer_norm["function_parameters"] if where == "function_parameters" else layer_norm)[
+        "device"
+    ] = "cuda"
+    with pytest.raises(ValueError, match=r"device='cuda' is not available"):
+        from_config(_hm_with(layer_norm))
+
+
+def test_random_matrix_fusion_with_a_huge_r_is_a_value_error():
+    # Issue 21: r=10**9 was an allocator traceback (the library class refused it cleanly).
+    config = {
+        "function_class": "random_matrix_adaption_parameterized_concatenation_fusion",
+        "function_parameters": {"n": 4, "dims": [4, 4], "r": 10**9},
+    }
+    with pytest.raises(ValueError, match=r"r=1000000000 .* cannot be allocated; choose a smaller r"):
+        from_config(config)

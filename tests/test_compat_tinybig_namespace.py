@@ -316,7 +316,9 @@ def test_processing_strings(record):
         torch.testing.assert_close(ours, t64(record["output"]), **TOL)
     else:  # tinybig 0.2.1 warns and returns x unchanged; we apply the function named
         torch.testing.assert_close(t64(record["output"]), x, **TOL)
-        expected = F.relu(x) if record["name"] == "torch.nn.ReLU" else F.elu(x)
+        expected = {"torch.nn.ReLU": F.relu(x), "softmax": F.softmax(x, dim=-1)}.get(
+            record["name"], F.elu(x)
+        )
         torch.testing.assert_close(ours, expected, **TOL)
 
 
@@ -333,11 +335,19 @@ def test_processing_functions_are_assignable_with_tinybigs_semantics():
         ([], x),
     ]:
         f.preprocess_functions = value
-        assert isinstance(f.preprocess_functions, nn.ModuleList)
+        # tinybig's storage: a single module is an attribute torch registers, the rest a list
+        single = isinstance(value, nn.Module)
+        assert isinstance(f.preprocess_functions, nn.Module if single else list), value
         torch.testing.assert_close(f.pre_process(x), expected, **TOL)
     other = fusion.sum_fusion(dims=[2], preprocess_functions=["relu", "tanh"])
-    f.preprocess_functions = other.preprocess_functions  # a ModuleList is a list, not one step
+    f.preprocess_functions = other.preprocess_functions  # a list of two steps
     torch.testing.assert_close(f.pre_process(x), torch.tanh(F.relu(x)), **TOL)
+    f.preprocess_functions = nn.ModuleList([nn.ReLU(), nn.Tanh()])  # a ModuleList: its items
+    torch.testing.assert_close(f.pre_process(x), torch.tanh(F.relu(x)), **TOL)
+    f.postprocess_functions = [nn.LayerNorm(2, dtype=torch.float64)]  # held, as in tinybig
+    assert dict(f.named_parameters()) == {} and f.state_dict() == {}
+    f.register_processing = True  # registered from now on, the same modules
+    assert set(f.state_dict()) == {"postprocess_functions.0.weight", "postprocess_functions.0.bias"}
     f.postprocess_functions = [nn.LayerNorm(2, dtype=torch.float64)]
     assert "postprocess_functions.0.weight" in dict(f.named_parameters())
     with pytest.raises(ValueError, match="not an allowed processing function"):
@@ -480,3 +490,351 @@ def test_set_random_matrices_in_float64_is_exact():
     g = fusion.random_matrix_adaption_parameterized_concatenation_fusion(r=2, n=4, dims=[3, 3])
     g.set_random_matrices(R1, R2)  # a float32 module keeps its dtype (documented)
     assert g.R1.dtype == torch.float32 and torch.equal(g.R1, R1.float())
+
+
+# third round (issue 23) ---------------------------------------------------------------------------
+ROUND3_NORM = {"normalized_shape": 6, "dtype": torch.float64}
+
+
+@pytest.mark.parametrize("label", ["list", "module", "config", "config_list"])
+def test_processing_modules_registered_exactly_where_tinybig_registers_them(label):
+    record = RECORDED["processing_head"]
+    norm_config = {
+        "function_class": "torch.nn.LayerNorm",
+        "function_parameters": {"normalized_shape": 6},
+    }
+    kwargs = {
+        "list": {"preprocess_functions": [nn.LayerNorm(**ROUND3_NORM)]},
+        "module": {"preprocess_functions": nn.LayerNorm(**ROUND3_NORM)},
+        "config": {"preprocess_function_configs": norm_config},
+        "config_list": {"preprocess_function_configs": [norm_config]},
+    }[label]
+    f = fusion.hm_parameterized_concatenation_fusion(
+        **record["fusion"]["kwargs"], layout="tinybig-0.2.1", **kwargs
+    )
+    assert sorted(Head(f).state_dict()) == record["state_keys"][label]
+    # a config keeps the form, so that the rebuilt fusion registers the same keys
+    rebuilt = fusion.from_config(json.loads(json.dumps(f.to_config())))
+    assert sorted(Head(rebuilt).state_dict()) == record["state_keys"][label]
+
+
+def _norm_head(record, **kwargs):
+    norm = nn.LayerNorm(**ROUND3_NORM)
+    norm.load_state_dict(_state(record["norm_initial"]))
+    make = getattr(fusion, record["fusion"]["class"])
+    f = make(
+        **record["fusion"]["kwargs"], layout="tinybig-0.2.1", preprocess_functions=[norm], **kwargs
+    )
+    return Head(f), norm
+
+
+def _train(head, record):
+    optimizer = torch.optim.SGD(head.parameters(), lr=record["lr"])
+    train = [t64(x) for x in record["train_x"]]
+    losses = []
+    for _ in record["losses"]:
+        optimizer.zero_grad()
+        loss = (head(train) - t64(record["train_target"])).square().mean()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_layer_norm_preprocessing_trains_as_in_tinybig():
+    """Found in issue 23: a listed nn.LayerNorm was registered, entered the state_dict and
+    trained, so the losses left tinybig's from step 2 on."""
+    record = RECORDED["processing_head"]
+    head, norm = _norm_head(record)
+    assert set(head.state_dict()) == set(record["state_dict"])
+    head.load_state_dict(_state(record["initial_state_dict"]), strict=True)
+    torch.testing.assert_close(t64(_train(head, record)), t64(record["losses"]), **TOL)
+    for key, value in _state(record["state_dict"]).items():
+        torch.testing.assert_close(head.state_dict()[key], value, **TOL)
+    for key, value in _state(record["norm_after"]).items():  # the norm did not train
+        torch.testing.assert_close(norm.state_dict()[key], value, **TOL)
+    probe = [t64(x) for x in record["probe"]]
+    torch.testing.assert_close(head(probe), t64(record["output"]), **TOL)
+
+
+def test_register_processing_makes_the_norm_train():
+    record = RECORDED["processing_head"]
+    head, norm = _norm_head(record, register_processing=True)
+    keys = {
+        "channel_fusion.preprocess_functions.0.weight",
+        "channel_fusion.preprocess_functions.0.bias",
+    }
+    assert set(head.state_dict()) == set(record["state_dict"]) | keys
+    head.load_state_dict(_state(record["initial_state_dict"]), strict=False)
+    losses = _train(head, record)
+    assert losses[0] == pytest.approx(record["losses"][0], abs=1e-12)
+    assert abs(losses[1] - record["losses"][1]) > 1e-6  # the norm's step changes the model
+    assert not torch.equal(norm.weight, t64(record["norm_initial"]["weight"]))
+
+
+def test_held_processing_modules_follow_eval_and_to():
+    f = fusion.parameterized_concatenation_fusion(
+        n=2,
+        dims=[3, 3],
+        preprocess_functions=[nn.Dropout(0.5)],
+        postprocess_functions=[nn.LayerNorm(2)],
+    )
+    assert f.state_dict() == {}
+    xs = [torch.ones(4, 3, dtype=torch.float64), torch.ones(4, 3, dtype=torch.float64)]
+    w = torch.randn(1, 12, dtype=torch.float64)
+    f.double().eval()  # the held LayerNorm becomes float64, the dropout stops dropping
+    assert f.postprocess_functions[0].weight.dtype == torch.float64
+    expected = F.layer_norm(torch.cat(xs, -1) @ w.reshape(2, 6).T, (2,))
+    torch.testing.assert_close(f(xs, w=w), expected, **TOL)
+    f.train()
+    assert f.preprocess_functions[0].training
+
+
+def _minimal_parameters(class_name):
+    parameters = {"dims": [2, 2]}
+    if class_name == "metric_fusion":
+        parameters["metric"] = "batch_max"
+    if "parameterized_concatenation" in class_name:
+        parameters["n"] = 2
+    if class_name.startswith(("hm_", "lphm_", "dual_lphm_")):
+        parameters["p"] = 2
+    if class_name.startswith(("lowrank_", "lphm_", "dual_lphm_", "random_")):
+        parameters["r"] = 1
+    return parameters
+
+
+@pytest.mark.parametrize("path", sorted(RECORDED["submodules"]))
+def test_tinybigs_submodule_paths_import(path):
+    """Found in issue 23: `from hmfusion.compat.tinybig.metric_fusion import l1_norm_fusion`
+    raised ModuleNotFoundError."""
+    import importlib
+
+    module = importlib.import_module(f"hmfusion.compat.tinybig.{path.rsplit('.', 1)[1]}")
+    for name, class_name in RECORDED["submodules"][path].items():
+        assert getattr(module, name) is getattr(fusion, class_name), (path, name)
+    assert sorted(module.__all__) == sorted(RECORDED["submodules"][path])
+    for class_name in set(
+        RECORDED["submodules"][path].values()
+    ):  # still the classes, as in tinybig
+        assert isinstance(getattr(fusion, class_name), type)
+        if class_name != "fusion":  # configs may name the class by this path
+            config = {
+                "function_class": f"hmfusion.compat.tinybig.{path.rsplit('.', 1)[1]}.{class_name}",
+                "function_parameters": _minimal_parameters(class_name),
+            }
+            assert type(fusion.from_config(config)) is getattr(fusion, class_name)
+
+
+def test_a_submodule_imported_first_leaves_the_class_names_alone():
+    code = (
+        "from hmfusion.compat.tinybig.metric_fusion import l1_norm_fusion\n"
+        "import hmfusion.compat.tinybig.concatenation_fusion as c\n"
+        "from hmfusion.compat.tinybig.parameterized_concatenation_fusion import "
+        "hm_parameterized_concatenation_fusion\n"
+        "import hmfusion.compat.tinybig as t\n"
+        "assert isinstance(c, type) and c is t.concatenation_fusion, c\n"  # as in tinybig
+        "assert isinstance(t.metric_fusion, type), t.metric_fusion\n"
+        "assert isinstance(t.parameterized_concatenation_fusion, type)\n"
+        "assert not isinstance(t.basic_fusion, type)\n"  # a module, as tinybig.fusion.basic_fusion
+    )
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_to_linear_route_to_a_true_kronecker_product_in_both_layouts():
+    """Found in issue 23: `f.fusion.to_linear()` raised AttributeError in the legacy layout."""
+    from hmfusion import HMConcatFusion
+
+    record = RECORDED["checkpoint"]
+    state = _state(record["state_dict"])
+    probe = [t64(x) for x in record["probe"]]
+    linear = nn.Linear(6, 6, dtype=torch.float64)
+    linear.load_state_dict({"weight": state["linear.weight"], "bias": state["linear.bias"]})
+    rows = torch.cat([linear(probe[0]), probe[1]], -1).detach()
+    make = getattr(fusion, record["fusion"]["class"])
+    for layout in ("tinybig-0.2.1", "kronecker"):
+        f = make(
+            **record["fusion"]["kwargs"], layout=layout, own_parameters=True, dtype=torch.float64
+        )
+        f.fusion.load_flat_parameters(state["w_channel_fusion"])
+        exported = f.fusion.to_linear()
+        torch.testing.assert_close(exported.weight, f.to_linear(state["w_channel_fusion"]).weight)
+        assert exported.bias is None and exported.weight.dtype == torch.float64
+        if layout == "tinybig-0.2.1":  # tinybig's trained head, through the exported weight
+            torch.testing.assert_close(exported(rows), t64(record["output"]), **TOL)
+        # a true Kronecker sum fitted to it: exact with min(p·q, s·t) = 6 terms
+        fitted = HMConcatFusion.from_linear(exported, [6, 6], p=2, q=3, terms=6)
+        torch.testing.assert_close(fitted.weight, exported.weight, atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match="w is required"):
+        make(**record["fusion"]["kwargs"]).to_linear()
+
+
+def test_from_config_layout_of_a_tinybig_dump_reproduces_tinybig():
+    """Found in issue 23: a tinybig dump took the Kronecker layout silently (no way shown to
+    choose)."""
+    record = RECORDED["checkpoint"]
+    kwargs = record["fusion"]["kwargs"]
+    tinybig_name = f"tinybig.fusion.parameterized_concatenation_fusion.{record['fusion']['class']}"
+    state = _state(record["state_dict"])
+    probe = [t64(x) for x in record["probe"]]
+
+    def output(config, **options):
+        head = Head(fusion.from_config(config, **options))
+        head.load_state_dict(state, strict=True)
+        return head.channel_fusion, head(probe)
+
+    dump = {"function_class": tinybig_name, "function_parameters": dict(kwargs)}
+    f, y = output(dump)  # a tinybig spelling: tinybig's layout, tinybig's outputs
+    assert f.layout == "tinybig-0.2.1"
+    torch.testing.assert_close(y, t64(record["output"]), **TOL)
+    f, y = output(dump, layout="kronecker")  # chosen
+    assert f.layout == "kronecker" and not torch.allclose(y, t64(record["output"]))
+    ours = {"function_class": record["fusion"]["class"], "function_parameters": dict(kwargs)}
+    assert fusion.from_config(ours).layout == "kronecker"  # the constructor's default
+    assert fusion.from_config(ours, layout="tinybig-0.2.1").layout == "tinybig-0.2.1"
+    written = {**ours, "function_parameters": {**kwargs, "layout": "tinybig-0.2.1"}}
+    assert fusion.from_config(written).layout == "tinybig-0.2.1"
+    with pytest.raises(ValueError, match="differs from the config's layout"):
+        fusion.from_config(written, layout="kronecker")
+    with pytest.raises(ValueError, match="layout must be one of"):
+        fusion.from_config(ours, layout="kron")
+    with pytest.raises(ValueError, match="applies only to the parameterized"):
+        fusion.from_config(RECORDED["configs"][7]["to_config"], layout="kronecker")
+    hm_dump = RECORDED["configs"][3]["to_config"]  # tinybig's own to_config() of an HM fusion
+    assert hm_dump["function_class"].startswith("tinybig.")
+    assert fusion.from_config(hm_dump).layout == "tinybig-0.2.1"
+
+
+def test_mixed_input_dtypes_promote_as_in_tinybig():
+    """Found in issue 23: float64 and float32 inputs with a float64 w raised TypeError."""
+    record = RECORDED["mixed_dtypes"]
+    f = fusion.hm_parameterized_concatenation_fusion(**record["kwargs"], layout="tinybig-0.2.1")
+    x = [t64(record["x"][0]), t64(record["x"][1]).float()]
+    assert [str(t.dtype) for t in x] == [f"torch.{d}" for d in record["x_dtypes"]]
+    y = f(x=x, w=t64(record["w"]))
+    assert str(y.dtype) == record["output_dtype"]
+    torch.testing.assert_close(y, t64(record["output"]), **TOL)
+    assert record["all_float32_error"] == "RuntimeError"  # tinybig: matmul's dtype mismatch
+    with pytest.raises(TypeError, match="dtype"):
+        f(x=[t.float() for t in x], w=t64(record["w"]))
+
+
+def test_extra_forward_arguments_are_ignored_as_in_tinybig():
+    """Found in issue 23: extra keywords to forward raised TypeError."""
+    record = RECORDED["mixed_dtypes"]
+    f = fusion.hm_parameterized_concatenation_fusion(**record["kwargs"], layout="tinybig-0.2.1")
+    x = [t64(record["x"][0]), t64(record["x"][1]).float()]
+    y = f(x=x, w=t64(record["w"]), foo=1, bar="baz")
+    torch.testing.assert_close(y, t64(record["extra_keywords_output"]), **TOL)
+    xs = [torch.ones(2, 3), torch.ones(2, 3)]
+    for other in (fusion.sum_fusion(dims=[3, 3]), fusion.concatenation_fusion(dims=[3, 3])):
+        torch.testing.assert_close(other(xs, None, "cpu", 7, foo=1), other(xs))
+
+
+def test_sizes_assigned_after_construction_are_followed_or_refused():
+    """Found in issue 23: `f.n = 8` was silently ignored (calculate_l() stayed 32)."""
+    record = RECORDED["assigned_sizes"]
+    case = record["hm_n"]
+    f = fusion.hm_parameterized_concatenation_fusion(**case["kwargs"], layout="tinybig-0.2.1")
+    f.n = case["n"]  # followed, as in tinybig
+    assert (f.calculate_l(), f.calculate_n()) == (case["l"], case["n"])
+    y = f(x=[t64(x) for x in case["x"]], w=t64(case["w"]))
+    torch.testing.assert_close(y, t64(case["output"]), **TOL)
+    assert f.to_config()["function_parameters"]["n"] == case["n"]
+
+    case = record["dense_dims"]
+    dense = fusion.parameterized_concatenation_fusion(**case["kwargs"])
+    dense.dims = case["dims"]
+    assert dense.calculate_l() == case["l"] and dense.get_dims() == case["dims"]
+    y = dense(x=[t64(x) for x in case["x"]], w=t64(case["w"]))
+    torch.testing.assert_close(y, t64(case["output"]), **TOL)
+
+    case = record["hm_p"]  # tinybig ignores p (its fabrication keeps its own): refused here
+    assert case["l_after"] == case["l_before"]
+    f = fusion.hm_parameterized_concatenation_fusion(**case["kwargs"])
+    with pytest.raises(AttributeError, match="p cannot change after construction"):
+        f.p = case["p"]
+    assert f.p == 4 and f.calculate_l() == case["l_before"]
+    with pytest.raises(ValueError, match="must divide n=6"):  # an invalid size leaves it as it was
+        f.n = 6
+    assert f.n == 16 and f.calculate_l() == case["l_before"]
+    own = fusion.hm_parameterized_concatenation_fusion(**case["kwargs"], own_parameters=True)
+    with pytest.raises(AttributeError, match="own_parameters=True"):
+        own.n = 8
+    rm = fusion.random_matrix_adaption_parameterized_concatenation_fusion(r=2, n=4, dims=[4, 4])
+    rm.n = 6  # the matrices are drawn anew from the same seed, in the new shape
+    assert rm.R1.shape == (6, 2) and rm.calculate_l() == 8
+    with pytest.raises(AttributeError, match="seed cannot change"):
+        rm.seed = 3
+
+
+def test_sizes_given_as_integral_float_or_tensor():
+    """Found in issue 23: p=4.0 and n=torch.tensor(16) raised TypeError."""
+    record = RECORDED["loose_sizes"]
+    x, w = [t64(v) for v in record["x"]], t64(record["w"])
+    kwargs = dict(record["kwargs"], layout="tinybig-0.2.1")
+    f_tensor = fusion.hm_parameterized_concatenation_fusion(p=4, **dict(kwargs, n=torch.tensor(16)))
+    assert f_tensor.calculate_l() == record["n_tensor"]["l"] and f_tensor.calculate_n() == 16
+    assert record["n_tensor"]["forward_error"] is None
+    torch.testing.assert_close(f_tensor(x=x, w=w), t64(record["n_tensor"]["output"]), **TOL)
+    # tinybig: l = 48.0 (a float) and forward fails (TypeError); here p is the int 4
+    assert record["p_float"]["l_type"] == "float" and record["p_float"]["forward_error"]
+    f_float = fusion.hm_parameterized_concatenation_fusion(p=4.0, **kwargs)
+    assert f_float.p == 4 and type(f_float.calculate_l()) is int
+    torch.testing.assert_close(f_float(x=x, w=w), t64(record["n_tensor"]["output"]), **TOL)
+    with pytest.raises(TypeError, match="p must be"):
+        fusion.hm_parameterized_concatenation_fusion(p=4.5, **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_random_matrices_on_an_unavailable_device_fail_at_construction():
+    # a deliberate difference: R1, R2 are drawn at construction (tinybig: at the first call)
+    with pytest.raises(ValueError, match="is not available"):
+        fusion.random_matrix_adaption_parameterized_concatenation_fusion(
+            r=2, n=4, dims=[4, 4], device="cuda"
+        )
+
+
+def test_softmax_by_name_and_in_configs():
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    f = fusion.concatenation_fusion(dims=[4], postprocess_functions="softmax")
+    torch.testing.assert_close(f([x]), torch.exp(x) / torch.exp(x).sum(-1, keepdim=True), **TOL)
+    config = json.loads(json.dumps(f.to_config()))
+    assert config["function_parameters"]["postprocess_function_configs"] == [
+        {"function_class": "softmax", "function_parameters": {"dim": -1}}
+    ]
+    torch.testing.assert_close(fusion.from_config(config)([x]), f([x]), **TOL)
+    g = fusion.concatenation_fusion(
+        dims=[4],
+        postprocess_function_configs={
+            "function_class": "torch.nn.Softmax",
+            "function_parameters": {"dim": 0},
+        },
+    )
+    torch.testing.assert_close(g([x]), torch.exp(x) / torch.exp(x).sum(0, keepdim=True), **TOL)
+    # the callable F.softmax is called as tinybig calls it (its implicit dim: 0 for 3-d input)
+    with pytest.warns(UserWarning, match="Implicit dimension"):
+        h = fusion.concatenation_fusion(dims=[4], postprocess_functions=[F.softmax])([x])
+    torch.testing.assert_close(h, torch.exp(x) / torch.exp(x).sum(0, keepdim=True), **TOL)
+
+
+def test_a_renamed_tinybig_dump_needs_from_config():
+    # a deliberate difference: the constructors refuse tinybig's bookkeeping keys (tinybig's own
+    # loader calls cls(**function_parameters)); from_config drops exactly those keys
+    dump = RECORDED["configs"][3]["to_config"]
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
+        fusion.hm_parameterized_concatenation_fusion(**dump["function_parameters"])
+    renamed = {
+        **dump,
+        "function_class": "hmfusion.compat.tinybig.hm_parameterized_concatenation_fusion",
+    }
+    assert fusion.from_config(renamed).calculate_l() == RECORDED["configs"][3]["l"]
+
+
+def test_register_processing_assignment_is_checked():
+    f = fusion.parameterized_concatenation_fusion(n=2, dims=[2], preprocess_functions=["relu"])
+    with pytest.raises(TypeError, match="register_processing"):
+        f.register_processing = "yes"
+    assert f.register_processing is False and isinstance(f.preprocess_functions, list)

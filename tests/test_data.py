@@ -100,7 +100,10 @@ def test_label_index_in_every_file_as_in_the_mfeat_csvs(tmp_path):
     vb = write_csv(
         tmp_path / "mor.csv", [[r[0] * 2, 1, r[3]] for r in rows], header=["0", "1", "0"]
     )
-    data = load_files([va, vb], label_column=-1)
+    # a row of numbers is data the model can use: never taken for a header without asking
+    with pytest.raises(DataError, match=r"fou\.csv: cannot tell .* like column numbers"):
+        load_files([va, vb], label_column=-1)
+    data = load_files([va, vb], label_column=-1, header="yes")
     assert data.widths == (3, 2) and data.num_rows == 6 and data.classes == (7, 8)
 
 
@@ -484,3 +487,87 @@ def test_an_unreadable_file_is_one_data_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_text", denied)
     with pytest.raises(DataError, match=r"v\.csv cannot be read: Permission denied"):
         load_files([v], require_labels=False)
+
+
+# issue 21 ---------------------------------------------------------------------------------------
+def test_byte_labels_are_compared_exactly(tmp_path, two_views):
+    # Issue 21, case 8: .npy labels b'\xff' and b'\xfe' were merged into one class.
+    a, _, _ = two_views
+    np.save(tmp_path / "a.npy", a)
+    labels = np.array([b"\xff", b"\xfe", b"ok"] * 4)
+    np.save(tmp_path / "y.npy", labels)
+    data = load_files([tmp_path / "a.npy"], labels=tmp_path / "y.npy")
+    assert len(data.classes) == 3
+    decoded = [data.classes[code] for code in data.labels]
+    assert len(set(decoded[:2])) == 2 and decoded[2] == "ok"
+    assert [decoded.index(name) for name in decoded] == [[0, 1, 2][i % 3] for i in range(12)]
+
+
+def test_byte_labels_that_would_print_alike_are_refused(tmp_path, two_views):
+    a, _, _ = two_views
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "y.npy", np.array([b"\xff", b"\\xff", b"x"] * 4))
+    with pytest.raises(DataError, match="distinct labels .* print alike"):
+        load_files([tmp_path / "a.npy"], labels=tmp_path / "y.npy")
+
+
+def test_count_views_whose_first_rows_look_like_column_numbers_keep_them(tmp_path):
+    # Issue 21, case 9, in predict: integer count views whose first rows are 0,1,2,9 and 0,1,7
+    # lost those rows as "headers" (29 predictions for 30 rows, exit 0).
+    rng = np.random.default_rng(0)
+    first = [[0, 1, 2, 9]] + rng.integers(0, 20, (29, 4)).tolist()
+    second = [[0, 1, 7]] + rng.integers(0, 20, (29, 3)).tolist()
+    va = write_csv(tmp_path / "a.csv", first)
+    vb = write_csv(tmp_path / "b.csv", second)
+    with pytest.raises(DataError, match=r"a\.csv: cannot tell whether line 1 is a header"):
+        load_files([va, vb], require_labels=False)
+    data = load_files([va, vb], header="no", require_labels=False)
+    assert data.num_rows == 30 and data.views[0][0].tolist() == [0, 1, 2, 9]
+
+
+def test_a_first_row_of_numbers_with_a_rare_label_is_not_a_header(tmp_path):
+    # Issue 21, case 9, in train: a headerless CSV whose first row is 0.1,0.2,0.3,0.4,zzz (the
+    # other 30 rows labelled a/b/c) lost row 1 as a header.
+    rng = np.random.default_rng(1)
+    rows = [["0.1", "0.2", "0.3", "0.4", "zzz"]] + [
+        [*map(str, rng.normal(size=4).round(3)), "abc"[i % 3]] for i in range(30)
+    ]
+    v = write_csv(tmp_path / "v.csv", rows)
+    with pytest.raises(DataError, match=r"v\.csv: cannot tell .* 'zzz' occurs once"):
+        load_files([v], label_column=-1)
+    assert load_files([v], label_column=-1, header="no").num_rows == 31
+    # a header with text feature names is still found on its own
+    named = write_csv(tmp_path / "n.csv", rows[1:], header=["f1", "f2", "f3", "f4", "y"])
+    assert load_files([named], label_column=-1).csv_headers == (("n.csv", True),)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".npy", ".csv"])
+def test_an_unreadable_views_file_says_permission_denied(tmp_path, suffix, monkeypatch):
+    # Issue 21: a `chmod 000` views file was reported as "is not a NumPy .npz file".
+    import builtins
+    import os
+    from pathlib import Path
+
+    path = tmp_path / f"v{suffix}"
+    if suffix == ".npz":
+        np.savez(path, a=np.zeros((4, 2)))
+    elif suffix == ".npy":
+        np.save(path, np.zeros((4, 2)))
+    else:
+        path.write_text("1,2\n3,4\n")
+    path.chmod(0)
+    if os.geteuid() == 0:  # root reads anything: refuse as the kernel would for others
+        real_open, real_read_text = builtins.open, Path.read_text
+
+        def denied(file, *args, **kwargs):
+            if str(file) == str(path):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(file, *args, **kwargs)
+
+        def denied_text(self, *args, **kwargs):
+            return denied(self) if self == path else real_read_text(self, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", denied)
+        monkeypatch.setattr(Path, "read_text", denied_text)
+    with pytest.raises(DataError, match=r"v\.(npz|npy|csv) cannot be read: Permission denied"):
+        load_files([path], require_labels=False)

@@ -17,10 +17,14 @@ import pytest
 SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "hmfusion"
 FILES = sorted(SRC.rglob("*.py"))  # every module of the package
 
-REST_ROLE = re.compile(r":(class|func|mod|meth|attr|data|obj|exc):`")
+REST_ROLE = re.compile(r":(class|func|mod|meth|attr|data|obj|exc|math|ref):`")
 REST_LITERAL = re.compile(r"(?<!`)``[^`\n]+``(?!`)")
 REST_TABLE = re.compile(r"^\s*={3,}(\s+={3,})+\s*$", re.MULTILINE)
 REST_HEADING = re.compile(r"\n[^\n]+\n\s*[-=~^]{4,}\s*\n")
+# "Example::" is reST's literal block; Google style (griffe) wants "Example:" and an indented block
+REST_BLOCK = re.compile(r"^\s*\w[\w ]*::\s*$", re.MULTILINE)
+# math is $…$ (house rule); \( … \) and \[ … \] are the LaTeX delimiters the site does not expect
+LATEX_DELIMITER = re.compile(r"\\[(\[]")
 SECTION = re.compile(r"^(\s*)(Args|Arguments|Parameters):\s*$")
 ENTRY = re.compile(r"^(\s*)([^:\s][^:]*?):\s")
 
@@ -70,6 +74,8 @@ def test_docstrings_are_markdown(path):
             (REST_LITERAL, "reST ``literal``"),
             (REST_TABLE, "reST table"),
             (REST_HEADING, "reST underlined heading"),
+            (REST_BLOCK, "reST literal block (::)"),
+            (LATEX_DELIMITER, "LaTeX delimiter (write $…$)"),
         ):
             if pattern.search(doc):
                 problems.append(f"{name}: {what}: {pattern.search(doc).group(0)!r}")
@@ -99,6 +105,10 @@ def test_multi_name_args_finds_what_griffe_warns_about(doc, bad):
         ("Use ``x``.", REST_LITERAL),
         ("=====  =====\na      b\n=====  =====", REST_TABLE),
         ("Intro.\nConventions\n-----------\nText.", REST_HEADING),
+        ("Do.\n\nExample::\n\n    >>> 1\n", REST_BLOCK),
+        ("with :math:`b = 1`", REST_ROLE),
+        ("with \\(b = 1\\)", LATEX_DELIMITER),
+        ("\\[ b = 1 \\]", LATEX_DELIMITER),
     ],
 )
 def test_the_rest_patterns_match_rest(text, pattern):
@@ -106,6 +116,9 @@ def test_the_rest_patterns_match_rest(text, pattern):
 
 
 def test_markdown_is_not_mistaken_for_rest():
-    text = "Use `x` and [`y`][hmfusion.y]; ```code``` fences.\n\n| a | b |\n| --- | --- |"
-    for pattern in (REST_ROLE, REST_LITERAL, REST_TABLE, REST_HEADING):
+    text = (
+        "Use `x` and [`y`][hmfusion.y]; ```code``` fences.\n\n| a | b |\n| --- | --- |\n\n"
+        "Example:\n    >>> f(x[0])\n\nwith $b = \\sqrt{3}$ and $$W = A \\otimes B.$$"
+    )
+    for pattern in (REST_ROLE, REST_LITERAL, REST_TABLE, REST_HEADING, REST_BLOCK, LATEX_DELIMITER):
         assert not pattern.search(text)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import hmfusion
+from deadline import python, run_with_deadline
 from hmfusion import (
     DenseConcatFusion,
     DualLPHMConcatFusion,
@@ -476,22 +481,68 @@ def test_compile_with_dynamic_shapes():
         torch.testing.assert_close(compiled(xs), module(xs))
 
 
-def test_distributed_data_parallel_single_process(tmp_path):
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
+DDP_SINGLE_PROCESS = """
+import sys
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from hmfusion import HMConcatFusion
 
-    store = dist.FileStore(str(tmp_path / "store"), 1)
-    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-    try:
-        torch.manual_seed(0)
-        module = HMConcatFusion([8, 8], 16, p=4, bias=True)
-        ddp = DistributedDataParallel(module)
-        xs = [torch.randn(5, 8) for _ in range(2)]
-        ddp(xs).square().sum().backward()
-        expected = [p.grad.clone() for p in module.parameters()]
-        module.zero_grad()
-        module(xs).square().sum().backward()
-        for got, want in zip(expected, module.parameters()):
-            torch.testing.assert_close(got, want.grad)
-    finally:
-        dist.destroy_process_group()
+store = dist.FileStore(sys.argv[1], 1)
+dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+try:
+    torch.manual_seed(0)
+    module = HMConcatFusion([8, 8], 16, p=4, bias=True)
+    ddp = DistributedDataParallel(module)
+    xs = [torch.randn(5, 8) for _ in range(2)]
+    ddp(xs).square().sum().backward()
+    expected = [p.grad.clone() for p in module.parameters()]
+    module.zero_grad()
+    module(xs).square().sum().backward()
+    for got, want in zip(expected, module.parameters()):
+        torch.testing.assert_close(got, want.grad)
+finally:
+    dist.destroy_process_group()
+print("ok")
+"""
+
+
+def test_distributed_data_parallel_single_process(tmp_path):
+    # In a process of its own with a deadline: in-process, it once hung the suite for over 20
+    # minutes at 0 % CPU in ProcessGroupGloo's destructor (std::thread::join; SIGINT did
+    # nothing) -- issue 21, case 11.
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
+    if sys.platform.startswith("linux"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    done = run_with_deadline(
+        python(DDP_SINGLE_PROCESS, str(tmp_path / "store")),
+        timeout=120,
+        what="DistributedDataParallel in one gloo process",
+        env=env,
+    )
+    assert done.returncode == 0 and done.stdout.split() == ["ok"], done.stderr
+
+
+def test_a_hung_subprocess_fails_with_a_message_in_seconds():
+    started = time.monotonic()
+    with pytest.raises(pytest.fail.Exception, match=r"a sleeper hung: no exit within 1 s"):
+        run_with_deadline(python("import time; time.sleep(120)"), timeout=1, what="a sleeper")
+    assert time.monotonic() - started < 30
+
+
+def test_every_test_has_a_timeout(request):
+    # Issue 21, case 11: with no per-test timeout, a hang printed nothing for 20 minutes.
+    assert request.config.pluginmanager.hasplugin("timeout")
+    assert float(request.config.getini("timeout")) == 300
+    assert request.config.getini("timeout_method") == "thread"
+
+
+def test_kronecker_structure_stays_small():
+    # issue 22: the class that says what a Kronecker W is stays at most 150 lines (docstrings
+    # included); planning, validation and fitting live in ops/, _validation and fitting
+    import inspect
+
+    from hmfusion.structures import KroneckerStructure
+
+    assert len(inspect.getsourcelines(KroneckerStructure)[0]) <= 150

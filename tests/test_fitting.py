@@ -80,3 +80,27 @@ def test_low_precision_inputs_are_fitted_in_float32():
     u, v = truncated_svd(w, 2)
     a, b = fit_kronecker(w, 2, 3, 2, 2)
     assert u.dtype == v.dtype == a.dtype == b.dtype == torch.float32
+
+
+# issue 21: meta tensors --------------------------------------------------------------------------
+def test_from_linear_on_the_meta_device_builds_an_unfitted_member():
+    # Issue 21: from_linear with meta tensors was a traceback (it accepted them before).
+    from hmfusion import HMConcatFusion
+
+    linear = torch.nn.Linear(16, 8, device="meta")
+    fusion = HMConcatFusion.from_linear(linear, [8, 8], p=2)
+    assert all(t.is_meta for t in fusion.parameters()) and fusion.n == 8
+    assert fusion([torch.empty(3, 8, device="meta")] * 2).shape == (3, 8)
+
+
+def test_load_flat_parameters_refuses_a_meta_vector():
+    # Issue 21: load_flat_parameters with a meta tensor was "Cannot copy out of meta tensor".
+    from hmfusion import HMConcatFusion
+
+    fusion = HMConcatFusion([8, 8], 8, p=2)
+    before = fusion.flat_parameters().detach().clone()
+    with pytest.raises(ValueError, match="w is a meta tensor: it holds no values to load"):
+        fusion.load_flat_parameters(torch.empty(fusion.num_parameters, device="meta"))
+    torch.testing.assert_close(fusion.flat_parameters().detach(), before)
+    meta = HMConcatFusion([8, 8], 8, p=2, device="meta")
+    meta.load_flat_parameters(torch.empty(meta.num_parameters, device="meta"))  # meta into meta

@@ -123,8 +123,9 @@ def test_help_shows_each_members_own_formula_and_sections(kind):
     cls = MEMBERS[kind].cls
     own = cls.__dict__["__doc__"]
     assert "W" in own.splitlines()[0] and "Y =" in own.splitlines()[0]  # formula first
-    for section in ("Args:", "Shape:", "Attributes:", "Raises:", "Example::"):
+    for section in ("Args:", "Shape:", "Attributes:", "Raises:", "Example:"):
         assert section in own, f"{cls.__name__} lacks {section}"
+    assert "Example::" not in own and ":math:" not in own  # Markdown (mkdocstrings), not reST
     text = pydoc.render_doc(cls, renderer=pydoc.plaintext)
     assert own.splitlines()[0].strip() in text
     # the properties a member adds are documented too

@@ -8,8 +8,10 @@ CI also runs the whole suite with ``HMFUSION_NATIVE=0``.
 from __future__ import annotations
 
 import doctest
+import json
 import os
 import re
+import sys
 import threading
 import time
 import warnings
@@ -164,6 +166,76 @@ def test_gradcheck_and_gradgradcheck(kernel, device):
     assert torch.autograd.gradgradcheck(fn, (*xs, a, b))
 
 
+def test_gradgradcheck_padded_left_first_and_matrix_factors(kernel, device):
+    # the double backward of the compiled operator's C++ node: zero padding of D (3 + 4 < q·t),
+    # left first, and one term given as (p, q) and (s, t) matrices
+    xs, a, b = _data(4, (3, 4), 2, 2, 3, 4, 2, device)
+    a2, b2 = a.detach()[0].requires_grad_(), b.detach()[0].requires_grad_()
+
+    def fn(x0, x1, a, b):
+        return native.fused_kron_concat([x0, x1], a, b, "left_first", 3)
+
+    assert torch.autograd.gradgradcheck(fn, (*xs, a, b))
+    assert torch.autograd.gradgradcheck(fn, (*xs, a2, b2))
+
+
+def test_matrix_factors_get_gradients_of_their_own_shape(kernel, device):
+    # one term may be passed as (p, q) and (s, t) matrices: no stack for autograd to record
+    xs, a, b = _data(9, (10, 14), 3, 4, 5, 6, 1, device)
+    a2, b2 = a.detach()[0].requires_grad_(), b.detach()[0].requires_grad_()
+    for order in ("right_first", "left_first"):
+        y = native.fused_kron_concat(xs, a2, b2, order, 4)
+        dy = torch.randn_like(y)
+        grads = torch.autograd.grad(y, [*xs, a2, b2], dy)
+        expected = _reference(xs, a, b)
+        expected_grads = torch.autograd.grad(expected, [*xs, a, b], dy)
+        torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+        assert grads[-2].shape == a2.shape and grads[-1].shape == b2.shape
+        for grad, reference in zip(grads, expected_grads):
+            torch.testing.assert_close(grad, reference.view_as(grad), rtol=1e-10, atol=1e-10)
+
+
+def test_inference_mode(kernel, device):
+    # under inference mode the autograd layer is skipped: the operator's own CPU kernel runs
+    xs, a, b = _data(9, (10, 14), 3, 4, 5, 6, 2, device)
+    with torch.inference_mode():
+        y = native.fused_kron_concat(xs, a, b, "left_first", 4)
+    torch.testing.assert_close(y, _reference(xs, a, b).detach(), rtol=1e-10, atol=1e-10)
+
+
+def _python_frames(fn):
+    """The hmfusion and torch.autograd.function frames that fn enters (profile hook)."""
+    frames = []
+
+    def hook(frame, event, arg):
+        name = frame.f_code.co_filename
+        if event == "call" and ("hmfusion" in name or name.endswith("autograd/function.py")):
+            frames.append(frame.f_code.co_name)
+
+    sys.setprofile(hook)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return frames
+
+
+def test_eager_backward_runs_no_python(kernel, device):
+    # the compiled operator's autograd node is C++: backward enters no Python frame of ours
+    # (nor a Python autograd.Function); the fallback's node is a Python Function
+    xs, a, b = _data(9, (10, 14), 3, 4, 5, 6, 1, device)
+    y = native.fused_kron_concat(xs, a, b, "right_first", 4)
+    frames = _python_frames(lambda: y.sum().backward())
+    if kernel in ("native", "tiled"):
+        assert "CppNode" in y.grad_fn.name() and "KronConcatFunction" in y.grad_fn.name()
+        assert frames == []
+    else:
+        assert "backward" in frames
+    torch.testing.assert_close(
+        a.grad, torch.autograd.grad(_reference(xs, a, b).sum(), a)[0], rtol=1e-10, atol=1e-10
+    )
+
+
 @pytest.mark.parametrize("p, s", [(4, 8), (8, 1)])  # s = 1: Y written in place
 def test_float32_and_16_bit(kernel, device, p, s):
     xs, a, b = _data(50, (16, 16), p, 4, s, 8, 1, device)
@@ -269,48 +341,242 @@ def test_each_source_text_builds_in_its_own_cache_folder(tmp_path):
     assert all(name.startswith("hmfusion_native_") and name.isidentifier() for name in names)
 
 
-def test_a_lock_left_by_an_interrupted_build_falls_back_instead_of_hanging(monkeypatch, tmp_path):
-    # Found while four checkouts shared the cache: a build killed mid-way left its lock file,
-    # and every later process waited in torch's FileBaton forever (pytest sat 11 minutes).
+def _cache(monkeypatch, tmp_path):
+    """An empty extensions cache; returns (build folder, library path)."""
     from torch.utils import cpp_extension
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    name = extension._extension_name(*extension._SOURCES)
-    lock = Path(cpp_extension._get_build_directory(name, verbose=False)) / "lock"
-    lock.write_text("")
     monkeypatch.delenv("HMFUSION_NATIVE", raising=False)
     monkeypatch.setattr(extension, "_STATE", "unloaded")
-    monkeypatch.setattr(extension, "BUILD_LOCK_WAIT_S", 0.2)
-    monkeypatch.setattr(extension, "_registered", lambda: False)
-    started = time.monotonic()
+    name = extension._extension_name(*extension._SOURCES)
+    folder = Path(cpp_extension._get_build_directory(name, verbose=False))
+    return folder, folder / f"{name}.so"
+
+
+def _foreign_library():
+    """A real shared library that registers no hmfusion operator."""
+    return Path(torch.__file__).parent / "lib" / "libtorch_global_deps.so"
+
+
+def _recorded(library, source):
+    """`source` copied to `library` with the record a build writes."""
+    library.write_bytes(source.read_bytes())
+    extension._record(library).write_text(json.dumps(extension._fingerprint(library)))
+
+
+def _no_compiler(name, folder, library):
+    raise RuntimeError("c++: not found")
+
+
+def _fallback_warnings(call):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert native.available() is False
-    assert time.monotonic() - started < 30
-    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
-    assert len(messages) == 1 and "build lock" in messages[0] and "\n" not in messages[0]
+        result = call()
+    return result, [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+
+
+def test_a_truncated_library_is_never_loaded(monkeypatch, tmp_path):
+    # Issue 21, case 4: a truncated cached .so killed every process with SIGBUS (train exit 135).
+    folder, library = _cache(monkeypatch, tmp_path)
+    _recorded(library, _foreign_library())
+    library.write_bytes(library.read_bytes()[: library.stat().st_size // 2])  # truncated
+    loaded = []
+    monkeypatch.setattr(torch.ops, "load_library", loaded.append)
+    monkeypatch.setattr(extension, "_registered", lambda: False)
+    monkeypatch.setattr(extension, "_compile", _no_compiler)  # the rebuild it goes to instead
+    result, messages = _fallback_warnings(native.available)
+    assert result is False and loaded == []
+    assert len(messages) == 1 and "c++: not found" in messages[0] and "\n" not in messages[0]
     assert native.status() == "failed"
 
 
-def test_a_lock_released_while_waiting_lets_the_build_go_on(tmp_path):
-    lock = tmp_path / "lock"
-    lock.write_text("")
-    threading.Timer(0.2, lock.unlink).start()
-    extension._wait_for_build_lock(lock, timeout=30)  # returns once the other build is done
+TRUNCATED_IN_A_PROCESS = """
+from hmfusion.ops import build
+def no_compiler(name, folder, library):
+    raise RuntimeError("c++: not found")
+build._compile = no_compiler
+build._registered = lambda: False
+print(build.available(), build.status())
+"""
+
+
+def test_a_truncated_library_does_not_kill_the_process(monkeypatch, tmp_path):
+    # Issue 21, case 4, as found: the process itself must survive (no SIGBUS, exit 0).
+    import subprocess
+    import sys
+
+    folder, library = _cache(monkeypatch, tmp_path)
+    _recorded(library, _foreign_library())
+    with open(library, "r+b") as stream:
+        stream.truncate(library.stat().st_size // 3)
+    process = subprocess.run(
+        [sys.executable, "-c", TRUNCATED_IN_A_PROCESS],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert process.returncode == 0, process.stderr
+    assert process.stdout.split() == ["False", "failed"]
+    assert "native kernel unavailable (c++: not found)" in process.stderr
+
+
+def test_a_library_that_registers_no_operator_falls_back(monkeypatch, tmp_path):
+    # Issue 21, case 5: a cached .so that loads but registers no operator: status said
+    # "loaded" and every forward raised an AttributeError traceback.
+    folder, library = _cache(monkeypatch, tmp_path)
+    _recorded(library, _foreign_library())
+    monkeypatch.setattr(extension, "_registered", lambda: False)
+    result, messages = _fallback_warnings(native.available)
+    assert result is False and native.status() == "failed"
+    assert len(messages) == 1 and "registers no operator" in messages[0]
+    monkeypatch.setattr(native, "_use_native", native._use_native)
+    xs, a, b = _data(5, (10, 14), 3, 4, 5, 6, 1, torch.device("cpu"))
+    y = native.fused_kron_concat(xs, a, b, "right_first", 2)
+    torch.testing.assert_close(y, _reference(xs, a, b), rtol=1e-10, atol=1e-10)
+
+
+def _dead_pid():
+    import subprocess
+    import sys
+
+    process = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(process.stdout)
+
+
+def test_a_stale_lock_beside_a_built_library_costs_nothing(monkeypatch, tmp_path):
+    # Issue 21, case 6: a stale lock beside an already-built .so made each process wait 300 s
+    # (316 s measured), and was never removed; an ordinary load must take no lock at all.
+    import socket
+
+    folder, library = _cache(monkeypatch, tmp_path)
+    _recorded(library, _foreign_library())
+    (folder / "lock").write_text("")  # torch's, left by a SIGKILL during a load
+    owner = {"pid": _dead_pid(), "host": socket.gethostname(), "started": "1"}
+    (folder / "hmfusion.lock").write_text(json.dumps(owner))
+    before = sorted(p.name for p in folder.iterdir())
+    state = {"registered": False}
+    monkeypatch.setattr(extension, "_registered", lambda: state["registered"])
+    monkeypatch.setattr(torch.ops, "load_library", lambda path: state.update(registered=True))
+
+    def no_lock(lock, timeout):
+        raise AssertionError("an ordinary load took the build lock")
+
+    monkeypatch.setattr(extension, "_build_lock", no_lock)
+    started = time.monotonic()
+    assert native.available() is True and native.status() == "loaded"
+    assert time.monotonic() - started < 10
+    assert sorted(p.name for p in folder.iterdir()) == before  # nothing written
+
+
+def test_a_build_lock_whose_owner_is_gone_is_broken(tmp_path):
+    # Issue 21, case 6: the lock records its owner and is broken when the owner is gone.
+    import socket
+
+    lock = tmp_path / "hmfusion.lock"
+    lock.write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname(), "started": "1"}))
+    started = time.monotonic()
+    with extension._build_lock(lock, timeout=30):
+        owner = json.loads(lock.read_text())
+    assert time.monotonic() - started < 5
+    assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
+    assert owner["started"] == extension._start_time(os.getpid())
     assert not lock.exists()
 
 
-def test_environment_switch_disables_the_build(monkeypatch):
+def test_a_dead_owner_is_recognised_even_when_its_pid_is_reused():
+    import socket
+
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    assert not extension._owner_gone({**me, "started": extension._start_time(os.getpid())})
+    if extension._start_time(os.getpid()) != "unknown":
+        assert extension._owner_gone({**me, "started": "0"})  # another process, same pid
+    assert extension._owner_gone({**me, "pid": _dead_pid(), "started": "0"})
+    assert not extension._owner_gone({**me, "host": "elsewhere", "started": "0"})
+
+
+@pytest.mark.skipif(extension.fcntl is None, reason="no advisory file locks here")
+def test_a_live_build_is_waited_for_then_falls_back_with_its_owner_named(tmp_path, capsys):
+    import fcntl
+
+    lock = tmp_path / "hmfusion.lock"
+    holder = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    os.write(holder, json.dumps({"pid": 12345, "host": "builder"}).encode())
+    try:
+        with pytest.raises(RuntimeError, match="held by pid 12345 on builder for over 0 s"):
+            with extension._build_lock(lock, timeout=0.2):
+                pass
+        assert "waiting for pid 12345 on builder" in capsys.readouterr().err
+        threading.Timer(0.3, lambda: fcntl.flock(holder, fcntl.LOCK_UN)).start()
+        with extension._build_lock(lock, timeout=30):  # goes on once the other build is done
+            assert json.loads(lock.read_text())["pid"] == os.getpid()
+    finally:
+        os.close(holder)
+
+
+def test_the_first_build_says_so_in_one_line_and_records_it(monkeypatch, tmp_path, capsys):
+    # Issue 19, item 4: the first use was a silent ~19 s wait.
+    from torch.utils import cpp_extension
+
+    folder, library = _cache(monkeypatch, tmp_path)
+    (folder / "lock").write_text("")  # torch's own, left by a killed build: ours is held
+    library.write_bytes(b"truncated")
+    state = {"registered": False}
+
+    def fake_build(name, sources, build_directory, **kwargs):
+        assert not (folder / "lock").exists() and not library.exists()
+        library.write_bytes(_foreign_library().read_bytes())
+        state["registered"] = True
+
+    monkeypatch.setattr(cpp_extension, "load", fake_build)
+    monkeypatch.setattr(extension, "_registered", lambda: state["registered"])
+    assert native.available() is True
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "building the compiled operator once" in lines[0]
+    assert "20-60 s" in lines[0] and str(folder) in lines[0]
+    assert extension._verified(library)
+    assert not (folder / "hmfusion.lock").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "false", "False", "no", "OFF", " off "])
+def test_environment_switch_disables_the_build(monkeypatch, value):
+    # Issue 21, case 7: HMFUSION_NATIVE=false or off still built; only 0 disabled it.
     def must_not_build():
-        raise AssertionError("HMFUSION_NATIVE=0 must not build")
+        raise AssertionError(f"HMFUSION_NATIVE={value!r} must not build")
 
     monkeypatch.setattr(extension, "_STATE", "unloaded")
     monkeypatch.setattr(extension, "_build", must_not_build)
-    monkeypatch.setenv("HMFUSION_NATIVE", "0")
+    monkeypatch.setenv("HMFUSION_NATIVE", value)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert native.available() is False
     assert native.status() == "disabled"
+
+
+@pytest.mark.parametrize("value", ["", "1", "true", "YES", "on"])
+def test_environment_switch_on(monkeypatch, value):
+    built = []
+    monkeypatch.setattr(extension, "_STATE", "unloaded")
+    monkeypatch.setattr(extension, "_build", lambda: built.append(value))
+    monkeypatch.setattr(extension, "_registered", lambda: True)
+    monkeypatch.setenv("HMFUSION_NATIVE", value)
+    assert native.available() is True and built == [value]
+
+
+def test_an_unknown_environment_switch_warns_and_stays_off(monkeypatch):
+    monkeypatch.setattr(extension, "_STATE", "unloaded")
+    monkeypatch.setattr(extension, "_build", lambda: pytest.fail("built"))
+    monkeypatch.setenv("HMFUSION_NATIVE", "disable")
+    result, messages = _fallback_warnings(native.available)
+    assert result is False and native.status() == "disabled"
+    assert len(messages) == 1 and "HMFUSION_NATIVE='disable' is not one of" in messages[0]
 
 
 class _Outputs(TorchDispatchMode):
@@ -366,3 +632,31 @@ def test_docstring_examples_run(module):
 @pytest.mark.parametrize("module", PERF_MODULES, ids=lambda m: m.__name__)
 def test_module_is_well_under_500_lines(module):
     assert len(Path(module.__file__).read_text(encoding="utf-8").splitlines()) < 450
+
+
+REAL_LOAD = """
+from hmfusion.ops import build
+print(build.available(), build.status())
+"""
+
+
+@pytest.mark.slow
+def test_a_truncated_build_is_rebuilt_and_works(monkeypatch, tmp_path):
+    # Issue 21, case 4, end to end: the real build, truncated, is rebuilt instead of mapped.
+    from deadline import run_with_deadline
+
+    if not native.available():
+        pytest.skip(f"compiled kernel unavailable (status {native.status()})")
+    folder, library = _cache(monkeypatch, tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    argv = [__import__("sys").executable, "-c", REAL_LOAD]
+    first = run_with_deadline(argv, timeout=900, what="the first build", env=env)
+    assert first.stdout.split() == ["True", "loaded"], first.stderr
+    assert "building the compiled operator once" in first.stderr
+    with open(library, "r+b") as stream:
+        stream.truncate(library.stat().st_size // 2)
+    second = run_with_deadline(argv, timeout=900, what="the rebuild", env=env)
+    assert second.returncode == 0 and second.stdout.split() == ["True", "loaded"], second.stderr
+    assert extension._verified(library)
+    third = run_with_deadline(argv, timeout=300, what="an ordinary load", env=env)
+    assert third.stdout.split() == ["True", "loaded"] and third.stderr == ""

@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from hmfusion import DualLPHMConcatFusion, HMConcatFusion, LPHMConcatFusion
-from hmfusion.ops import chunking, costmodel, kernels, native, planner
+from hmfusion.ops import chunking, costmodel, kernels, native, planner, triton_dispatch
 from hmfusion.structures import KroneckerStructure
 
 F64 = torch.float64
@@ -630,12 +630,18 @@ class _CountOps(TorchDispatchMode):
     "m, D, n, p, k", [(256, 256, 256, 4, 4), (128, 384, 64, 8, 6), (256, 1024, 1024, 8, 4)]
 )
 @pytest.mark.parametrize("grad", [False, True])
-def test_cuda_plan_for_small_shapes_dispatches_the_fewest_operators(m, D, n, p, k, grad):
+def test_cuda_plan_for_small_shapes_dispatches_the_fewest_operators(
+    m, D, n, p, k, grad, monkeypatch
+):
     """On an accelerator small layers are launch-bound (the H200 run: dense fwd+bwd ≈ 0.5 ms
     at every size up to 4096², the chunked fused kernel 0.3–0.4× dense): the plan chosen for
     device_type="cuda" must be one chunk and dispatch no more operators than any other method
-    (counted here on CPU with the same pure-PyTorch code)."""
+    (counted here on CPU with the same pure-PyTorch code). Without Triton (the Triton
+    candidate is tests/test_triton.py's)."""
     from hmfusion import HMConcatFusion
+
+    monkeypatch.setattr(triton_dispatch, "runs", lambda dtype, device_type: False)
+    monkeypatch.setattr(planner, "_CACHE", {})
 
     dims = [D // k] * k
     module = HMConcatFusion(dims, n=n, p=p).double()

@@ -156,9 +156,12 @@ def test_hostile_json_is_one_line(checkpoint, text, message, capsys):
     ],
 )
 def test_config_that_does_not_fit_the_weights_is_refused(checkpoint, field, value, message, capsys):
+    from hmfusion.apps.train.checkpoint import _config_sha256
+
     pt, js = checkpoint
     meta = json.loads(js.read_text())
     meta["model"][field] = value
+    meta["model_sha256"] = _config_sha256(meta["model"])  # as a forger would: checked anyway
     js.write_text(json.dumps(meta))
     assert message in predict_error(capsys, "--checkpoint", pt)
 
@@ -288,3 +291,62 @@ def test_predict_says_which_csv_header_was_used(run, tmp_path, capsys):
     assert len(captured.out.splitlines()) == 6
     assert "fou.csv: first row read as a header" in captured.err
     assert "fac.csv: no header row" in captured.err
+
+
+# issue 21 ---------------------------------------------------------------------------------------
+def test_reordered_classes_in_the_json_are_refused(checkpoint, capsys):
+    # Issue 21, case 10: reordering `classes` in a checkpoint's .json relabelled every
+    # prediction; the SHA-256 covered only the .pt.
+    pt, js = checkpoint
+    meta = json.loads(js.read_text())
+    meta["model"]["classes"] = meta["model"]["classes"][::-1]
+    js.write_text(json.dumps(meta))
+    err = predict_error(capsys, "--checkpoint", pt)
+    assert 'its "model" fields were changed after training' in err
+
+
+def test_a_checkpoint_from_before_config_hashes_still_loads_and_says_so(checkpoint, capsys):
+    pt, js = checkpoint
+    meta = json.loads(js.read_text())
+    del meta["model_sha256"]
+    js.write_text(json.dumps(meta))
+    load_checkpoint(pt)
+    assert cli(["predict", "--checkpoint", str(pt)]) == 0
+    assert "predates config hashes" in capsys.readouterr().err
+
+
+def test_a_fusion_that_is_a_list_is_one_line(checkpoint, capsys):
+    # Issue 21, tracebacks: a checkpoint .json whose "fusion" is a list raised a TypeError at
+    # checkpoint.py:171.
+    pt, js = checkpoint
+    meta = json.loads(js.read_text())
+    meta["model"]["fusion"] = ["hm"]
+    js.write_text(json.dumps(meta))
+    err = predict_error(capsys, "--checkpoint", pt)
+    assert "'fusion' must be one of" in err
+
+
+def test_predict_keeps_first_rows_that_look_like_column_numbers(tmp_path, capsys):
+    # Issue 21, case 9, as found: count views whose first rows are 0,1,2,9 and 0,1,7 lost those
+    # rows as "headers": 29 predictions for 30 rows, exit 0, flagged only on stderr.
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    first = [[0, 1, 2, 9], *rng.integers(0, 20, (29, 4)).tolist()]
+    second = [[0, 1, 7], *rng.integers(0, 20, (29, 3)).tolist()]
+    views = []
+    for name, rows in (("a.csv", first), ("b.csv", second)):
+        (tmp_path / name).write_text("".join(",".join(map(str, r)) + "\n" for r in rows))
+        views.append(str(tmp_path / name))
+    (tmp_path / "y.csv").write_text("".join(f"{'abc'[i % 3]}\n" for i in range(30)))
+    common = ["--views", *views, "--csv-header", "no"]
+    out = tmp_path / "run"
+    flags = ["--fusion", "mean", "--seeds", "1", "--epochs", "1", "--quiet"]
+    assert cli(["train", *common, "--labels", str(tmp_path / "y.csv"), "--out", str(out), *flags]) == 0
+    capsys.readouterr()
+    checkpoint = out / "checkpoints" / "mean.pt"
+    err = predict_error(capsys, "--checkpoint", checkpoint, "--views", *views)
+    assert "a.csv: cannot tell whether line 1 is a header or data" in err
+    assert cli(["predict", "--checkpoint", str(checkpoint), *common]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "row,prediction,probability" and len(lines) == 31

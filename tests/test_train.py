@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from deadline import run_with_deadline
+
 from hmfusion.apps.train.checkpoint import load_checkpoint
 from hmfusion.apps.cli import main as cli
 from hmfusion.data import load_mfeat
@@ -385,7 +387,7 @@ def torchrun(tmp_path, dump, perturb, *flags):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if sys.platform.startswith("linux"):
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback only
-    return subprocess.run(
+    return run_with_deadline(
         [
             sys.executable,
             "-m",
@@ -402,10 +404,8 @@ def torchrun(tmp_path, dump, perturb, *flags):
             *flags,
         ],
         env=env,
-        capture_output=True,
-        text=True,
         timeout=300,
-        check=False,
+        what="torchrun with two gloo processes",
     )
 
 
@@ -545,15 +545,132 @@ def test_an_unusable_out_is_one_line_before_any_training(
 def test_disk_full_while_writing_leaves_nothing(tmp_path, capsys, monkeypatch):
     import errno
 
-    import hmfusion.apps.train.checkpoint
+    real = Path.write_bytes
 
-    def full(obj, path, *args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    def full(self, data):
+        if self.suffix == ".pt":
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, data)
 
-    monkeypatch.setattr(hmfusion.apps.train.checkpoint.torch, "save", full)
+    monkeypatch.setattr(Path, "write_bytes", full)
     assert train(tmp_path / "out", "--fusion", "hm", *TINY) == 2
     assert "hm.pt': No space left on device" in one_line_error(capsys)
     assert list(tmp_path.iterdir()) == []
+
+
+FILE_SIZE_LIMITED = """
+import resource, signal, sys
+from hmfusion.apps.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE as on Linux")
+def test_a_checkpoint_that_does_not_fit_on_disk_is_one_line(tmp_path):
+    # Issue 21: `train --out` on a full disk was a traceback from torch.save (its writer raises
+    # a RuntimeError); a real write failure, from a file size limit of 16 KiB.
+    src = Path(__file__).resolve().parents[1] / "src"
+    done = run_with_deadline(
+        [sys.executable, "-c", FILE_SIZE_LIMITED, "train", "--out", str(tmp_path / "out"),
+         "--fusion", "dense", *TINY],
+        env={**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"},
+        timeout=300,
+        what="train under a file size limit",
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("hmfusion: error: ") and "dense.pt': File too large" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_operator_is_built_before_the_clock_starts(tmp_path, monkeypatch):
+    # Issue 19, item 4: the first use's build (~19 s) was counted in HM's training time.
+    from hmfusion.apps.train import command, loop
+
+    calls = []
+
+    def slow_build():  # (the kernels ask too: only the first call builds)
+        if "build" not in calls:
+            calls.append("build")
+            time.sleep(2.0)
+        return False
+
+    real_fit = loop.fit
+
+    def fit(*args, **kwargs):
+        calls.append("fit")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(command.native, "available", slow_build)
+    monkeypatch.setattr(loop, "fit", fit)
+    started = time.perf_counter()
+    assert train(tmp_path / "out", "--fusion", "mean", *TINY) == 0
+    wall = time.perf_counter() - started
+    assert calls[0] == "build" and "fit" in calls
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["total_seconds"] <= wall - 2.0
+    assert results["fusions"]["mean"]["train_seconds"] < results["total_seconds"]
+
+
+def test_two_runs_started_at_once_into_one_out_cannot_both_succeed(tmp_path):
+    # Issue 21, case 3, as found: two runs started at once into the same fresh --out both
+    # exited 0, the second silently replacing the first.
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+    }
+    argv = [sys.executable, "-m", "hmfusion", "train", "--out", str(tmp_path / "out")]
+    runs = [
+        subprocess.Popen(
+            [*argv, "--fusion", fusion, *TINY], env=env, stderr=subprocess.PIPE, text=True
+        )
+        for fusion in ("mean", "lowrank")
+    ]
+    errors = [run.communicate(timeout=600)[1] for run in runs]
+    codes = sorted(run.returncode for run in runs)
+    assert codes == [0, 2], errors
+    refused = next(e for e, run in zip(errors, runs) if run.returncode == 2).strip()
+    assert "being written by another run" in refused or "already holds files" in refused
+    written = json.loads((tmp_path / "out" / "results.json").read_text())
+    winner = ("mean", "lowrank")[[run.returncode for run in runs].index(0)]
+    assert list(written["fusions"]) == [winner]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_overwrite_never_deletes_a_folder_it_did_not_write(tmp_path, capsys, no_training):
+    # Issue 21, case 1: a home-like folder with a hand-written results.json was deleted whole.
+    home = tmp_path / "home"
+    (home / "code").mkdir(parents=True)
+    (home / "thesis.tex").write_text("\\documentclass{article}\n")
+    (home / "results.json").write_text("{}")
+    assert train(home, "--fusion", "hm", "--overwrite", *TINY) == 2
+    assert "--overwrite replaces only a folder hmfusion wrote" in one_line_error(capsys)
+    assert sorted(p.name for p in home.iterdir()) == ["code", "results.json", "thesis.tex"]
+
+
+def test_an_input_inside_out_is_refused(tmp_path, capsys):
+    # Issue 21, case 2: `train --views OUT/mydata.npz --out OUT --overwrite` deleted the input.
+    out = tmp_path / "out"
+    assert train(out, "--fusion", "mean", *TINY) == 0
+    views = mfeat_rows_npz(out / "mydata.npz", np.arange(0, 2000, 5))
+    capsys.readouterr()
+    assert train(out, "--views", str(views), "--fusion", "mean", "--overwrite", *TINY) == 2
+    assert "holds the input" in one_line_error(capsys)
+    assert views.is_file()
+
+
+def test_a_first_row_of_numbers_is_never_dropped_as_a_header(tmp_path, capsys, no_training):
+    # Issue 21, case 9: a headerless CSV whose first row is 0.1,0.2,0.3,0.4,zzz (the other 30
+    # rows labelled a/b/c) lost row 1 as a header.
+    rows = ["0.1,0.2,0.3,0.4,zzz"] + [f"{i},{i % 7},{i % 5},{i % 3},{'abc'[i % 3]}" for i in range(30)]
+    (tmp_path / "v.csv").write_text("\n".join(rows) + "\n")
+    flags = ["--views", str(tmp_path / "v.csv"), "--label-column", "-1", "--fusion", "mean"]
+    assert train(tmp_path / "out", *flags, *TINY) == 2
+    assert "cannot tell whether line 1 is a header or data" in one_line_error(capsys)
+    assert not (tmp_path / "out").exists()
 
 
 def test_ctrl_c_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):

@@ -8,7 +8,8 @@ the argument and says what was expected. No `assert` is used for user input.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+import operator
+from collections.abc import MutableMapping, Sequence
 from typing import Literal, TypeGuard
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from hmfusion.ops import kernels
+from hmfusion.ops.costmodel import KronSpec
 from hmfusion.structures import blocksizes
 
 __all__ = [
@@ -30,8 +32,10 @@ __all__ = [
     "check_finite",
     "check_flat_vector",
     "check_inputs",
+    "check_inputs_once",
     "check_int",
     "check_kronecker_arguments",
+    "check_kronecker_structure",
     "check_positive_int",
     "check_row_count",
     "check_seed",
@@ -177,6 +181,29 @@ def check_kronecker_arguments(
     return checked
 
 
+def check_kronecker_structure(
+    n: object,
+    D: object,
+    p: object,
+    q: object,
+    terms: object,
+    rank_a: object,
+    rank_b: object,
+    pad: object,
+) -> tuple[KronSpec, bool]:
+    """The sizes of a Kronecker structure, each checked, `"auto"` block sizes resolved
+    ([`choose_block_sizes`][hmfusion.structures.blocksizes.choose_block_sizes]), with s = ⌈n/p⌉
+    and t = ⌈D/q⌉; and `pad` as a bool. Errors as `KroneckerStructure.create` states them."""
+    n, D = check_size("n", n), check_size("D", D)
+    p, q, terms, rank_a, rank_b, pad = check_kronecker_arguments(p, q, terms, rank_a, rank_b, pad)
+    p_val, q_val = blocksizes.choose_block_sizes(
+        n, D, p, q, pad=pad, terms=terms, rank_a=rank_a, rank_b=rank_b
+    )
+    check_block_sizes_fit(n, D, p_val, q_val, tied=q is None, pad=pad)
+    s, t = -(-n // p_val), -(-D // q_val)
+    return KronSpec(n, D, p_val, q_val, s, t, terms, rank_a, rank_b), pad
+
+
 def check_block_sizes_fit(n: int, D: int, p: int, q: int, *, tied: bool, pad: bool) -> None:
     """Without padding p | n and q | D (the message lists the divisors); with it p ≤ n, q ≤ D.
 
@@ -236,12 +263,15 @@ def check_divides(name: str, value: int, total_name: str, total: int, hint: str 
         )
 
 
-def check_flat_vector(w: object, length: int, *, what: str = "w") -> Tensor:
-    """A flat parameter vector of `length` elements, shaped (l,) or (1, l); returned as (l,)."""
+def check_flat_vector(w: object, length: int, *, what: str = "w", meta_ok: bool = False) -> Tensor:
+    """A flat parameter vector of `length` elements, shaped (l,) or (1, l); returned as (l,).
+    A meta tensor (no values) only where `meta_ok` (the parameters are meta too)."""
     if not isinstance(w, Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(w).__name__}")
     if not w.is_floating_point():
         raise TypeError(f"{what} must be a floating-point tensor, got dtype {w.dtype}")
+    if w.is_meta and not meta_ok:
+        raise ValueError(f"{what} is a meta tensor: it holds no values to load")
     if w.dim() == 2 and w.shape[0] == 1:
         w = w[0]
     if w.dim() != 1 or w.shape[0] != length:
@@ -337,3 +367,58 @@ def check_inputs(
                 f"convert the input or the module (module.to({dtype})), or use torch.autocast"
             )
     return list(xs), lead  # type: ignore[return-value]
+
+
+#: What `check_inputs` reads of each input (with the container's type, the parameters' dtype and
+#: device and the autocast state, the key under which a passed check is remembered).
+_INPUT_SIGNATURE = operator.attrgetter(
+    "__class__", "shape", "dtype", "device", "layout", "is_nested"
+)
+#: Signatures remembered per module at most (then forgotten all at once).
+_MAX_SIGNATURES = 64
+
+
+def check_inputs_once(
+    xs: object,
+    dims: tuple[int, ...],
+    checked: MutableMapping[tuple, torch.Size],
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> torch.Size:
+    """`check_inputs`, remembered per input signature: the leading shape of inputs that passed.
+
+    The key holds everything `check_inputs` reads (the container's type; per input its class,
+    shape, dtype, device, layout and nestedness; `dims`, the parameters' dtype and device, the
+    autocast dtype of their device), so a hit skips only checks that passed on the same
+    signature; anything new runs the full check (and raises its errors). Inputs are checked
+    for what they are, never for their values, so nothing is skipped that a value could fail.
+    While torch.compile traces, nothing is remembered (the traced graph holds the checks' guards).
+
+    Args:
+        xs: the inputs, as for `check_inputs`.
+        dims: the widths n_1 … n_k.
+        checked: the caller's memory of passed signatures (a dict kept by the module).
+        dtype: the parameters' dtype.
+        device: the parameters' device.
+
+    Returns:
+        The inputs' common leading shape.
+
+    Raises:
+        TypeError, ValueError: as `check_inputs`.
+    """
+    if type(xs) not in (list, tuple) or torch.compiler.is_compiling():
+        return check_inputs(xs, dims, dtype=dtype, device=device)[1]
+    try:
+        signature = tuple(map(_INPUT_SIGNATURE, xs))  # type: ignore[call-overload]
+    except (AttributeError, RuntimeError):  # not a tensor, or a nested one: the full check
+        return check_inputs(xs, dims, dtype=dtype, device=device)[1]
+    key = (type(xs), signature, dims, dtype, device, kernels.autocast_dtype_for(device.type))
+    lead = checked.get(key)
+    if lead is None:
+        lead = check_inputs(xs, dims, dtype=dtype, device=device)[1]
+        if len(checked) >= _MAX_SIGNATURES:
+            checked.clear()
+        checked[key] = lead
+    return lead

@@ -10,18 +10,22 @@ argument, environment or output location that cannot work.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import torch
 
-from hmfusion.apps.outputs import UsageError
+from hmfusion.apps.outputs import UsageError, written
 from hmfusion.data import DataError, MultiViewData, load_files, load_mfeat
 
 __all__ = [
     "EXIT_INTERRUPTED",
+    "EXIT_TERMINATED",
     "EXIT_USAGE",
     "UsageError",
     "add_data_arguments",
@@ -43,6 +47,30 @@ __all__ = [
 EXIT_USAGE = 2
 #: Exit status after Ctrl-C (128 + SIGINT, as shells report it).
 EXIT_INTERRUPTED = 130
+#: Exit status after SIGTERM (128 + SIGTERM).
+EXIT_TERMINATED = 143
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that `finally` blocks remove staging folders."""
+
+
+def _raise_terminated(number: int, frame: object) -> None:
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def _terminate_as_exception() -> Iterator[None]:
+    """While running a command, SIGTERM unwinds the stack (removing staging folders) instead
+    of killing the process where it stands; the handler before is restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # the one error path ---------------------------------------------------------------------------
@@ -70,14 +98,26 @@ def run_command(main: Callable[[argparse.Namespace], int], args: argparse.Namesp
     [`EXIT_INTERRUPTED`][hmfusion.apps.common.EXIT_INTERRUPTED] after Ctrl-C. Outputs are atomic
     ([`OutputDirectory`][hmfusion.apps.outputs.OutputDirectory],
     [`OutputFile`][hmfusion.apps.outputs.OutputFile]), so nothing is half-written when this
-    reports.
+    reports. Ctrl-C or SIGTERM ([`EXIT_TERMINATED`][hmfusion.apps.common.EXIT_TERMINATED])
+    report what the command had written by then, if anything.
     """
+    before = len(written())
     try:
-        return int(main(args) or 0)
+        with _terminate_as_exception():
+            return int(main(args) or 0)
     except KeyboardInterrupt:
-        return error("interrupted; no output was written", status=EXIT_INTERRUPTED)
+        return error(f"interrupted; {_written_since(before)}", status=EXIT_INTERRUPTED)
+    except _Terminated:
+        return error(f"terminated; {_written_since(before)}", status=EXIT_TERMINATED)
     except (UsageError, DataError, OSError) as failure:
         return error(describe_failure(failure))
+
+
+def _written_since(before: int) -> str:
+    done = written()[before:]
+    if not done:
+        return "no output was written"
+    return "already written: " + ", ".join(str(path) for path in done)
 
 
 def describe_failure(failure: BaseException) -> str:

@@ -80,10 +80,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run `hmfusion predict`; returns 0. Bad arguments, data, checkpoints or --out raise
     `UsageError`/`DataError`, reported by the command line as one line with status 2."""
-    output = None if args.out is None else OutputFile(args.out, overwrite=args.overwrite)
+    inputs = [args.checkpoint, *(args.views or ()), *([args.labels] if args.labels else [])]
+    output = (
+        None if args.out is None else OutputFile(args.out, overwrite=args.overwrite, inputs=inputs)
+    )
     device = resolve_device(args.device)
     model, meta = load_checkpoint(args.checkpoint, device=device)
     config = meta["model"]
+    if "model_sha256" not in meta:
+        print(
+            f"note: {args.checkpoint} predates config hashes; its classes and their order "
+            "are not verified",
+            file=sys.stderr,
+        )
     data = load_data(args, require_labels=False)
     if list(data.widths) != list(config["widths"]):
         raise DataError(

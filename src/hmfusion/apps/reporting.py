@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from hmfusion.apps.outputs import follow_umask
+
 __all__ = [
     "markdown_table",
     "plot_accuracy_vs_params",
@@ -84,12 +86,17 @@ def save_figure(fig: Any, path: str | Path) -> None:
     os.close(handle)
     try:
         fig.savefig(staging)
+        follow_umask(staging)  # mkstemp made it 0600
         os.replace(staging, path)
     except BaseException:
         Path(staging).unlink(missing_ok=True)
         raise
     finally:
         pyplot().close(fig)
+
+
+# Fusions per row of the training-curves figure: three read at the width of a page (~700 px).
+_CURVE_COLUMNS = 3
 
 
 # hmfusion train -------------------------------------------------------------------------------
@@ -170,65 +177,79 @@ def plot_accuracy_vs_params(
 
 
 def plot_training_curves(runs: Sequence[Mapping[str, Any]], path: str | Path) -> None:
-    """Small multiples, one column per fusion: losses (top) and validation accuracy (bottom)
-    against the epoch, one line per seed; the dot marks the best epoch, whose weights are kept.
+    """Small multiples, three fusions to a row so that the figure reads at page width: per
+    fusion, the losses (top panel, log scale) and the validation accuracy (below) against the
+    epoch, one colour per seed; the dot marks the best epoch, whose weights are kept.
 
     Each run is a dict with `fusion`, `seed`, `best_epoch` (1-based) and the per-epoch
     lists `train_loss`, `validation_loss`, `validation_accuracy`.
     """
     plt = pyplot()
+    from matplotlib import ticker
+    from matplotlib.lines import Line2D
+
     names = list(dict.fromkeys(run["fusion"] for run in runs))
-    fig, axes = plt.subplots(
-        2,
-        len(names),
-        figsize=(2.9 * len(names) + 0.6, 5.6),
-        dpi=110,
-        sharex="col",
-        sharey="row",
-        squeeze=False,
-    )
+    columns = min(_CURVE_COLUMNS, len(names))
+    rows = -(-len(names) // columns)
+    height = 0.8 + 3.0 * rows  # inches: the legend, then per row of fusions two panels
+    fig = plt.figure(figsize=(7.2, height), dpi=150)
+    # a row of fusions is a pair of panels (loss over accuracy) close together, apart from the next
+    outer = fig.add_gridspec(rows, 1, hspace=0.32, left=0.11, right=0.985, bottom=0.55 / height)
+    outer.update(top=1 - 0.75 / height)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     seeds = sorted({run["seed"] for run in runs})
-    for column, name in enumerate(names):
-        loss_ax, acc_ax = axes[0, column], axes[1, column]
+    loss_axes, acc_axes = [], []
+    for row in range(rows):
+        inner = outer[row].subgridspec(
+            2, columns, hspace=0.08, wspace=0.08, height_ratios=[1.15, 1]
+        )
+        for column in range(columns):
+            loss_axes.append(fig.add_subplot(inner[0, column]))
+            acc_axes.append(fig.add_subplot(inner[1, column]))
+    for index, name in enumerate(names):
+        loss_ax, acc_ax = loss_axes[index], acc_axes[index]
+        if index:  # one scale for every fusion, so that the panels compare
+            loss_ax.sharey(loss_axes[0])
+            acc_ax.sharey(acc_axes[0])
+        acc_ax.sharex(loss_ax)
         for run in (r for r in runs if r["fusion"] == name):
             color = colors[seeds.index(run["seed"]) % len(colors)]
             epochs = np.arange(1, len(run["train_loss"]) + 1)
             best = run["best_epoch"] - 1
-            loss_ax.plot(
-                epochs,
-                run["train_loss"],
-                color=color,
-                linewidth=1,
-                label=f"seed {run['seed']} train",
-            )
-            loss_ax.plot(
-                epochs,
-                run["validation_loss"],
-                color=color,
-                linewidth=1,
-                linestyle="--",
-                label=f"seed {run['seed']} validation",
-            )
+            loss_ax.plot(epochs, run["train_loss"], color=color, linewidth=1)
+            loss_ax.plot(epochs, run["validation_loss"], color=color, linewidth=1, linestyle="--")
             loss_ax.plot(
                 run["best_epoch"], run["validation_loss"][best], "o", color=color, markersize=4
             )
             accuracy = 100 * np.asarray(run["validation_accuracy"])
             acc_ax.plot(epochs, accuracy, color=color, linewidth=1)
             acc_ax.plot(run["best_epoch"], accuracy[best], "o", color=color, markersize=4)
-        loss_ax.set_title(name)
+        loss_ax.set_title(name, fontsize=10, fontweight="bold")
         loss_ax.set_yscale("log")
-        acc_ax.set_xlabel("epoch")
+        # plain numbers (0.2, 0.5, 1) at 1-2-5 steps; no labels on the minor ticks, which crowd
+        loss_ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        loss_ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        loss_ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+        loss_ax.tick_params(labelbottom=False)
+        acc_ax.set_xlabel("epoch", fontsize=9)
         for ax in (loss_ax, acc_ax):
             ax.grid(True, which="both", alpha=0.3)
-    axes[0, 0].set_ylabel("cross-entropy\n(solid: train, smoothed; dashed: validation)")
-    axes[1, 0].set_ylabel("validation accuracy (%)")
+            ax.tick_params(labelsize=8)
+        if index % columns == 0:
+            loss_ax.set_ylabel("cross-entropy", fontsize=9)
+            acc_ax.set_ylabel("val. accuracy (%)", fontsize=9)
+        else:
+            loss_ax.tick_params(labelleft=False)
+            acc_ax.tick_params(labelleft=False)
+    for ax in [*loss_axes[len(names) :], *acc_axes[len(names) :]]:
+        ax.set_visible(False)
     low = min(np.percentile(run["validation_accuracy"], 10) for run in runs)
-    axes[1, 0].set_ylim(max(0.0, 100 * low - 2), 100.5)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(
-        handles, labels, loc="upper center", ncol=min(6, len(labels)), fontsize=8, frameon=False
-    )
-    fig.suptitle("dot: best validation loss, the epoch whose weights are kept", y=0.03, fontsize=9)
-    fig.tight_layout(rect=(0, 0.04, 1, 0.93))
+    acc_axes[0].set_ylim(max(0.0, 100 * low - 2), 100.5)
+    handles = [Line2D([], [], color=colors[i % len(colors)]) for i in range(len(seeds))]
+    labels = [f"seed {seed}" for seed in seeds]
+    handles += [Line2D([], [], color="gray"), Line2D([], [], color="gray", linestyle="--")]
+    labels += ["train (label-smoothed)", "validation"]
+    handles.append(Line2D([], [], color="gray", marker="o", linestyle=""))
+    labels.append("best epoch (kept)")
+    fig.legend(handles, labels, loc="upper center", ncol=3, fontsize=8.5, frameon=False)
     save_figure(fig, path)

@@ -70,11 +70,22 @@ def load_npy(path: Path) -> np.ndarray:
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
     """Every array of an .npz, each member's header checked before it is read."""
-    if not zipfile.is_zipfile(path):
-        raise DataError(f"{path} is not a NumPy .npz (zip) file")
     arrays: dict[str, np.ndarray] = {}
+    # opened here, so that an unreadable file is an OSError ("Permission denied"), which
+    # is_zipfile would have answered as "not a zip file"
+    with open(path, "rb") as handle:
+        if not zipfile.is_zipfile(handle):
+            raise DataError(f"{path} is not a NumPy .npz (zip) file")
+        handle.seek(0)
+        _read_npz_members(path, handle, arrays)
+    if not arrays:
+        raise DataError(f"{path} holds no arrays")
+    return arrays
+
+
+def _read_npz_members(path: Path, handle: IO[bytes], arrays: dict[str, np.ndarray]) -> None:
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(handle) as archive:
             for info in archive.infolist():
                 if info.is_dir():
                     continue
@@ -84,9 +95,6 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
         if isinstance(failure, DataError):
             raise
         raise DataError(f"{path} is truncated or corrupt: {failure}") from None
-    if not arrays:
-        raise DataError(f"{path} holds no arrays")
-    return arrays
 
 
 def _npz_key(path: Path, info: zipfile.ZipInfo) -> str:

@@ -144,7 +144,9 @@ def encode_labels(
 
     Raises:
         DataError: an empty label; among all-numeric labels, NaN, inf or a fractional number;
-            a label array that is not one column. The message names `where` and the row.
+            a label array that is not one column; distinct byte labels that read alike once
+            decoded (bytes that are not UTF-8 keep their identity as backslash escapes). The
+            message names `where` and the row.
     """
     array = np.asarray(values)
     if array.ndim == 2 and array.shape[1] == 1:
@@ -153,10 +155,16 @@ def encode_labels(
         raise DataError(f"{where}: labels must be one column, got shape {array.shape}")
     if array.dtype.kind not in "biufUSO":
         raise DataError(f"{where}: labels of dtype {array.dtype} are neither numbers nor names")
+    # bytes that are not UTF-8 keep their identity (b"\xff" -> "\\xff"), never U+FFFD for all
     raw = [
-        value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+        value.decode("utf-8", errors="backslashreplace") if isinstance(value, bytes) else value
         for value in array.tolist()
     ]
+    if array.dtype.kind == "S" and len(set(array.tolist())) != len(set(raw)):
+        raise DataError(
+            f"{where}: distinct labels (bytes) that print alike once decoded (e.g. b'\\xff' "
+            "and the text '\\xff'); rename them"
+        )
     raw = [value.strip() if isinstance(value, str) else value for value in raw]
     for row, value in enumerate(raw):
         if value == "":

@@ -10,13 +10,14 @@ Labels come from one of:
   that each end with the label;
 - neither: an .npz array named `labels`, `label`, `y` or `target`.
 
-CSV headers are optional. With `header="auto"` the whole file decides: the first row is a
-header when one of its feature cells is text, when it reads 0, 1, 2, … (column indices, as
-pandas writes them; one cell may differ), or when its label cell is text above a column of
-numbers, or text that never occurs again while every other label occurs at least three times
-(as every class of a data set that can be split does). A first label that occurs once among
-labels that are not all that frequent is undecidable: the file is refused and `"yes"`/`"no"`
-(`--csv-header`) decide it outright. What was used is recorded in
+CSV headers are optional. With `header="auto"` the whole file decides, and a first row whose
+every feature cell is a number (data the model can use) is never taken for a header: it is data,
+unless it reads 0, 1, 2, … (column indices, as pandas writes them; one cell may differ) or its
+label cell is text that never occurs again, and then the file is undecidable. Otherwise the first
+row is a header when one of its feature cells is text; in a labels file, when its label is text
+above a column of numbers, or text that never occurs again while every other label occurs at
+least three times (as every class of a data set that can be split does). An undecidable file is
+refused and `"yes"`/`"no"` (`--csv-header`) decide it outright. What was used is recorded in
 the `csv_headers` of [`MultiViewData`][hmfusion.data.MultiViewData].
 
 Everything is checked before anything is used, and every problem raises

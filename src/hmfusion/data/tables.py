@@ -1,8 +1,8 @@
 """Reading CSV/TSV files: cells checked one by one, and whether the first row is a header.
 
 With `header="auto"` the whole file decides (see [`load_files`][hmfusion.data.load_files]); a file
-it cannot decide is refused with a request for `--csv-header yes|no` rather than guessed, so a data
-row is never dropped silently.
+it cannot decide is refused with a request for `--csv-header yes|no` rather than guessed, so a row
+that is valid data is never dropped silently.
 """
 
 from __future__ import annotations
@@ -56,22 +56,32 @@ def _is_column_index_row(cells: list[str]) -> bool:
 
 
 def _header_decision(rows: list[list[str]], label_index: int | None, features: bool) -> bool | None:
-    """Whether the first row is a header, judged from the whole file; None when undecidable."""
+    """Whether the first row is a header, judged from the whole file; None when undecidable.
+
+    A row whose every feature cell is a number is data the model can use, so it is never taken
+    for a header: it is data unless it reads 0, 1, 2, … (pandas' column numbers) or its label
+    never occurs again, and then undecidable."""
     first = rows[0]
-    feature_cells = [cell for j, cell in enumerate(first) if j != label_index] if features else []
-    if any(cell != "" and not _is_number(cell) for cell in feature_cells):
-        return True
-    if features and _is_column_index_row(first):
-        return True
-    if label_index is None or not first[label_index] or _is_number(first[label_index]):
+    label = first[label_index] if label_index is not None else ""
+    below = [row[label_index] for row in rows[1:]] if label_index is not None else []
+    if features:
+        cells = [cell for j, cell in enumerate(first) if j != label_index]
+        if any(cell != "" and not _is_number(cell) for cell in cells):
+            return True  # text where the model reads numbers
+        if all(_is_number(cell) for cell in cells):
+            if _is_column_index_row(first):
+                return None
+            if label and not _is_number(label) and label not in below:
+                return None  # a label name, or a class of one row
+            return False
+    if label_index is None or not label or _is_number(label):
         return False
-    below = [row[label_index] for row in rows[1:]]
     if all(_is_number(cell) for cell in below):
         return True  # a name above a column of numbers
     counts: dict[str, int] = {}
     for cell in below:
         counts[cell] = counts.get(cell, 0) + 1
-    if first[label_index] in counts:
+    if label in counts:
         return False  # a class that occurs again
     if all(count >= MIN_ROWS_PER_CLASS for count in counts.values()):
         return True  # a name above classes that each occur often enough to be split
@@ -153,11 +163,14 @@ def read_csv(
 
     if header == "auto":
         decided = True if named else _header_decision(rows, label_index, not labels_only)
-        if decided is None and label_index is not None:
+        if decided is None:
+            if label_index is not None and not _is_column_index_row(rows[0]):
+                why = f"its label {rows[0][label_index]!r} occurs once"
+            else:
+                why = "it reads 0, 1, 2, ... like column numbers"
             raise DataError(
-                f"{path}: cannot tell whether line {lines[0]} is a header or data (its label "
-                f"{rows[0][label_index]!r} occurs once, and other labels are rare too); pass "
-                "--csv-header yes or --csv-header no"
+                f"{path}: cannot tell whether line {lines[0]} is a header or data ({why}); "
+                "pass --csv-header yes or --csv-header no"
             )
         has_header = bool(decided)
     else:

@@ -54,8 +54,7 @@ class ConcatFusion(nn.Module):
         ValueError: `structure.D != sum(dims)`; device is not available; a factor cannot
             be allocated.
 
-    Example::
-
+    Example:
         >>> from hmfusion.structures import DenseStructure
         >>> fusion = ConcatFusion([2, 3], DenseStructure(4, 5))
         >>> fusion([torch.ones(1, 2), torch.ones(1, 3)]).shape
@@ -79,6 +78,8 @@ class ConcatFusion(nn.Module):
         self.structure = structure
         # (forward reads the factors by these names on every call: built once)
         self._factor_names = tuple(spec.name for spec in structure.factor_specs)
+        # input signatures that passed validation, with their leading shape (`V.check_inputs_once`)
+        self._checked: dict[tuple, torch.Size] = {}
         device, dtype = V.check_device(device), V.check_factory_dtype(dtype)
         for spec in structure.factor_specs:
             try:
@@ -166,9 +167,11 @@ class ConcatFusion(nn.Module):
 
         Raises:
             TypeError: w is not a floating tensor.
-            ValueError: w does not hold exactly l values.
+            ValueError: w does not hold exactly l values, or is a meta tensor (no values)
+                while the parameters are not.
         """
-        w = V.check_flat_vector(w, self.num_parameters)
+        meta = next(iter(self.factors().values())).is_meta
+        w = V.check_flat_vector(w, self.num_parameters, meta_ok=meta)
         with torch.no_grad():
             for name, value in self.structure.from_flat(w).items():
                 getattr(self, name).copy_(value)
@@ -198,7 +201,8 @@ class ConcatFusion(nn.Module):
         in Frobenius norm (see each structure's `fit`), with the same bias, device and dtype.
 
         `n` is `linear.out_features`; further arguments are the class's own, positional
-        after `n` or by keyword (`p`, `q`, `terms`, `r`, `pad`…).
+        after `n` or by keyword (`p`, `q`, `terms`, `r`, `pad`…). A `linear` on the meta device
+        (shapes, no values) gives the member on the meta device, unfitted.
 
         Raises:
             TypeError: `linear` is not an `nn.Linear`, or the class cannot be fitted
@@ -218,8 +222,10 @@ class ConcatFusion(nn.Module):
         if n != linear.out_features:
             raise ValueError(f"n={n!r} must equal linear.out_features={linear.out_features}")
         weight = linear.weight
-        V.check_finite("linear.weight", weight.detach())
-        if linear.bias is not None:
+        fitted = not weight.is_meta  # meta: shapes only, nothing to fit
+        if fitted:
+            V.check_finite("linear.weight", weight.detach())
+        if fitted and linear.bias is not None:
             V.check_finite("linear.bias", linear.bias.detach())
         module = cls(  # a member's signature: (dims, n, its own arguments…)
             dims_checked,
@@ -230,6 +236,8 @@ class ConcatFusion(nn.Module):
             dtype=weight.dtype,
             **kwargs,
         )
+        if not fitted:
+            return module
         with torch.no_grad():
             for name, value in module.structure.fit(weight.detach()).items():
                 getattr(module, name).copy_(value)
@@ -260,8 +268,10 @@ class ConcatFusion(nn.Module):
         """
         factors = self.factors()
         reference = factors[self._factor_names[0]]
-        inputs, lead = V.check_inputs(xs, self.dims, dtype=reference.dtype, device=reference.device)
-        return self._fuse(inputs, lead, factors)
+        lead = V.check_inputs_once(
+            xs, self.dims, self._checked, dtype=reference.dtype, device=reference.device
+        )
+        return self._fuse(xs, lead, factors)
 
     def _fuse(
         self, inputs: Sequence[Tensor], lead: tuple[int, ...], factors: dict[str, Tensor]

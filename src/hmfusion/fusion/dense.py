@@ -45,8 +45,7 @@ class DenseConcatFusion(ConcatFusion):
         ValueError: dims is empty or holds a size < 1 or > 2⁴⁸; n is missing while dims
             differ; device is not available; a factor cannot be allocated.
 
-    Example::
-
+    Example:
         >>> fusion = DenseConcatFusion([3, 5], n=4)
         >>> fusion([torch.randn(2, 3), torch.randn(2, 5)]).shape
         torch.Size([2, 4])
@@ -84,8 +83,9 @@ class LowRankConcatFusion(ConcatFusion):
         - Output: `(*, n)`.
 
     Attributes:
-        U: shape (n, r), V: shape (D, r), both from U(-b, b) with
-            :math:`b = \sqrt{3}\,(3 D r)^{-1/4}`, so that W has `nn.Linear`'s variance 1/(3D).
+        U: shape (n, r), from U(-b, b) with $b = \sqrt{3}\,(3 D r)^{-1/4}$, so that W has
+            `nn.Linear`'s variance 1/(3D).
+        V: shape (D, r), from U(-b, b) with the same b.
         bias: shape (n,), from U(-1/√D, 1/√D), or `None`.
 
     Raises:
@@ -94,8 +94,7 @@ class LowRankConcatFusion(ConcatFusion):
         ValueError: r < 1; dims is empty or holds a size < 1 or > 2⁴⁸; n is missing while
             dims differ; device is not available; a factor cannot be allocated.
 
-    Example::
-
+    Example:
         >>> fusion = LowRankConcatFusion([3, 5], n=4, r=2)
         >>> fusion([torch.randn(2, 3), torch.randn(2, 5)]).shape, fusion.num_parameters
         (torch.Size([2, 4]), 24)
@@ -148,10 +147,11 @@ class RandomMatrixConcatFusion(ConcatFusion):
         - Output: `(*, n)`.
 
     Attributes:
-        R1, R2: shapes (n, r), (D, r), from U(-√3, √3) (unit variance) drawn in float64 on the
-            CPU by `torch.Generator().manual_seed(seed)`, the same on every device.
-        lambda1: shape (n,), all 1; lambda2: shape (r,), all :math:`1/\sqrt{3 D r}`, so that
-            W has `nn.Linear`'s variance 1/(3D).
+        R1: shape (n, r), fixed, from U(-√3, √3) (unit variance) drawn in float64 on the CPU by
+            `torch.Generator().manual_seed(seed)`, the same on every device.
+        R2: shape (D, r), fixed, drawn likewise after R1.
+        lambda1: shape (n,), all 1.
+        lambda2: shape (r,), all $1/\sqrt{3 D r}$, so that W has `nn.Linear`'s variance 1/(3D).
         bias: shape (n,), from U(-1/√D, 1/√D), or `None`.
 
     Raises:
@@ -161,8 +161,7 @@ class RandomMatrixConcatFusion(ConcatFusion):
             or > 2⁴⁸; n is missing while dims differ; device is not available; a factor
             cannot be allocated.
 
-    Example::
-
+    Example:
         >>> fusion = RandomMatrixConcatFusion([3, 5], n=4, r=2, seed=7)
         >>> [name for name, _ in fusion.named_parameters()], fusion.num_parameters
         (['lambda1', 'lambda2'], 6)

@@ -127,9 +127,10 @@ class HMConcatFusion(_KroneckerFusion):
         - Output: `(*, n)`.
 
     Attributes:
-        A: shape (p, q) ((terms, p, q) with terms > 1), B: shape (s, t) (likewise), both from
-            U(-b, b) with :math:`b = \sqrt{3}\,(3 D \cdot terms)^{-1/4}`, so that W has
-            `nn.Linear`'s variance 1/(3D), split evenly between A and B.
+        A: shape (p, q), or (terms, p, q) with terms > 1, from U(-b, b) with
+            $b = \sqrt{3}\,(3 D \cdot \text{terms})^{-1/4}$, so that W has `nn.Linear`'s
+            variance 1/(3D), split evenly between A and B.
+        B: shape (s, t), or (terms, s, t) with terms > 1, from U(-b, b) with the same b.
         bias: shape (n,), from U(-1/√D, 1/√D), or `None`.
 
     Raises:
@@ -140,8 +141,7 @@ class HMConcatFusion(_KroneckerFusion):
             or q > D with `pad`; dims is empty or holds a size < 1 or > 2⁴⁸; n is missing
             while dims differ; device is not available; a factor cannot be allocated.
 
-    Example::
-
+    Example:
         >>> fusion = HMConcatFusion([6, 10], n=8, p=2, q=4)
         >>> fusion.A.shape, fusion.B.shape
         (torch.Size([2, 4]), torch.Size([4, 4]))
@@ -195,9 +195,10 @@ class LPHMConcatFusion(_KroneckerFusion):
         - Output: `(*, n)`.
 
     Attributes:
-        A: shape (p, q), from U(-a, a) with :math:`a = \sqrt{3}\,(3D)^{-1/4}`.
-        S: shape (s, r), T: shape (t, r), from U(-b, b) with
-            :math:`b = \sqrt{3}\,(3D)^{-1/8} r^{-1/4}`; W then has variance 1/(3D).
+        A: shape (p, q), from U(-a, a) with $a = \sqrt{3}\,(3D)^{-1/4}$.
+        S: shape (s, r), from U(-b, b) with $b = \sqrt{3}\,(3D)^{-1/8} r^{-1/4}$; W then has
+            variance 1/(3D).
+        T: shape (t, r), from U(-b, b) with the same b.
         bias: shape (n,), from U(-1/√D, 1/√D), or `None`.
 
     Raises:
@@ -205,8 +206,7 @@ class LPHMConcatFusion(_KroneckerFusion):
             pad or bias is not a bool; dtype or device is of the wrong kind.
         ValueError: as [`HMConcatFusion`][hmfusion.fusion.HMConcatFusion]; r < 1.
 
-    Example::
-
+    Example:
         >>> fusion = LPHMConcatFusion([8, 8], n=8, p=2, r=1)
         >>> fusion.S.shape, fusion.T.shape
         (torch.Size([4, 1]), torch.Size([8, 1]))
@@ -258,8 +258,11 @@ class DualLPHMConcatFusion(_KroneckerFusion):
         - Output: `(*, n)`.
 
     Attributes:
-        P, Q, S, T: shapes (p, r), (q, r), (s, r), (t, r), all from U(-b, b) with
-            :math:`b = \sqrt{3}\,(3D)^{-1/8} r^{-1/4}`, so that W has variance 1/(3D).
+        P: shape (p, r), from U(-b, b) with $b = \sqrt{3}\,(3D)^{-1/8} r^{-1/4}$, so that W
+            has variance 1/(3D).
+        Q: shape (q, r), from U(-b, b) with the same b.
+        S: shape (s, r), likewise.
+        T: shape (t, r), likewise.
         bias: shape (n,), from U(-1/√D, 1/√D), or `None`.
 
     Raises:
@@ -267,8 +270,7 @@ class DualLPHMConcatFusion(_KroneckerFusion):
             pad or bias is not a bool; dtype or device is of the wrong kind.
         ValueError: as [`HMConcatFusion`][hmfusion.fusion.HMConcatFusion]; r < 1.
 
-    Example::
-
+    Example:
         >>> fusion = DualLPHMConcatFusion([8, 8], n=8, p=2, r=1)
         >>> fusion.num_parameters  # r·(p + q + s + t) = 1·(2 + 2 + 4 + 8)
         16

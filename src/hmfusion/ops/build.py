@@ -1,34 +1,57 @@
-"""The compiled extension: build it on first use, load it, or fall back, once per process.
+"""The compiled extension: build it on first use, verify and load it, or fall back, once per
+process.
 
 `csrc/kron_concat.cpp` (which includes the register-tiled loops of `csrc/tiled.h`) is compiled
 with `torch.utils.cpp_extension.load` (the machine's C++ compiler and ninja) into the torch
 extensions cache (`TORCH_EXTENSIONS_DIR`, by default `~/.cache/torch_extensions`), in a folder
 named after a hash of the sources, the compiler flags and the CPU (`-march=native` on x86-64),
 so that checkouts with different sources never rebuild over each other and a build for one
-CPU's instructions is never loaded on another; later processes load it from there. It
-registers the operators `torch.ops.hmfusion_native.{forward, backward, tiled_forward,
-tiled_backward}`, which [`hmfusion.ops.native`][hmfusion.ops.native] wraps.
+CPU's instructions is never loaded on another. It registers the operators
+`torch.ops.hmfusion_native.{forward, backward, tiled_forward, tiled_backward}`, which
+[`hmfusion.ops.native`][hmfusion.ops.native] wraps.
 
-Where the build fails (no compiler, no ninja, missing headers) a one-line `RuntimeWarning` is
-issued once and [`available`][hmfusion.ops.build.available] answers False: the operator then
-runs its pure-PyTorch fallback. Setting the environment variable `HMFUSION_NATIVE=0` skips the
-build. This module never changes the process environment.
+The first use on a machine builds it once (one line on stderr says so: about 20–60 s) and
+records the library's size and SHA-256 beside it (`<name>.so.verified`). Later processes load
+it without any lock, after checking it against that record: a truncated or replaced library
+is never mapped (it would crash the process with SIGBUS) but rebuilt. A build holds the lock
+`hmfusion.lock` in that folder, which records its owner (pid, host, start time); the lock is
+an advisory file lock that the system releases when its owner dies, so a killed build never
+stalls later processes (a live build elsewhere is waited for up to
+[`BUILD_LOCK_WAIT_S`][hmfusion.ops.build.BUILD_LOCK_WAIT_S]).
+
+Where the build or the load fails (no compiler, no ninja, missing headers, a library that
+registers no operator) a one-line `RuntimeWarning` is issued once and
+[`available`][hmfusion.ops.build.available] answers False: the operator then runs its
+pure-PyTorch fallback. The environment variable `HMFUSION_NATIVE` switches it: `0`, `false`,
+`no`, `off` (any case) never build; `1`, `true`, `yes`, `on` or unset build; any other value
+warns once and is taken as off (the conservative reading of a switch someone set). This module
+never changes the process environment.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import platform
+import socket
+import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
-__all__ = ["available", "status"]
+try:
+    import fcntl
+except ImportError:  # Windows: the lock is the file's existence and its owner's pid
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["BUILD_LOCK_WAIT_S", "available", "status"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "kron_concat.cpp"
 #: Every file of the extension (the operator and the register-tiled loops it includes).
@@ -37,6 +60,11 @@ _EXTENSION = "hmfusion_native"
 #: Where the compiled path stands in this process (see [`status`][hmfusion.ops.build.status]).
 _STATE: Literal["unloaded", "loaded", "disabled", "failed"] = "unloaded"
 _LOCK = threading.Lock()
+_OFF = ("0", "false", "no", "off")
+_ON = ("", "1", "true", "yes", "on")
+
+#: How long to wait for another live process's build (one takes 20–60 s) before falling back.
+BUILD_LOCK_WAIT_S = 300.0
 
 
 def _cflags() -> list[str]:
@@ -63,9 +91,8 @@ def _cpu_fingerprint() -> str:
 def _extension_name(*sources: Path) -> str:
     """The extension's name, and so its cache folder: one per source text, compiler flags and
     CPU, so that two checkouts (or versions) of hmfusion never rebuild over each other's build,
-    nor wait on the lock of the other's interrupted build, and a build for one CPU's
-    instructions is never loaded on another."""
-    digest = hashlib.sha256()
+    and a build for one CPU's instructions is never loaded on another."""
+    digest = hashlib.sha256(b"verified builds")  # never the folder of an unverified build
     for source in sources or _SOURCES:
         digest.update(source.read_bytes())
     digest.update(" ".join(_cflags()).encode())
@@ -73,58 +100,196 @@ def _extension_name(*sources: Path) -> str:
     return f"{_EXTENSION}_{digest.hexdigest()[:12]}"
 
 
-#: How long to wait for another process's build (one takes 10–60 s here) before falling back.
-BUILD_LOCK_WAIT_S = 300.0
+def _switch() -> bool:
+    """Whether `HMFUSION_NATIVE` lets the operator be built (see the module's text)."""
+    value = os.environ.get("HMFUSION_NATIVE", "").strip().lower()
+    if value in _OFF:
+        return False
+    if value not in _ON:
+        warnings.warn(
+            f"hmfusion: HMFUSION_NATIVE={value!r} is not one of {', '.join(_ON[1:])} or "
+            f"{', '.join(_OFF)}; the compiled operator stays off",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
+    return True
 
 
-def _wait_for_build_lock(lock: Path, timeout: float) -> None:
-    """Wait while another process holds the build's lock file; after `timeout` seconds raise
-    (the caller falls back), since torch itself would wait forever on a lock that an
-    interrupted build (Ctrl-C, SIGKILL) left behind."""
+# the record of a build: its size and SHA-256 -----------------------------------------------------
+def _fingerprint(library: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with open(library, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return {"size": library.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _record(library: Path) -> Path:
+    return library.with_name(library.name + ".verified")
+
+
+def _verified(library: Path) -> bool:
+    """Whether `library` is the file its build recorded (size first: a truncated file is
+    never read whole)."""
+    try:
+        recorded = json.loads(_record(library).read_text())
+        if library.stat().st_size != recorded["size"]:
+            return False
+        return bool(_fingerprint(library) == recorded)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+# the lock of a build: who holds it, and whether they still live -----------------------------------
+def _start_time(pid: int) -> str | None:
+    """When process `pid` started (Linux clock ticks since boot), None if it does not exist;
+    with the pid it names one process even after the pid is reused."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[19]
+    except (OSError, IndexError):
+        if Path("/proc/self/stat").exists():
+            return None
+        try:  # no /proc: whether the pid exists at all
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except OSError:
+            pass
+        return "unknown"
+
+
+def _owner() -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": _start_time(os.getpid())}
+
+
+def _owner_gone(owner: dict[str, Any]) -> bool:
+    """Whether the process a lock names is gone (only decidable on this host)."""
+    if owner.get("host") != socket.gethostname():
+        return False
+    started = _start_time(int(owner.get("pid", -1)))
+    return started is None or started != owner.get("started")
+
+
+def _read_owner(lock: Path) -> dict[str, Any] | None:
+    try:
+        owner = json.loads(lock.read_text())
+        return owner if isinstance(owner, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def _build_lock(lock: Path, timeout: float) -> Iterator[None]:
+    """Hold `lock` while building: an advisory file lock where the system has one (released
+    when the holder dies), else the file's existence, broken when its owner is gone. Raises
+    RuntimeError (the caller falls back) after `timeout` seconds behind a live owner."""
     deadline = time.monotonic() + timeout
-    while lock.exists():
+    told = False
+    while True:
+        handle = os.open(lock, os.O_RDWR | os.O_CREAT | (0 if fcntl else os.O_EXCL), 0o666)
+        try:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except (BlockingIOError, FileExistsError):
+            os.close(handle)
+        owner = _read_owner(lock) or {}
+        if fcntl is None and owner and _owner_gone(owner):
+            lock.unlink(missing_ok=True)  # its owner died without removing it
+            continue
+        who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}"
         if time.monotonic() >= deadline:
             raise RuntimeError(
-                f"the build lock {lock} has been held for over {timeout:.0f} s: another "
-                "process is building, or a build was interrupted (then delete that file)"
+                f"the build lock {lock} has been held by {who} for over {timeout:.0f} s"
             )
+        if not told:
+            print(f"hmfusion: waiting for {who} to build the compiled operator", file=sys.stderr)
+            told = True
         time.sleep(min(0.5, max(timeout / 10, 0.01)))
+    try:
+        os.ftruncate(handle, 0)
+        os.write(handle, json.dumps(_owner()).encode())
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(handle)
 
 
+# build and load ---------------------------------------------------------------------------------
 def _registered() -> bool:
     """Whether `torch.ops.hmfusion_native` is registered in this process already."""
     return hasattr(torch.ops.hmfusion_native, "forward")
 
 
-def _build() -> None:
-    """Compile (or load from the cache) and register `torch.ops.hmfusion_native`."""
+def _load(library: Path) -> None:
+    torch.ops.load_library(str(library))
+    if not _registered():
+        raise RuntimeError(
+            f"{library} loads but registers no operator hmfusion_native.forward (not a build "
+            "of this operator; delete that file to rebuild)"
+        )
+
+
+def _compile(name: str, folder: Path, library: Path) -> None:
+    """Build into `folder` from scratch (under the build lock), load, and record the result."""
     from torch.utils import cpp_extension
 
-    if _registered():
-        return
-
-    name = _extension_name(*_SOURCES)
-    build_directory = Path(cpp_extension._get_build_directory(name, verbose=False))
-    _wait_for_build_lock(build_directory / "lock", BUILD_LOCK_WAIT_S)
+    _record(library).unlink(missing_ok=True)
+    for stale in (library, *folder.glob("*.o"), folder / "lock"):  # torch's own lock is stale
+        stale.unlink(missing_ok=True)  # under ours; a truncated output must not be "up to date"
+    print(
+        "hmfusion: building the compiled operator once for this machine (about 20-60 s; "
+        f"later processes load it from {folder})",
+        file=sys.stderr,
+        flush=True,
+    )
     cpp_extension.load(
         name=name,
         sources=[str(_SOURCE)],
         extra_cflags=_cflags(),
         extra_ldflags=["-fopenmp"],
+        build_directory=str(folder),
         is_python_module=False,
         verbose=False,
     )
+    if not _registered():
+        raise RuntimeError(f"the build in {folder} registers no operator hmfusion_native.forward")
+    staged = _record(library).with_suffix(".tmp")
+    staged.write_text(json.dumps(_fingerprint(library)))
+    os.replace(staged, _record(library))
+
+
+def _build() -> None:
+    """Load the verified build of the cache, or build it (under the lock) and load it."""
+    from torch.utils import cpp_extension
+
+    if _registered():
+        return
+    name = _extension_name(*_SOURCES)
+    folder = Path(cpp_extension._get_build_directory(name, verbose=False))
+    library = folder / f"{name}.so"
+    if _verified(library):  # the ordinary case: no lock, nothing written
+        _load(library)
+        return
+    with _build_lock(folder / "hmfusion.lock", BUILD_LOCK_WAIT_S):
+        if _verified(library):  # another process built it while we waited
+            _load(library)
+        else:
+            _compile(name, folder, library)
 
 
 def status() -> Literal["unloaded", "loaded", "disabled", "failed"]:
     """Where the compiled operator stands in this process, without building it.
 
     Returns:
-        `"unloaded"` (not tried yet), `"loaded"`, `"disabled"` (`HMFUSION_NATIVE=0`)
-        or `"failed"` (the build failed; the fallback runs).
+        `"unloaded"` (not tried yet), `"loaded"` (its operators are registered),
+        `"disabled"` (`HMFUSION_NATIVE` off) or `"failed"` (the build or load failed; the
+        fallback runs).
 
     Example:
-        >>> from hmfusion import native
+        >>> from hmfusion.ops import native
         >>> native.status() in ("unloaded", "loaded", "disabled", "failed")
         True
     """
@@ -134,14 +299,14 @@ def status() -> Literal["unloaded", "loaded", "disabled", "failed"]:
 def available() -> bool:
     """Whether the compiled CPU operator is loaded, building it on the first call.
 
-    Honours `HMFUSION_NATIVE=0` (never build). A failed build warns once (one line,
-    `RuntimeWarning`) and is not retried in this process.
+    Honours `HMFUSION_NATIVE` (see the module's text). A failed build or load warns once (one
+    line, `RuntimeWarning`) and is not retried in this process.
 
     Returns:
         True when `torch.ops.hmfusion_native` runs the CPU kernels.
 
     Example:
-        >>> from hmfusion import native
+        >>> from hmfusion.ops import native
         >>> isinstance(native.available(), bool)
         True
     """
@@ -149,17 +314,17 @@ def available() -> bool:
     if _STATE == "unloaded":
         with _LOCK:
             if _STATE == "unloaded":
-                if os.environ.get("HMFUSION_NATIVE", "1").strip() == "0":
+                if not _switch():
                     _STATE = "disabled"
                 else:
                     try:
                         _build()
-                        _STATE = "loaded"
+                        _STATE = "loaded" if _registered() else "failed"
                     except Exception as error:  # any build or load failure: fall back
                         _STATE = "failed"
                         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
                         warnings.warn(
-                            f"hmfusion: native kernel unavailable ({reason[:160]}); "
+                            f"hmfusion: native kernel unavailable ({reason[:200]}); "
                             "using the pure-PyTorch path",
                             RuntimeWarning,
                             stacklevel=2,

@@ -5,7 +5,9 @@ smallest dimension is d runs at min(1, 0.8·(d/64)^0.45) of a large GEMM's rate,
 costs at least `BMM_ROW_MACS` a row, a kernel launch `OP_OVERHEAD_MACS`, a pass over a formed W
 `WEIGHT_ELEMENT_MACS` an element; the compiled operator's loops and calls have constants of
 their own. On accelerators work runs `DEVICE_SPEEDUP` times faster but every dispatched
-operator costs host time (`DEVICE_OP_MACS`; [`device_ops`][hmfusion.ops.costmodel.device_ops]).
+operator costs host time (`DEVICE_OP_MACS`; [`device_ops`][hmfusion.ops.launches.device_ops]);
+on CUDA with Triton the fused plan's kernels are charged their padded tiles and launches
+([`triton_ops`][hmfusion.ops.launches.triton_ops]).
 The constants were fitted on two CPUs (benchmarks/RESULTS.md, notes): the model *ranks*
 [`candidates`][hmfusion.ops.costmodel.candidates], the measuring planner
 ([`hmfusion.ops.tuning`][hmfusion.ops.tuning]) decides among the best where a call is long
@@ -20,6 +22,13 @@ import torch
 
 from hmfusion.ops import kernels
 from hmfusion.ops.chunking import chunk_rows, native_chunk_rows, split_pays, tiled_chunk_rows
+from hmfusion.ops.launches import (
+    DEVICE_OP_MACS,
+    DEVICE_SPEEDUP,
+    device_ops,
+    triton_ops,
+    triton_row_macs,
+)
 
 __all__ = [
     "Candidate",
@@ -28,7 +37,6 @@ __all__ = [
     "Method",
     "Order",
     "candidates",
-    "device_ops",
     "estimate",
     "fused_order",
     "half_gemms_fast",
@@ -40,8 +48,9 @@ __all__ = [
 Method = Literal["materialize", "fused", "composite"]
 #: Which contraction comes first.
 Order = Literal["right_first", "left_first"]
-#: Which code runs a fused plan: the compiled BLAS (`native`) or tiled loops, or pure PyTorch.
-Kernel = Literal["native", "tiled", "pytorch"]
+#: Which code runs a fused plan: the compiled BLAS (`native`) or tiled loops, pure PyTorch, or
+#: on CUDA the Triton kernels.
+Kernel = Literal["native", "tiled", "pytorch", "triton"]
 
 
 class KronSpec(NamedTuple):
@@ -320,30 +329,6 @@ def tiled_pays(
     return m * spec.q * spec.t < TILED_HALF_MAX_ELEMENTS
 
 
-#: Accelerators: how much faster than the benchmark CPU work runs (H200, float32: ≈ 25
-#: TMAC/s), and the host time of one dispatched operator (≈ 15 µs).
-DEVICE_SPEEDUP = 250.0
-DEVICE_OP_MACS = 1.35e6
-
-
-def device_ops(method: Method, k: int, terms: int, chunks: int, grad: bool) -> int:
-    """Operators dispatched by one call of `method` on k inputs, `terms` Kronecker terms and
-    `chunks` row chunks (fused plans), forward (+ backward with `grad`): counted with a
-    `TorchDispatchMode` on the pure-PyTorch paths, views included.
-
-    Example:
-        >>> from hmfusion.ops.costmodel import device_ops
-        >>> device_ops("composite", 4, 1, 1, True)
-        64
-    """
-    if method == "materialize":
-        return (49 + 5 * k if grad else 15 + k) + 4 * (terms - 1)
-    if method == "composite":
-        return terms * (44 + 5 * k if grad else 17 + k)
-    first = 59 + 5 * k if grad else 17 + k
-    return terms * (first + (chunks - 1) * (12 * k if grad else 4 * k))
-
-
 def estimate(
     spec: KronSpec,
     m: int,
@@ -357,6 +342,7 @@ def estimate(
     split: bool,
     tiled: bool = False,
     order: Order | None = None,
+    triton: bool = False,
 ) -> dict[Method, float]:
     """The estimated cost of each method for m rows (see the module docstring).
 
@@ -372,6 +358,8 @@ def estimate(
         split: whether a pure-PyTorch fused plan reads the inputs in place.
         tiled: whether the compiled operator runs its register-tiled loops (`tiled_pays`).
         order: the fused plan's order (None: `fused_order`'s).
+        triton: whether a fused plan runs the Triton kernels (on accelerators: their
+            multiply-adds on padded tiles and `triton_ops`).
 
     Returns:
         `{method: multiply-add equivalents}` for fused, materialize and composite.
@@ -412,10 +400,15 @@ def estimate(
             ops = device_ops(method, k, spec.terms, chunks, grad)
             return work / DEVICE_SPEEDUP + ops * DEVICE_OP_MACS
 
+        if triton:  # (reads X and writes Y once: no full-size passes)
+            work = triton_row_macs(spec, order, grad) * m
+            fused_device = work / DEVICE_SPEEDUP + triton_ops(k, grad) * DEVICE_OP_MACS
+        else:
+            fused_device = on_device(row_cost * m + passes, "fused", chunks)
         return {  # (on a tie the first wins: the composite path, the simplest code)
             "composite": on_device(composite, "composite"),
             "materialize": on_device(materialize, "materialize"),
-            "fused": on_device(row_cost * m + passes, "fused", chunks),
+            "fused": fused_device,
         }
     if native and tiled:
         fused = _tiled_row_cost(spec, order, grad, itemsize) * m + (
@@ -454,11 +447,13 @@ def candidates(
     grad: bool,
     *,
     compiled: bool,
+    triton: bool = False,
 ) -> list[Candidate]:
     """Every plan the planner may run for this key, cheapest estimate first.
 
-    Fused plans in both orders with each kernel that can run (the compiled operator's `tiled`
-    and `native` where it is loaded, `compiled`, else `pytorch`), the composite path in its
+    Fused plans in both orders with each kernel that can run (`triton` on CUDA with Triton,
+    else the compiled operator's `tiled` and `native` where it is loaded, `compiled`, else
+    `pytorch`), the composite path in its
     cheaper order and materialize, for m ≥ 1 rows of inputs of widths `dims`; 16-bit inputs
     on a CPU whose 16-bit GEMMs are slow are priced in float32, as they run. The measuring
     planner ([`hmfusion.ops.tuning`][hmfusion.ops.tuning]) times the first few.
@@ -477,18 +472,22 @@ def candidates(
     split = not compiled and split_pays(spec, dims)
     found: list[Candidate] = []
     costs: dict[Method, float] = {}
-    for kernel in ("tiled", "native") if compiled else ("pytorch",):
+    kinds: tuple[Kernel, ...] = ("tiled", "native") if compiled else ("pytorch",)
+    for kernel in ("triton",) if triton else kinds:
         tiled = kernel == "tiled"
         if tiled:
             rows = tiled_chunk_rows(spec, m, size)
-        elif compiled:
+        elif kernel == "native":
             rows = native_chunk_rows(spec, m, size)
+        elif kernel == "triton":
+            rows = m
         else:
             rows = chunk_rows(spec, m, size, device_type)
         for order in ("right_first", "left_first"):
             costs = estimate(
                 spec, m, dims, dtype, device_type, grad,
                 native=compiled, fused_chunk_rows=rows, split=split, tiled=tiled, order=order,
+                triton=kernel == "triton",
             )  # fmt: skip
             found.append(Candidate("fused", kernel, order, costs["fused"]))
     composite = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, spec.rank_a, spec.rank_b)

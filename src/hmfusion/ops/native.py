@@ -17,7 +17,10 @@ the compiled code ([`available`][hmfusion.ops.build.available] and
 Fallback: where the build failed, or `HMFUSION_NATIVE=0`, the same operator runs the
 pure-PyTorch chunked kernel of [`hmfusion.ops.fused`][hmfusion.ops.fused]; so it does on other
 devices
-(CI runs the kernel tests both ways).
+(CI runs the kernel tests both ways). On CUDA the variant `"triton"` (the planner's
+`Plan.kernel == "triton"`) runs the Triton kernels of
+[`hmfusion.ops.triton_kernels`][hmfusion.ops.triton_kernels] (one launch forward, three
+backward), imported on the first such call; without Triton, or for float64, the fallback runs.
 
 The forward and the backward are operators registered with `torch.library.custom_op`
 (`hmfusion::fused_kron_concat` and `hmfusion::fused_kron_concat_backward`, with fake
@@ -26,6 +29,12 @@ implementations and a vmap rule), tied together by an autograd Function with
 `torch.func.vmap`. (A custom op's own `register_autograd` does not compose with torch.func
 transforms in torch 2.13.) A backward that is itself differentiated (`create_graph=True`) runs
 through differentiable composite ops.
+
+In plain eager mode (not tracing, no torch.func transform) where the compiled operator runs, the
+call skips all of that: `torch.ops.hmfusion_native.kron_concat` carries its own autograd node in
+C++ (`csrc/kron_concat.cpp`), so neither the forward nor the backward enters Python (a Python
+autograd Function and the custom-op dispatch cost more than the arithmetic of a small layer;
+see `benchmarks/RESULTS.md`).
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from hmfusion.ops import fused, kernels
+from hmfusion.ops import fused, kernels, triton_dispatch
 from hmfusion.ops.build import available as available
 from hmfusion.ops.build import status as status
 
@@ -49,7 +58,7 @@ NATIVE_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 def _use_native(tensors: Sequence[Tensor], variant: str) -> bool:
     first = tensors[0]
     return (
-        variant not in ("split", "pytorch")
+        variant not in ("split", "pytorch", "triton")
         and first.device.type == "cpu"
         and first.dtype in NATIVE_DTYPES
         and available()
@@ -74,6 +83,8 @@ def _forward_kernel(
     variant: str,
     chunk_rows: int,
 ) -> Tensor:
+    if triton_dispatch.use(xs, variant):
+        return triton_dispatch.kernels().forward(xs, a, b, left_first)  # type: ignore[union-attr]
     if _use_native(xs, variant):
         ops = torch.ops.hmfusion_native
         op = ops.tiled_forward if variant == "tiled" else ops.forward
@@ -111,6 +122,16 @@ def _backward_kernel(
     need_b: bool,
 ) -> list[Tensor]:
     """[dA, dB, dX_1 … dX_k]; gradients not needed come back as empty tensors."""
+    if triton_dispatch.use(xs, variant):
+        dxs, da, db = triton_dispatch.kernels().backward(  # type: ignore[union-attr]
+            gy, xs, a, b, left_first, (need_x, need_a, need_b)
+        )
+        empty = a.new_empty(0)
+        return [
+            empty if da is None else da,
+            empty.clone() if db is None else db,
+            *(dxs if dxs is not None else []),
+        ]
     if _use_native(xs, variant):
         ops = torch.ops.hmfusion_native
         op = ops.tiled_backward if variant == "tiled" else ops.backward
@@ -158,8 +179,9 @@ def _(
 
 def _traced() -> bool:
     """Inside torch.compile or a torch.func transform: the registered operators must be called
-    (fake tensors, vmap rule); in plain eager mode their kernels are called directly, which
-    saves the custom-op dispatch (≈ 40 µs a call, most of a small layer's time)."""
+    (fake tensors, vmap rule); in plain eager mode the compiled operator with its C++ autograd
+    node runs (or, on the fallback, the kernels are called directly), which saves the custom-op
+    dispatch (≈ 40 µs a call, most of a small layer's time)."""
     return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
 
 
@@ -320,13 +342,14 @@ def fused_kron_concat(
     *,
     tiled: bool = False,
     fallback: bool = False,
+    triton: bool = False,
 ) -> Tensor:
     """`cat(xs, -1) (Σ_τ a[τ] ⊗ b[τ])ᵀ` through the native operator (or its fallback).
 
     Args:
         xs: k tensors (m, n_i), Σ n_i ≤ q·t (missing columns are zero padding).
-        a: the stack (T, p, q) of left factors.
-        b: the stack (T, s, t) of right factors; one dtype and device with a and xs.
+        a: the left factors, a (p, q) matrix or a (T, p, q) stack.
+        b: the right factors likewise, (s, t) or (T, s, t); one dtype and device with a and xs.
         order: `"right_first"` (X Bᵀ, then A) or `"left_first"` (A X, then Bᵀ).
         chunk_rows: rows per chunk (≥ 1).
         inputs: `"gather"` copies each chunk of the k inputs into a cache-sized buffer (the
@@ -340,6 +363,11 @@ def fused_kron_concat(
         fallback: run the pure-PyTorch kernel even where the compiled operator is loaded
             (the planner's `Plan.kernel == "pytorch"`, e.g. under
             `force_plan(kernel="pytorch")`).
+        triton: run the Triton kernels of
+            [`hmfusion.ops.triton_kernels`][hmfusion.ops.triton_kernels] (the planner's
+            `Plan.kernel == "triton"`, on CUDA): one launch forward, three backward. Needs
+            `inputs="gather"`; where they cannot run (not CUDA, float64, no Triton; CPU tensors
+            run them under `TRITON_INTERPRET=1`) the pure-PyTorch kernel runs.
 
     Returns:
         (m, p·s), differentiable in xs, a and b.
@@ -350,11 +378,12 @@ def fused_kron_concat(
     Raises:
         ValueError: an unknown order or inputs, a chunk_rows below 1, `inputs="split"`
             with an input boundary off a multiple of t, `tiled` with `inputs="split"`, or
-            `tiled` with `fallback`.
+            `tiled` with `fallback`, or `triton` with `inputs="split"`, `tiled` or
+            `fallback`.
 
     Example:
         >>> import torch
-        >>> from hmfusion import native
+        >>> from hmfusion.ops import native
         >>> xs = [torch.randn(5, 4), torch.randn(5, 4)]
         >>> a, b = torch.randn(1, 2, 2), torch.randn(1, 3, 4)
         >>> native.fused_kron_concat(xs, a, b, "right_first", 4).shape
@@ -371,13 +400,25 @@ def fused_kron_concat(
         raise ValueError("tiled=True reads the inputs by gathering; it needs inputs='gather'")
     if tiled and fallback:
         raise ValueError("tiled=True runs the compiled operator; it excludes fallback=True")
+    if triton and (split or tiled or fallback):
+        raise ValueError(
+            "triton=True runs the Triton kernels on gathered inputs; it excludes "
+            "inputs='split', tiled=True and fallback=True"
+        )
     variant = "split" if split else ("tiled" if tiled else "pytorch" if fallback else "gather")
+    variant = "triton" if triton else variant
     if split and not fused.split_aligned([x.shape[1] for x in xs], b.shape[-1]):
         raise ValueError(
             f"inputs='split' needs every input boundary on a multiple of t={b.shape[-1]}, "
             f"got widths {[x.shape[1] for x in xs]}"
         )
+    traced = _traced()
+    if not traced and _use_native(xs, variant):  # eager: the operator with its C++ autograd node
+        return torch.ops.hmfusion_native.kron_concat(
+            list(xs), a, b, order == "left_first", chunk_rows, variant == "tiled"
+        )
+    a, b = (factor if factor.dim() == 3 else factor.unsqueeze(0) for factor in (a, b))
     if not kernels.needs_grad(a, b, xs):  # inference: the operator alone
         return _forward(list(xs), a, b, order == "left_first", variant, chunk_rows)
-    function = _KronConcat if _traced() else _KronConcatEager
+    function = _KronConcat if traced else _KronConcatEager
     return function.apply(order == "left_first", variant, chunk_rows, a, b, *xs)

@@ -5,8 +5,9 @@ m rows the candidates (`Method`) are `materialize` (form W, one dense GEMM: wins
 saves nothing, p = q = 1, over a large batch), `fused` (the operator
 `hmfusion::fused_kron_concat`: row chunks over the threads of one parallel region, W never
 formed; `Plan.kernel` `"tiled"`, its register-tiled loops, `"native"`, a BLAS GEMM per chunk,
-or `"pytorch"`, the pure-PyTorch kernel where the build failed or on other devices; low-rank
-factors multiplied out first) and `composite` (`hmfusion.ops.kernels.kron_matmul`, the two
+`"pytorch"`, the pure-PyTorch kernel where the build failed or on other devices, or on CUDA
+with Triton `"triton"`, the kernels of `hmfusion.ops.triton_kernels`; low-rank factors
+multiplied out first) and `composite` (`hmfusion.ops.kernels.kron_matmul`, the two
 contractions as plain torch ops: thin matmuls for low-rank factors, the fewest launches on
 accelerators). Each runs right first, `A (X Bᵀ)`, or left first, `(A X) Bᵀ` (`Order`; a fused
 plan with grad counts its backward's recomputed first contraction,
@@ -36,7 +37,7 @@ from typing import Literal, NamedTuple, cast
 import torch
 from torch import Tensor
 
-from hmfusion.ops import chunking, costmodel, kernels, native, tuning
+from hmfusion.ops import chunking, costmodel, kernels, native, triton_dispatch, tuning
 from hmfusion.ops.costmodel import Kernel, KronSpec, Method, Order
 from hmfusion.ops.kernels import Factor
 
@@ -58,7 +59,7 @@ logger = logging.getLogger(__name__)
 #: How the k inputs are read.
 Inputs = Literal["split", "gather", "cat"]
 METHODS: tuple[Method, ...] = ("materialize", "fused", "composite")
-KERNELS: tuple[Kernel, ...] = ("native", "tiled", "pytorch")
+KERNELS: tuple[Kernel, ...] = ("native", "tiled", "pytorch", "triton")
 ORDERS: tuple[Order, ...] = ("right_first", "left_first")
 INPUTS: tuple[Inputs, ...] = ("split", "gather", "cat")
 
@@ -68,7 +69,8 @@ class Plan(NamedTuple):
 
     `chunk_rows` is the number of rows computed at once (m for the unchunked methods);
     `kernel` says which code runs a fused plan: the compiled operator's register-tiled loops
-    (`"tiled"`) or BLAS GEMMs (`"native"`), or the pure-PyTorch kernel (`"pytorch"`).
+    (`"tiled"`) or BLAS GEMMs (`"native"`), the pure-PyTorch kernel (`"pytorch"`), or the
+    Triton kernels on CUDA (`"triton"`).
     `upcast` says that 16-bit inputs and factors are cast to float32 for the computation and
     Y back to their dtype: on a CPU whose 16-bit GEMMs are slow
     ([`half_gemms_fast`][hmfusion.ops.costmodel.half_gemms_fast]), for every plan but the tiled
@@ -105,7 +107,8 @@ def force_plan(
         chunk_rows: rows per chunk of a fused plan (≥ 1).
         kernel: the code of a fused plan, one of `KERNELS`: `"native"` or `"tiled"` (the
             compiled operator; where it is unavailable, or the inputs are split, the
-            pure-PyTorch kernel runs and the plan says so) or `"pytorch"`.
+            pure-PyTorch kernel runs and the plan says so), `"pytorch"`, or `"triton"` (CUDA
+            with Triton; elsewhere the pure-PyTorch kernel runs and the plan says so).
 
     Raises:
         ValueError: an unknown method, order, inputs or kernel value, or a chunk_rows below 1.
@@ -160,14 +163,42 @@ def _native_runs(dtype: torch.dtype, device_type: str) -> bool:
 
 
 def _upcasts(dtype: torch.dtype, device_type: str) -> bool:
-    """Whether a plan computes in float32 rather than in `dtype` (16-bit on a CPU without fast
-    16-bit GEMMs)."""
+    """Whether a plan computes in float32, not `dtype` (16-bit without fast 16-bit GEMMs)."""
     return not costmodel.half_gemms_fast(dtype, device_type)
+
+
+def _choose_triton(
+    spec: KronSpec, m: int, dims: tuple[int, ...], dtype: torch.dtype, grad: bool
+) -> Plan:
+    """On CUDA with Triton: the Triton kernels (a fused plan), composite or materialize,
+    ranked by the cost model's launch counting (`costmodel.estimate(..., triton=True)`)."""
+    m_eff = max(m, 1)
+    candidates = costmodel.estimate(
+        spec, m_eff, dims, dtype, "cuda", grad,
+        native=False, fused_chunk_rows=m_eff, split=False, triton=True,
+    )  # fmt: skip
+    method: Method = "fused"
+    best = math.inf
+    for name, cost in candidates.items():
+        if cost < best:
+            method, best = name, cost
+    reason = ""
+    if not torch.compiler.is_compiling():
+        costs = ", ".join(f"{name}≈{cost:.3g}" for name, cost in candidates.items())
+        reason = f"estimated multiply-add equivalents (fused: Triton): {costs}"
+    if method == "fused":
+        order = costmodel.fused_order(spec, grad, False, dtype.itemsize)
+        return Plan("fused", order, "gather", m_eff, reason, "triton")
+    rank_a, rank_b = (spec.rank_a, spec.rank_b) if method == "composite" else (None, None)
+    order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, rank_a, rank_b)
+    return Plan(method, order, "cat", m_eff, reason)
 
 
 def _choose(
     spec: KronSpec, m: int, dims: tuple[int, ...], dtype: torch.dtype, device_type: str, grad: bool
 ) -> Plan:
+    if triton_dispatch.runs(dtype, device_type):
+        return _choose_triton(spec, m, dims, dtype, grad)
     if _upcasts(dtype, device_type):
         # priced and run as float32 (the casts are two passes over X and Y, against 16-bit
         # GEMMs at ≈ 1 % of float32's rate); the tiled loops read the 16-bit values directly
@@ -248,6 +279,18 @@ def _apply_forced(
         elif order is None:
             order = kernels.kron_order(spec.p, spec.q, spec.s, spec.t, spec.rank_a, spec.rank_b)
         return Plan(method, order, "cat", max(m, 1), "forced by force_plan", upcast=upcast)
+    if (
+        inputs != "split"
+        and wanted in (None, "triton")
+        and triton_dispatch.runs(dtype, device_type)
+    ):
+        if order is None:
+            own_order = plan.kernel == "triton" and same
+            order = plan.order if own_order else costmodel.fused_order(spec, grad, False)
+        rows = cast(int, forced.get("chunk_rows", max(m, 1)))
+        return Plan("fused", order, "gather", rows, "forced by force_plan", "triton")
+    if wanted == "triton":  # (Triton does not run here: the pure-PyTorch kernel does)
+        wanted = "pytorch"
     compiled = _native_runs(dtype, device_type)
     if inputs in (None, "cat"):
         pays = wanted == "pytorch" or not compiled
@@ -287,8 +330,9 @@ def _options(pick: Plan, key: tuning.PlanKey) -> list[tuple[Plan, float]]:
     """`candidate_plans` of a key whose cost-model pick is `pick`."""
     spec, m, dims, dtype, device_type, grad = key
     compiled = _native_runs(dtype, device_type)
+    triton = triton_dispatch.runs(dtype, device_type)
     ranked = costmodel.candidates(
-        spec, max(m, 1), dims, dtype, device_type, grad, compiled=compiled
+        spec, max(m, 1), dims, dtype, device_type, grad, compiled=compiled, triton=triton
     )
     own = [c.cost for c in ranked if c[:3] == (pick.method, pick.kernel, pick.order)]
     options = [(pick, min(own, default=ranked[0].cost))]
@@ -324,7 +368,7 @@ def choose_plan(
         The `Plan` (the one `force_plan` imposes, inside its block).
 
     Example:
-        >>> from hmfusion import planner
+        >>> from hmfusion.ops import planner
         >>> spec = planner.KronSpec(4096, 4096, 64, 64, 64, 64)
         >>> planner.choose_plan(spec, 4096, (1024,) * 4).method
         'fused'
@@ -368,23 +412,13 @@ def candidate_plans(
     device_type: str = "cpu",
     requires_grad: bool = True,
 ) -> list[tuple[Plan, float]]:
-    """Every plan the planner considers for a key, each as `force_plan` would run it.
+    """Every plan the planner considers for a key (the arguments of `choose_plan`), each as
+    `force_plan` would run it, as `(plan, estimated multiply-add equivalents)` pairs.
 
     The cost model's own pick first, then the other candidates of
     [`costmodel.candidates`][hmfusion.ops.costmodel.candidates], cheapest estimate first. The
     measuring planner ([`hmfusion.ops.tuning`][hmfusion.ops.tuning]) times the first few;
     `hmfusion bench` times them all to report the planner's regret.
-
-    Args:
-        spec: the structure of W.
-        m: rows of the batch.
-        dims: the input widths.
-        dtype: the computation's dtype.
-        device_type: `"cpu"`, `"cuda"`, …
-        requires_grad: whether a backward will follow.
-
-    Returns:
-        `(plan, estimated multiply-add equivalents)` pairs.
 
     Example:
         >>> from hmfusion.ops import planner
@@ -438,24 +472,20 @@ def kron_concat(spec: KronSpec, xs: Sequence[Tensor], left: Factor, right: Facto
 
     Example:
         >>> import torch
-        >>> from hmfusion import planner
+        >>> from hmfusion.ops import planner
         >>> spec = planner.KronSpec(6, 8, 2, 2, 3, 4)
         >>> y = planner.kron_concat(spec, [torch.randn(5, 8)], torch.randn(2, 2),
         ...                         torch.randn(3, 4))
         >>> y.shape
         torch.Size([5, 6])
     """
-    autocast_dtype = kernels.autocast_dtype(xs)
-    if autocast_dtype is not None:
+    first = xs[0]
+    autocast_dtype = kernels.autocast_dtype_for(first.device.type)
+    if autocast_dtype is not None:  # cast, then the same call with autocast off
         xs = [_cast(x, autocast_dtype) for x in xs]  # type: ignore[misc]
         left, right = _cast(left, autocast_dtype), _cast(right, autocast_dtype)
-        with torch.autocast(xs[0].device.type, enabled=False):
-            return _run(spec, xs, left, right)
-    return _run(spec, xs, left, right)
-
-
-def _run(spec: KronSpec, xs: Sequence[Tensor], left: Factor, right: Factor) -> Tensor:
-    first = xs[0]
+        with torch.autocast(first.device.type, enabled=False):
+            return kron_concat(spec, xs, left, right)
     grad = kernels.needs_grad(xs, left, right)
     plan = choose_plan(
         spec, first.shape[0], tuple([x.shape[1] for x in xs]), first.dtype, first.device.type, grad
@@ -478,14 +508,16 @@ def _apply(plan: Plan, spec: KronSpec, xs: Sequence[Tensor], left: Factor, right
         y = kernels.kron_matmul(x, _as_list(left), _as_list(right), shape, plan.order)
     else:
         inputs: Literal["gather", "split"] = "split" if plan.inputs == "split" else "gather"
+        # (a matrix or a stack as it is: no unsqueeze for autograd to record)
         y = native.fused_kron_concat(
             xs,
-            _as_stack(left),
-            _as_stack(right),
+            left if isinstance(left, Tensor) else kernels.dense_factor(left),
+            right if isinstance(right, Tensor) else kernels.dense_factor(right),
             plan.order,
             plan.chunk_rows,
             inputs,
             tiled=plan.kernel == "tiled",
             fallback=plan.kernel == "pytorch",
+            triton=plan.kernel == "triton",
         )
     return y[:, : spec.n] if spec.p * spec.s != spec.n else y

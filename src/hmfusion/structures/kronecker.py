@@ -11,7 +11,7 @@ from torch import Tensor
 
 from hmfusion import _validation as V
 from hmfusion.ops import kernels, planner
-from hmfusion.structures import blocksizes, fitting
+from hmfusion.structures import fitting
 from hmfusion.structures.base import (
     Factors,
     FactorSpec,
@@ -22,6 +22,10 @@ from hmfusion.structures.base import (
 )
 
 __all__ = ["KroneckerStructure"]
+
+
+#: Per Kronecker factor (left, right): its name when dense, its two names when low-rank.
+_NAMES = (("A", ("P", "Q")), ("B", ("S", "T")))
 
 
 def _spec_property(name: str, doc: str) -> property:
@@ -38,9 +42,9 @@ class KroneckerStructure(Structure):
     - dual-LPHM: `rank_a = rank_b = r`: A = P Qᵀ with P: p×r, Q: q×r; w = [P | Qᵀ | S | Tᵀ].
 
     The sizes live in one place, `spec` (the planner's [`KronSpec`][hmfusion.ops.planner.KronSpec],
-    with s = ⌈n/p⌉ and t = ⌈D/q⌉); `n`, `p`, `s`… read it. Use `create` to validate
-    arguments and resolve `"auto"` block sizes
-    ([`hmfusion.structures.blocksizes.choose_block_sizes`][hmfusion.structures.blocksizes.choose_block_sizes]).
+    with s = ⌈n/p⌉ and t = ⌈D/q⌉); `n`, `p`, `s`… read it. `create` validates arguments and
+    resolves `"auto"` block sizes
+    ([`choose_block_sizes`][hmfusion.structures.blocksizes.choose_block_sizes]).
 
     Args:
         spec: the sizes n, D, p, q, s, t, terms and ranks (not checked: `create` checks them).
@@ -73,7 +77,7 @@ class KroneckerStructure(Structure):
         rank_b: object = None,
         pad: object = False,
     ) -> KroneckerStructure:
-        """Validate the block sizes against n and D and build the structure.
+        """Validate the arguments and build the structure, `"auto"` block sizes resolved.
 
         Args:
             n: output width, a positive int.
@@ -85,63 +89,39 @@ class KroneckerStructure(Structure):
             rank_b: the rank of B = S Tᵀ, or `None` for a dense B.
             pad: allow p ∤ n or q ∤ D by zero-padding to multiples of p and q.
 
-        Returns:
-            The structure, with `"auto"` block sizes resolved.
-
         Raises:
             TypeError: n, D, p, q, terms or a rank is not an int (p, q may also be `"auto"`);
                 pad is not a bool.
-            ValueError: a value is not positive; n or D exceeds 2⁴⁸; p does not divide n or q
-                does not divide D (without `pad`; the message lists the valid divisors);
-                p > n or q > D.
+            ValueError: a value is not positive; n or D exceeds 2⁴⁸; p ∤ n or q ∤ D without
+                `pad` (the message lists the valid divisors); p > n or q > D.
         """
-        n, D = V.check_size("n", n), V.check_size("D", D)
-        p, q, terms, rank_a, rank_b, pad = V.check_kronecker_arguments(
-            p, q, terms, rank_a, rank_b, pad
-        )
-        p_val, q_val = blocksizes.choose_block_sizes(
-            n, D, p, q, pad=pad, terms=terms, rank_a=rank_a, rank_b=rank_b
-        )
-        V.check_block_sizes_fit(n, D, p_val, q_val, tied=q is None, pad=pad)
-        s, t = -(-n // p_val), -(-D // q_val)
-        return cls(planner.KronSpec(n, D, p_val, q_val, s, t, terms, rank_a, rank_b), pad)
+        return cls(*V.check_kronecker_structure(n, D, p, q, terms, rank_a, rank_b, pad))
+
+    def _sides(self) -> tuple[tuple[str, tuple[str, str], int, int, int | None], ...]:
+        (a, pq), (b, st) = _NAMES  # per factor (left, right): names, shape and rank
+        return ((a, pq, self.p, self.q, self.rank_a), (b, st, self.s, self.t, self.rank_b))
 
     @property
     def factor_specs(self) -> tuple[FactorSpec, ...]:
         lead = () if self.terms == 1 else (self.terms,)
-        a, b = self.rank_a, self.rank_b
-        left = (
-            (FactorSpec("A", (*lead, self.p, self.q)),)
-            if a is None
-            else (FactorSpec("P", (self.p, a)), FactorSpec("Q", (self.q, a)))
-        )
-        right = (
-            (FactorSpec("B", (*lead, self.s, self.t)),)
-            if b is None
-            else (FactorSpec("S", (self.s, b)), FactorSpec("T", (self.t, b)))
-        )
-        return left + right
+        specs: list[FactorSpec] = []
+        for dense, (u, v), rows, cols, rank in self._sides():
+            if rank is None:
+                specs.append(FactorSpec(dense, (*lead, rows, cols)))
+            else:
+                specs += [FactorSpec(u, (rows, rank)), FactorSpec(v, (cols, rank))]
+        return tuple(specs)
 
     @property
     def flat_layout(self) -> tuple[FlatPiece, ...]:
         if self.terms > 1:
             return tuple(FlatPiece(name, j) for j in range(self.terms) for name in ("A", "B"))
-        left = (
-            (FlatPiece("A"),)
-            if self.rank_a is None
-            else (FlatPiece("P"), FlatPiece("Q", transposed=True))
-        )
-        right = (
-            (FlatPiece("B"),)
-            if self.rank_b is None
-            else (FlatPiece("S"), FlatPiece("T", transposed=True))
-        )
-        return left + right
+        return tuple(FlatPiece(f.name, transposed=f.name in "QT") for f in self.factor_specs)
 
     def _pair(self, f: Factors) -> tuple[kernels.Factor, kernels.Factor]:
         """A and B as the planner takes them: a tensor, or a low-rank pair (P, Q) / (S, T)."""
-        left = (f["P"], f["Q"]) if self.rank_a is not None else f["A"]
-        right = (f["S"], f["T"]) if self.rank_b is not None else f["B"]
+        left = (f["P"], f["Q"]) if self.spec.rank_a is not None else f["A"]
+        right = (f["S"], f["T"]) if self.spec.rank_b is not None else f["B"]
         return left, right
 
     def dense_factors(self, f: Factors) -> tuple[Tensor, Tensor]:
@@ -161,18 +141,9 @@ class KroneckerStructure(Structure):
         device: torch.device | str = "cpu",
         requires_grad: bool = True,
     ) -> planner.Plan:
-        """How `apply_concat` computes m rows of inputs of widths `dims` (default: one
-        input of width D): materialize, fused or composite, order, input handling, row chunk.
-        See [`hmfusion.ops.planner`][hmfusion.ops.planner];
-        [`force_plan`][hmfusion.ops.planner.force_plan] overrides it.
-
-        Args:
-            m: the number of rows (not checked here: the fusion module's `plan` checks it).
-            dims: the input widths; default `(D,)`.
-            dtype: the dtype of the computation.
-            device: the device (only its type matters).
-            requires_grad: whether the backward is costed too.
-        """
+        """[`choose_plan`][hmfusion.ops.planner.choose_plan] for this `spec`: how `apply_concat`
+        computes m rows (not checked) of inputs of widths `dims` (default `(D,)`) in `dtype` on
+        `device` (its type), the backward costed too with `requires_grad`."""
         widths = (self.D,) if dims is None else tuple(dims)
         device_type = torch.device(device).type
         return planner.choose_plan(self.spec, m, widths, dtype, device_type, requires_grad)
@@ -181,41 +152,33 @@ class KroneckerStructure(Structure):
         return self.apply_concat([x], f)
 
     def apply_concat(self, xs: Sequence[Tensor], f: Factors) -> Tensor:
-        # The planner reads each input in place where the layout allows (no cat(xs)), pads D
-        # inside its one staging copy otherwise, and crops the padded rows of W itself.
         return planner.kron_concat(self.spec, xs, *self._pair(f))
 
     def init_factors_(self, f: Factors, generator: torch.Generator | None = None) -> None:
         # Var(W) = terms·Var(A)·Var(B) = 1/(3D), split evenly: Var(A) = Var(B) = √(1/(3D·terms)).
         # A low-rank factor X Yᵀ of rank r has Var = r·Var(X)·Var(Y), so each gets √(Var/r).
         factor_variance = math.sqrt(linear_weight_variance(self.D) / self.terms)
-        for dense, pair, rank in (("A", ("P", "Q"), self.rank_a), ("B", ("S", "T"), self.rank_b)):
-            if rank is None:
-                _uniform_(f[dense], factor_variance, generator)
-            else:
-                for name in pair:
-                    _uniform_(f[name], math.sqrt(factor_variance / rank), generator)
+        for dense, pair, _, _, rank in self._sides():
+            variance = factor_variance if rank is None else math.sqrt(factor_variance / rank)
+            for name in (dense,) if rank is None else pair:
+                _uniform_(f[name], variance, generator)
 
     def fit(self, weight: Tensor) -> dict[str, Tensor]:
-        """Nearest sum of Kronecker products
-        ([`hmfusion.structures.fitting.fit_kronecker`][hmfusion.structures.fitting.fit_kronecker]:
-        Van Loan & Pitsianis,
-        with hard impute of the padded entries); a low-rank Kronecker factor is
-        then truncated by SVD (not jointly optimal, but exact when W has that structure)."""
-        a, b = fitting.fit_kronecker(weight, self.p, self.q, self.s, self.t, self.terms)
+        """Nearest sum of Kronecker products (Van Loan & Pitsianis, padded entries hard-imputed:
+        [`fit_kronecker`][hmfusion.structures.fitting.fit_kronecker]); a low-rank factor is then
+        truncated by SVD (not jointly optimal, but exact when W has that structure)."""
+        stacks = fitting.fit_kronecker(weight, self.p, self.q, self.s, self.t, self.terms)
         out: dict[str, Tensor] = {}
-        for dense, pair, rank, stack in (("A", "PQ", self.rank_a, a), ("B", "ST", self.rank_b, b)):
+        for (dense, (u, v), _, _, rank), stack in zip(self._sides(), stacks):
             if rank is None:
                 out[dense] = stack[0] if self.terms == 1 else stack
             else:
-                out[pair[0]], out[pair[1]] = fitting.truncated_svd(stack[0], rank)
+                out[u], out[v] = fitting.truncated_svd(stack[0], rank)
         return out
 
     def describe(self) -> str:
         rank = self.rank_b if self.rank_b is not None else self.rank_a
-        return ", ".join(
-            [f"p={self.p}", f"q={self.q}", f"s={self.s}", f"t={self.t}"]
-            + [f"terms={self.terms}"] * (self.terms > 1)
-            + [f"r={rank}"] * (rank is not None)
-            + [f"pad=True (n'={self.p * self.s}, D'={self.q * self.t})"] * self.pad
-        )
+        parts = [f"p={self.p}", f"q={self.q}", f"s={self.s}", f"t={self.t}"]
+        parts += [f"terms={self.terms}"] * (self.terms > 1) + [f"r={rank}"] * (rank is not None)
+        parts += [f"pad=True (n'={self.p * self.s}, D'={self.q * self.t})"] * self.pad
+        return ", ".join(parts)

@@ -57,8 +57,15 @@ class RandomMatrixStructure(Structure):
     def random_matrices(self) -> tuple[Tensor, Tensor]:
         """R₁ (n×r) and R₂ (D×r) for this seed, float64 on the CPU."""
         generator = torch.Generator(device="cpu").manual_seed(self.seed)
-        r1 = torch.empty(self.n, self.r, dtype=torch.float64)
-        r2 = torch.empty(self.D, self.r, dtype=torch.float64)
+        try:
+            r1 = torch.empty(self.n, self.r, dtype=torch.float64)
+            r2 = torch.empty(self.D, self.r, dtype=torch.float64)
+        except RuntimeError as error:  # the allocator's refusal, as for every factor
+            raise ValueError(
+                f"n={self.n}, D={self.D}: r={self.r} needs random matrices of "
+                f"{(self.n + self.D) * self.r} float64 values, which cannot be allocated; "
+                "choose a smaller r"
+            ) from error
         _uniform_(r1, 1.0, generator)
         _uniform_(r2, 1.0, generator)
         return r1, r2

@@ -45,6 +45,12 @@ from hmfusion.apps.outputs import OutputDirectory
 __all__ = ["add_arguments", "main"]
 
 _DTYPES = ("float32", "float64", "bfloat16", "float16")
+#: How long `--quick --load 1` (the CI grid, quiet and loaded) takes on 2 CPU cores: the help
+#: text says it and the README quotes it; benchmarks/RESULTS.md's notes hold the measured run
+#: (tests/test_docs_claims.py checks all three).
+QUICK_DURATION = "under 4 minutes on 2 CPU cores"
+#: Where the outputs go unless `--out` says otherwise (the help text and the README say it).
+DEFAULT_OUT = Path("bench-out")
 #: The file every output folder of `hmfusion bench` holds (`--overwrite` replaces only those).
 _MARKER = "results.json"
 
@@ -61,7 +67,43 @@ def _shape(text: str) -> Shape:
         raise argparse.ArgumentTypeError(
             f"shape {text!r}: need positive values, p | n, q | D and k ≤ D"
         )
+    needed, memory = _shape_bytes(shape), _memory_bytes()
+    if memory is not None and needed > memory:
+        raise argparse.ArgumentTypeError(
+            f"shape {text!r} needs about {needed / 2**30:,.0f} GiB (inputs, outputs, the dense "
+            f"weight and their gradients in float32), more than this machine's "
+            f"{memory / 2**30:,.0f} GiB"
+        )
     return shape
+
+
+def _shape_bytes(shape: Shape) -> int:
+    """What measuring `shape` holds at once, roughly: X, Y and the dense W in float32, each
+    with its gradient and a copy (forward+backward, the methods in turn)."""
+    m, D, n = shape.m, shape.D, shape.n
+    return 4 * 3 * (m * D + m * n + n * D)
+
+
+def _memory_bytes() -> int | None:
+    """This machine's physical memory, where the system says."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+#: Upper bounds of --repeats and --warmup (a typo such as 10**12 would never finish).
+MAX_REPEATS, MAX_WARMUP = 1000, 100
+
+
+def _bounded(flag_max: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = nonnegative_int(text) if flag_max == MAX_WARMUP else positive_int(text)
+        if value > flag_max:
+            raise argparse.ArgumentTypeError(f"must be at most {flag_max}, got {value}")
+        return value
+
+    return parse
 
 
 def _choices(kind: str, allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
@@ -101,7 +143,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--quick",
         action="store_true",
         help="CI grid: the target shapes and two small layers, "
-        "forward+backward, float32 and bfloat16, ~2 minutes",
+        f"forward+backward, float32 and bfloat16; with --load 1 {QUICK_DURATION}",
     )
     parser.add_argument(
         "--shape",
@@ -131,15 +173,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--repeats",
-        type=positive_int,
+        type=_bounded(MAX_REPEATS),
         default=None,
-        help="timed rounds per mode (default 7; 3 with --quick)",
+        help=f"timed rounds per mode (default 7; 3 with --quick; at most {MAX_REPEATS})",
     )
     parser.add_argument(
         "--warmup",
-        type=nonnegative_int,
+        type=_bounded(MAX_WARMUP),
         default=None,
-        help="untimed rounds first (default 2; 1 with --quick)",
+        help=f"untimed rounds first (default 2; 1 with --quick; at most {MAX_WARMUP})",
     )
     parser.add_argument(
         "--threads", type=positive_int, default=2, help="torch.set_num_threads (default 2)"
@@ -165,8 +207,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("bench-out"),
-        help="output folder for results.json, results.md, speedup.png",
+        default=DEFAULT_OUT,
+        help="output folder for results.json, results.md, speedup.png "
+        f"(default: {DEFAULT_OUT}/ in the current directory)",
     )
     parser.add_argument(
         "--overwrite",
@@ -200,7 +243,8 @@ def main(args: argparse.Namespace) -> int:
             ([`run_command`][hmfusion.apps.common.run_command]).
     """
     device = resolve_device(args.device)
-    output = OutputDirectory(args.out, overwrite=args.overwrite, marker=_MARKER)
+    inputs = () if args.render is None else (args.render,)
+    output = OutputDirectory(args.out, overwrite=args.overwrite, inputs=inputs)
     stored = None if args.render is None else _read_report(args.render)
     with output as staging:
         report = stored if stored is not None else _measure(args, device)
@@ -222,6 +266,10 @@ def _read_report(path: Path) -> dict[str, Any]:
         raise UsageError(f"--render {describe_failure(failure)}") from None
     except ValueError as failure:
         raise UsageError(f"--render {str(path)!r}: not a results.json ({failure})") from None
+    except RecursionError:
+        raise UsageError(
+            f"--render {str(path)!r}: nested too deeply to be a results.json"
+        ) from None
     keys = ("results", "machine", "config")
     if not isinstance(report, dict) or any(key not in report for key in keys):
         raise UsageError(f"--render {str(path)!r}: not a results.json (it needs {', '.join(keys)})")

@@ -2,11 +2,14 @@
 
 A checkpoint is two files of one name: `<name>.pt` (the `state_dict`, tensors only, read with
 `torch.load(weights_only=True)`) and `<name>.json` (the model config and the run's metadata).
-The JSON records the SHA-256 of the `.pt` bytes and the run id, so
+The JSON records the SHA-256 of the `.pt` bytes, the SHA-256 of its own `"model"` config
+(`"model_sha256"`: the classes and their order, the widths, the fusion — everything that changes
+predictions) and the run id, so
 [`load_checkpoint`][hmfusion.apps.train.checkpoint.load_checkpoint] refuses weights that do not
-belong to
-the config (another run, a partial write), as well as non-finite weights and a degenerate
-standardization. The config's `"format"` and `"version"` fields are
+belong to the config (another run, a partial write), a config edited after training (classes
+reordered would relabel every prediction), non-finite weights and a degenerate standardization.
+Checkpoints written before `"model_sha256"` existed still load, their config unverified
+(`hmfusion predict` says so in one line). The config's `"format"` and `"version"` fields are
 [`CHECKPOINT_FORMAT`][hmfusion.apps.train.model.CHECKPOINT_FORMAT] and
 [`CHECKPOINT_VERSION`][hmfusion.apps.train.model.CHECKPOINT_VERSION], which
 [`make_config`][hmfusion.apps.train.model.MultiViewClassifier.make_config] writes into every config.
@@ -15,6 +18,7 @@ standardization. The config's `"format"` and `"version"` fields are
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,10 +52,35 @@ def save_checkpoint(
     together.
     """
     weights = directory / f"{name}.pt"
-    torch.save(dict(state), weights)
-    record = {**meta, "weights_sha256": _sha256(weights)}
-    (directory / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    # Serialized in memory, then written by Python: a full disk is an OSError naming the file
+    # (torch.save's own writer raises a RuntimeError without errno).
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    _write(weights, buffer.getvalue())
+    record = {
+        **meta,
+        "weights_sha256": _sha256(weights),
+        "model_sha256": _config_sha256(meta["model"]),
+    }
+    _write(directory / f"{name}.json", (json.dumps(record, indent=2) + "\n").encode())
     return weights
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write `data` to `path`; a failure (a full disk) is an OSError naming `path`."""
+    try:
+        path.write_bytes(data)
+    except OSError as failure:
+        if failure.filename:
+            raise
+        raise OSError(failure.errno, failure.strerror, str(path)) from None
+
+
+def _config_sha256(config: Mapping[str, Any]) -> str:
+    """The SHA-256 of the config's canonical JSON: every field that changes predictions (the
+    classes and their order, the widths, the fusion and its options)."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _sha256(path: Path) -> str:
@@ -76,7 +105,8 @@ def load_checkpoint(
     Raises:
         DataError: a missing or unreadable file; a JSON file that is not an hmfusion checkpoint
             config (malformed, nested too deep, a wrong format or version, fields of the wrong
-            type); weights that belong to another run or were partly written; weights that are
+            type, a `"model"` that differs from the one saved); weights that belong to another
+            run or were partly written; weights that are
             not a tensor `state_dict` or do not fit the config; NaN or infinite weights; a
             standardization scale that is not positive.
 
@@ -93,6 +123,13 @@ def load_checkpoint(
             )
     meta = _read_meta(config_path)
     config = meta["model"]
+    recorded = meta.get("model_sha256")
+    if recorded is not None and recorded != _config_sha256(config):
+        raise DataError(
+            f'{config_path}: its "model" fields were changed after training (the classes, '
+            "their order, the widths or the fusion no longer match what was saved); use the "
+            "files a train run wrote"
+        )
     if _sha256(weights) != meta["weights_sha256"]:
         raise DataError(
             f"{weights} does not belong to {config_path.name}: its contents differ "
@@ -145,6 +182,8 @@ def _read_meta(config_path: Path) -> dict[str, Any]:
         )
     if not isinstance(meta.get("weights_sha256"), str):
         raise DataError(f"{config_path} does not record the SHA-256 of its weights")
+    if not isinstance(meta.get("model_sha256", ""), str):
+        raise DataError(f"{config_path}: 'model_sha256' must be a string")
     problem = _config_problem(config)
     if problem:
         raise DataError(f"{config_path}: {problem}")
@@ -174,7 +213,7 @@ def _config_problem(config: Mapping[str, Any]) -> str | None:
         return "'classes' must be a list of at least two integers or strings"
     if len(set(map(repr, classes))) != len(classes):
         return "'classes' holds a class twice"
-    if config.get("fusion") not in FUSIONS:
+    if not isinstance(config.get("fusion"), str) or config["fusion"] not in FUSIONS:
         return f"'fusion' must be one of {', '.join(FUSIONS)}"
     if not _is_int(config.get("hidden"), 0) or not _is_int(config.get("fused_width"), 1):
         return "'hidden' must be an integer >= 0 and 'fused_width' one >= 1"

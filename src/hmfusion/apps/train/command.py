@@ -49,6 +49,7 @@ from hmfusion.apps.train.loop import DEFAULT_FUSIONS, TrainConfig, model_config,
 from hmfusion.apps.train.model import FUSIONS, MultiViewClassifier
 from hmfusion.apps.train.results import results, write_outputs
 from hmfusion.data import DataError, MultiViewData, check_classes, stratified_subsample
+from hmfusion.ops import native
 
 __all__ = ["add_arguments", "main"]
 
@@ -305,7 +306,9 @@ def main(args: argparse.Namespace) -> int:
             try:
                 if procs.is_main:
                     output = OutputDirectory(
-                        args.out, overwrite=args.overwrite, marker="results.json"
+                        args.out,
+                        overwrite=args.overwrite,
+                        inputs=[*(args.views or ()), *([args.labels] if args.labels else [])],
                     )
                 data = _prepare_data(args, config)
                 if output is not None:
@@ -321,6 +324,11 @@ def main(args: argparse.Namespace) -> int:
             if problem is not None or data is None:
                 return error(str(problem), show=procs.is_main)
 
+            # The first use on a machine builds the compiled operator (one line on stderr says
+            # so): here, outside every model's training time and the total reported.
+            building = time.perf_counter()
+            native.available()
+            started += time.perf_counter() - building
             try:  # the losses are all-reduced, so every rank fails alike
                 runs = train_all(data, config, procs)
             except ValueError as failure:
@@ -339,7 +347,7 @@ def main(args: argparse.Namespace) -> int:
                 try:
                     table = write_outputs(output.staging, summary, runs)
                     output.commit()
-                except OSError as failure:
+                except (OSError, UsageError) as failure:
                     problem = describe_failure(failure)
             problem = procs.agree(problem, None)
             if problem is not None:

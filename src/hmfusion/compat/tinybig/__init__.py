@@ -16,15 +16,27 @@ interface. As in tinybig, w belongs to the layer that owns the fusion: a fusion 
 unless built with `own_parameters=True`. `layout="kronecker"` (default) gives the documented
 W = A ⊗ B; `layout="tinybig-0.2.1"` reproduces tinybig's own W (see `legacy`).
 
-Modules: `base` (the `fusion` base class), `processing` (allowlisted processing
-functions), `basic` (sums, averages, concatenation), `metric`, `legacy`
-(tinybig's W), `parameterized` (the dense class and the shared arguments),
-`structured` (low-rank, HM, LPHM, dual-LPHM), `random_matrix`, `config`
-(`from_config`),
-`configkeys` (the tinybig keys a config may carry). `docs/tinybig.md` lists every
-deliberate difference from tinybig 0.2.1.
+tinybig's module paths work too: `base_fusion`, `basic_fusion`, `metric_fusion`,
+`concatenation_fusion` and `parameterized_concatenation_fusion` are modules here, so
+`from hmfusion.compat.tinybig.metric_fusion import l1_norm_fusion` works as in tinybig (and, as
+there, the package attribute of a class's name is the class).
+
+Modules: `base` (the `fusion` base class), `processing` (allowlisted processing functions),
+`formula` (`string_to_function`'s parser), `basic` (sums, averages, concatenation), `metric`,
+`legacy` (tinybig's W), `parameterized` (the dense class and the shared arguments), `structured`
+(low-rank, HM, LPHM, dual-LPHM), `random_matrix`, `config` (`from_config`), `configkeys` (the
+tinybig keys a config may carry). `docs/tinybig.md` lists every deliberate difference from
+tinybig 0.2.1.
 """
 
+# tinybig's submodule paths, loaded first: as in tinybig.fusion, the class names bound below
+# (concatenation_fusion, metric_fusion, parameterized_concatenation_fusion) then replace the
+# package attributes that loading a submodule of the same name sets.
+from hmfusion.compat.tinybig import base_fusion as _m1  # noqa: F401
+from hmfusion.compat.tinybig import basic_fusion as _m2  # noqa: F401
+from hmfusion.compat.tinybig import concatenation_fusion as _m3  # noqa: F401
+from hmfusion.compat.tinybig import metric_fusion as _m4  # noqa: F401
+from hmfusion.compat.tinybig import parameterized_concatenation_fusion as _m5  # noqa: F401
 from hmfusion.compat.tinybig.base import DeviceName, DimIndexError, fusion
 from hmfusion.compat.tinybig.basic import (
     average_fusion,
@@ -53,7 +65,7 @@ from hmfusion.compat.tinybig.parameterized import (
     Layout,
     parameterized_concatenation_fusion,
 )
-from hmfusion.compat.tinybig.processing import Exp, LastDimLayerNorm
+from hmfusion.compat.tinybig.processing import Exp, LastDimLayerNorm, LastDimSoftmax
 from hmfusion.compat.tinybig.random_matrix import (
     random_matrix_adaption_parameterized_concatenation_fusion,
 )
@@ -72,6 +84,7 @@ __all__ = [
     "DimIndexError",
     "Exp",
     "LastDimLayerNorm",
+    "LastDimSoftmax",
     "Layout",
     "TinybigLegacyKronecker",
     "average_fusion",

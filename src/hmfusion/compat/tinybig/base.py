@@ -7,18 +7,16 @@ constructor, accessors and static helpers (`func_x`, `str_func_x`, `functions_to
 
 from __future__ import annotations
 
-import ast
 import itertools
-import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from hmfusion import _validation as V
 from hmfusion.compat.tinybig import processing as P
+from hmfusion.compat.tinybig.formula import parse_formula
 
 __all__ = ["DeviceName", "DimIndexError", "fusion"]
 
@@ -65,8 +63,17 @@ class fusion(nn.Module):
     Subclasses define `calculate_n` (output width), `calculate_l` (length of the
     flat parameter vector w) and `forward`. Processing functions are attributes with
     tinybig's semantics: assign `None`, a callable, an `nn.Module`, an allowed name
-    (`"relu"`, `"layer_norm"`, `"torch.exp"`, … see `processing`) or a list of them;
-    they are kept as an `nn.ModuleList` of registered submodules.
+    (`"relu"`, `"layer_norm"`, `"torch.exp"`, … see `processing`) or a list of them.
+
+    Registration, as in tinybig: a list (or tuple, or a list of configs) is held as a plain
+    Python list of modules — not registered, so not in `parameters()` or `state_dict()`: a
+    `torch.nn.LayerNorm` in it does not train and is not saved. A single `nn.Module` (or a
+    single config dict) is registered under the attribute's name, as torch's attribute
+    assignment does in tinybig (`state_dict` keys `preprocess_functions.<name>`).
+    `register_processing=True` registers every processing module (an `nn.ModuleList`:
+    keys `preprocess_functions.<i>.<name>`), so that a norm trains; assigning it later stores
+    the current modules anew (registered, or as a plain list). Either way the modules follow
+    `train()` / `eval()` and `.to()` (tinybig's list-held modules do not).
 
     Args:
         dims: the input widths n_1 … n_k, or `None`; kept as given (list or tuple).
@@ -79,10 +86,12 @@ class fusion(nn.Module):
         postprocess_function_configs: instead of `postprocess_functions`, in the same form.
         device: tinybig's device string (default `"cpu"`); where processing modules built
             from names are created.
+        register_processing: register every processing module as a submodule (default
+            `False`: tinybig's plain list, see above).
 
     Raises:
-        TypeError: name not a str, require_parameters not a bool, device not a str or
-            `torch.device`, dims not a sequence of ints.
+        TypeError: name not a str, require_parameters or register_processing not a bool,
+            device not a str or `torch.device`, dims not a sequence of ints.
         ValueError: a non-positive dim, a processing name not allowed, a preprocessing module
             with `inplace=True`, both functions and configs given.
 
@@ -93,8 +102,9 @@ class fusion(nn.Module):
         (2, 5, True)
     """
 
-    preprocess_functions: nn.ModuleList
-    postprocess_functions: nn.ModuleList
+    #: the stored value: a plain list, a single registered module, or an `nn.ModuleList`
+    preprocess_functions: list[nn.Module] | nn.Module
+    postprocess_functions: list[nn.Module] | nn.Module
 
     def __init__(
         self,
@@ -106,11 +116,13 @@ class fusion(nn.Module):
         preprocess_function_configs: Any = None,
         postprocess_function_configs: Any = None,
         device: str | torch.device = "cpu",
+        register_processing: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {type(name).__name__}")
         V.check_bool("require_parameters", require_parameters)
+        self.register_processing = V.check_bool("register_processing", register_processing)
         self.device = device
         self.name = name
         self.require_parameters = require_parameters
@@ -119,25 +131,76 @@ class fusion(nn.Module):
         else:
             checked = V.check_dims(dims)
             self.dims = checked if isinstance(dims, tuple) else list(checked)
-        factory = {"device": torch.device(self._device)}
-        super().__setattr__(
-            "preprocess_functions",
-            P.processing_modules(
-                "preprocess", preprocess_functions, preprocess_function_configs, factory
-            ),
+        self._store_processing(
+            "preprocess_functions", preprocess_functions, preprocess_function_configs
         )
-        super().__setattr__(
-            "postprocess_functions",
-            P.processing_modules(
-                "postprocess", postprocess_functions, postprocess_function_configs, factory
-            ),
+        self._store_processing(
+            "postprocess_functions", postprocess_functions, postprocess_function_configs
         )
 
     def __setattr__(self, name: str, value: Any) -> None:
-        what = _PROCESSING_ATTRIBUTES.get(name)
-        if what is not None:  # tinybig's assignable processing functions
-            value = P.processing_modules(what, value, None, {"device": torch.device(self._device)})
+        if name in _PROCESSING_ATTRIBUTES:  # tinybig's assignable processing functions
+            self._store_processing(name, value, None)
+            return
+        if name == "register_processing":
+            V.check_bool("register_processing", value)
         super().__setattr__(name, value)
+        if name == "register_processing" and "_device" in self.__dict__:  # store them anew
+            for attribute in _PROCESSING_ATTRIBUTES:
+                self._store_processing(attribute, self._processing(attribute), None)
+
+    def _store_processing(self, attribute: str, functions: Any, configs: Any) -> None:
+        """Build the processing modules and store them as tinybig would (see the class)."""
+        what = _PROCESSING_ATTRIBUTES[attribute]
+        factory = {"device": torch.device(self._device)}
+        modules = P.processing_modules(what, functions, configs, factory)
+        self._modules.pop(attribute, None)
+        self.__dict__.pop(attribute, None)
+        given = functions if functions is not None else configs
+        if self.register_processing:
+            super().__setattr__(attribute, modules)
+        elif isinstance(given, nn.Module) or (
+            isinstance(given, Mapping) and functions is None and len(modules) == 1
+        ):  # one module (or one config) in tinybig is an attribute torch registers
+            super().__setattr__(attribute, given if isinstance(given, nn.Module) else modules[0])
+        else:  # tinybig's plain list: not registered, not saved, not trained
+            self.__dict__[attribute] = list(modules)
+
+    def _processing(self, attribute: str) -> list[nn.Module]:
+        """The processing modules in order, however they are stored."""
+        stored = getattr(self, attribute)
+        if isinstance(stored, nn.ModuleList):
+            return list(stored)
+        return [stored] if isinstance(stored, nn.Module) else list(stored)
+
+    def _held_processing(self) -> list[nn.Module]:
+        """The processing modules held in plain lists (not registered)."""
+        return [
+            module
+            for attribute in _PROCESSING_ATTRIBUTES
+            if isinstance(self.__dict__.get(attribute), list)
+            for module in self.__dict__[attribute]
+        ]
+
+    def train(self, mode: bool = True) -> fusion:
+        """`nn.Module.train`; processing modules held in a plain list follow it too (so
+        dropout stops under `eval()`), although they are not registered.
+
+        Args:
+            mode: training (`True`) or evaluation (`False`) mode.
+        """
+        super().train(mode)
+        for module in self._held_processing():
+            module.train(mode)
+        return self
+
+    def _apply(self, fn: Any, recurse: bool = True) -> fusion:
+        # `.to()`, `.double()`, `.cuda()`: processing modules held in a plain list move too.
+        super()._apply(fn, recurse)
+        if recurse:
+            for module in self._held_processing():
+                module._apply(fn)
+        return self
 
     # device ------------------------------------------------------------------------------------
     @property
@@ -234,13 +297,17 @@ class fusion(nn.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} does not define calculate_l")
 
-    def forward(self, x: Any, w: Tensor | None = None, device: Any = None) -> Any:
+    def forward(
+        self, x: Any, w: Tensor | None = None, device: Any = None, *args: Any, **kwargs: Any
+    ) -> Any:
         """The fusion (subclasses define it).
 
         Args:
             x: the inputs, a list or tuple of tensors.
             w: the flat parameter vector, for the classes that take one.
             device: accepted for tinybig's signature.
+            *args: accepted for tinybig's signature (its classes ignore them).
+            **kwargs: accepted for tinybig's signature (its classes ignore them).
 
         Raises:
             NotImplementedError: the class does not define it.
@@ -255,7 +322,7 @@ class fusion(nn.Module):
             x: one input.
             device: accepted for tinybig's signature; unused.
         """
-        for function in self.preprocess_functions:
+        for function in self._processing("preprocess_functions"):
             x = function(x)
         return x
 
@@ -266,7 +333,7 @@ class fusion(nn.Module):
             x: the fused output.
             device: accepted for tinybig's signature; unused.
         """
-        for function in self.postprocess_functions:
+        for function in self._processing("postprocess_functions"):
             x = function(x)
         return x
 
@@ -351,7 +418,7 @@ class fusion(nn.Module):
             >>> fusion.string_to_function("2*x**2 + 1", "x")(3.0)
             19.0
         """
-        return _formula(formula, variable)
+        return parse_formula(formula, variable)
 
     # configs ------------------------------------------------------------------------------------
     def _config_parameters(self) -> dict[str, Any]:
@@ -361,13 +428,19 @@ class fusion(nn.Module):
             "name": self.name,
             "require_parameters": self.require_parameters,
             "device": str(self.device),
-            "preprocess_function_configs": P.processing_configs(
-                "preprocess", self.preprocess_functions
-            ),
-            "postprocess_function_configs": P.processing_configs(
-                "postprocess", self.postprocess_functions
-            ),
+            "preprocess_function_configs": self._processing_configs("preprocess_functions"),
+            "postprocess_function_configs": self._processing_configs("postprocess_functions"),
+            "register_processing": self.register_processing,
         }
+
+    def _processing_configs(self, attribute: str) -> list[dict] | dict | None:
+        """The configs of the processing functions: one dict for a single registered module
+        (so that it is registered again when rebuilt), else a list."""
+        what = _PROCESSING_ATTRIBUTES[attribute]
+        configs = P.processing_configs(what, nn.ModuleList(self._processing(attribute)))
+        stored = getattr(self, attribute)
+        single = isinstance(stored, nn.Module) and not isinstance(stored, nn.ModuleList)
+        return configs[0] if single and configs else configs
 
     def to_config(self) -> dict:
         """`{"function_class": ..., "function_parameters": {...}}`, JSON-serializable.
@@ -383,51 +456,3 @@ class fusion(nn.Module):
             "function_class": f"{CONFIG_PREFIX}.{type(self).__name__}",
             "function_parameters": self._config_parameters(),
         }
-
-
-_BINARY = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.Pow: operator.pow,
-}
-_FUNCTIONS = {
-    name: getattr(np, name) for name in ("exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "abs")
-}
-
-
-def _formula(formula: object, variable: object) -> Callable[[Any], Any]:
-    if not isinstance(formula, str) or not isinstance(variable, str):
-        raise TypeError("formula and variable must be str")
-    try:
-        tree = ast.parse(formula, mode="eval").body
-    except SyntaxError as error:
-        raise ValueError(f"formula {formula!r} is not a formula: {error.msg}") from None
-
-    def evaluate(node: ast.AST, value: Any) -> Any:
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-            return node.value
-        if isinstance(node, ast.Name) and node.id == variable:
-            return value
-        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-            return _BINARY[type(node.op)](evaluate(node.left, value), evaluate(node.right, value))
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-            operand = evaluate(node.operand, value)
-            return -operand if isinstance(node.op, ast.USub) else operand
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id in _FUNCTIONS
-            and len(node.args) == 1
-            and not node.keywords
-        ):
-            return _FUNCTIONS[node.func.id](evaluate(node.args[0], value))
-        raise ValueError(
-            f"formula {formula!r} may use only numbers, {variable!r}, + - * / **, and "
-            f"{sorted(_FUNCTIONS)}; got {ast.unparse(node)!r}"
-        )
-
-    with np.errstate(all="ignore"):  # refuse a bad formula now, not at the first call
-        evaluate(tree, np.float64(1.0))
-    return lambda value: evaluate(tree, value)

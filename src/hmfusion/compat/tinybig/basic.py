@@ -125,7 +125,12 @@ class weighted_summation_fusion(fusion):
         return self.get_num() if self.require_parameters else 0
 
     def forward(
-        self, x: Sequence[Tensor], w: Tensor | None = None, device: str | torch.device | None = None
+        self,
+        x: Sequence[Tensor],
+        w: Tensor | None = None,
+        device: str | torch.device | None = None,
+        *args: Any,
+        **kwargs: Any,
     ) -> Tensor:
         """`post(Σ_i α_i · pre(x_i))` with α the weights (or w).
 
@@ -134,6 +139,8 @@ class weighted_summation_fusion(fusion):
             w: the k weights, shape (1, k) or (k,), with `require_parameters`;
                 otherwise unused.
             device: accepted for tinybig's signature; unused.
+            *args: ignored, as in tinybig.
+            **kwargs: ignored, as in tinybig.
 
         Raises:
             ValueError: x empty or of unequal shapes; weights (or w) missing or not holding one
@@ -297,7 +304,12 @@ class concatenation_fusion(fusion):
         return 0
 
     def forward(
-        self, x: Sequence[Tensor], w: Tensor | None = None, device: str | torch.device | None = None
+        self,
+        x: Sequence[Tensor],
+        w: Tensor | None = None,
+        device: str | torch.device | None = None,
+        *args: Any,
+        **kwargs: Any,
     ) -> Tensor:
         """`post(cat(pre(x_1), …, pre(x_k), dim=-1))`.
 
@@ -305,6 +317,8 @@ class concatenation_fusion(fusion):
             x: a list or tuple of k tensors, input i of shape `(*, dims[i])`.
             w: accepted for tinybig's signature; unused.
             device: accepted for tinybig's signature; unused.
+            *args: ignored, as in tinybig.
+            **kwargs: ignored, as in tinybig.
 
         Raises:
             ValueError: x empty, leading shapes differ, or count/widths differ from dims.

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from hmfusion.compat.tinybig import basic, metric, parameterized, random_matrix, structured
 from hmfusion.compat.tinybig.base import CONFIG_PREFIX, fusion
 from hmfusion.compat.tinybig.configkeys import TINYBIG_ATTRIBUTE_KEYS, drop_module_state
+from hmfusion.compat.tinybig.parameterized import Layout
 
 __all__ = ["CLASSES", "PARAMETERIZED_CLASSES", "from_config"]
 
@@ -61,6 +62,7 @@ for _submodule, _classes in _BY_SUBMODULE.items():
         for _alias in (
             _cls.__name__,
             f"{CONFIG_PREFIX}.{_cls.__name__}",
+            f"{CONFIG_PREFIX}.{_submodule}.{_cls.__name__}",
             f"tinybig.fusion.{_cls.__name__}",
             f"tinybig.fusion.{_submodule}.{_cls.__name__}",
         ):
@@ -85,24 +87,35 @@ def _accepted(cls: type[fusion]) -> list[str]:
     return names
 
 
-def from_config(config: Mapping) -> fusion:
+def from_config(config: Mapping, *, layout: Layout | None = None) -> fusion:
     """Rebuild a fusion from `{"function_class": ..., "function_parameters": {...}}`.
 
     `function_class` names one of the classes of
-    [`hmfusion.compat.tinybig`][hmfusion.compat.tinybig] (also spelled `tinybig.fusion.<class>` or
-    `tinybig.fusion.<submodule>.<class>`); processing configs inside must name allowlisted
-    functions. The keys tinybig's `to_config()` adds that are not constructor arguments (`training`,
-    `_parameters`, `_modules`, … and `parameter_fabrication`) are dropped.
+    [`hmfusion.compat.tinybig`][hmfusion.compat.tinybig] (also spelled `tinybig.fusion.<class>`,
+    `tinybig.fusion.<submodule>.<class>` or `hmfusion.compat.tinybig.<submodule>.<class>`);
+    processing configs inside must name allowlisted functions. The keys tinybig's
+    `to_config()` adds that are not constructor arguments (`training`, `_parameters`,
+    `_modules`, … and `parameter_fabrication`) are dropped.
+
+    The layout of a parameterized concatenation fusion (which matters for HM, LPHM and
+    dual-LPHM, see `legacy`) is, in this order: the `layout`
+    argument; the config's own `"layout"` parameter (which `to_config()` writes); for a
+    `function_class` spelled `tinybig.…` (a tinybig dump, or a config written for tinybig)
+    `"tinybig-0.2.1"`, so that it computes what tinybig computes from it; otherwise the
+    constructor's default `"kronecker"`. Read it back as `f.layout`.
 
     Args:
         config: the dict, e.g. from `to_config()`, JSON or `yaml.safe_load`.
+        layout: `"kronecker"` or `"tinybig-0.2.1"` for a parameterized concatenation fusion
+            (default `None`: as described above).
 
     Returns:
         The fusion module (its weights travel separately, in a `state_dict`).
 
     Raises:
         TypeError: config or its parameters are not dicts, or a parameter has the wrong type.
-        ValueError: an unknown class or processing name, an unknown key or parameter.
+        ValueError: an unknown class or processing name, an unknown key or parameter; a
+            `layout` for a class without one, unknown, or other than the config's `"layout"`.
 
     Example:
         >>> from_config({"function_class": "tinybig.fusion.sum_fusion",
@@ -140,4 +153,27 @@ def from_config(config: Mapping) -> fusion:
         raise ValueError(
             f"unknown function_parameters {unknown} for {cls.__name__}; accepted: {accepted}"
         )
+    if cls in PARAMETERIZED_CLASSES:
+        parameters["layout"] = _layout(name, parameters.get("layout"), layout)
+    elif layout is not None:
+        raise ValueError(
+            f"layout={layout!r} applies only to the parameterized concatenation fusions, "
+            f"not to {cls.__name__}"
+        )
     return cls(**parameters)
+
+
+def _layout(name: str, configured: object, given: Layout | None) -> object:
+    """The layout a parameterized fusion is built with (see `from_config`)."""
+    if given is not None:
+        if given not in parameterized.LAYOUTS:
+            raise ValueError(f"layout must be one of {list(parameterized.LAYOUTS)}, got {given!r}")
+        if configured is not None and configured != given:
+            raise ValueError(
+                f"layout={given!r} differs from the config's layout={configured!r}; "
+                f"drop one of them"
+            )
+        return given
+    if configured is not None:
+        return configured  # checked by the constructor
+    return parameterized.TINYBIG_021 if name.startswith("tinybig.") else parameterized.KRONECKER

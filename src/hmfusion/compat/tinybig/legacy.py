@@ -135,6 +135,23 @@ class TinybigLegacyKronecker(nn.Module):
         """The materialized W (n×D) of the module's own factors."""
         return self.materialize(self.factors())
 
+    def to_linear(self) -> nn.Linear:
+        """An `nn.Linear(D, n, bias=False)` holding tinybig's W of the module's own factors.
+
+        The route to a true Kronecker product: fit one to this weight and fine-tune, e.g.
+        `HMConcatFusion.from_linear(m.to_linear(), dims, p=…, terms=…)`.
+
+        Example:
+            >>> m = TinybigLegacyKronecker([4], 4, p=2)
+            >>> torch.equal(m.to_linear().weight, m.weight)
+            True
+        """
+        factor = next(iter(self.factors().values()))
+        linear = nn.Linear(self.D, self.n, bias=False, device=factor.device, dtype=factor.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(self.weight)
+        return linear
+
     def flat_parameters(self) -> Tensor:
         """w, shape (l,): the factors flattened in tinybig's order (differentiable)."""
         return torch.cat([value.reshape(-1) for value in self.factors().values()])

@@ -134,7 +134,12 @@ class metric_fusion(fusion):
         return 0
 
     def forward(
-        self, x: Sequence[Tensor], w: Tensor | None = None, device: str | torch.device | None = None
+        self,
+        x: Sequence[Tensor],
+        w: Tensor | None = None,
+        device: str | torch.device | None = None,
+        *args: Any,
+        **kwargs: Any,
     ) -> Tensor:
         """`post(metric(pre(x_1), …, pre(x_k)))` elementwise.
 
@@ -142,6 +147,8 @@ class metric_fusion(fusion):
             x: a list or tuple of k tensors of the same shape.
             w: accepted for tinybig's signature; unused.
             device: accepted for tinybig's signature; unused.
+            *args: ignored, as in tinybig.
+            **kwargs: ignored, as in tinybig.
 
         Raises:
             ValueError: x empty, of unequal shapes, or not matching dims.
@@ -179,10 +186,10 @@ class max_fusion(_NamedMetricFusion):
     Args:
         name: returned by `get_name` (default `"max_fusion"`).
         *args: `metric_fusion`'s positional arguments after `name` (`dims` first), as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion]; its `metric` is fixed by the
+            `metric_fusion`; its `metric` is fixed by the
             class.
         **kwargs: `dims`, the processing functions and `device`, as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion].
+            `metric_fusion`.
 
     Example:
         >>> max_fusion(dims=[1, 1])([torch.tensor([[1.0]]), torch.tensor([[2.0]])])
@@ -201,10 +208,10 @@ class min_fusion(_NamedMetricFusion):
     Args:
         name: returned by `get_name` (default `"min_fusion"`).
         *args: `metric_fusion`'s positional arguments after `name` (`dims` first), as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion]; its `metric` is fixed by the
+            `metric_fusion`; its `metric` is fixed by the
             class.
         **kwargs: `dims`, the processing functions and `device`, as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion].
+            `metric_fusion`.
 
     Example:
         >>> min_fusion(dims=[1, 1])([torch.tensor([[1.0]]), torch.tensor([[2.0]])])
@@ -223,10 +230,10 @@ class sum_fusion(_NamedMetricFusion):
     Args:
         name: returned by `get_name` (default `"sum_fusion"`).
         *args: `metric_fusion`'s positional arguments after `name` (`dims` first), as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion]; its `metric` is fixed by the
+            `metric_fusion`; its `metric` is fixed by the
             class.
         **kwargs: `dims`, the processing functions and `device`, as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion].
+            `metric_fusion`.
 
     Example:
         >>> sum_fusion(dims=[1, 1])([torch.tensor([[1.0]]), torch.tensor([[2.0]])])
@@ -245,10 +252,10 @@ class mean_fusion(_NamedMetricFusion):
     Args:
         name: returned by `get_name` (default `"mean_fusion"`).
         *args: `metric_fusion`'s positional arguments after `name` (`dims` first), as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion]; its `metric` is fixed by the
+            `metric_fusion`; its `metric` is fixed by the
             class.
         **kwargs: `dims`, the processing functions and `device`, as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion].
+            `metric_fusion`.
 
     Example:
         >>> mean_fusion(dims=[1, 1])([torch.tensor([[1.0]]), torch.tensor([[2.0]])])
@@ -267,10 +274,10 @@ class prod_fusion(_NamedMetricFusion):
     Args:
         name: returned by `get_name` (default `"prod_fusion"`).
         *args: `metric_fusion`'s positional arguments after `name` (`dims` first), as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion]; its `metric` is fixed by the
+            `metric_fusion`; its `metric` is fixed by the
             class.
         **kwargs: `dims`, the processing functions and `device`, as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion].
+            `metric_fusion`.
 
     Example:
         >>> prod_fusion(dims=[1, 1])([torch.tensor([[3.0]]), torch.tensor([[2.0]])])
@@ -289,10 +296,10 @@ class median_fusion(_NamedMetricFusion):
     Args:
         name: returned by `get_name` (default `"median_fusion"`).
         *args: `metric_fusion`'s positional arguments after `name` (`dims` first), as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion]; its `metric` is fixed by the
+            `metric_fusion`; its `metric` is fixed by the
             class.
         **kwargs: `dims`, the processing functions and `device`, as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion].
+            `metric_fusion`.
 
     Example:
         >>> median_fusion(dims=[1, 1])([torch.tensor([[3.0]]), torch.tensor([[2.0]])])
@@ -311,10 +318,10 @@ class l1_norm_fusion(_NamedMetricFusion):
     Args:
         name: returned by `get_name` (default `"l1_norm_fusion"`).
         *args: `metric_fusion`'s positional arguments after `name` (`dims` first), as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion]; its `metric` is fixed by the
+            `metric_fusion`; its `metric` is fixed by the
             class.
         **kwargs: `dims`, the processing functions and `device`, as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion].
+            `metric_fusion`.
 
     Example:
         >>> l1_norm_fusion(dims=[1, 1])([torch.tensor([[-3.0]]), torch.tensor([[2.0]])])
@@ -333,10 +340,10 @@ class l2_norm_fusion(_NamedMetricFusion):
     Args:
         name: returned by `get_name` (default `"l2_norm_fusion"`).
         *args: `metric_fusion`'s positional arguments after `name` (`dims` first), as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion]; its `metric` is fixed by the
+            `metric_fusion`; its `metric` is fixed by the
             class.
         **kwargs: `dims`, the processing functions and `device`, as in
-            [`metric_fusion`][hmfusion.compat.tinybig.metric_fusion].
+            `metric_fusion`.
 
     Example:
         >>> l2_norm_fusion(dims=[1, 1])([torch.tensor([[3.0]]), torch.tensor([[4.0]])])

@@ -9,6 +9,7 @@ a fusion owns no parameters and adds nothing to its owner's `state_dict`. With
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -29,6 +30,7 @@ __all__ = [
     "Layout",
     "parameterized_concatenation_fusion",
     "shared_signature",
+    "tinybig_size",
 ]
 
 Layout = Literal["kronecker", "tinybig-0.2.1"]
@@ -61,6 +63,9 @@ class parameterized_concatenation_fusion(fusion):
         postprocess_function_configs: instead of `postprocess_functions`, as in
             [`fusion`][hmfusion.compat.tinybig.fusion].
         device: tinybig's device string, as in [`fusion`][hmfusion.compat.tinybig.fusion].
+        register_processing: register the processing modules as submodules (default `False`:
+            a list of them is held unregistered, as in tinybig; see
+            [`fusion`][hmfusion.compat.tinybig.fusion]).
         layout: `"kronecker"` (default) or `"tinybig-0.2.1"` (tinybig's W for HM, LPHM,
             dual-LPHM; the same for the other classes).
         dtype: dtype of owned parameters and fixed matrices (default: torch's default dtype).
@@ -97,6 +102,7 @@ class parameterized_concatenation_fusion(fusion):
         preprocess_function_configs: Any = None,
         postprocess_function_configs: Any = None,
         device: str | torch.device = "cpu",
+        register_processing: bool = False,
         layout: Layout = KRONECKER,
         dtype: torch.dtype | None = None,
         own_parameters: bool = False,
@@ -115,6 +121,7 @@ class parameterized_concatenation_fusion(fusion):
             preprocess_function_configs=preprocess_function_configs,
             postprocess_function_configs=postprocess_function_configs,
             device=device,
+            register_processing=register_processing,
         )
         self.require_parameters = True  # tinybig 0.2.1 forces it too
         if not isinstance(layout, str):
@@ -123,8 +130,51 @@ class parameterized_concatenation_fusion(fusion):
             raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
         self.layout = layout
         self.own_parameters = V.check_bool("own_parameters", own_parameters)
-        self.n = V.resolve_n(tuple(self.get_dims() or ()), n)
-        self._attach(V.check_factory_dtype(dtype))
+        self.n = V.resolve_n(tuple(self.get_dims() or ()), tinybig_size(n))
+        self.__dict__["_dtype"] = V.check_factory_dtype(dtype)
+        self._attach(self.__dict__["_dtype"])
+        self.__dict__["_constructed"] = True
+
+    # sizes assigned after construction --------------------------------------------------------
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("_constructed", False):
+            if name in ("n", "dims"):
+                self._resize(name, value)
+                return
+            if name in (*self._own_arguments, "layout", "own_parameters"):
+                raise AttributeError(
+                    f"{name} cannot change after construction (tinybig 0.2.1 would ignore it: "
+                    f"its parameter fabrication keeps the value given); build a new "
+                    f"{type(self).__name__}"
+                )
+        super().__setattr__(name, value)
+
+    def _resize(self, name: str, value: Any) -> None:
+        """`f.n = …` / `f.dims = …` as tinybig follows them: W's structure is rebuilt (and
+        l with it); refused where the module holds tensors shaped by them."""
+        if self.own_parameters:
+            raise AttributeError(
+                f"{name} cannot change after construction with own_parameters=True: the "
+                f"parameters' shapes follow it; build a new {type(self).__name__}"
+            )
+        if name == "n":
+            value = V.check_size("n", tinybig_size(value))
+        elif value is None:
+            raise ValueError("dims cannot be None: the input widths n_1 … n_k are required")
+        else:
+            checked = V.check_dims(value)
+            value = checked if isinstance(value, tuple) else list(checked)
+        before = self.__dict__[name]
+        self.__dict__["_constructed"] = False
+        try:
+            super().__setattr__(name, value)
+            self._attach(self.__dict__["_dtype"])
+        except (TypeError, ValueError):
+            super().__setattr__(name, before)
+            self._attach(self.__dict__["_dtype"])
+            raise
+        finally:
+            self.__dict__["_constructed"] = True
 
     # the hmfusion module ----------------------------------------------------------------------
     def _family(self, dims: tuple[int, ...], factory: dict) -> Family:
@@ -221,11 +271,41 @@ class parameterized_concatenation_fusion(fusion):
         W = self._materialize(self._factors(w))
         return W if device is None else W.to(device)
 
+    def to_linear(self, w: Tensor | None = None) -> torch.nn.Linear:
+        """An `nn.Linear(D, n, bias=False)` holding W = ψ(w) (or of the own parameters), in
+        either layout: `y = cat(x) Wᵀ` is `linear(cat(x))`.
+
+        The route from a tinybig-trained model to a true Kronecker product: fit one to this
+        weight and fine-tune, `hmfusion.HMConcatFusion.from_linear(f.to_linear(w), dims, p=…,
+        terms=…)`.
+
+        Args:
+            w: the flat parameter vector, shape (1, l) or (l,); `None`: the own parameters.
+
+        Raises:
+            ValueError: w is `None` and the fusion owns no parameters; w does not hold l values.
+            TypeError: w is not a floating tensor.
+
+        Example:
+            >>> f = parameterized_concatenation_fusion(n=2, dims=[2])
+            >>> f.to_linear(torch.arange(4.0)).weight
+            Parameter containing:
+            tensor([[0., 1.],
+                    [2., 3.]], requires_grad=True)
+        """
+        W = self._materialize(self._factors(w)).detach()
+        linear = torch.nn.Linear(W.shape[1], W.shape[0], bias=False, device=W.device, dtype=W.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(W)
+        return linear
+
     def forward(
         self,
         x: Sequence[Tensor],
         w: Tensor | None = None,
         device: str | torch.device | None = None,
+        *args: Any,
+        **kwargs: Any,
     ) -> Tensor:
         """`post_process(cat(pre_process(x_1), …, pre_process(x_k)) Wᵀ)` with W = ψ(w).
 
@@ -234,8 +314,10 @@ class parameterized_concatenation_fusion(fusion):
                 leading dimensions `*` for all.
             w: the flat parameter vector, shape (1, l) or (l,) (gradients flow into it); if
                 `None`, the module's own parameters (`own_parameters=True`).
-            device: as tinybig, W is moved there (the inputs must be there too); `None`
+            device: W's factors are moved there (the inputs must be there too); `None`
                 (default): where w or the parameters are.
+            *args: ignored, as in tinybig.
+            **kwargs: ignored, as in tinybig.
 
         Returns:
             Tensor of shape `(*, n)`.
@@ -246,7 +328,10 @@ class parameterized_concatenation_fusion(fusion):
                 holding l values; preprocessing changed an input's shape; an input on another
                 device than W.
             TypeError: x is not a list/tuple of floating tensors, w is not a floating tensor,
-                or their dtypes differ; device is not a str or torch.device.
+                or the inputs' promoted dtype is not w's; device is not a str or torch.device.
+
+        Inputs of different dtypes are promoted as `torch.cat` promotes them (as tinybig
+        concatenates them first): float32 and float64 inputs with a float64 w give float64.
         """
         if x is None or (isinstance(x, (list, tuple)) and len(x) == 0):
             raise ValueError(
@@ -260,6 +345,7 @@ class parameterized_concatenation_fusion(fusion):
             factors = {name: value.to(device) for name, value in factors.items()}
         owner = "the parameters" if w is None else "the flat vector w"
         reference = next(iter(factors.values()))
+        x = _promoted(x, reference.dtype)
         inputs, lead = V.check_inputs(
             x,
             tuple(self.get_dims() or ()),
@@ -290,6 +376,32 @@ class parameterized_concatenation_fusion(fusion):
             f"l={self.calculate_l()}, layout={self.layout!r}, "
             f"own_parameters={self.own_parameters}"
         )
+
+
+def tinybig_size(value: Any) -> Any:
+    """A size as tinybig takes it: an integral float (`p=4.0`) or a one-element tensor
+    (`n=torch.tensor(16)`) as an int; anything else unchanged (and checked by the caller).
+
+    Example:
+        >>> tinybig_size(4.0), tinybig_size(torch.tensor(16)), tinybig_size(4.5)
+        (4, 16, 4.5)
+    """
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex():
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _promoted(x: Any, dtype: torch.dtype) -> Any:
+    """The inputs cast to their promoted dtype (as `torch.cat` promotes) when that is w's
+    dtype; otherwise unchanged, for the input check to report."""
+    if not isinstance(x, (list, tuple)) or not all(isinstance(t, Tensor) for t in x):
+        return x
+    promoted = functools.reduce(torch.promote_types, [t.dtype for t in x])
+    if promoted != dtype or all(t.dtype == dtype for t in x):
+        return x
+    return [t.to(dtype) for t in x]
 
 
 _SHARED = [

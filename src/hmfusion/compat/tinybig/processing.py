@@ -2,8 +2,9 @@
 
 tinybig 0.2.1 accepts, wherever a fusion takes processing functions, `None`, a callable, a
 string or a list of those, and instantiates configs by importing whatever dotted path they name.
-Here every one of them becomes an `nn.Module` (registered as a submodule, so `eval()` turns
-dropout off and a norm's parameters train), names are looked up in fixed tables (nothing is
+Here every one of them becomes an `nn.Module` (stored by the fusion as tinybig stores it:
+a list unregistered, a single module registered, all registered with `register_processing=True`;
+see [`fusion`][hmfusion.compat.tinybig.fusion]), names are looked up in fixed tables (nothing is
 ever imported), and a preprocessing module that would write into the caller's tensors
 (`inplace=True`) is refused.
 """
@@ -17,11 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hmfusion import _validation as V
 from hmfusion.compat.tinybig.configkeys import drop_module_state
 
 __all__ = [
     "Exp",
     "LastDimLayerNorm",
+    "LastDimSoftmax",
     "processing_configs",
     "processing_modules",
 ]
@@ -70,6 +73,28 @@ class Exp(nn.Module):
         return torch.exp(x)
 
 
+class LastDimSoftmax(nn.Softmax):
+    """Softmax over the last dimension: `"softmax"` as a processing name.
+
+    tinybig 0.2.1 warns and returns x unchanged for the string `"softmax"`; here the function
+    named is applied, over the last dimension (`torch.nn.Softmax(dim=-1)`). The callable
+    `F.softmax` is called as tinybig calls it.
+
+    Args:
+        dim: the dimension normalised (default -1, the last).
+
+    Shape:
+        - Input: any; Output: the same shape, summing to 1 along `dim`.
+
+    Example:
+        >>> LastDimSoftmax()(torch.zeros(1, 2))
+        tensor([[0.5000, 0.5000]])
+    """
+
+    def __init__(self, dim: int = -1) -> None:
+        super().__init__(dim=dim)
+
+
 class _CallableProcessing(nn.Module):
     """A user's callable as a processing step (works; cannot be written to a config)."""
 
@@ -111,6 +136,8 @@ _PROCESSING_CLASSES: dict[type, tuple[str, Callable[[Any], dict]]] = {
     nn.Dropout: ("torch.nn.Dropout", _attributes("p", "inplace")),
     nn.LayerNorm: ("torch.nn.LayerNorm", _layer_norm_arguments),
     nn.Identity: ("torch.nn.Identity", _attributes()),
+    nn.Softmax: ("torch.nn.Softmax", _attributes("dim")),
+    LastDimSoftmax: ("softmax", _attributes("dim")),
     LastDimLayerNorm: ("layer_norm", _attributes("eps")),
     Exp: ("torch.exp", _attributes()),
 }
@@ -129,6 +156,7 @@ _SHORT_NAMES: dict[str, type] = {
     "dropout": nn.Dropout,
     "layer_norm": LastDimLayerNorm,
     "identity": nn.Identity,
+    "softmax": LastDimSoftmax,
 }
 
 
@@ -165,7 +193,7 @@ _PROCESSING_CALLABLES: dict[Callable, type] = {
     F.dropout: nn.Dropout,
     F.layer_norm: LastDimLayerNorm,
     torch.exp: Exp,
-}
+}  # not F.softmax: called as tinybig calls it, its implicit dim is not always the last
 
 
 def _processing_class(label: str, name: str) -> type:
@@ -223,10 +251,19 @@ def _from_config(label: str, config: object, factory: dict) -> nn.Module:
         raise TypeError(f"{label}['function_parameters'] must be a dict with str keys")
     # tinybig's to_config dumps every attribute of the module (nn.Module's bookkeeping too).
     parameters = drop_module_state(parameters)
+    for where in (parameters, config):  # torch asserts (a traceback) on a missing backend
+        if where.get("device") is not None:
+            try:
+                V.check_device(where["device"])
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{label}: {error}") from None
     try:
         module = cls(**parameters)
     except TypeError as error:
         raise TypeError(f"{label}: invalid function_parameters for {name}: {error}") from None
+    except RuntimeError as error:  # the allocator's refusal (a huge normalized_shape, ...)
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise ValueError(f"{label}: {name} cannot be built: {first}") from None
     if isinstance(module, nn.GELU) and module.approximate not in ("none", "tanh"):
         raise ValueError(
             f"{label}: approximate must be 'none' or 'tanh', got {module.approximate!r}"

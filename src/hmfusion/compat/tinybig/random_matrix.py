@@ -14,6 +14,7 @@ from hmfusion.compat.tinybig.parameterized import (
     Family,
     parameterized_concatenation_fusion,
     shared_signature,
+    tinybig_size,
 )
 from hmfusion.fusion import RandomMatrixConcatFusion
 
@@ -34,15 +35,15 @@ class random_matrix_adaption_parameterized_concatenation_fusion(parameterized_co
         r: inner dimension (default 2).
         name: returned by `get_name`.
         n: output width, as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
         dims: the input widths, as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
         seed: (hmfusion) seed of R₁ and R₂; `None` (default) draws a fresh seed from the
             operating system, so every fusion gets independent matrices; `self.seed` and
             `to_config` hold the seed used.
         **kwargs: the shared keyword arguments (`layout`, `dtype`, `own_parameters`, the
             processing functions, `device`, …), as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
 
     Example:
         >>> f = random_matrix_adaption_parameterized_concatenation_fusion(r=2, n=3, dims=[4])
@@ -62,7 +63,7 @@ class random_matrix_adaption_parameterized_concatenation_fusion(parameterized_co
         seed: int | None = None,
         **kwargs: Any,
     ) -> None:
-        self.r = V.check_positive_int("r", r)
+        self.r = V.check_positive_int("r", tinybig_size(r))
         self.seed = secrets.randbits(63) if seed is None else V.check_int("seed", seed)
         super().__init__(n, dims, name, **kwargs)
 

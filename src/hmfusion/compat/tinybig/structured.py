@@ -2,7 +2,7 @@
 
 Each keeps tinybig's signature (its own arguments first, then `name, n, dims`) and takes the
 shared keyword arguments of
-[`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+`parameterized_concatenation_fusion`.
 The Kronecker classes compute the documented W = A ⊗ B (LPHM: A ⊗ (S Tᵀ), dual-LPHM:
 (P Qᵀ) ⊗ (S Tᵀ)) through hmfusion's planner (which forms W only under its `materialize` plan,
 for small layers), or tinybig's own W, formed, with `layout="tinybig-0.2.1"`.
@@ -21,6 +21,7 @@ from hmfusion.compat.tinybig.parameterized import (
     Family,
     parameterized_concatenation_fusion,
     shared_signature,
+    tinybig_size,
 )
 from hmfusion.fusion import (
     DualLPHMConcatFusion,
@@ -72,12 +73,12 @@ class lowrank_parameterized_concatenation_fusion(parameterized_concatenation_fus
         r: the rank (default 2).
         name: returned by `get_name`.
         n: output width, as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
         dims: the input widths, as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
         **kwargs: the shared keyword arguments (`layout`, `dtype`, `own_parameters`, the
             processing functions, `device`, …), as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
 
     Example:
         >>> lowrank_parameterized_concatenation_fusion(r=1, n=2, dims=[3]).calculate_l()
@@ -94,7 +95,7 @@ class lowrank_parameterized_concatenation_fusion(parameterized_concatenation_fus
         dims: Sequence[int] | None = None,
         **kwargs: Any,
     ) -> None:
-        self.r = V.check_positive_int("r", r)
+        self.r = V.check_positive_int("r", tinybig_size(r))
         super().__init__(n, dims, name, **kwargs)
 
     def _family(self, dims: tuple[int, ...], factory: dict) -> Family:
@@ -109,7 +110,8 @@ class _KroneckerAdapter(parameterized_concatenation_fusion):
     _dual = False
 
     def _set_blocks(self, p: int, q: int | None, pad: bool, r: int | None = None) -> None:
-        self.p, self.q, self.pad, self.r = p, q, V.check_bool("pad", pad), r
+        self.p, self.q, self.pad = tinybig_size(p), tinybig_size(q), V.check_bool("pad", pad)
+        self.r = tinybig_size(r)
 
     def _family(self, dims: tuple[int, ...], factory: dict) -> Family:
         family = _kronecker_family(
@@ -141,13 +143,13 @@ class hm_parameterized_concatenation_fusion(_KroneckerAdapter):
         q: columns of A; must divide D unless `pad`; defaults to p.
         name: returned by `get_name`.
         n: output width, as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
         dims: the input widths, as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
         pad: (hmfusion, `layout="kronecker"` only) allow p ∤ n or q ∤ D by zero-padding.
         **kwargs: the shared keyword arguments (`layout`, `dtype`, `own_parameters`, the
             processing functions, `device`, …), as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
 
     Raises:
         ValueError: p does not divide n or q does not divide D (the message lists the valid
@@ -187,14 +189,14 @@ class lphm_parameterized_concatenation_fusion(_KroneckerAdapter):
             [`hm_parameterized_concatenation_fusion`][hmfusion.compat.tinybig.hm_parameterized_concatenation_fusion].
         name: returned by `get_name`.
         n: output width, as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
         dims: the input widths, as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
         pad: zero-padding, as in
             [`hm_parameterized_concatenation_fusion`][hmfusion.compat.tinybig.hm_parameterized_concatenation_fusion].
         **kwargs: the shared keyword arguments (`layout`, `dtype`, `own_parameters`, the
             processing functions, `device`, …), as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
 
     Example:
         >>> lphm_parameterized_concatenation_fusion(1, 2, n=4, dims=[4]).calculate_l()
@@ -234,14 +236,14 @@ class dual_lphm_parameterized_concatenation_fusion(_KroneckerAdapter):
             [`hm_parameterized_concatenation_fusion`][hmfusion.compat.tinybig.hm_parameterized_concatenation_fusion].
         name: returned by `get_name`.
         n: output width, as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
         dims: the input widths, as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
         pad: zero-padding, as in
             [`hm_parameterized_concatenation_fusion`][hmfusion.compat.tinybig.hm_parameterized_concatenation_fusion].
         **kwargs: the shared keyword arguments (`layout`, `dtype`, `own_parameters`, the
             processing functions, `device`, …), as in
-            [`parameterized_concatenation_fusion`][hmfusion.compat.tinybig.parameterized_concatenation_fusion].
+            `parameterized_concatenation_fusion`.
 
     Example:
         >>> dual_lphm_parameterized_concatenation_fusion(1, 2, n=4, dims=[4]).calculate_l()

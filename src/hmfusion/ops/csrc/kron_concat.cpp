@@ -12,11 +12,14 @@
 // GEMMs of 2 columns ran forward+backward in 1.8 s at m = 4096, D = 1024, the two-matmul code
 // in 0.11 s).
 // The backward recomputes Z (or U) per chunk; dA and dB are accumulated per worker and reduced
-// once at the end. Registered with the dispatcher as hmfusion_native::{forward, backward};
-// autograd, fake tensors and vmap are registered from Python (hmfusion/native.py).
+// once at the end. Registered with the dispatcher as hmfusion_native::{forward, backward} (and
+// their register-tiled twins); hmfusion_native::kron_concat ties a forward and its backward
+// together with a C++ autograd node, the eager path of hmfusion/ops/native.py (fake tensors,
+// vmap and the torch.compile / torch.func path are registered from Python there).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/ParallelGuard.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include "tiled.h"
@@ -604,6 +607,129 @@ std::tuple<std::vector<Tensor>, Tensor, Tensor> tiled_backward(
   return grads;
 }
 
+// The autograd node of kron_concat: an eager call pays no Python autograd.Function (with the
+// other cuts of that round, the main job's layer went from 356 to 282 µs forward+backward;
+// benchmarks/RESULTS.md, Notes). Factors may be
+// (p, q) matrices or (terms, p, q) stacks; their gradients come back in their own shapes. The
+// node calls the operators above through the dispatcher, so that dispatch modes see them.
+Tensor as_stack(const Tensor& factor) { return factor.dim() == 2 ? factor.unsqueeze(0) : factor; }
+
+// (the kernels' own C++ signatures: Tensor[] arrives as a vector)
+using ForwardOp = Tensor(const std::vector<Tensor>&, const Tensor&, const Tensor&, bool, int64_t);
+using BackwardOp = std::tuple<std::vector<Tensor>, Tensor, Tensor>(
+    const Tensor&, const std::vector<Tensor>&, const Tensor&, const Tensor&, bool, int64_t, bool,
+    bool, bool);
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> native_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+Tensor kron_concat_kernel(at::TensorList xs, const Tensor& a, const Tensor& b, bool left_first,
+                          int64_t chunk_rows, bool tiled) {
+  static const auto blas = native_op<ForwardOp>("hmfusion_native::forward");
+  static const auto tiles = native_op<ForwardOp>("hmfusion_native::tiled_forward");
+  return (tiled ? tiles : blas).call(xs.vec(), as_stack(a), as_stack(b), left_first, chunk_rows);
+}
+
+// create_graph = True: the gradients as differentiable ATen products (double backward), per term
+// with X_r (q×t), dY_r (p×s):  dX_r = Aᵀ dY_r B,  dA = Σ_r dY_r (X_r Bᵀ)ᵀ,  dB = Σ_r dY_rᵀ A X_r.
+std::tuple<std::vector<Tensor>, Tensor, Tensor> differentiable_grads(
+    const Tensor& gy, const std::vector<Tensor>& xs, const Tensor& a, const Tensor& b,
+    bool need_x, bool need_a, bool need_b) {
+  const int64_t m = xs[0].size(0), terms = a.size(0), p = a.size(1), q = a.size(2);
+  const int64_t s = b.size(1), t = b.size(2);
+  std::vector<Tensor> parts(xs.begin(), xs.end());
+  int64_t width = 0;
+  for (const auto& x : xs) width += x.size(1);
+  if (width < q * t) parts.push_back(at::zeros({m, q * t - width}, xs[0].options()));
+  const Tensor x3 = (parts.size() == 1 ? parts[0] : at::cat(parts, 1)).reshape({m, q, t});
+  const Tensor g3 = gy.reshape({m, p, s});
+  Tensor dx3;
+  std::vector<Tensor> da, db;
+  for (int64_t k = 0; k < terms; ++k) {
+    const Tensor a_k = a.select(0, k), b_k = b.select(0, k);
+    if (need_x) {
+      Tensor term = at::matmul(a_k.t(), at::matmul(g3, b_k));
+      dx3 = k == 0 ? term : dx3 + term;
+    }
+    if (need_a) da.push_back(at::einsum("mps,mqs->pq", {g3, at::matmul(x3, b_k.t())}));
+    if (need_b) db.push_back(at::einsum("mps,mpt->st", {g3, at::matmul(a_k, x3)}));
+  }
+  std::vector<Tensor> dxs;
+  if (need_x) {
+    const Tensor dx = dx3.reshape({m, q * t});
+    int64_t offset = 0;
+    for (const auto& x : xs) {
+      dxs.push_back(dx.narrow(1, offset, x.size(1)));
+      offset += x.size(1);
+    }
+  }
+  return {dxs, need_a ? at::stack(da) : Tensor(), need_b ? at::stack(db) : Tensor()};
+}
+
+struct KronConcatFunction : public torch::autograd::Function<KronConcatFunction> {
+  static Tensor forward(torch::autograd::AutogradContext* ctx, at::TensorList xs, const Tensor& a,
+                        const Tensor& b, bool left_first, int64_t chunk_rows, bool tiled) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    Tensor y = kron_concat_kernel(xs, a, b, left_first, chunk_rows, tiled);
+    std::vector<Tensor> saved(xs.begin(), xs.end());
+    saved.push_back(a);
+    saved.push_back(b);
+    ctx->save_for_backward(saved);
+    ctx->saved_data["left_first"] = left_first;
+    ctx->saved_data["chunk_rows"] = chunk_rows;
+    ctx->saved_data["tiled"] = tiled;
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    std::vector<Tensor> xs = ctx->get_saved_variables();
+    const Tensor b = xs.back();
+    xs.pop_back();
+    const Tensor a = xs.back();
+    xs.pop_back();
+    const size_t k = xs.size();
+    bool need_x = false;
+    for (size_t i = 0; i < k; ++i) need_x = need_x || ctx->needs_input_grad(i);
+    const bool need_a = ctx->needs_input_grad(k), need_b = ctx->needs_input_grad(k + 1);
+    std::tuple<std::vector<Tensor>, Tensor, Tensor> result;
+    if (at::GradMode::is_enabled()) {
+      result = differentiable_grads(grads[0], xs, as_stack(a), as_stack(b), need_x, need_a, need_b);
+    } else {
+      static const auto blas = native_op<BackwardOp>("hmfusion_native::backward");
+      static const auto tiles = native_op<BackwardOp>("hmfusion_native::tiled_backward");
+      at::AutoDispatchBelowADInplaceOrView guard;
+      const bool left_first = ctx->saved_data["left_first"].toBool();
+      const int64_t chunk_rows = ctx->saved_data["chunk_rows"].toInt();
+      result = (ctx->saved_data["tiled"].toBool() ? tiles : blas)
+                   .call(grads[0], xs, as_stack(a), as_stack(b), left_first, chunk_rows, need_x,
+                         need_a, need_b);
+    }
+    auto& [dxs, da, db] = result;
+    torch::autograd::variable_list out(k + 5);
+    for (size_t i = 0; i < k && need_x; ++i) out[i] = dxs[i];
+    if (need_a) out[k] = da.view(a.sizes());
+    if (need_b) out[k + 1] = db.view(b.sizes());
+    return out;
+  }
+};
+
+Tensor kron_concat_autograd(at::TensorList xs, const Tensor& a, const Tensor& b, bool left_first,
+                            int64_t chunk_rows, bool tiled) {
+  if (!at::GradMode::is_enabled()) {  // inference: no node to build
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return kron_concat_kernel(xs, a, b, left_first, chunk_rows, tiled);
+  }
+  return KronConcatFunction::apply(xs, a, b, left_first, chunk_rows, tiled);
+}
+
+Tensor kron_concat_cpu(at::TensorList xs, const Tensor& a, const Tensor& b, bool left_first,
+                       int64_t chunk_rows, bool tiled) {
+  return kron_concat_kernel(xs, a, b, left_first, chunk_rows, tiled);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(hmfusion_native, m) {
@@ -616,6 +742,9 @@ TORCH_LIBRARY(hmfusion_native, m) {
   m.def(
       "tiled_backward(Tensor gy, Tensor[] xs, Tensor a, Tensor b, bool left_first, "
       "int chunk_rows, bool need_x, bool need_a, bool need_b) -> (Tensor[], Tensor, Tensor)");
+  m.def(
+      "kron_concat(Tensor[] xs, Tensor a, Tensor b, bool left_first, int chunk_rows, "
+      "bool tiled) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(hmfusion_native, CPU, m) {
@@ -623,4 +752,7 @@ TORCH_LIBRARY_IMPL(hmfusion_native, CPU, m) {
   m.impl("backward", &backward);
   m.impl("tiled_forward", &tiled_forward);
   m.impl("tiled_backward", &tiled_backward);
+  m.impl("kron_concat", &kron_concat_cpu);
 }
+
+TORCH_LIBRARY_IMPL(hmfusion_native, Autograd, m) { m.impl("kron_concat", &kron_concat_autograd); }
