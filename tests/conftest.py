@@ -1,4 +1,11 @@
 import os
+import tempfile
+
+# The default suite runs with the measuring planner off, so that the cost model's choices are
+# what the plan tests check (tests/test_tuning.py turns it on where it is the subject), and any
+# wisdom goes to a folder of its own, never the user's cache.
+os.environ["HMFUSION_TUNE"] = "0"
+os.environ["HMFUSION_WISDOM_DIR"] = tempfile.mkdtemp(prefix="hmfusion-test-wisdom-")
 
 from hypothesis import HealthCheck, settings
 
@@ -29,6 +36,26 @@ def device() -> torch.device:
     if chosen.type not in ("cpu", "cuda") and not hasattr(torch, chosen.type):
         pytest.skip(f"device type {chosen.type!r} is not available")
     return chosen
+
+
+# The CPUs the plan-choice tests simulate (never the host's): the AVX-512 Xeon with AMX, whose
+# bfloat16 and float16 GEMMs run on oneDNN, and the AVX2 EPYC, whose 16-bit GEMMs are slow.
+SIMULATED_CPUS = {
+    "avx512": (True, {torch.bfloat16: True, torch.float16: True}),
+    "avx2": (False, {torch.bfloat16: False, torch.float16: False}),
+}
+
+
+@pytest.fixture(params=sorted(SIMULATED_CPUS))
+def simulated_cpu(request, monkeypatch) -> str:
+    """Each test that checks a plan runs once per simulated CPU (vector width, 16-bit GEMMs)."""
+    from hmfusion.ops import costmodel, planner
+
+    wide, half = SIMULATED_CPUS[request.param]
+    monkeypatch.setattr(costmodel, "WIDE_VECTORS", wide)
+    monkeypatch.setattr(costmodel, "HALF_GEMMS_FAST", half)
+    monkeypatch.setattr(planner, "_CACHE", {})
+    return request.param
 
 
 def pytest_collection_modifyitems(config, items):

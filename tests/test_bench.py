@@ -18,6 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from hmfusion.apps.bench import command as bench, cases as benchmark_cases, report as benchmark_report, engine as benchmarking
 from hmfusion.ops import costmodel
+from hmfusion.ops import planner as planner_module
 from hmfusion.apps.bench.engine import Shape
 from hmfusion.apps.common import run_command
 from hmfusion.apps.outputs import MANIFEST
@@ -47,6 +48,7 @@ def test_writes_json_markdown_and_png(tiny_run):
     assert text.startswith("# Benchmarks")
     assert "Quiet:" in text and "Under load (1 busy process):" in text
     assert "| m | D | n | p | q | k | dtype | mode |" in text
+    assert "regret (fastest plan)" in text and "| regret |" in text
     assert (out / "speedup.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.iterdir()) == [
         MANIFEST,
@@ -82,13 +84,25 @@ def test_json_carries_every_figure(tiny_run):
                 assert measured["floor_ms"] > 0 and measured["hmfusion_over_floor"] > 0
                 assert measured["plan"]["method"] in ("materialize", "fused", "composite")
                 assert len(measured["time_ms_all"]["hmfusion"]) == 2
+                if quiet:  # the forced plans, and the pick against the fastest of them
+                    plans = measured["plan_time_ms"]
+                    assert len(plans) >= 2 and measured["fastest_plan"] in plans
+                    # the plan hmfusion ran is among them, timed forced like the others
+                    chosen = measured["chosen_plan"]
+                    plan = planner_module.Plan(**measured["plan"])
+                    assert chosen == benchmark_cases.plan_label(plan) and chosen in plans
+                    assert measured["regret"] == pytest.approx(plans[chosen] / min(plans.values()))
+                else:
+                    assert measured["regret"] is None and not measured["plan_time_ms"]
                 if quiet:
                     assert set(measured["peak_extra_bytes"]) == set(methods)
                     assert measured["hmfusion_memory_over_activations"] is not None
                 else:
                     assert measured["peak_extra_bytes"] is None
     targets = {check["target"] for check in report["targets"]}
-    assert {"never_slower", "never_slower_loaded"} <= targets
+    assert {"never_slower", "never_slower_loaded", "regret"} <= targets
+    regrets = [c for c in report["targets"] if c["target"] == "regret"]
+    assert len(regrets) == len(report["results"])  # every quiet forward+backward row
 
 
 def test_cases_over_the_call_budget_are_left_out_with_the_reason(tmp_path, monkeypatch):
@@ -203,9 +217,13 @@ def test_render_rewrites_the_document_from_a_stored_run(tiny_run, tmp_path):
     assert json.loads((tmp_path / "results.json").read_text()) == report
 
 
-def _measured(speedup: float, simple: float = 1.0, memory: float = 1.0) -> dict:
+def _measured(
+    speedup: float, simple: float = 1.0, memory: float = 1.0, regret: float = 1.0
+) -> dict:
     return {
         "mode": "forward+backward",
+        "regret": regret,
+        "fastest_plan": "fused/native/left_first",
         "speedup_vs_dense": {"hmfusion": speedup},
         "best_simple": "two_matmul",
         "hmfusion_vs_best_simple": simple,
@@ -213,11 +231,13 @@ def _measured(speedup: float, simple: float = 1.0, memory: float = 1.0) -> dict:
     }
 
 
-def _row(shape: Shape, speedup: float, simple: float = 1.0, memory: float = 1.0) -> dict:
+def _row(
+    shape: Shape, speedup: float, simple: float = 1.0, memory: float = 1.0, regret: float = 1.0
+) -> dict:
     return {
         "shape": shape._asdict(),
         "dtype": "float32",
-        "modes": [_measured(speedup, simple, memory)],
+        "modes": [_measured(speedup, simple, memory, regret)],
     }
 
 
@@ -225,7 +245,7 @@ def test_target_checks():
     shapes = benchmarking.TARGET_SHAPES
     results = [
         _row(shapes["compute_4096"], 15.0, memory=1.05),
-        _row(shapes["compute_1024"], 5.0),
+        _row(shapes["compute_1024"], 5.0, regret=1.16),
         _row(shapes["small_batch_4096"], 19.0),
         _row(shapes["memory_bound"], 2.1),
         _row(Shape(256, 256, 256, 4, 4, 4), 1.2, simple=0.9),
@@ -240,10 +260,13 @@ def test_target_checks():
     assert by_name["compute_4096_loaded"][0]["met"]  # 9 of 15: 60 %
     assert not by_name["memory_bound_loaded"][0]["met"]  # 0.9 of 2.1: 43 %
     assert by_name["memory_4096"][0]["met"]
+    regret = {(c["shape"]["m"], c["shape"]["D"]): c["met"] for c in by_name["regret"]}
+    assert regret[4096, 1024] is False and regret[4096, 4096] is True and len(regret) == 5
     slower = {Shape(**c["shape"]).m: c["met"] for c in by_name["never_slower"]}
     assert slower[256] is False and slower[65536] is True
     table = benchmark_report.markdown_table({"config": {}, "results": [], "targets": checks})
     assert "| compute_1024 |" in table and "| **no** |" in table
+    assert "1.16× (fused/native/left_first fastest)" in table
 
 
 def test_quick_grid_holds_the_targets_and_small_layers():

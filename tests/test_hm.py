@@ -342,7 +342,7 @@ def test_bad_inputs(module, make_xs, error, match):
         module(make_xs())
 
 
-def test_plan_is_visible_on_the_module():
+def test_plan_is_visible_on_the_module(simulated_cpu):
     module = HMConcatFusion([1024] * 4, 4096, p=64)
     plan = module.plan(4096)
     assert plan.method == "fused" and plan.order in ("right_first", "left_first")

@@ -69,7 +69,7 @@ LARGE = {  # n = D = 512: n·D = 2^18, the factors and activations are far small
 
 
 @pytest.mark.parametrize("kind", sorted(LARGE))
-def test_forward_and_backward_never_form_the_weight(kind):
+def test_forward_and_backward_never_form_the_weight(kind, simulated_cpu):
     n = D = 512
     module = MEMBERS[kind].cls([128] * 4, n, **LARGE[kind], bias=True)
     if hasattr(module, "plan"):
@@ -81,7 +81,7 @@ def test_forward_and_backward_never_form_the_weight(kind):
     assert rec.largest < n * D // 8, f"an intermediate of {rec.largest} elements appeared"
 
 
-def test_the_materialize_plan_is_the_one_that_forms_the_weight():
+def test_the_materialize_plan_is_the_one_that_forms_the_weight(simulated_cpu):
     module = hmfusion.HMConcatFusion([64, 64], 64, p=1)  # W = a·B: factoring saves nothing
     assert module.plan(4096).method == "materialize"
     with RecordShapes() as rec:

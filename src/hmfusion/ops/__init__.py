@@ -3,7 +3,11 @@
 The library's lowest layer; it imports nothing else from hmfusion.
 
 - `planner`: which method, kernel, order and row chunk per shape, dtype and device;
-- `costmodel`: what each plan costs (the planner's ranking);
+- `costmodel`: what each plan costs (the planner's ranking and fallback);
+- `tuning`: the measuring planner (times the best candidates where it pays);
+- `wisdom`: the measured plans on disk, per machine fingerprint;
+- `chunking`: how a fused plan walks the rows (chunk sizes, inputs read in place);
+- `launches`: what a call costs on an accelerator (operators dispatched, Triton's tiles);
 - `kernels`: factor helpers, forming W (`materialize`), the thin two-matmul code (`composite`);
 - `fused`: the fused kernel in pure PyTorch (row chunks, hand-written backward);
 - `native`: the operator `hmfusion::fused_kron_concat` (registration, autograd, dispatch);

@@ -54,6 +54,7 @@ __all__ = [
     "apply_factor",
     "dense_factor",
     "factor_cost",
+    "ideal_speedup",
     "kron_linear",
     "kron_matmul",
     "kron_order",
@@ -79,6 +80,27 @@ def kron_order(
     right_first = q * cost_b + s * cost_a
     left_first = t * cost_a + p * cost_b
     return "right_first" if right_first <= left_first else "left_first"
+
+
+def ideal_speedup(p: int, q: int, s: int, t: int) -> float:
+    """n·D over the cheaper factored cost per row: max(p·t/(p + t), q·s/(q + s)).
+
+    Args:
+        p: rows of A.
+        q: columns of A.
+        s: rows of B.
+        t: columns of B.
+
+    Returns:
+        The flop ratio of a dense n×D GEMM to the cheaper contraction order.
+
+    Example:
+        >>> from hmfusion.ops.kernels import ideal_speedup
+        >>> ideal_speedup(64, 64, 64, 64)
+        32.0
+    """
+    dense = p * q * s * t
+    return dense / min(q * s * (t + p), p * t * (q + s))
 
 
 def apply_factor(x: Tensor, factor: Factor) -> Tensor:

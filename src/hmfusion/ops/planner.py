@@ -1,47 +1,29 @@
 """The planner: how to apply `cat(xs) Wᵀ` for a Kronecker-structured W, per shape and dtype.
 
 W = Σ_τ A_τ ⊗ B_τ (A: p×q, B: s×t, each dense or low-rank; see `hmfusion.structures`). For
-m rows the candidates (the `Method` vocabulary) are:
+m rows the candidates (`Method`) are `materialize` (form W, one dense GEMM: wins where factoring
+saves nothing, p = q = 1, over a large batch), `fused` (the operator
+`hmfusion::fused_kron_concat`: row chunks over the threads of one parallel region, W never
+formed; `Plan.kernel` `"tiled"`, its register-tiled loops, `"native"`, a BLAS GEMM per chunk,
+`"pytorch"`, the pure-PyTorch kernel where the build failed or on other devices, or on CUDA
+with Triton `"triton"`, the kernels of `hmfusion.ops.triton_kernels`; low-rank factors
+multiplied out first) and `composite` (`hmfusion.ops.kernels.kron_matmul`, the two
+contractions as plain torch ops: thin matmuls for low-rank factors, the fewest launches on
+accelerators). Each runs right first, `A (X Bᵀ)`, or left first, `(A X) Bᵀ` (`Order`; a fused
+plan with grad counts its backward's recomputed first contraction,
+[`fused_order`][hmfusion.ops.costmodel.fused_order]). The inputs are read as (`Inputs`)
+`gather` (a chunk of rows of every input copied into one buffer), `split` (each input with its
+own columns of A; pure PyTorch only) or `cat` (the unchunked methods); `chunk_rows` rows are
+computed at once (m for the unchunked methods).
 
-`materialize`
-    form W, then one dense GEMM (`hmfusion.ops.kernels.kron_linear`): m·n·D multiply-adds
-    plus writing W. Wins where factoring saves nothing (p = q = 1) over a large batch.
-`fused`
-    the operator `hmfusion::fused_kron_concat` (`hmfusion.ops.native.fused_kron_concat`): row chunks
-    handed out to the threads of one parallel region, W never formed. Its CPU code
-    (`Plan.kernel`) is `"tiled"`, compiled loops over register tiles (float32 and float64 but
-    for the BLAS cases below, 16-bit where A and B are small: no BLAS set-up, so small layers
-    pay ≈ 20 µs a call),
-    `"native"`, the same walk with a BLAS GEMM per chunk (16-bit at large sizes, large B
-    blocks without 512-bit vectors, a large A beside a B under 16 × 16 run transposed), or
-    `"pytorch"`, the pure-PyTorch chunked kernel where the build failed or on other devices.
-    On CUDA with Triton installed (float32, bfloat16, float16) it is `"triton"`, the Triton
-    kernels of `hmfusion.ops.triton_kernels` (one launch forward, three backward).
-    Low-rank factors are multiplied out first (p×q and s×t only).
-`composite`
-    `hmfusion.ops.kernels.kron_matmul`, the two contractions as plain torch ops with
-    autograd's backward: the thin-matmul path for low-rank factors, the fewest launches on
-    accelerators, and unchunked GEMMs where those beat the chunked kernel.
-
-Each contraction runs right first, `A (X Bᵀ)`, or left first, `(A X) Bᵀ` (`Order`;
-the cheaper: `min(q·s·(t + p), p·t·(q + s))` per row and term forward; a fused plan with
-grad takes [`fused_order`][hmfusion.ops.costmodel.fused_order], which counts its backward's
-recomputed first contraction). The inputs are read as
-(`Inputs`) `gather` (a chunk of rows of every input copied into one cache-sized
-buffer; one unpadded input is read in place), `split` (each input contracted with its own
-columns of A; pure PyTorch only) or `cat` (`torch.cat` of the zero-padded inputs, for the
-unchunked methods). `chunk_rows` is the number of rows computed at once (m for the
-unchunked methods).
-
-The choice is the cost model of [`hmfusion.ops.costmodel`][hmfusion.ops.costmodel] (multiply-add
-equivalents with constants measured on the benchmark machine; on accelerators, operator
-launches counted honestly). Factors are normalised once here (a (terms, rows,
-cols) stack for the fused and materialize kernels, per-term factors for the composite one).
-The plan is evaluated once per (shape, input widths, dtype, device type, grad) and cached: a
-call on a known shape costs one dictionary lookup. `logging.getLogger("hmfusion.ops.planner")`
-logs each new plan at DEBUG (with the estimates in `Plan.reason`), and
-`hmfusion.structures.KroneckerStructure.plan` returns it. `force_plan` overrides it
-(for tests and benchmarks).
+The cost model ([`hmfusion.ops.costmodel`][hmfusion.ops.costmodel]) ranks the candidates and
+picks one; for a key whose call it predicts at ≥ 0.1 ms the measuring planner
+([`hmfusion.ops.tuning`][hmfusion.ops.tuning]) times the best few on this machine and keeps
+the fastest (remembered as *wisdom* across processes; `HMFUSION_TUNE=0` turns it off). The
+plan is chosen once per (shape, input widths, dtype, device type, grad) and cached: a call on a
+known key costs one dictionary lookup. `logging.getLogger("hmfusion.ops.planner")` logs each
+new plan at DEBUG (with the estimates or the measured times in `Plan.reason`),
+`hmfusion.structures.KroneckerStructure.plan` returns it, and `force_plan` overrides it.
 """
 
 from __future__ import annotations
@@ -55,8 +37,8 @@ from typing import Literal, NamedTuple, cast
 import torch
 from torch import Tensor
 
-from hmfusion.ops import costmodel, kernels, native, triton_dispatch
-from hmfusion.ops.costmodel import KronSpec, Method, Order
+from hmfusion.ops import chunking, costmodel, kernels, native, triton_dispatch, tuning
+from hmfusion.ops.costmodel import Kernel, KronSpec, Method, Order
 from hmfusion.ops.kernels import Factor
 
 __all__ = [
@@ -66,9 +48,9 @@ __all__ = [
     "Method",
     "Order",
     "Plan",
+    "candidate_plans",
     "choose_plan",
     "force_plan",
-    "ideal_speedup",
     "kron_concat",
 ]
 
@@ -76,10 +58,6 @@ logger = logging.getLogger(__name__)
 
 #: How the k inputs are read.
 Inputs = Literal["split", "gather", "cat"]
-#: Which code runs a fused plan: the compiled operator with per-chunk BLAS GEMMs (`native`) or
-#: with its own register-tiled loops (`tiled`), the pure-PyTorch kernels (`pytorch`), or on
-#: CUDA the Triton kernels (`triton`).
-Kernel = Literal["native", "tiled", "pytorch", "triton"]
 METHODS: tuple[Method, ...] = ("materialize", "fused", "composite")
 KERNELS: tuple[Kernel, ...] = ("native", "tiled", "pytorch", "triton")
 ORDERS: tuple[Order, ...] = ("right_first", "left_first")
@@ -185,8 +163,7 @@ def _native_runs(dtype: torch.dtype, device_type: str) -> bool:
 
 
 def _upcasts(dtype: torch.dtype, device_type: str) -> bool:
-    """Whether a plan computes in float32 rather than in `dtype` (16-bit on a CPU without fast
-    16-bit GEMMs)."""
+    """Whether a plan computes in float32, not `dtype` (16-bit without fast 16-bit GEMMs)."""
     return not costmodel.half_gemms_fast(dtype, device_type)
 
 
@@ -238,12 +215,12 @@ def _choose(
     compiled = _native_runs(dtype, device_type)
     tiled = compiled and costmodel.tiled_pays(spec, m_eff, dtype.itemsize, grad)
     if tiled:
-        chunk_rows = costmodel.tiled_chunk_rows(spec, m_eff, dtype.itemsize)
+        chunk_rows = chunking.tiled_chunk_rows(spec, m_eff, dtype.itemsize)
     elif compiled:
-        chunk_rows = costmodel.native_chunk_rows(spec, m_eff, dtype.itemsize)
+        chunk_rows = chunking.native_chunk_rows(spec, m_eff, dtype.itemsize)
     else:
-        chunk_rows = costmodel.chunk_rows(spec, m_eff, dtype.itemsize, device_type)
-    split = not compiled and costmodel.split_pays(spec, dims)
+        chunk_rows = chunking.chunk_rows(spec, m_eff, dtype.itemsize, device_type)
+    split = not compiled and chunking.split_pays(spec, dims)
     candidates = costmodel.estimate(
         spec,
         m_eff,
@@ -286,8 +263,9 @@ def _apply_forced(
     dtype: torch.dtype,
     device_type: str,
     grad: bool,
+    forced: dict[str, object] | None = None,
 ) -> Plan:
-    forced = dict(_FORCED)
+    forced = dict(_FORCED) if forced is None else forced
     method = cast(Method, forced.get("method", plan.method))
     same = method == plan.method
     order = cast("Order | None", forced.get("order"))
@@ -316,7 +294,7 @@ def _apply_forced(
     compiled = _native_runs(dtype, device_type)
     if inputs in (None, "cat"):
         pays = wanted == "pytorch" or not compiled
-        inputs = "split" if pays and costmodel.split_pays(spec, dims) else "gather"
+        inputs = "split" if pays and chunking.split_pays(spec, dims) else "gather"
     if inputs == "split" and not kernels.split_aligned(dims, spec.t):
         raise ValueError(
             f"inputs='split' needs every input boundary on a multiple of t={spec.t}; "
@@ -340,12 +318,32 @@ def _apply_forced(
         tiled = kernel == "tiled"
         order = costmodel.fused_order(spec, grad, tiled, itemsize, native=kernel == "native")
     if chunk_rows is None and kernel == "tiled":
-        chunk_rows = costmodel.tiled_chunk_rows(spec, max(m, 1), itemsize)
+        chunk_rows = chunking.tiled_chunk_rows(spec, max(m, 1), itemsize)
     elif chunk_rows is None and kernel == "native":
-        chunk_rows = costmodel.native_chunk_rows(spec, max(m, 1), itemsize)
+        chunk_rows = chunking.native_chunk_rows(spec, max(m, 1), itemsize)
     elif chunk_rows is None:
-        chunk_rows = costmodel.chunk_rows(spec, max(m, 1), itemsize, device_type)
+        chunk_rows = chunking.chunk_rows(spec, max(m, 1), itemsize, device_type)
     return Plan("fused", order, inputs, int(chunk_rows), "forced by force_plan", kernel, upcast)
+
+
+def _options(pick: Plan, key: tuning.PlanKey) -> list[tuple[Plan, float]]:
+    """`candidate_plans` of a key whose cost-model pick is `pick`."""
+    spec, m, dims, dtype, device_type, grad = key
+    compiled = _native_runs(dtype, device_type)
+    triton = triton_dispatch.runs(dtype, device_type)
+    ranked = costmodel.candidates(
+        spec, max(m, 1), dims, dtype, device_type, grad, compiled=compiled, triton=triton
+    )
+    own = [c.cost for c in ranked if c[:3] == (pick.method, pick.kernel, pick.order)]
+    options = [(pick, min(own, default=ranked[0].cost))]
+    seen = {pick._replace(reason="")}
+    for candidate in ranked:
+        forced: dict[str, object] = dict(zip(("method", "kernel", "order"), candidate[:3]))
+        plan = _apply_forced(pick, spec, m, dims, dtype, device_type, grad, forced)
+        if plan._replace(reason="") not in seen:
+            seen.add(plan._replace(reason=""))
+            options.append((plan, candidate.cost))
+    return options
 
 
 def choose_plan(
@@ -385,26 +383,53 @@ def choose_plan(
     cached = _CACHE.get(key)
     if cached is not None:
         plan = cached
+    elif _FORCED:  # (not measured, not cached: the next call outside the block decides)
+        plan = _choose(spec, int(m), tuple(int(d) for d in dims), dtype, device_type, requires_grad)
     else:
         dims = tuple(int(d) for d in dims)
         plan = _choose(spec, int(m), dims, dtype, device_type, requires_grad)
+        tuning_key = tuning.PlanKey(spec, int(m), dims, dtype, device_type, requires_grad)
+        plan = tuning.tuned(plan, tuning_key, lambda: _options(plan, tuning_key), _apply)
         if len(_CACHE) > 4096:
             _CACHE.clear()
         _CACHE[key] = plan
-        logger.debug(
-            "plan for %s, m=%d, dims=%s, %s on %s, grad=%s: %s",
-            spec,
-            m,
-            dims,
-            dtype,
-            device_type,
-            requires_grad,
-            plan,
-        )
-    if _FORCED:
-        dims = tuple(int(d) for d in dims)
-        return _apply_forced(plan, spec, int(m), dims, dtype, device_type, requires_grad)
+        logger.debug("plan for m=%d (key %s): %s", m, tuning_key.text(), plan)
+    if _FORCED:  # (kept beside the plans, so that a forced call costs one lookup too)
+        forced = _CACHE.get((key, _FORCED))
+        if forced is None:
+            dims = tuple(int(d) for d in dims)
+            forced = _apply_forced(plan, spec, int(m), dims, dtype, device_type, requires_grad)
+            _CACHE[(key, _FORCED)] = forced
+        return forced
     return plan
+
+
+def candidate_plans(
+    spec: KronSpec,
+    m: int,
+    dims: Sequence[int],
+    dtype: torch.dtype = torch.float32,
+    device_type: str = "cpu",
+    requires_grad: bool = True,
+) -> list[tuple[Plan, float]]:
+    """Every plan the planner considers for a key (the arguments of `choose_plan`), each as
+    `force_plan` would run it, as `(plan, estimated multiply-add equivalents)` pairs.
+
+    The cost model's own pick first, then the other candidates of
+    [`costmodel.candidates`][hmfusion.ops.costmodel.candidates], cheapest estimate first. The
+    measuring planner ([`hmfusion.ops.tuning`][hmfusion.ops.tuning]) times the first few;
+    `hmfusion bench` times them all to report the planner's regret.
+
+    Example:
+        >>> from hmfusion.ops import planner
+        >>> spec = planner.KronSpec(256, 256, 4, 4, 64, 64)
+        >>> plans = planner.candidate_plans(spec, 256, (64,) * 4)
+        >>> sorted({plan.method for plan, _ in plans})
+        ['composite', 'fused', 'materialize']
+    """
+    dims = tuple(int(d) for d in dims)
+    pick = _choose(spec, int(m), dims, dtype, device_type, requires_grad)
+    return _options(pick, tuning.PlanKey(spec, int(m), dims, dtype, device_type, requires_grad))
 
 
 # applying a plan -----------------------------------------------------------------------------
@@ -496,24 +521,3 @@ def _apply(plan: Plan, spec: KronSpec, xs: Sequence[Tensor], left: Factor, right
             triton=plan.kernel == "triton",
         )
     return y[:, : spec.n] if spec.p * spec.s != spec.n else y
-
-
-def ideal_speedup(p: int, q: int, s: int, t: int) -> float:
-    """n·D over the cheaper factored cost per row: max(p·t/(p + t), q·s/(q + s)).
-
-    Args:
-        p: rows of A.
-        q: columns of A.
-        s: rows of B.
-        t: columns of B.
-
-    Returns:
-        The flop ratio of a dense n×D GEMM to the cheaper contraction order.
-
-    Example:
-        >>> from hmfusion.ops import planner
-        >>> planner.ideal_speedup(64, 64, 64, 64)
-        32.0
-    """
-    dense = p * q * s * t
-    return dense / min(q * s * (t + p), p * t * (q + s))

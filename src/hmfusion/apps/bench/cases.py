@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hmfusion import HMConcatFusion
+from hmfusion.ops.planner import Plan, candidate_plans
+from hmfusion.planner import force_plan
 
 __all__ = [
     "COMPILE_BACKEND",
@@ -46,6 +48,9 @@ SIMPLE_METHODS: tuple[Method, ...] = ("einsum", "two_matmul", "compiled")
 #: `--quick` leaves out the two baselines that form W (as slow as dense, and costly at 4096²).
 QUICK_METHODS: tuple[Method, ...] = ("dense", "einsum", "two_matmul", "compiled", "hmfusion")
 MODES: tuple[Mode, ...] = ("forward", "forward+backward")
+#: Forced plans are timed beside the planner's pick where the cost model prices them within
+#: this multiple of its cheapest candidate (the regret column: pick / fastest forced plan).
+PLAN_SPREAD = 10.0
 #: The backend of the `compiled` baseline (tests use `"eager"`: dynamo's caching, no C++).
 COMPILE_BACKEND = "inductor"
 
@@ -139,6 +144,13 @@ def _compile_two_matmul() -> Callable[..., Tensor]:
     return torch.compile(_two_matmul, dynamic=True, backend=COMPILE_BACKEND)
 
 
+def plan_label(plan: Plan) -> str:
+    """A plan as `method/kernel/order` (fused) or `method/order`."""
+    if plan.method == "fused":
+        return f"fused/{plan.kernel}/{plan.order}"
+    return f"{plan.method}/{plan.order}"
+
+
 class _Case:
     """Inputs, parameters and the step functions of every method for one shape and dtype."""
 
@@ -175,6 +187,30 @@ class _Case:
         }
         self.compile_seconds: dict[str, float] = {}
         self.compiled: Callable[..., Tensor] | None = None
+        self.forced: dict[str, dict[str, str]] = {}  # "plan:…" method → force_plan arguments
+
+    def forced_plans(self, mode: Mode) -> list[str]:
+        """The planner's candidates for this case and mode as methods `plan:<label>` (its pick and
+        those the cost model prices within `PLAN_SPREAD` of its cheapest: every plan the
+        measuring planner may choose), each run under `force_plan`."""
+        plans = candidate_plans(
+            self.module.structure.spec,
+            self.shape.m,
+            self.widths,
+            self.xs[0].dtype,
+            self.device.type,
+            mode == "forward+backward",
+        )
+        cheapest = min(cost for _, cost in plans)
+        names = []
+        for index, (plan, cost) in enumerate(plans):
+            if index == 0 or cost <= PLAN_SPREAD * cheapest:  # (the cost model's pick always)
+                name = f"plan:{plan_label(plan)}"
+                self.forced[name] = {"method": plan.method, "order": plan.order}
+                if plan.method == "fused":
+                    self.forced[name]["kernel"] = plan.kernel
+                names.append(name)
+        return names
 
     def cat(self) -> Tensor:
         return torch.cat(self.xs, dim=-1)
@@ -200,6 +236,9 @@ class _Case:
             if self.compiled is None:
                 self.compiled = _compile_two_matmul()
             return self.compiled(self.cat(), self.a, self.b, q, t)
+        if method in self.forced:
+            with force_plan(**self.forced[method]):  # type: ignore[arg-type]
+                return self.module(self.xs)
         return self.module(self.xs)
 
     def floor(self) -> None:

@@ -3,7 +3,9 @@
 For each shape and dtype, dense (cat + `F.linear`), `torch.kron` and tinybig's materialized
 W, the five-line einsum and two-matmul codes, `torch.compile` of the two-matmul code and
 `HMConcatFusion` are timed interleaved, forward and forward+backward; then again while
-`--load` busy processes compete for the CPUs (the loaded table). Writes `results.json`
+`--load` busy processes compete for the CPUs (the loaded table). In the quiet rounds the
+planner's candidate plans also run, each forced: the regret column is hmfusion's time over
+the fastest of them (target ≤ 1.10×). Writes `results.json`
 (every figure), `results.md` (the `benchmarks/RESULTS.md` document) and `speedup.png`
 to `--out`, all at once: the folder is written beside `--out` and renamed into place, and a
 non-empty `--out` is replaced (whole) only with `--overwrite`. `--quick` is the CI grid:

@@ -14,6 +14,13 @@ user can compute `cat(xs) Wᵀ` with W = A ⊗ B (n×D) are timed (`METHODS`):
   separately);
 - `hmfusion`: `HMConcatFusion` (W never formed; the planner picks the kernel).
 
+In the quiet rounds the planner's candidates (`hmfusion.ops.planner.candidate_plans`, those the
+cost model prices within `PLAN_SPREAD` of its cheapest) also run, each forced with `force_plan`:
+a row's `regret` is the time of the plan hmfusion ran, forced like the others, over the fastest
+forced plan's (1 where the planner's plan is the fastest). Both are timed alike, in the same
+rounds: hmfusion's own time follows another method in the rotation, which at sub-millisecond
+calls can differ from the same plan forced by more than the plans differ.
+
 Methods are run interleaved (one call of each per round, the starting method rotated), after
 warm-up; a time is the median over rounds and a ratio divides medians of the same run, so load
 from other processes hits every method alike. Forward runs under `torch.no_grad`;
@@ -46,6 +53,7 @@ from hmfusion.apps.bench.cases import (
     MAIN_JOB_SHAPE,
     METHODS,
     MODES,
+    PLAN_SPREAD,
     QUICK_GRID,
     QUICK_METHODS,
     SIMPLE_METHODS,
@@ -53,15 +61,17 @@ from hmfusion.apps.bench.cases import (
     Mode,
     Shape,
     _Case,
+    plan_label,
 )
-from hmfusion.ops import costmodel, native
-from hmfusion.ops.planner import ideal_speedup
+from hmfusion.ops import costmodel, native, wisdom
+from hmfusion.ops.kernels import ideal_speedup
 
 __all__ = [
     "FULL_GRID",
     "MAIN_JOB_SHAPE",
     "METHODS",
     "MODES",
+    "PLAN_SPREAD",
     "QUICK_GRID",
     "QUICK_METHODS",
     "SIMPLE_METHODS",
@@ -223,8 +233,13 @@ def _measure(
     case: _Case, methods: Sequence[str], mode: Mode, repeats: int, warmup: int, memory: bool
 ) -> dict[str, Any]:
     shape = case.shape
-    times = _time_interleaved(case, ("floor", *methods), mode, repeats, warmup)
+    forced = case.forced_plans(mode) if memory else []  # (quiet rows only)
+    times = _time_interleaved(case, ("floor", *methods, *forced), mode, repeats, warmup)
     median = {method: statistics.median(values) for method, values in times.items()}
+    plan_times = {name.removeprefix("plan:"): median.pop(name) for name in forced}
+    for name in forced:
+        times.pop(name)
+    fastest = min(plan_times, key=plan_times.__getitem__) if plan_times else None
     dense = median["dense"]
     s, t = shape.n // shape.p, shape.D // shape.q
     plan = case.module.structure.plan(
@@ -234,6 +249,7 @@ def _measure(
         device=case.xs[0].device,
         requires_grad=mode == "forward+backward",
     )
+    chosen = plan_label(plan)  # (the plan hmfusion ran, also timed forced)
     speedups = {method: dense / median[method] for method in methods}
     simple = [name for name in SIMPLE_METHODS if name in speedups]
     best_simple: str | None = max(simple, key=lambda name: speedups[name]) if simple else None
@@ -259,6 +275,14 @@ def _measure(
         ),
         "compile_seconds": case.compile_seconds.get(mode),
         "plan": plan._asdict(),
+        "plan_time_ms": {name: 1e3 * value for name, value in plan_times.items()},
+        "fastest_plan": fastest,
+        "chosen_plan": chosen,
+        "regret": (
+            None
+            if fastest is None
+            else plan_times.get(chosen, median["hmfusion"]) / plan_times[fastest]
+        ),
     }
 
 
@@ -359,9 +383,14 @@ def _machine(device: torch.device) -> dict[str, Any]:
             "GOMP_SPINCOUNT",
             "MKL_NUM_THREADS",
             "HMFUSION_NATIVE",
+            "HMFUSION_TUNE",
+            "HMFUSION_WISDOM_DIR",
         )
         if name in os.environ
     }
+    # the measuring planner's remembered plans the run started from (none: it measures anew)
+    info["wisdom_file"] = str(wisdom.wisdom_path(device.type))
+    info["wisdom_plans_at_start"] = len(wisdom.known(device.type)[0])
     if hasattr(os, "getloadavg"):
         info["load_average_start"] = os.getloadavg()
     return info
