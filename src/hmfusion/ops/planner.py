@@ -37,7 +37,7 @@ from typing import Literal, NamedTuple, cast
 import torch
 from torch import Tensor
 
-from hmfusion.ops import chunking, costmodel, kernels, native, triton_dispatch, tuning
+from hmfusion.ops import chunking, costmodel, execute, kernels, native, triton_dispatch, tuning
 from hmfusion.ops.costmodel import Kernel, KronSpec, Method, Order
 from hmfusion.ops.kernels import Factor
 
@@ -389,7 +389,7 @@ def choose_plan(
         dims = tuple(int(d) for d in dims)
         plan = _choose(spec, int(m), dims, dtype, device_type, requires_grad)
         tuning_key = tuning.PlanKey(spec, int(m), dims, dtype, device_type, requires_grad)
-        plan = tuning.tuned(plan, tuning_key, lambda: _options(plan, tuning_key), _apply)
+        plan = tuning.tuned(plan, tuning_key, lambda: _options(plan, tuning_key), execute.run)
         if len(_CACHE) > 4096:
             _CACHE.clear()
         _CACHE[key] = plan
@@ -432,28 +432,6 @@ def candidate_plans(
     return _options(pick, tuning.PlanKey(spec, int(m), dims, dtype, device_type, requires_grad))
 
 
-# applying a plan -----------------------------------------------------------------------------
-def _as_stack(factor: Factor) -> Tensor:
-    """A dense (terms, rows, cols) stack from a matrix, a stack or a low-rank pair."""
-    if isinstance(factor, tuple):
-        return kernels.dense_factor(factor).unsqueeze(0)
-    return factor if factor.dim() == 3 else factor.unsqueeze(0)
-
-
-def _as_list(factor: Factor) -> list[Factor]:
-    """Per-term factors (kernels.kron_matmul's form) from a matrix, a stack or a low-rank pair."""
-    if isinstance(factor, tuple):
-        return [factor]
-    return [factor] if factor.dim() == 2 else list(factor.unbind(0))
-
-
-def _cast(value: Factor, dtype: torch.dtype) -> Factor:
-    if isinstance(value, tuple):
-        return (_cast(value[0], dtype), _cast(value[1], dtype))  # type: ignore[return-value]
-    # autocast leaves float64 alone; so do we
-    return value if value.dtype in (dtype, torch.float64) else value.to(dtype)
-
-
 def kron_concat(spec: KronSpec, xs: Sequence[Tensor], left: Factor, right: Factor) -> Tensor:
     """`cat(xs, -1) Wᵀ` for xs of shapes (m, n_i), Σ n_i = D, by the planner's choice.
 
@@ -482,8 +460,8 @@ def kron_concat(spec: KronSpec, xs: Sequence[Tensor], left: Factor, right: Facto
     first = xs[0]
     autocast_dtype = kernels.autocast_dtype_for(first.device.type)
     if autocast_dtype is not None:  # cast, then the same call with autocast off
-        xs = [_cast(x, autocast_dtype) for x in xs]  # type: ignore[misc]
-        left, right = _cast(left, autocast_dtype), _cast(right, autocast_dtype)
+        xs = [execute.cast(x, autocast_dtype) for x in xs]  # type: ignore[misc]
+        left, right = execute.cast(left, autocast_dtype), execute.cast(right, autocast_dtype)
         with torch.autocast(first.device.type, enabled=False):
             return kron_concat(spec, xs, left, right)
     grad = kernels.needs_grad(xs, left, right)
@@ -492,32 +470,6 @@ def kron_concat(spec: KronSpec, xs: Sequence[Tensor], left: Factor, right: Facto
     )
     if plan.upcast:  # (casts are differentiable: the gradients come back in the inputs' dtypes)
         xs = [x.float() for x in xs]
-        left, right = _cast(left, torch.float32), _cast(right, torch.float32)
-        return _apply(plan, spec, xs, left, right).to(first.dtype)
-    return _apply(plan, spec, xs, left, right)
-
-
-def _apply(plan: Plan, spec: KronSpec, xs: Sequence[Tensor], left: Factor, right: Factor) -> Tensor:
-    first = xs[0]
-    if plan.method == "materialize":
-        x = torch.cat(list(xs), dim=-1) if len(xs) > 1 else first
-        return kernels.kron_linear(x, _as_stack(left), _as_stack(right), spec.n, spec.D)
-    if plan.method == "composite":
-        x = kernels.pad_concat(xs, spec.q * spec.t)
-        shape = (spec.p, spec.q, spec.s, spec.t)
-        y = kernels.kron_matmul(x, _as_list(left), _as_list(right), shape, plan.order)
-    else:
-        inputs: Literal["gather", "split"] = "split" if plan.inputs == "split" else "gather"
-        # (a matrix or a stack as it is: no unsqueeze for autograd to record)
-        y = native.fused_kron_concat(
-            xs,
-            left if isinstance(left, Tensor) else kernels.dense_factor(left),
-            right if isinstance(right, Tensor) else kernels.dense_factor(right),
-            plan.order,
-            plan.chunk_rows,
-            inputs,
-            tiled=plan.kernel == "tiled",
-            fallback=plan.kernel == "pytorch",
-            triton=plan.kernel == "triton",
-        )
-    return y[:, : spec.n] if spec.p * spec.s != spec.n else y
+        left, right = execute.cast(left, torch.float32), execute.cast(right, torch.float32)
+        return execute.run(plan, spec, xs, left, right).to(first.dtype)
+    return execute.run(plan, spec, xs, left, right)

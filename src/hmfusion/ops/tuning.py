@@ -337,7 +337,7 @@ def tuned(
     """The plan for a new key: remembered, measured where it pays, or the cost model's `pick`.
 
     `options()` lists the candidate plans with their estimated costs, `pick` first; `apply`
-    runs a plan (`hmfusion.ops.planner._apply`). Called by the planner once per new key.
+    runs a plan (`hmfusion.ops.execute.run`). Called by the planner once per new key.
     """
     if _blocked(key.device_type) is not None:
         return _note(pick)
