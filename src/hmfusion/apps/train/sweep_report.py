@@ -1,0 +1,112 @@
+"""The table and figure of `hmfusion sweep`, drawn from its `results.json` alone (so that
+`hmfusion sweep --render` redraws them without training).
+
+Both take the summary dict that [`hmfusion.apps.train.sweep`][hmfusion.apps.train.sweep] writes:
+`"points"` (per point `key`, `fusion`, `fusion_parameters`, `test_accuracy_mean`,
+`test_accuracy_std`, `seconds_per_epoch`, …) and `"pareto_front"` (the keys on the front).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hmfusion.apps.reporting import markdown_table, pyplot, save_figure
+
+__all__ = ["plot_sweep", "sweep_table"]
+
+
+def _setting(point: Mapping[str, Any]) -> str:
+    return point["key"][len(point["fusion"]) :].strip() or "-"
+
+
+def sweep_table(summary: Mapping[str, Any]) -> str:
+    """One row per point, grouped by fusion and ordered by parameters: the setting, fusion
+    parameters (and their share of dense's, when dense ran), test accuracy in percent (mean ±
+    sample std over seeds), mean epochs, training seconds per epoch, and `yes` on the Pareto
+    front.
+
+    Example:
+        >>> point = {"key": "hm p=8 terms=1", "fusion": "hm", "fusion_parameters": 512,
+        ...     "test_accuracy_mean": 0.975, "test_accuracy_std": 0.005, "epochs": [40, 50],
+        ...     "seconds_per_epoch": 0.12}
+        >>> print(sweep_table({"points": [point], "pareto_front": ["hm p=8 terms=1"]}))
+        | fusion | setting | fusion params | test accuracy (%) | epochs | s / epoch | Pareto |
+        |---|---|---:|---:|---:|---:|---|
+        | hm | p=8 terms=1 | 512 | 97.50 ± 0.50 | 45 | 0.120 | yes |
+    """
+    points = summary["points"]
+    front = set(summary["pareto_front"])
+    dense = next((p["fusion_parameters"] for p in points if p["fusion"] == "dense"), None)
+    order = list(dict.fromkeys(p["fusion"] for p in points))
+    header = ["fusion", "setting", "fusion params"]
+    header += ["% of dense"] if dense else []
+    header += ["test accuracy (%)", "epochs", "s / epoch", "Pareto"]
+    rows = []
+    for point in sorted(points, key=lambda p: (order.index(p["fusion"]), p["fusion_parameters"])):
+        cells = [point["fusion"], _setting(point), f"{point['fusion_parameters']:,}"]
+        if dense:
+            cells.append(f"{100 * point['fusion_parameters'] / dense:.1f}")
+        cells += [
+            f"{100 * point['test_accuracy_mean']:.2f} ± {100 * point['test_accuracy_std']:.2f}",
+            f"{sum(point['epochs']) / len(point['epochs']):.0f}",
+            f"{point['seconds_per_epoch']:.3f}",
+            "yes" if point["key"] in front else "",
+        ]
+        rows.append(cells)
+    align: list[Any] = ["left", "left"] + ["right"] * (len(header) - 3) + ["left"]
+    return markdown_table(header, rows, align)
+
+
+def plot_sweep(summary: Mapping[str, Any], path: str | Path, title: str) -> None:
+    """Test accuracy (mean ± std over seeds) against fusion parameters on a log axis: one line
+    per fusion, the Pareto front ringed and joined, dense and parameter-free fusions (mean) as
+    horizontal reference lines. 7 × 4.5 inches at 100 dpi, readable at 700 px."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    points = summary["points"]
+    order = list(dict.fromkeys(p["fusion"] for p in points))
+    for i, fusion in enumerate(order):
+        group = sorted(
+            (p for p in points if p["fusion"] == fusion), key=lambda p: p["fusion_parameters"]
+        )
+        color = colors[i % len(colors)]
+        means = [100 * p["test_accuracy_mean"] for p in group]
+        stds = [100 * p["test_accuracy_std"] for p in group]
+        if group[0]["fusion_parameters"] == 0 or fusion == "dense":
+            style = "--" if group[0]["fusion_parameters"] == 0 else ":"
+            ax.axhline(means[0], color=color, linestyle=style, linewidth=1.2)
+            ax.axhspan(means[0] - stds[0], means[0] + stds[0], color=color, alpha=0.1)
+            label = f"{fusion} ({group[0]['fusion_parameters']:,} params)"
+            ax.plot([], [], color=color, linestyle=style, label=label)
+            if fusion == "dense":
+                ax.errorbar(
+                    group[0]["fusion_parameters"], means[0], yerr=stds[0], fmt="s",
+                    color=color, capsize=3, markersize=5,
+                )  # fmt: skip
+            continue
+        params = [p["fusion_parameters"] for p in group]
+        ax.errorbar(
+            params, means, yerr=stds, fmt="o-", color=color, capsize=3, markersize=4,
+            linewidth=1.2, label=fusion,
+        )  # fmt: skip
+    front = [p for p in points if p["key"] in set(summary["pareto_front"])]
+    front = sorted((p for p in front if p["fusion_parameters"] > 0), key=lambda p: p["key"])
+    front.sort(key=lambda p: p["fusion_parameters"])
+    if front:
+        ax.plot(
+            [p["fusion_parameters"] for p in front],
+            [100 * p["test_accuracy_mean"] for p in front],
+            "o", markersize=11, markerfacecolor="none", markeredgecolor="black",
+            markeredgewidth=1.3, drawstyle="steps-post", label="Pareto front",
+        )  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("fusion-layer parameters (log scale)")
+    ax.set_ylabel("test accuracy (%), mean ± std")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right", ncol=2)
+    fig.tight_layout()
+    save_figure(fig, path)
