@@ -64,8 +64,8 @@ def stratified_split(
         and validation_fraction + test_fraction < 1
     ):
         raise ValueError(
-            "validation fraction must be in [0, 1), test fraction in (0, 1), and their sum "
-            "below 1, "
+            "validation fraction must be in [0, 1) and test fraction in (0, 1), and they "
+            "must sum to less than 1, "
             f"got {validation_fraction} and {test_fraction}"
         )
     rng = np.random.default_rng(seed)

@@ -5,15 +5,17 @@ trains, for every fusion of --fusion, each point of its budget grid (see
 [`hmfusion.apps.train.budgets`][hmfusion.apps.train.budgets]: HM and LPHM over the block size
 p = q, HM also over --hm-terms; low-rank, dual-LPHM and random over --ranks; dense and mean once)
 with the same seeds and splits. Writes to --out: results.json (per point: test accuracy per seed,
-mean and sample std, fusion and model parameters, epochs, seconds per epoch; the Pareto front),
-results.md (the table, also printed) and sweep.png (accuracy against fusion parameters, log
-axis, one line per fusion, the Pareto front marked, dense and mean as reference lines).
+mean and sample std, fusion and model parameters, epochs, seconds per epoch; the Pareto fronts;
+the total seconds of all its runs), results.md (the table, also printed) and sweep.png
+(accuracy against fusion parameters, log axis, one line per fusion, the Pareto front marked,
+dense and mean as reference lines).
 
 --protocol literature trains on 80/20 train/test splits and tests the last epoch's model (no
 validation set, no early stopping), as published mfeat figures do. --resume keeps the points
 already in --out/results.json (same data and training settings) and trains the rest;
 interrupted with Ctrl-C, a sweep writes the points it finished, so --resume goes on from there.
---render redraws results.md and sweep.png from --out/results.json without training. --quick is
+--render redraws results.md and sweep.png (and the fronts in results.json) from the points in
+--out/results.json, without training. --quick is
 the CI check: two points per fusion, 2 seeds, 4 epochs, about 300 rows.
 """
 
@@ -39,11 +41,11 @@ from hmfusion.apps.common import (
 )
 from hmfusion.apps.outputs import OutputDirectory, OutputFile
 from hmfusion.apps.train import command as train_command
-from hmfusion.apps.train.budgets import BudgetPoint, budget_grid, pareto_front
+from hmfusion.apps.train.budgets import BudgetPoint, budget_grid
 from hmfusion.apps.train.distributed import environment, processes
 from hmfusion.apps.train.loop import TrainConfig, fit, model_config
 from hmfusion.apps.train.model import MultiViewClassifier
-from hmfusion.apps.train.sweep_report import plot_sweep, sweep_table
+from hmfusion.apps.train.sweep_report import fronts, plot_sweep, sweep_table
 from hmfusion.data import MultiViewData, stratified_split
 from hmfusion.ops import native
 
@@ -226,13 +228,14 @@ def _point_entry(point: BudgetPoint, runs: list[Any]) -> dict[str, Any]:
 
 
 def _summary(settings: dict[str, Any], points: list[dict[str, Any]], **extra: Any) -> dict:
-    front = pareto_front([(p["fusion_parameters"], p["test_accuracy_mean"]) for p in points])
+    front, learned = fronts(points)
     return {
         "format": FORMAT,
         "version": 1,
         "settings": settings,
         "points": points,
-        "pareto_front": [points[i]["key"] for i in front],
+        "pareto_front": front,
+        "pareto_front_learned": learned,
         "torch_version": torch.__version__,
         **extra,
     }
@@ -266,8 +269,13 @@ def main(args: argparse.Namespace) -> int:
     """Run `hmfusion sweep`; returns the exit status (2 for bad data, arguments or --out; 130
     after Ctrl-C, with the finished points written)."""
     started = time.perf_counter()
-    if args.render:
-        print(_render(Path(args.out), _read(Path(args.out))))
+    if args.render:  # the fronts, the table and the figure follow from the points
+        summary = _read(Path(args.out))
+        front, learned = fronts(summary["points"])
+        summary.update(pareto_front=front, pareto_front_learned=learned)
+        text = json.dumps(summary, indent=2) + "\n"
+        OutputFile(Path(args.out) / "results.json", overwrite=True).write(text)
+        print(_render(Path(args.out), summary))
         return 0
     config = _config(args)
     if environment()[1] > 1:
@@ -330,7 +338,9 @@ def main(args: argparse.Namespace) -> int:
             settings,
             entries,
             complete=status == 0,
-            total_seconds=time.perf_counter() - started,
+            # a resumed sweep's time is that of all its runs
+            total_seconds=time.perf_counter() - started + (previous or {}).get("total_seconds", 0),
+            runs=(previous or {}).get("runs", 1) + 1 if previous else 1,
         )
         (staging / "results.json").write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
         table = _render(staging, summary)
