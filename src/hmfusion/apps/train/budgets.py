@@ -99,9 +99,10 @@ def budget_grid(
         ValueError: n or D below 1, or a rank or terms value below 1.
 
     Example:
-        >>> [point.key for point in budget_grid(8, 16, ["hm", "lowrank", "dense"], ranks=[1, 8],
-        ...     terms=[1], lphm_rank=2, pad=False)]
-        ['hm p=2 terms=1', 'hm p=4 terms=1', 'hm p=8 terms=1', 'lowrank r=1', 'dense']
+        >>> grid = budget_grid(8, 16, ["hm", "lowrank", "dense"], ranks=[1, 8], terms=[1],
+        ...     lphm_rank=2, pad=False)
+        >>> print(", ".join(point.key for point in grid))
+        hm p=2 terms=1, hm p=4 terms=1, hm p=8 terms=1, lowrank r=1, dense
     """
     if n < 1 or D < 1:
         raise ValueError(f"a fusion needs n >= 1 and D >= 1, got n={n}, D={D}")
