@@ -3,7 +3,7 @@
 Every accuracy `a ± b %` in the training page's "Where structure pays" section and in the
 README's summary must be a point's mean ± std over seeds in a committed
 results.json; every `N parameters` a point's fusion-parameter count; every `N.NN s per epoch` a
-point's training time per epoch; every `took N min` a sweep's total time. The committed tables
+point's training time per epoch; every `took N min` (or `N s`) a sweep's total time. The committed tables
 must be those the results render to.
 """
 
@@ -68,12 +68,14 @@ def test_quoted_numbers_come_from_the_results(where, text):
     parameters = {f"{p['fusion_parameters']:,}" for p in points}
     per_epoch = {f"{p['seconds_per_epoch']:.2f}" for p in points}
     minutes = {f"{s['total_seconds'] / 60:.0f}" for s in summaries()}
+    seconds = {f"{s['total_seconds']:.0f}" for s in summaries()}
     text = " ".join(text.split())  # a number may be broken over lines
     found = {
         "accuracy": re.findall(r"(\d+\.\d\d ± \d+\.\d\d) ?%", text),
         "parameters": re.findall(r"(\d[\d,]*) parameters", text),
         "per epoch": re.findall(r"(\d+\.\d\d) s per epoch", text),
         "minutes": re.findall(r"took (\d+) min", text),
+        "seconds": re.findall(r"took (\d+) s\b", text),
     }
     assert found["accuracy"] and found["parameters"], f"{where} quotes no sweep numbers"
     for kind, allowed in [
@@ -81,6 +83,7 @@ def test_quoted_numbers_come_from_the_results(where, text):
         ("parameters", parameters),
         ("per epoch", per_epoch),
         ("minutes", minutes),
+        ("seconds", seconds),
     ]:
         unknown = [value for value in found[kind] if value not in allowed]
         assert not unknown, f"{where}: {kind} {unknown} are in no committed results file"

@@ -82,12 +82,18 @@ def sweep_table(summary: Mapping[str, Any]) -> str:
     return markdown_table(header, rows, align)
 
 
+def _line(point: Mapping[str, Any]) -> str:
+    """The line a point belongs to: its fusion, and HM's number of terms when above 1."""
+    terms = point.get("options", {}).get("terms", 1)
+    return point["fusion"] if terms == 1 else f"{point['fusion']}, {terms} terms"
+
+
 def _draw(ax: Any, points: Sequence[Mapping[str, Any]], colors: Sequence[str]) -> None:
-    """Every fusion's line (or reference line) and the ringed front on one axes."""
-    order = list(dict.fromkeys(p["fusion"] for p in points))
+    """Every line (or reference line) and the ringed front on one axes."""
+    order = list(dict.fromkeys(_line(p) for p in points))
     for i, fusion in enumerate(order):
         group = sorted(
-            (p for p in points if p["fusion"] == fusion), key=lambda p: p["fusion_parameters"]
+            (p for p in points if _line(p) == fusion), key=lambda p: p["fusion_parameters"]
         )
         color = colors[i % len(colors)]
         means = [100 * p["test_accuracy_mean"] for p in group]
@@ -124,10 +130,10 @@ def _draw(ax: Any, points: Sequence[Mapping[str, Any]], colors: Sequence[str]) -
 
 def plot_sweep(summary: Mapping[str, Any], path: str | Path, title: str) -> None:
     """Test accuracy (mean ± std over seeds) against fusion parameters on a log axis: one line
-    per fusion, the Pareto front of the fusions with parameters ringed, dense and
-    parameter-free fusions (mean) as horizontal reference lines. Below it the same plot zoomed
-    on the 5 points under the best mean, where the fusions that matter differ. 7 × 7.5 inches
-    at 100 dpi, readable at 700 px."""
+    per fusion (per number of terms for HM), the Pareto front of the fusions with parameters
+    ringed, dense and parameter-free fusions (mean) as horizontal reference lines. Below it the
+    same plot zoomed on the 5 percentage points under the best mean, where the fusions that
+    matter differ. 7 × 7.5 inches at 100 dpi, readable at 700 px."""
     plt = pyplot()
     fig, (full, zoom) = plt.subplots(
         2, 1, figsize=(7, 7.5), dpi=100, sharex=True, height_ratios=[1, 1]
