@@ -108,7 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(--test-fraction), the last epoch's model (default: holdout)",
     )
     grid.add_argument(
-        "--quick", action="store_true", help="a small sweep for CI (about a minute on 2 cores)"
+        "--quick",
+        action="store_true",
+        help="a small sweep for CI (seconds on a quiet machine, about a minute on 2 busy cores)",
     )
     grid.add_argument(
         "--resume", action="store_true", help="keep the points in --out and train the rest"
