@@ -26,6 +26,10 @@ ENVIRONMENT_DEFAULTS: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
 # `hmfusion --help` and each command stay independent of the others' imports.
 _COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hmfusion.apps.train.command", "train and compare fusion models on multi-view data"),
+    "sweep": (
+        "hmfusion.apps.train.sweep",
+        "train every fusion over a range of parameter budgets: accuracy against parameters",
+    ),
     "predict": ("hmfusion.apps.predict", "predict labels for new rows with a trained checkpoint"),
     "bench": (
         "hmfusion.apps.bench.command",

@@ -50,7 +50,8 @@ def stratified_split(
     """Row indices (sorted int64 arrays) of the train, validation and test parts.
 
     Each class of m rows gives `max(1, round(m·test_fraction))` rows to test,
-    `max(1, round(m·validation_fraction))` to validation and the rest (at least one) to train.
+    `max(1, round(m·validation_fraction))` to validation and the rest (at least one) to train;
+    `validation_fraction=0` leaves validation empty (a train/test split).
 
     Raises:
         ValueError: fractions outside (0, 1) or summing to 1 or more.
@@ -58,12 +59,13 @@ def stratified_split(
             run first for a message that names the classes).
     """
     if not (
-        0 < validation_fraction < 1
+        0 <= validation_fraction < 1
         and 0 < test_fraction < 1
         and validation_fraction + test_fraction < 1
     ):
         raise ValueError(
-            "validation and test fractions must be in (0, 1) and sum to less than 1, "
+            "validation fraction must be in [0, 1) and test fraction in (0, 1), and they "
+            "must sum to less than 1, "
             f"got {validation_fraction} and {test_fraction}"
         )
     rng = np.random.default_rng(seed)
@@ -76,7 +78,7 @@ def stratified_split(
                 f"class {int(code)} has {m} rows; a stratified split needs {MIN_ROWS_PER_CLASS}"
             )
         n_test = max(1, _round_half_up(m * test_fraction))
-        n_val = max(1, _round_half_up(m * validation_fraction))
+        n_val = max(1, _round_half_up(m * validation_fraction)) if validation_fraction else 0
         while m - n_test - n_val < 1:  # small classes: give train its row back
             if n_test >= n_val:
                 n_test -= 1

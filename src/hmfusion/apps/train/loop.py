@@ -57,12 +57,16 @@ class TrainConfig:
         label_smoothing: of the training loss.
         validation_fraction: each class's share held out for validation.
         test_fraction: each class's share held out for testing.
+        selection: which epoch's model is tested: `"best"`, the lowest validation loss (early
+            stopping after `patience`), or `"last"`, the final epoch's, with no validation set
+            (`validation_fraction` must then be 0: the train/test protocol of the literature).
         max_rows: train on a stratified subsample of about this many rows (None: all).
         threads: torch CPU threads per process.
         quiet: no progress bars or messages.
 
     Raises:
-        ValueError: an unknown or empty fusion list, or fractions summing to 1 or more.
+        ValueError: an unknown or empty fusion list, fractions summing to 1 or more, or a
+            validation fraction that does not fit `selection` (0 exactly for `"last"`).
     """
 
     fusions: tuple[str, ...] = DEFAULT_FUSIONS
@@ -83,6 +87,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     validation_fraction: float = 0.1
     test_fraction: float = 0.2
+    selection: Literal["best", "last"] = "best"
     max_rows: int | None = None
     threads: int = 1
     quiet: bool = False
@@ -98,6 +103,12 @@ class TrainConfig:
             )
         if self.validation_fraction + self.test_fraction >= 1:
             raise ValueError("--validation-fraction plus --test-fraction must be below 1")
+        if (self.selection == "last") != (self.validation_fraction == 0):
+            raise ValueError(
+                f"selection {self.selection!r} needs a validation fraction "
+                f"{'of 0' if self.selection == 'last' else 'above 0'}, "
+                f"got {self.validation_fraction}"
+            )
 
 
 @dataclass
@@ -187,7 +198,8 @@ def fit(
     *,
     progress: bool = False,
 ) -> Run:
-    """Train one model: split by `seed`, train with early stopping, test at the best epoch.
+    """Train one model: split by `seed`, train with early stopping, test at the best epoch
+    (or, with `config.selection == "last"`, train every epoch and test the last).
 
     Raises:
         ValueError: the validation loss was never finite (the learning rate is too high).
@@ -269,7 +281,11 @@ def fit(
             loss_sum += loss.detach().double() * batch.numel()
         count = torch.tensor(float(order.numel()), dtype=torch.float64, device=device)
         totals = procs.sum(torch.stack([loss_sum, count]))
-        val_loss, val_acc = _evaluate(model, views, labels, val_t, procs)
+        if config.selection == "last":  # no validation rows: the last epoch is the one tested
+            val_loss, val_acc = math.nan, math.nan
+            best_epoch, best_state = epoch, None
+        else:
+            val_loss, val_acc = _evaluate(model, views, labels, val_t, procs)
         curves["train_loss"].append((totals[0] / totals[1]).item())
         curves["validation_loss"].append(val_loss)
         curves["validation_accuracy"].append(val_acc)
@@ -280,10 +296,13 @@ def fit(
         elif epoch - best_epoch >= config.patience:
             break
     epochs.close()
-    if best_state is None:
-        raise ValueError(f"{fusion}, seed {seed}: the validation loss was never finite; lower --lr")
-    model.load_state_dict(best_state)
-    _, val_acc = _evaluate(model, views, labels, val_t, procs)
+    if config.selection == "best":
+        if best_state is None:
+            raise ValueError(
+                f"{fusion}, seed {seed}: the validation loss was never finite; lower --lr"
+            )
+        model.load_state_dict(best_state)
+        _, val_acc = _evaluate(model, views, labels, val_t, procs)
     _, test_acc = _evaluate(model, views, labels, test_t, procs)
     return Run(
         fusion=fusion,
