@@ -180,12 +180,29 @@ def test_results_hold_every_point_with_its_seeds(tiny_sweep):
 
 def test_render_redraws_from_results_json(tiny_sweep, tmp_path, capsys):
     copy = tmp_path / "copy"
-    copy.mkdir()
-    (copy / "results.json").write_text((tiny_sweep / "results.json").read_text())
+    shutil.copytree(tiny_sweep, copy)
+    (copy / "results.md").unlink()  # (what --render redraws; the manifest still lists it)
+    (copy / "sweep.png").unlink()
     assert sweep(copy, "--render") == 0
     assert (copy / "results.md").read_text() == (tiny_sweep / "results.md").read_text()
     assert (copy / "sweep.png").stat().st_size > 10_000
     assert "| fusion | setting |" in capsys.readouterr().out
+    # found in review: --render rewrote the files in place, so the manifest no longer
+    # matched and a later --resume refused the folder; now the redrawn folder can be resumed
+    assert sweep(copy, "--render") == 0
+    from hmfusion.apps.outputs import OutputDirectory
+
+    OutputDirectory(copy, overwrite=True)  # (refuses a folder whose manifest is not true)
+
+
+def test_render_refuses_a_folder_hmfusion_did_not_write(tiny_sweep, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "results.json").write_text((tiny_sweep / "results.json").read_text())
+    (copy / "notes.txt").write_text("mine")
+    assert sweep(copy, "--render") == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert (copy / "notes.txt").read_text() == "mine"
 
 
 def test_resume_trains_only_the_missing_points(tiny_sweep, tmp_path, monkeypatch):

@@ -86,7 +86,10 @@ PY
 
 # 2. the tests (the kernels compile here for the first time: Triton's JIT, cached on disk)
 # (--noconftest: these tests need none of conftest.py's fixtures, nor hypothesis)
-step tests 180 $PY -m pytest -q -m "" -p no:cacheprovider --noconftest tests/test_triton.py
+# (measuring off and a private wisdom folder, as conftest.py sets them for the suite: the
+# plan tests check the cost model's ranking, and nothing is written to ~/.cache/hmfusion)
+HMFUSION_TUNE=0 HMFUSION_WISDOM_DIR=$(mktemp -d) \
+    step tests 180 $PY -m pytest -q -m "" -p no:cacheprovider --noconftest tests/test_triton.py
 # 3. the bench's quick grid (its hmfusion case runs the planner's pick: the Triton kernels
 #    where the cost model ranks them first)
 step bench-quick 200 $PY -m hmfusion bench --device cuda --quick --load 0 --quiet \

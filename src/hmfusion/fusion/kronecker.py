@@ -78,7 +78,7 @@ class _KroneckerFusion(ConcatFusion):
         dtype and device (cached per shape). `plan(m).method == "materialize"` means that W
         is formed for that call (where one dense GEMM is cheaper, e.g. p = q = 1); `"fused"`
         and `"composite"` never form it. `requires_grad` defaults to whether the
-        parameters train. [`hmfusion.ops.planner.force_plan`][hmfusion.ops.planner.force_plan]
+        parameters train. [`hmfusion.planner.force_plan`][hmfusion.planner.force_plan]
         overrides the
         choice.
 

@@ -379,7 +379,8 @@ def choose_plan(
         if _FORCED:
             return _apply_forced(plan, spec, m, dims, dtype, device_type, requires_grad)
         return plan
-    key = (spec, m, tuple(dims), dtype, device_type, requires_grad)
+    # (the thread count too: row chunks and measured plans depend on it)
+    key = (spec, m, tuple(dims), dtype, device_type, requires_grad, torch.get_num_threads())
     cached = _CACHE.get(key)
     if cached is not None:
         plan = cached

@@ -39,9 +39,12 @@ under `torch.use_deterministic_algorithms(True)`.
 
 **Where it never runs** (the cost model's plan is used): while `torch.compile` traces, while
 a CUDA graph is captured, inside `torch.func` transforms and under a `TorchDispatchMode` (such
-as `FlopCounterMode`). Under `torch.distributed` (initialised, world size > 1) rank 0 decides
-(from its wisdom or by measuring) and broadcasts the plan, so every rank runs the same one;
-all ranks must then meet new keys in the same order, as data-parallel training does.
+as `FlopCounterMode`). Under `torch.distributed` (initialised, world size > 1) a key is
+measured only inside [`tune`][hmfusion.ops.tuning.tune], which every rank calls alike: rank 0
+decides (from its wisdom or by measuring) and broadcasts the plan, so every rank runs the same
+one. A key met first during training (ranks see different row counts in evaluation, say, so
+they do not meet new keys in step) takes the cost model's plan on every rank: no rank waits on
+a broadcast another rank never makes. Tune a distributed model before training.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import json
 import logging
 import os
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -112,9 +116,17 @@ class _Plan(Protocol):
 
 P = TypeVar("P", bound=_Plan)
 _enabled: bool | None = None  # None: HMFUSION_TUNE decides
-_everywhere = False  # inside tune(): measure every new key, small ones included
-_met: list[Any] | None = None  # inside tune(): the plans of the keys met
-_busy = False  # measuring now (the candidates' calls plan nothing new, but never recurse)
+
+
+class _ThreadState(threading.local):
+    """Per thread: a `tune()` in one thread neither widens nor collects another's plans."""
+
+    everywhere = False  # inside tune(): measure every new key, small ones included
+    met: list[Any] | None = None  # inside tune(): the plans of the keys met
+    busy = False  # measuring now (the candidates' calls plan nothing new, but never recurse)
+
+
+_state = _ThreadState()
 
 
 # the switch ----------------------------------------------------------------------------------
@@ -176,11 +188,11 @@ def _switched_on() -> bool:
 
 def _blocked(device_type: str) -> str | None:
     """Why measuring cannot run here (None: it can)."""
-    if _busy:
+    if _state.busy:
         return "measuring already"
-    if not (_everywhere or _switched_on()):
+    if not (_state.everywhere or _switched_on()):
         return "measuring is off"
-    if torch.are_deterministic_algorithms_enabled() and not _everywhere:
+    if torch.are_deterministic_algorithms_enabled() and not _state.everywhere:
         return "deterministic algorithms"
     if torch.compiler.is_compiling():
         return "torch.compile is tracing"
@@ -298,16 +310,15 @@ def _measure(
     plans = [plan for plan, _ in chosen[:MAX_CANDIDATES]]
     if len(plans) < 2:
         return None
-    global _busy
     begin = time.perf_counter()
-    _busy = True
+    _state.busy = True
     try:
         medians, calls = _time(_steps(key, plans, apply), key.device_type)
     except (RuntimeError, MemoryError) as error:  # (out of memory, say: the pick runs as planned)
         logger.warning("measuring %s failed (%s): the cost model's plan runs", key.text(), error)
         return None
     finally:
-        _busy = False
+        _state.busy = False
     took = time.perf_counter() - begin
     best = min(range(len(plans)), key=medians.__getitem__)
     times = ", ".join(f"{_label(p)} {1e3 * t:.3g} ms" for p, t in zip(plans, medians))
@@ -320,9 +331,9 @@ def _measure(
 
 def _agree(decide: Callable[[], dict[str, Any] | None]) -> dict[str, Any] | None:
     """`decide()` on this process, or rank 0's decision on every rank of a process group."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not _distributed():
         return decide()
+    dist = torch.distributed
     box = [decide() if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
@@ -339,7 +350,7 @@ def tuned(
     `options()` lists the candidate plans with their estimated costs, `pick` first; `apply`
     runs a plan (`hmfusion.ops.execute.run`). Called by the planner once per new key.
     """
-    if _blocked(key.device_type) is not None:
+    if _blocked(key.device_type) is not None or (_distributed() and not _state.everywhere):
         return _note(pick)
     candidates = list(options())
     if len(candidates) < 2:
@@ -348,9 +359,10 @@ def tuned(
 
     def decide() -> dict[str, Any] | None:
         remembered = known(key.device_type)[0].get(text)
-        if remembered is not None:
+        if remembered is not None and _matching(remembered, candidates) is not None:
             return remembered
-        if not _everywhere and candidates[0][1] < MIN_MEASURED_MACS:
+        # (none, or a plan that is no candidate here any more: measured afresh, and replaced)
+        if not _state.everywhere and candidates[0][1] < MIN_MEASURED_MACS:
             return None
         entry = _measure(key, candidates, apply)
         if entry is not None:
@@ -358,18 +370,30 @@ def tuned(
         return entry
 
     entry = _agree(decide)
-    if entry is None:
+    plan = None if entry is None else _matching(entry, candidates)
+    if entry is None or plan is None:
         return _note(pick)
+    reason = f"measured on this machine: {entry.get('measured', '?')}"
+    return _note(plan._replace(reason=reason))  # type: ignore[attr-defined]
+
+
+def _matching(entry: dict[str, Any], candidates: Sequence[tuple[P, float]]) -> P | None:
+    """The candidate a wisdom entry names (None: it names none of them)."""
     for plan, _ in candidates:
-        if _fields(plan) == {k: v for k, v in entry.items() if k in _fields(plan)}:
-            reason = f"measured on this machine: {entry.get('measured', '?')}"
-            return _note(plan._replace(reason=reason))  # type: ignore[attr-defined]
-    return _note(pick)  # (a remembered plan that is not a candidate here any more)
+        fields = _fields(plan)
+        if fields == {k: v for k, v in entry.items() if k in fields}:
+            return plan
+    return None
+
+
+def _distributed() -> bool:
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _note(plan: P) -> P:
-    if _met is not None:
-        _met.append(plan)
+    if _state.met is not None:
+        _state.met.append(plan)
     return plan
 
 
@@ -379,7 +403,9 @@ def tune(module: nn.Module, *example_inputs: Any, grad: bool = True, **example_k
     Runs `module(*example_inputs, **example_kwargs)` once (under `torch.enable_grad()` when
     `grad`, else `torch.no_grad()`) with measuring on for every new key it meets, small ones
     included and whatever the switch says; the plans are kept as wisdom, so later processes on
-    this machine reuse them. Plans this process had already chosen are chosen afresh.
+    this machine reuse them. Plans this process had already chosen are chosen afresh: from
+    wisdom where this machine has measured the key (with this code), else by measuring. Under
+    `torch.distributed` every rank must call it alike (rank 0's plans are broadcast).
 
     Args:
         module: any module whose forward runs hmfusion layers.
@@ -400,13 +426,12 @@ def tune(module: nn.Module, *example_inputs: Any, grad: bool = True, **example_k
     """
     from hmfusion.ops import planner  # (the planner calls this module: imported at use)
 
-    global _everywhere, _met
-    previous = (_everywhere, _met)
-    _everywhere, _met = True, []
+    previous = (_state.everywhere, _state.met)
+    _state.everywhere, _state.met = True, []
     planner._CACHE.clear()
     try:
         with torch.enable_grad() if grad else torch.no_grad():
             module(*example_inputs, **example_kwargs)
-        return list(_met)
+        return list(_state.met)
     finally:
-        _everywhere, _met = previous
+        _state.everywhere, _state.met = previous

@@ -52,12 +52,26 @@ def _version() -> str:
         return "unknown"
 
 
+@functools.cache
+def _code() -> str:
+    """A digest of the code that runs and ranks the plans (`hmfusion/ops/`, its C++ included):
+    an edit of a kernel or the cost model makes earlier measurements no longer count."""
+    digest = hashlib.sha256()
+    folder = Path(__file__).parent
+    for path in sorted(folder.rglob("*")):
+        if path.suffix in (".py", ".cpp", ".h"):
+            digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def fingerprint(device_type: str = "cpu") -> dict[str, Any]:
     """What a measured plan depends on besides its key: the machine and the software.
 
     The CPU's model name, architecture and the capability the cost model reads (torch's vector
     dispatch level, whether 16-bit GEMMs run on oneDNN), torch's thread count, torch's and
-    hmfusion's versions; on CUDA also the GPU's name and compute capability.
+    hmfusion's versions and a digest of its `ops/` code; on CUDA also the GPU's name and compute
+    capability.
 
     Args:
         device_type: `"cpu"`, `"cuda"`, …
@@ -82,6 +96,7 @@ def fingerprint(device_type: str = "cpu") -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "hmfusion": _version(),
+        "code": _code(),
     }
     if device_type == "cuda" and torch.cuda.is_available():
         found["gpu"] = torch.cuda.get_device_name()

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hmfusion.structures.blocksizes import divisors, num_parameters
+
 __all__ = ["BudgetPoint", "budget_grid", "pareto_front"]
 
 
@@ -65,15 +67,9 @@ class BudgetPoint:
         return fields
 
 
-def _divisors(value: int) -> list[int]:
-    return [d for d in range(1, value + 1) if value % d == 0]
-
-
 def _kronecker_count(n: int, D: int, p: int, terms: int, rank: int | None) -> int:
-    s, t = math.ceil(n / p), math.ceil(D / p)
-    if rank is None:
-        return terms * (p * p + s * t) + n
-    return p * p + rank * (s + t) + n
+    """Fusion parameters of HM (`rank` None) or LPHM at q = p, the bias (n) included."""
+    return num_parameters(n, D, p, p, terms, rank_b=rank) + n
 
 
 def budget_grid(
@@ -110,7 +106,7 @@ def budget_grid(
     if bad:
         raise ValueError(f"ranks and terms must be at least 1, got {bad[0]}")
     dense = n * D + n
-    ps = [p for p in _divisors(n) if (pad or D % p == 0)]
+    ps = [p for p in divisors(n) if (pad or D % p == 0)]
     if block_sizes is not None:
         ps = [p for p in ps if p in block_sizes]
     points: list[BudgetPoint] = []

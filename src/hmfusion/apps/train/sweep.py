@@ -275,9 +275,16 @@ def main(args: argparse.Namespace) -> int:
         summary = _read(Path(args.out))
         front, learned = fronts(summary["points"])
         summary.update(pareto_front=front, pareto_front_learned=learned)
-        text = json.dumps(summary, indent=2) + "\n"
-        OutputFile(Path(args.out) / "results.json", overwrite=True).write(text)
-        print(_render(Path(args.out), summary))
+        # (staged and committed like a run: the folder's manifest stays true)
+        output = OutputDirectory(args.out, overwrite=True)
+        try:
+            staging = output.open()
+            (staging / "results.json").write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
+            table = _render(staging, summary)
+            output.commit()
+        finally:
+            output.discard()
+        print(table)
         return 0
     config = _config(args)
     if environment()[1] > 1:
