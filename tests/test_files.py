@@ -102,3 +102,26 @@ def test_wisdom_files_stay_private(tmp_path):
     # wisdom._write kept mkstemp's 0600 before it used the shared atomic write; it still does.
     wisdom._write(tmp_path / "w.json", {"device_type": "cpu"}, {})
     assert os.stat(tmp_path / "w.json").st_mode & 0o777 == 0o600
+
+
+def test_one_reader_of_the_cpus_identity(monkeypatch):
+    # Review: /proc/cpuinfo was parsed three times (wisdom, build, bench) with three fallbacks.
+    import platform
+
+    import torch
+
+    from hmfusion.apps.bench import engine
+    from hmfusion.ops import cpuinfo
+
+    two_cores = (
+        "processor\t: 0\nmodel name\t: Some CPU 9000\nflags\t\t: fpu sse2 avx2\n\n"
+        "processor\t: 1\nmodel name\t: Some CPU 9000\nflags\t\t: fpu sse2 avx2\n"
+    )
+    monkeypatch.setattr(cpuinfo, "_cpuinfo", lambda: two_cores)
+    assert wisdom.fingerprint()["cpu"] == "Some CPU 9000"
+    assert engine._machine(torch.device("cpu"))["cpu"] == "Some CPU 9000"
+    # the text the build folder's name hashes is what it was (no rebuild for anyone)
+    assert build._cpu_fingerprint() == "flags\t\t: fpu sse2 avx2\nmodel name\t: Some CPU 9000"
+    monkeypatch.setattr(cpuinfo, "_cpuinfo", lambda: None)  # no /proc (macOS, Windows)
+    assert wisdom.fingerprint()["cpu"] == (platform.processor() or platform.machine())
+    assert build._cpu_fingerprint() == platform.processor()

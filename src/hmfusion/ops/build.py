@@ -44,7 +44,7 @@ from typing import Any, Literal
 
 import torch
 
-from hmfusion.ops import files
+from hmfusion.ops import cpuinfo, files
 
 __all__ = ["BUILD_LOCK_WAIT_S", "available", "status"]
 
@@ -75,12 +75,8 @@ def _cflags() -> list[str]:
 def _cpu_fingerprint() -> str:
     """What `-march=native` compiles for: the CPU's model and instruction-set flags (so that a
     cache folder shared by machines with other CPUs is never loaded by the wrong one)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return platform.processor()
-    lines = [line for line in info.splitlines() if line.startswith(("model name", "flags"))]
-    return "\n".join(sorted(set(lines)))
+    fields = cpuinfo.cpu_fields("model name", "flags")
+    return platform.processor() if fields is None else fields
 
 
 def _extension_name(*sources: Path) -> str:

@@ -26,22 +26,12 @@ from typing import Any
 import torch
 
 from hmfusion.ops import costmodel, files
+from hmfusion.ops.cpuinfo import cpu_model
 
 __all__ = ["export_wisdom", "fingerprint", "import_wisdom", "wisdom_path"]
 
 _FORMAT = 1
 _wisdom: dict[str, dict[str, dict[str, Any]]] = {}  # fingerprint digest → key text → entry
-
-
-@functools.cache
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 @functools.cache
@@ -73,7 +63,7 @@ def fingerprint(device_type: str = "cpu") -> dict[str, Any]:
     """
     found: dict[str, Any] = {
         "device_type": device_type,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "machine": platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "half_gemms_fast": {
