@@ -22,7 +22,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hmfusion.apps.bench import command as bench, report as benchmark_report
-from hmfusion.ops import costmodel, build as extension, fused, kernels, native
+from hmfusion.ops import costmodel, build as extension, files, fused, kernels, native
 
 F64 = torch.float64
 
@@ -486,7 +486,7 @@ def test_a_build_lock_whose_owner_is_gone_is_broken(tmp_path):
         owner = json.loads(lock.read_text())
     assert time.monotonic() - started < 5
     assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
-    assert owner["started"] == extension._start_time(os.getpid())
+    assert owner["started"] == files._start_time(os.getpid())
     assert not lock.exists()
 
 
@@ -494,14 +494,14 @@ def test_a_dead_owner_is_recognised_even_when_its_pid_is_reused():
     import socket
 
     me = {"pid": os.getpid(), "host": socket.gethostname()}
-    assert not extension._owner_gone({**me, "started": extension._start_time(os.getpid())})
-    if extension._start_time(os.getpid()) != "unknown":
-        assert extension._owner_gone({**me, "started": "0"})  # another process, same pid
-    assert extension._owner_gone({**me, "pid": _dead_pid(), "started": "0"})
-    assert not extension._owner_gone({**me, "host": "elsewhere", "started": "0"})
+    assert not files._owner_gone({**me, "started": files._start_time(os.getpid())})
+    if files._start_time(os.getpid()) != "unknown":
+        assert files._owner_gone({**me, "started": "0"})  # another process, same pid
+    assert files._owner_gone({**me, "pid": _dead_pid(), "started": "0"})
+    assert not files._owner_gone({**me, "host": "elsewhere", "started": "0"})
 
 
-@pytest.mark.skipif(extension.fcntl is None, reason="no advisory file locks here")
+@pytest.mark.skipif(files.fcntl is None, reason="no advisory file locks here")
 def test_a_live_build_is_waited_for_then_falls_back_with_its_owner_named(tmp_path, capsys):
     import fcntl
 

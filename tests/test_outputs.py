@@ -235,10 +235,8 @@ def test_two_runs_into_one_out_cannot_both_succeed(tmp_path):
 
 
 def test_a_run_checked_before_another_committed_is_refused_at_commit(tmp_path, monkeypatch):
-    # Without the lock (no fcntl), the commit itself never replaces a folder another run filled.
-    from hmfusion.apps import outputs
-
-    monkeypatch.setattr(outputs, "fcntl", None)
+    # Without the lock, the commit itself never replaces a folder another run filled.
+    monkeypatch.setattr(OutputDirectory, "_take_lock", lambda self: None)
     first, second = OutputDirectory(tmp_path / "out"), OutputDirectory(tmp_path / "out")
     (first.open() / "a.txt").write_text("first")
     (second.open() / "b.txt").write_text("second")

@@ -414,3 +414,40 @@ def test_tune_in_one_thread_neither_widens_nor_collects_another_s_plans(wisdom, 
         release.set()
         tuner.join(30)
     assert not other_plans[0].reason.startswith("measured")
+
+
+def test_wisdom_is_merged_under_a_lock_so_concurrent_writers_keep_each_others_plans(wisdom):
+    # Review: remember() read, merged and replaced the file without a lock: a process that wrote
+    # between another's read and its rename lost its plans. The write now waits for the lock.
+    import threading
+
+    from hmfusion.ops import files
+
+    path = wisdom_store.wisdom_path("cpu")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(path.name + ".lock")
+    handle = files.lock_file(lock)  # another process merging its plans right now
+    writer = threading.Thread(target=wisdom_store.remember, args=("cpu", "mine", {"plan": "a"}))
+    writer.start()
+    writer.join(0.5)
+    assert writer.is_alive() and not path.exists()  # waits instead of writing over it
+    found = wisdom_store.fingerprint("cpu")
+    wisdom_store._write(path, found, {"theirs": {"plan": "b"}})  # the other process's plans
+    files.unlock_file(lock, handle)
+    writer.join(10)
+    assert not writer.is_alive()
+    on_disk = json.loads(path.read_text())["plans"]
+    assert on_disk == {"theirs": {"plan": "b"}, "mine": {"plan": "a"}}
+    assert not lock.exists()
+
+
+def test_wisdom_whose_lock_stays_held_is_a_warning_not_an_error(wisdom, monkeypatch):
+    from hmfusion.ops import files
+
+    monkeypatch.setattr(wisdom_store, "_LOCK_WAIT_S", 0.05)
+    path = wisdom_store.wisdom_path("cpu")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with files.held(path.with_name(path.name + ".lock")):
+        with pytest.warns(UserWarning, match="could not save wisdom.*held by pid"):
+            wisdom_store.remember("cpu", "mine", {"plan": "a"})
+    assert wisdom_store.known("cpu")[0]["mine"] == {"plan": "a"}  # kept in this process

@@ -10,24 +10,17 @@ delete what hmfusion did not write.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+from hmfusion.ops.files import sha256_file
+
 __all__ = ["MANIFEST", "entries", "why_not_ours"]
 
 #: The file in every output directory that lists what the command wrote there.
 MANIFEST = ".hmfusion-manifest.json"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def entries(root: Path) -> dict[str, dict[str, Any]]:
@@ -58,7 +51,7 @@ def entries(root: Path) -> dict[str, dict[str, Any]]:
                     pending.append(Path(entry.path))
                 elif entry.is_file(follow_symlinks=False):
                     size = entry.stat(follow_symlinks=False).st_size
-                    digest = _sha256(Path(entry.path))
+                    digest = sha256_file(entry.path)
                     found[name] = {"type": "file", "size": size, "sha256": digest}
                 else:
                     found[name] = {"type": "other"}

@@ -30,11 +30,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from hmfusion.apps.manifest import MANIFEST, entries, why_not_ours
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; the commit still refuses a taken name
-    fcntl = None  # type: ignore[assignment]
+from hmfusion.ops import files
 
 __all__ = ["MANIFEST", "OutputDirectory", "OutputFile", "UsageError", "follow_umask", "written"]
 
@@ -63,19 +59,6 @@ def written() -> tuple[Path, ...]:
     return tuple(_WRITTEN)
 
 
-def _umask() -> int:
-    """The process's umask (read without changing it where Linux shows it)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # elsewhere: the classic read-by-setting, restored at once
-    os.umask(mask)
-    return mask
-
-
 def follow_umask(path: str | Path) -> None:
     """Give `path` the permissions a plain `mkdir` or `open` would have given it: `0o777` (a
     directory) or `0o666` (a file) less the umask. `tempfile` creates its folders 0700 and its
@@ -85,11 +68,11 @@ def follow_umask(path: str | Path) -> None:
         >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as folder:
         ...     follow_umask(folder)
-        ...     os.stat(folder).st_mode & 0o777 == 0o777 & ~_umask()
+        ...     os.stat(folder).st_mode & 0o777 == 0o777 & ~files.umask()
         True
     """
     full = 0o777 if Path(path).is_dir() else 0o666
-    os.chmod(path, full & ~_umask())
+    os.chmod(path, full & ~files.umask())
 
 
 def _writable_parent(path: Path, flag: str) -> Path:
@@ -238,37 +221,21 @@ class OutputDirectory:
                     f"and {reason}; delete it yourself or choose a new directory"
                 )
 
+    def _lock_path(self) -> Path:
+        return self.path.parent / f".{self.path.name}.lock"
+
     def _take_lock(self) -> None:
-        if fcntl is None:
-            return
-        lock = self.path.parent / f".{self.path.name}.lock"
-        while True:
-            handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                owner = os.read(handle, 64).decode(errors="replace").strip()
-                os.close(handle)
-                raise UsageError(
-                    f"{self.flag} {str(self.path)!r} is being written by another run "
-                    f"({owner or 'pid unknown'}); wait for it or choose another directory"
-                ) from None
-            try:  # the file may have been removed by its last holder before we locked it
-                same = os.stat(lock).st_ino == os.fstat(handle).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                os.ftruncate(handle, 0)
-                os.write(handle, f"pid {os.getpid()}".encode())
-                self._lock = handle
-                return
-            os.close(handle)
+        try:
+            self._lock = files.lock_file(self._lock_path())
+        except files.LockHeld as held:
+            raise UsageError(
+                f"{self.flag} {str(self.path)!r} is being written by another run "
+                f"({held.who}); wait for it or choose another directory"
+            ) from None
 
     def _release_lock(self) -> None:
         if self._lock is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.path.parent / f".{self.path.name}.lock")
-            os.close(self._lock)
+            files.unlock_file(self._lock_path(), self._lock)
             self._lock = None
 
     def open(self) -> Path:
@@ -374,16 +341,17 @@ class OutputFile:
     def write(self, text: str) -> None:
         """Write `text` (UTF-8) to a staging file, then rename it to `path`."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, staging = tempfile.mkstemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent)
+
+        def commit(staging: Path, path: Path) -> None:
+            with _signals_deferred():  # the rename and the record of it together
+                os.replace(staging, path)
+                _WRITTEN.append(path)
+
         try:
-            with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-                stream.write(text)
-            follow_umask(staging)
-            with _signals_deferred():
-                os.replace(staging, self.path)
-                _WRITTEN.append(self.path)
+            with files.atomic_write(self.path, replace=commit) as staging:
+                with open(staging, "w", encoding="utf-8", newline="") as stream:
+                    stream.write(text)
         except BaseException:
-            Path(staging).unlink(missing_ok=True)
             _remove_empty_between(self.path.parent, self._root)
             raise
 

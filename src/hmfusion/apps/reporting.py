@@ -11,15 +11,13 @@ results from plain dicts.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from hmfusion.apps.outputs import follow_umask
+from hmfusion.ops import files
 
 __all__ = [
     "markdown_table",
@@ -80,17 +78,9 @@ def save_figure(fig: Any, path: str | Path) -> None:
     """Save a matplotlib figure to `path` whole or not at all (write beside, then rename), and
     close it. The format follows `path`'s suffix."""
     path = Path(path)
-    handle, staging = tempfile.mkstemp(
-        prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent
-    )
-    os.close(handle)
     try:
-        fig.savefig(staging)
-        follow_umask(staging)  # mkstemp made it 0600
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
+        with files.atomic_write(path, prefix=f".{path.stem}.tmp-", suffix=path.suffix) as staging:
+            fig.savefig(staging)
     finally:
         pyplot().close(fig)
 

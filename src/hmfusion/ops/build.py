@@ -35,10 +35,8 @@ import hashlib
 import json
 import os
 import platform
-import socket
 import sys
 import threading
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,10 +44,7 @@ from typing import Any, Literal
 
 import torch
 
-try:
-    import fcntl
-except ImportError:  # Windows: the lock is the file's existence and its owner's pid
-    fcntl = None  # type: ignore[assignment]
+from hmfusion.ops import cpuinfo, files
 
 __all__ = ["BUILD_LOCK_WAIT_S", "available", "status"]
 
@@ -80,12 +75,8 @@ def _cflags() -> list[str]:
 def _cpu_fingerprint() -> str:
     """What `-march=native` compiles for: the CPU's model and instruction-set flags (so that a
     cache folder shared by machines with other CPUs is never loaded by the wrong one)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return platform.processor()
-    lines = [line for line in info.splitlines() if line.startswith(("model name", "flags"))]
-    return "\n".join(sorted(set(lines)))
+    fields = cpuinfo.cpu_fields("model name", "flags")
+    return platform.processor() if fields is None else fields
 
 
 def _extension_name(*sources: Path) -> str:
@@ -118,11 +109,7 @@ def _switch() -> bool:
 
 # the record of a build: its size and SHA-256 -----------------------------------------------------
 def _fingerprint(library: Path) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    with open(library, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return {"size": library.stat().st_size, "sha256": digest.hexdigest()}
+    return {"size": library.stat().st_size, "sha256": files.sha256_file(library)}
 
 
 def _record(library: Path) -> Path:
@@ -141,80 +128,26 @@ def _verified(library: Path) -> bool:
         return False
 
 
-# the lock of a build: who holds it, and whether they still live -----------------------------------
-def _start_time(pid: int) -> str | None:
-    """When process `pid` started (Linux clock ticks since boot), None if it does not exist;
-    with the pid it names one process even after the pid is reused."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return fields[19]
-    except (OSError, IndexError):
-        if Path("/proc/self/stat").exists():
-            return None
-        try:  # no /proc: whether the pid exists at all
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except OSError:
-            pass
-        return "unknown"
-
-
-def _owner() -> dict[str, Any]:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "started": _start_time(os.getpid())}
-
-
-def _owner_gone(owner: dict[str, Any]) -> bool:
-    """Whether the process a lock names is gone (only decidable on this host)."""
-    if owner.get("host") != socket.gethostname():
-        return False
-    started = _start_time(int(owner.get("pid", -1)))
-    return started is None or started != owner.get("started")
-
-
-def _read_owner(lock: Path) -> dict[str, Any] | None:
-    try:
-        owner = json.loads(lock.read_text())
-        return owner if isinstance(owner, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
+# the lock of a build ----------------------------------------------------------------------------
 @contextlib.contextmanager
 def _build_lock(lock: Path, timeout: float) -> Iterator[None]:
-    """Hold `lock` while building: an advisory file lock where the system has one (released
-    when the holder dies), else the file's existence, broken when its owner is gone. Raises
-    RuntimeError (the caller falls back) after `timeout` seconds behind a live owner."""
-    deadline = time.monotonic() + timeout
-    told = False
-    while True:
-        handle = os.open(lock, os.O_RDWR | os.O_CREAT | (0 if fcntl else os.O_EXCL), 0o666)
-        try:
-            if fcntl is not None:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except (BlockingIOError, FileExistsError):
-            os.close(handle)
-        owner = _read_owner(lock) or {}
-        if fcntl is None and owner and _owner_gone(owner):
-            lock.unlink(missing_ok=True)  # its owner died without removing it
-            continue
-        who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}"
-        if time.monotonic() >= deadline:
-            raise RuntimeError(
-                f"the build lock {lock} has been held by {who} for over {timeout:.0f} s"
-            )
-        if not told:
-            print(f"hmfusion: waiting for {who} to build the compiled operator", file=sys.stderr)
-            told = True
-        time.sleep(min(0.5, max(timeout / 10, 0.01)))
+    """Hold `lock` while building ([`files.held`][hmfusion.ops.files.held]: an advisory file lock
+    released when the holder dies, or the file's existence, broken when its owner is gone).
+    Raises RuntimeError (the caller falls back) after `timeout` seconds behind a live owner."""
+
+    def waiting(who: str) -> None:
+        print(f"hmfusion: waiting for {who} to build the compiled operator", file=sys.stderr)
+
     try:
-        os.ftruncate(handle, 0)
-        os.write(handle, json.dumps(_owner()).encode())
+        handle = files.lock_file(lock, timeout, on_wait=waiting)
+    except files.LockHeld as held:
+        raise RuntimeError(
+            f"the build lock {lock} has been held by {held.who} for over {timeout:.0f} s"
+        ) from None
+    try:
         yield
     finally:
-        lock.unlink(missing_ok=True)
-        os.close(handle)
+        files.unlock_file(lock, handle)
 
 
 # build and load ---------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ A plan measured on one machine holds for another only if nothing it depends on d
 wisdom is keyed by a [`fingerprint`][hmfusion.ops.wisdom.fingerprint] of the machine and
 software and kept in `wisdom-<digest>.json` in `$HMFUSION_WISDOM_DIR`, else
 `$XDG_CACHE_HOME/hmfusion`, else `~/.cache/hmfusion`, written atomically (a temporary file in
-the folder, then a rename; other processes' plans are merged, not lost). A corrupt file, or one
+the folder, then a rename; other processes' plans are merged under a lock beside the file, not
+lost). A corrupt file, or one
 written for another fingerprint, is ignored with a one-line warning, never an error.
 [`hmfusion.ops.tuning`][hmfusion.ops.tuning] reads and adds to it.
 """
@@ -18,30 +19,19 @@ import importlib.metadata
 import json
 import os
 import platform
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from hmfusion.ops import costmodel
+from hmfusion.ops import costmodel, files
+from hmfusion.ops.cpuinfo import cpu_model
 
 __all__ = ["export_wisdom", "fingerprint", "import_wisdom", "wisdom_path"]
 
 _FORMAT = 1
 _wisdom: dict[str, dict[str, dict[str, Any]]] = {}  # fingerprint digest → key text → entry
-
-
-@functools.cache
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 @functools.cache
@@ -87,7 +77,7 @@ def fingerprint(device_type: str = "cpu") -> dict[str, Any]:
     """
     found: dict[str, Any] = {
         "device_type": device_type,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "machine": platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "half_gemms_fast": {
@@ -167,25 +157,46 @@ def _write(path: Path, found: dict[str, Any], plans: dict[str, dict[str, Any]]) 
     """Write a wisdom file atomically (a temporary file in its folder, then a rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"format": _FORMAT, "fingerprint": found, "plans": plans}, indent=1)
-    handle, temporary = tempfile.mkstemp(prefix=".wisdom-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    with files.atomic_write(path, prefix=".wisdom-", follow_umask=False) as staged:
+        staged.write_text(text)
+
+
+#: How long a process waits for another's wisdom write (a read, a merge and a rename: ms).
+_LOCK_WAIT_S = 10.0
 
 
 def remember(device_type: str, key: str, entry: dict[str, Any]) -> None:
+    """Add the plan `entry`, measured for `key`, to this process's wisdom and to this machine's
+    wisdom file ([`wisdom_path`][hmfusion.ops.wisdom.wisdom_path]).
+
+    The file is read, merged and replaced under the lock `<wisdom file>.lock` beside it
+    ([`files.held`][hmfusion.ops.files.held]), so that processes measuring at once keep each
+    other's plans. Where the file or its lock cannot be written (a read-only cache folder,
+    another process holding the lock for over 10 s) the plan stays in this process only and a
+    one-line warning says so; it never raises for that.
+
+    Example:
+        >>> import os, tempfile
+        >>> os.environ["HMFUSION_WISDOM_DIR"] = tempfile.mkdtemp()
+        >>> remember("cpu", "example-key", {"plan": "composite"})
+        >>> known("cpu")[0]["example-key"]
+        {'plan': 'composite'}
+        >>> del known("cpu")[0]["example-key"], os.environ["HMFUSION_WISDOM_DIR"]
+    """
     plans, found, path = known(device_type)
     plans[key] = entry
     try:
-        on_disk = (_read(path, found) or {}) if path.exists() else {}
-        _write(path, found, {**on_disk, **plans})  # (other processes' plans kept)
-    except OSError as error:
+        _merge_into(path, found, plans)
+    except (OSError, files.LockHeld) as error:
         warnings.warn(f"hmfusion: could not save wisdom to {path}: {error}", stacklevel=2)
+
+
+def _merge_into(path: Path, found: dict[str, Any], plans: dict[str, dict[str, Any]]) -> None:
+    """Add `plans` to the wisdom file `path` under its lock (other processes' plans kept)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with files.held(path.with_name(path.name + ".lock"), _LOCK_WAIT_S):
+        on_disk = (_read(path, found) or {}) if path.exists() else {}
+        _write(path, found, {**on_disk, **plans})
 
 
 def export_wisdom(path: str | os.PathLike[str], device_type: str = "cpu") -> int:
@@ -247,6 +258,6 @@ def import_wisdom(path: str | os.PathLike[str]) -> int:
     if not imported:
         return 0
     plans.update(imported)
-    with contextlib.suppress(OSError):
-        _write(target, found, plans)
+    with contextlib.suppress(OSError, files.LockHeld):
+        _merge_into(target, found, plans)
     return len(imported)

@@ -64,6 +64,7 @@ from hmfusion.apps.bench.cases import (
     plan_label,
 )
 from hmfusion.ops import costmodel, native, wisdom
+from hmfusion.ops.cpuinfo import cpu_model
 from hmfusion.ops.kernels import ideal_speedup
 
 __all__ = [
@@ -350,18 +351,9 @@ def _too_slow(
 
 # entry point -------------------------------------------------------------------------------
 def _machine(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     info: dict[str, Any] = {
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

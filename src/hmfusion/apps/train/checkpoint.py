@@ -34,6 +34,7 @@ from hmfusion.apps.train.model import (
     MultiViewClassifier,
 )
 from hmfusion.data import DataError
+from hmfusion.ops.files import sha256_file
 
 __all__ = ["load_checkpoint", "save_checkpoint"]
 
@@ -59,7 +60,7 @@ def save_checkpoint(
     _write(weights, buffer.getvalue())
     record = {
         **meta,
-        "weights_sha256": _sha256(weights),
+        "weights_sha256": sha256_file(weights),
         "model_sha256": _config_sha256(meta["model"]),
     }
     _write(directory / f"{name}.json", (json.dumps(record, indent=2) + "\n").encode())
@@ -81,14 +82,6 @@ def _config_sha256(config: Mapping[str, Any]) -> str:
     classes and their order, the widths, the fusion and its options)."""
     text = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_checkpoint(
@@ -130,7 +123,7 @@ def load_checkpoint(
             "their order, the widths or the fusion no longer match what was saved); use the "
             "files a train run wrote"
         )
-    if _sha256(weights) != meta["weights_sha256"]:
+    if sha256_file(weights) != meta["weights_sha256"]:
         raise DataError(
             f"{weights} does not belong to {config_path.name}: its contents differ "
             "from the weights saved with that config (another run, or a partial "
