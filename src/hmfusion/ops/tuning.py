@@ -9,20 +9,23 @@ grad) the cost model's own pick and the cheapest other candidates within `SPREAD
 cheapest estimate, at most `MAX_CANDIDATES` in all, each run as
 [`force_plan`][hmfusion.ops.planner.force_plan] would run it, on fresh random inputs of the
 exact shape on the actual device: forward+backward (`torch.autograd.grad`, so no `.grad` is
-left anywhere) when grad is on, forward under `torch.no_grad()` otherwise. One untimed call of
-each, then up to `REPEATS` timed rounds, the candidates interleaved; the fastest median wins.
+left anywhere) when grad is on, forward under `torch.no_grad()` otherwise. `WARMUP_CALLS`
+untimed calls of each, then up to `REPEATS` timed rounds, the candidates interleaved, each
+sample as many calls as last `SAMPLE_SECONDS` (5 ms; at most `MAX_CALLS_PER_SAMPLE`); the
+fastest median wins.
 
-**The bound.** At most `MAX_CANDIDATES` × (1 + `REPEATS`) = 24 calls, and no call starts once
-`BUDGET_SECONDS` (2 s) have passed after the untimed round: a key costs at most that round,
-plus 2 s, plus one call. Each measured key is logged at INFO on
-`logging.getLogger("hmfusion.ops.tuning")` with its candidates' times and how long it took.
+**The bound.** No sample starts once `BUDGET_SECONDS` (2 s) have passed after the untimed
+round: a key costs at most that round (2 calls of each of ≤ `MAX_CANDIDATES` = 4
+candidates), plus 2 s, plus one sample (5 ms, or one call where a call takes longer). Each
+measured key is logged at INFO on `logging.getLogger("hmfusion.ops.tuning")` with its
+candidates' times and how long it took.
 
 **Where it pays.** Only where the cost model predicts a call of at least `MIN_MEASURED_MACS`
 (1e7 multiply-add equivalents, ≈ 0.1 ms): below that every fused candidate's fixed per-call
 cost dominates, the candidates differ by less than a scheduler's jitter, and a program that
-meets many small shapes (inference at varying batch sizes) would pay the 24 calls for each.
-Above it a training run makes thousands of calls of one key, so the ≤ 24 calls of measuring are
-repaid by any saving over a few percent. [`tune`][hmfusion.ops.tuning.tune] measures every key a
+meets many small shapes (inference at varying batch sizes) would pay that for each.
+Above it a training run makes thousands of calls of one key, so the measuring is repaid by
+any saving over a few percent. [`tune`][hmfusion.ops.tuning.tune] measures every key a
 module meets, small ones included.
 
 **Wisdom.** Measured plans are kept on disk per machine
@@ -69,8 +72,11 @@ __all__ = [
     "BUDGET_SECONDS",
     "MAX_CANDIDATES",
     "MIN_MEASURED_MACS",
+    "MAX_CALLS_PER_SAMPLE",
     "REPEATS",
+    "SAMPLE_SECONDS",
     "SPREAD",
+    "WARMUP_CALLS",
     "PlanKey",
     "measuring",
     "set_measuring",
@@ -85,8 +91,14 @@ MAX_CANDIDATES = 4
 SPREAD = 4.0
 #: Timed rounds after the untimed one (each round calls every candidate once).
 REPEATS = 5
-#: No call starts once this many seconds of timed rounds have passed.
+#: No sample starts once this many seconds of timed rounds have passed.
 BUDGET_SECONDS = 2.0
+#: Untimed calls of each candidate before the timed rounds.
+WARMUP_CALLS = 2
+#: A timed sample of a candidate lasts about this long (several calls of a fast one) ...
+SAMPLE_SECONDS = 0.005
+#: ... and holds at most this many calls.
+MAX_CALLS_PER_SAMPLE = 16
 #: Keys whose pick the cost model prices below this (≈ 0.1 ms a call) are not measured.
 MIN_MEASURED_MACS = 1.0e7
 
@@ -263,26 +275,39 @@ def _synchronize(device_type: str) -> None:
 
 
 def _time(steps: Sequence[Callable[[], None]], device_type: str) -> tuple[list[float], int]:
-    """Each step's median time (untimed round, then ≤ REPEATS interleaved timed rounds within
-    BUDGET_SECONDS), and the number of calls made."""
+    """Each step's median time per call, and the number of calls made.
+
+    Untimed round: `WARMUP_CALLS` calls of each step (first-call costs: allocations, BLAS and
+    oneDNN set-up). Then ≤ REPEATS interleaved timed rounds within BUDGET_SECONDS; in each, a
+    step's sample is as many calls as last about `SAMPLE_SECONDS` (at most
+    `MAX_CALLS_PER_SAMPLE`), so that a call of well under a millisecond is not timed within the
+    clock's and the scheduler's jitter (six single calls of a 0.6 ms layer misranked it).
+    """
     first: list[float] = []
-    for step in steps:  # (untimed: first-call costs; its time is used only if nothing else is)
-        begin = time.perf_counter()
-        step()
-        _synchronize(device_type)
+    calls = 0
+    for step in steps:  # (untimed; the last call's time sizes the samples)
+        for _ in range(WARMUP_CALLS):
+            begin = time.perf_counter()
+            step()
+            _synchronize(device_type)
+            calls += 1
         first.append(time.perf_counter() - begin)
+    per_sample = [
+        max(1, min(MAX_CALLS_PER_SAMPLE, round(SAMPLE_SECONDS / max(f, 1e-9)))) for f in first
+    ]
     times: list[list[float]] = [[] for _ in steps]
-    calls, start = len(steps), time.perf_counter()
+    start = time.perf_counter()
     for round_index in range(REPEATS):
         for offset in range(len(steps)):
             if time.perf_counter() - start > BUDGET_SECONDS:
                 break
             index = (round_index + offset) % len(steps)
             begin = time.perf_counter()
-            steps[index]()
+            for _ in range(per_sample[index]):
+                steps[index]()
             _synchronize(device_type)
-            times[index].append(time.perf_counter() - begin)
-            calls += 1
+            times[index].append((time.perf_counter() - begin) / per_sample[index])
+            calls += per_sample[index]
     medians = [statistics.median(t) if t else f for t, f in zip(times, first)]
     return medians, calls
 
