@@ -126,26 +126,21 @@ def _backward_kernel(
         dxs, da, db = triton_dispatch.kernels().backward(  # type: ignore[union-attr]
             gy, xs, a, b, left_first, (need_x, need_a, need_b)
         )
-        empty = a.new_empty(0)
-        return [
-            empty if da is None else da,
-            empty.clone() if db is None else db,
-            *(dxs if dxs is not None else []),
-        ]
-    if _use_native(xs, variant):
+    elif _use_native(xs, variant):
         ops = torch.ops.hmfusion_native
         op = ops.tiled_backward if variant == "tiled" else ops.backward
         dxs, da, db = op(gy, xs, a, b, left_first, chunk_rows, need_x, need_a, need_b)
         return [da, db, *dxs]
-    da, db, dxs = fused.fused_backward(
-        _layout(left_first, variant, chunk_rows),
-        _shape(a, b),
-        a,
-        b,
-        xs,
-        gy,
-        (need_x, need_a, need_b),
-    )
+    else:
+        da, db, dxs = fused.fused_backward(
+            _layout(left_first, variant, chunk_rows),
+            _shape(a, b),
+            a,
+            b,
+            xs,
+            gy,
+            (need_x, need_a, need_b),
+        )
     empty = a.new_empty(0)
     return [
         empty if da is None else da,

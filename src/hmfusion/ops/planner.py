@@ -167,6 +167,20 @@ def _upcasts(dtype: torch.dtype, device_type: str) -> bool:
     return not costmodel.half_gemms_fast(dtype, device_type)
 
 
+def _cheapest(candidates: dict[Method, float], what: str = "") -> tuple[Method, str]:
+    """The method the cost model prices lowest, and the estimates as the plan's reason."""
+    # (plain loops: this also runs while torch.compile traces, which lacks min(key=...))
+    method: Method = "fused"
+    best = math.inf
+    for name, cost in candidates.items():
+        if cost < best:
+            method, best = name, cost
+    if torch.compiler.is_compiling():
+        return method, ""
+    costs = ", ".join(f"{name}≈{cost:.3g}" for name, cost in candidates.items())
+    return method, f"estimated multiply-add equivalents{what}: {costs}"
+
+
 def _choose_triton(
     spec: KronSpec, m: int, dims: tuple[int, ...], dtype: torch.dtype, grad: bool
 ) -> Plan:
@@ -177,15 +191,7 @@ def _choose_triton(
         spec, m_eff, dims, dtype, "cuda", grad,
         native=False, fused_chunk_rows=m_eff, split=False, triton=True,
     )  # fmt: skip
-    method: Method = "fused"
-    best = math.inf
-    for name, cost in candidates.items():
-        if cost < best:
-            method, best = name, cost
-    reason = ""
-    if not torch.compiler.is_compiling():
-        costs = ", ".join(f"{name}≈{cost:.3g}" for name, cost in candidates.items())
-        reason = f"estimated multiply-add equivalents (fused: Triton): {costs}"
+    method, reason = _cheapest(candidates, " (fused: Triton)")
     if method == "fused":
         order = costmodel.fused_order(spec, grad, False, dtype.itemsize)
         return Plan("fused", order, "gather", m_eff, reason, "triton")
@@ -233,16 +239,7 @@ def _choose(
         split=split,
         tiled=tiled,
     )
-    # (plain loops: this also runs while torch.compile traces, which lacks min(key=...))
-    method: Method = "fused"
-    best = math.inf
-    for name, cost in candidates.items():
-        if cost < best:
-            method, best = name, cost
-    reason = ""
-    if not torch.compiler.is_compiling():
-        costs = ", ".join(f"{name}≈{cost:.3g}" for name, cost in candidates.items())
-        reason = f"estimated multiply-add equivalents: {costs}"
+    method, reason = _cheapest(candidates)
     if method == "fused":
         inputs: Inputs = "split" if split else "gather"
         kernel: Kernel = "tiled" if tiled else "native" if compiled else "pytorch"
