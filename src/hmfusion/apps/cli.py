@@ -1,8 +1,8 @@
 """The `hmfusion` command line: one sub-command per application module.
 
-Each application module (`hmfusion.apps.train.command`, `hmfusion.apps.predict`,
-`hmfusion.apps.bench.command`) exposes
-`add_arguments(parser)` and `main(args) -> int`; this module only wires them into
+Each application module (`hmfusion.apps.train.command`, `hmfusion.apps.train.sweep`,
+`hmfusion.apps.predict`, `hmfusion.apps.bench.command`) exposes `add_arguments(parser)` and
+`main(args) -> int`; this module only wires them into
 `argparse`, so that `hmfusion <command> --help` documents every flag, and runs them through
 [`hmfusion.apps.common`][hmfusion.apps.common]'s one error path.
 """
@@ -51,7 +51,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; the arguments of `command` (if given) are added from its module."""
     parser = OneLineErrorParser(
         prog="hmfusion",
-        description="Structured concatenation fusion for PyTorch: training, prediction, benchmark.",
+        description=(
+            "Structured concatenation fusion for PyTorch: training, budget sweeps, prediction, "
+            "benchmark."
+        ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in _COMMANDS.items():
